@@ -64,7 +64,8 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     """
     z = np.asarray(z)
     top = z.argmax(axis=1)[:, None]
-    shifted = z - np.take_along_axis(z, top, axis=1)
+    with np.errstate(over="ignore"):  # a spread beyond the dtype's range gives -inf, as it must
+        shifted = z - np.take_along_axis(z, top, axis=1)
     rest = np.exp(shifted)
     np.put_along_axis(rest, top, 0, axis=1)
     shifted -= np.log1p(rest.sum(axis=1, keepdims=True))

@@ -1,0 +1,384 @@
+"""The numeric core of eval: values pinned by hand, a naive oracle, finite differences, invariants."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xent_cli.errors import InputError
+from xent_cli.losses import REDUCTIONS, accuracy, cross_entropy, log_softmax, softmax
+
+LOG3 = math.log(3)
+
+
+# --- values derived by hand ------------------------------------------------------------------
+
+def test_uniform_logits_cost_log_k_and_pull_the_label_up():
+    r = cross_entropy(np.zeros((1, 3)), np.array([0]))
+    # p = (1/3, 1/3, 1/3); loss = -log(1/3); grad = p - onehot.
+    assert r.loss == pytest.approx(LOG3, rel=1e-15)
+    np.testing.assert_allclose(r.grad, [[1 / 3 - 1, 1 / 3, 1 / 3]], rtol=1e-15)
+    assert r.divisor == 1.0 and r.total == pytest.approx(LOG3)
+
+
+def test_every_class_gets_gradient_not_only_the_label():
+    # The seed blog post's Case 1 claims dCE/dz_j = 0 for j != label; it is softmax(z)_j.
+    r = cross_entropy(np.array([[1.0, 2.0, 3.0]]), np.array([0]))
+    e = [math.e, math.e ** 2, math.e ** 3]
+    p = [x / sum(e) for x in e]
+    np.testing.assert_allclose(r.grad, [[p[0] - 1, p[1], p[2]]], rtol=1e-14)
+    assert r.grad[0, 1] > 0.2
+
+
+def test_weighted_mean_divides_by_the_target_weights():
+    # loss_0 = w[2] * -(3 - log(e + e^2 + e^3)) = 3 * log(1 + e^-1 + e^-2); divisor = w[2] = 3.
+    one = math.log(1 + math.exp(-1) + math.exp(-2))
+    z = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    y = np.array([2, -100])
+    r = cross_entropy(z, y, weight=[1.0, 2.0, 3.0])
+    assert r.per_sample.tolist() == pytest.approx([3 * one, 0.0], rel=1e-14)
+    assert (r.total, r.divisor, r.loss) == pytest.approx((3 * one, 3.0, one), rel=1e-14)
+    assert r.ignored.tolist() == [False, True]
+    # mean gradient = 3 * (p - onehot) / 3; the ignored row gets nothing.
+    p = softmax(z[:1])[0]
+    np.testing.assert_allclose(r.grad[0], p - [0, 0, 1], rtol=1e-14)
+    assert r.grad[1].tolist() == [0.0, 0.0, 0.0]
+    s = cross_entropy(z, y, weight=[1.0, 2.0, 3.0], reduction="sum")
+    assert s.loss == pytest.approx(3 * one, rel=1e-14)
+    np.testing.assert_allclose(s.grad[0], 3 * (p - [0, 0, 1]), rtol=1e-14)
+
+
+def test_label_smoothing_mixes_nll_and_the_weighted_sum_of_all_classes():
+    # z = 0, k = 3, eps = 0.3, label 1, w = (1, 2, 3): every log p = -log 3.
+    # nll = 2 log 3; smooth = (1 + 2 + 3) log 3; per = 0.7 * 2 log 3 + 0.1 * 6 log 3 = 2 log 3.
+    r = cross_entropy(np.zeros((1, 3)), np.array([1]), weight=[1.0, 2.0, 3.0],
+                      label_smoothing=0.3, reduction="none")
+    assert r.per_sample[0] == pytest.approx(2 * LOG3, rel=1e-14)
+    assert r.loss is None
+    # a = (0.1, 0.1*2 + 0.7*2, 0.1*3) = (0.1, 1.6, 0.3), sum 2; grad = 2/3 - a.
+    np.testing.assert_allclose(r.grad, [[2 / 3 - 0.1, 2 / 3 - 1.6, 2 / 3 - 0.3]], rtol=1e-14)
+    mean = cross_entropy(np.zeros((1, 3)), np.array([1]), weight=[1.0, 2.0, 3.0],
+                         label_smoothing=0.3)
+    assert mean.divisor == 2.0 and mean.loss == pytest.approx(LOG3, rel=1e-14)
+
+
+def test_soft_targets():
+    # z = (0, log 2, log 3): p = (1/6, 2/6, 3/6); t = (1/2, 1/2, 0).
+    z = np.array([[0.0, math.log(2), math.log(3)]])
+    t = np.array([[0.5, 0.5, 0.0]])
+    r = cross_entropy(z, t)
+    assert r.loss == pytest.approx(0.5 * math.log(6) + 0.5 * math.log(3), rel=1e-14)
+    np.testing.assert_allclose(r.grad, [[1 / 6 - 1 / 2, 1 / 3 - 1 / 2, 1 / 2]], rtol=1e-14)
+    # Smoothing eps = 0.3: t = (0.45, 0.45, 0.1); weights do not change the divisor N = 1.
+    w = cross_entropy(z, t, weight=[2.0, 1.0, 1.0], label_smoothing=0.3)
+    expected = -(2 * 0.45 * math.log(1 / 6) + 0.45 * math.log(1 / 3) + 0.1 * math.log(1 / 2))
+    assert w.loss == pytest.approx(expected, rel=1e-14) and w.divisor == 1.0
+
+
+def test_masked_class_adds_nothing():
+    z = np.array([[0.0, 0.0, -np.inf]])
+    r = cross_entropy(z, np.array([0]))
+    assert r.loss == pytest.approx(math.log(2), rel=1e-15)
+    assert r.grad.tolist() == [[-0.5, 0.5, 0.0]]
+    soft = cross_entropy(z, np.array([[0.5, 0.5, 0.0]]))  # PyTorch: NaN (0 * -inf)
+    assert soft.loss == pytest.approx(math.log(2), rel=1e-15)
+    assert soft.grad.tolist() == [[0.0, 0.0, 0.0]]
+    weighted = cross_entropy(z, np.array([1]), weight=[1.0, 1.0, 0.0], label_smoothing=0.5)
+    assert math.isfinite(weighted.loss)
+
+
+def test_extreme_logits_stay_finite_and_exact():
+    z = np.array([[1e300, -1e300, 0.0], [-1e300, 1e300, 1e300]])
+    r = cross_entropy(z, np.array([1, 0]), reduction="none")
+    # Sample 0: log p_1 = -2e300 exactly; p = (1, 0, 0). Sample 1: log p_0 = -1e300 - 1e300 - log 2.
+    assert r.per_sample.tolist() == [2e300, 2e300]
+    np.testing.assert_array_equal(r.grad, [[1.0, -1.0, 0.0], [-1.0, 0.5, 0.5]])
+    right = cross_entropy(z, np.array([0, 1]), reduction="none")
+    assert right.per_sample[0] == 0.0
+    assert right.per_sample[1] == pytest.approx(math.log(2), rel=1e-15)
+
+
+def test_confident_prediction_keeps_its_tiny_loss():
+    r = cross_entropy(np.array([[50.0, 0.0]]), np.array([0]))
+    assert r.loss == pytest.approx(math.log1p(math.exp(-50)), rel=1e-14)
+    assert r.loss > 0
+
+
+def test_sum_of_all_ignored_is_zero():
+    r = cross_entropy(np.ones((2, 3)), np.array([-100, -100]), reduction="sum")
+    assert r.loss == 0.0 and r.divisor == 0.0 and not r.grad.any()
+
+
+def test_chunks_combine_exactly_through_total_and_divisor():
+    rng = np.random.default_rng(1)
+    z, y = rng.normal(size=(10, 4)), rng.integers(0, 4, 10)
+    y[3] = -100
+    w = [0.5, 1.0, 2.0, 3.0]
+    whole = cross_entropy(z, y, weight=w)
+    parts = [cross_entropy(z[s], y[s], weight=w) for s in (slice(0, 4), slice(4, 10))]
+    combined = sum(p.total for p in parts) / sum(p.divisor for p in parts)
+    assert combined == pytest.approx(whole.loss, rel=1e-14)
+
+
+def test_log_softmax_and_softmax_are_normalised():
+    z = np.array([[1.0, 2.0, 3.0], [1000.0, 0.0, -1000.0]])
+    np.testing.assert_allclose(softmax(z).sum(axis=1), 1.0, rtol=1e-15)
+    np.testing.assert_allclose(log_softmax(z)[0], np.array([1, 2, 3]) - math.log(
+        math.exp(1) + math.exp(2) + math.exp(3)), rtol=1e-15)
+    assert log_softmax(z)[1].tolist() == [0.0, -1000.0, -2000.0]
+
+
+def test_accuracy():
+    z = np.array([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 1.0], [5.0, 5.0, 0.0]])
+    assert accuracy(z, np.array([1, 1, 2, 0])) == 0.75  # the tie goes to class 0
+    assert accuracy(z, np.array([1, -100, 2, 1])) == pytest.approx(2 / 3)
+    with pytest.raises(InputError, match="every sample is ignored"):
+        accuracy(z, np.full(4, -100))
+
+
+# --- an independent, deliberately naive oracle -----------------------------------------------
+
+def naive(z, target, weight, ignore_index, eps, reduction):
+    """PyTorch's formulas written out literally, sample by sample, with math."""
+    n, k = len(z), len(z[0])
+    w = [1.0] * k if weight is None else list(weight)
+    per, grads, divisor = [], [], 0.0
+    for i in range(n):
+        m = max(z[i])
+        lse = m + math.log(math.fsum(math.exp(x - m) for x in z[i]))
+        logp = [x - lse for x in z[i]]
+        p = [math.exp(v) for v in logp]
+        if isinstance(target[i], (list, np.ndarray)):  # soft: t <- t (1 - eps) + eps / k
+            t = [tc * (1 - eps) + eps / k for tc in target[i]]
+            per.append(-math.fsum(w[c] * t[c] * logp[c] for c in range(k)))
+            # d/dz_c of -sum_j w_j t_j log p_j = sum_j w_j t_j (p_c - [c = j])
+            grads.append([math.fsum(w[j] * t[j] * (p[c] - (c == j)) for j in range(k))
+                          for c in range(k)])
+            divisor += 1
+            continue
+        y = int(target[i])
+        if y == ignore_index:
+            per.append(0.0)
+            grads.append([0.0] * k)
+            continue
+        nll = -w[y] * logp[y]
+        smooth = -math.fsum(w[c] * logp[c] for c in range(k))
+        per.append((1 - eps) * nll + eps / k * smooth)
+        d_nll = [w[y] * (p[c] - (c == y)) for c in range(k)]
+        d_smooth = [math.fsum(w[j] * (p[c] - (c == j)) for j in range(k)) for c in range(k)]
+        grads.append([(1 - eps) * d_nll[c] + eps / k * d_smooth[c] for c in range(k)])
+        divisor += w[y]
+    if reduction == "none":
+        return None, per, grads
+    if reduction == "sum":
+        return math.fsum(per), per, grads
+    return math.fsum(per) / divisor, per, [[g / divisor for g in row] for row in grads]
+
+
+def grid_case(soft, ignored_present, seed=0, n=7, k=4):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(scale=3, size=(n, k))
+    if soft:
+        t = rng.random((n, k))
+        return z, t / t.sum(axis=1, keepdims=True)
+    y = rng.integers(0, k, n)
+    if ignored_present:
+        y[[1, 4]] = -1
+    return z, y
+
+
+GRID = list(itertools.product(REDUCTIONS, [None, (0.5, 1.0, 2.0, 3.5)], [False, True],
+                              [0.0, 0.2], [False, True]))
+
+
+@pytest.mark.parametrize("reduction, weight, ignored_present, eps, soft", GRID)
+def test_matches_naive_oracle(reduction, weight, ignored_present, eps, soft):
+    z, target = grid_case(soft, ignored_present)
+    r = cross_entropy(z, target, weight=weight, ignore_index=-1, label_smoothing=eps,
+                      reduction=reduction)
+    loss, per, grads = naive(z.tolist(), list(target), weight, -1, eps, reduction)
+    np.testing.assert_allclose(r.per_sample, per, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(r.grad, grads, rtol=1e-12, atol=1e-16)
+    assert r.total == pytest.approx(math.fsum(per), rel=1e-12)
+    if reduction == "none":
+        assert r.loss is None
+    else:
+        assert r.loss == pytest.approx(loss, rel=1e-12)
+    assert r.ignored.tolist() == [not soft and ignored_present and i in (1, 4) for i in range(7)]
+
+
+@pytest.mark.parametrize("reduction, weight, ignored_present, eps, soft", GRID)
+def test_gradient_matches_central_differences(reduction, weight, ignored_present, eps, soft):
+    z, target = grid_case(soft, ignored_present, seed=2, n=5)
+
+    def reduced(zz):
+        r = cross_entropy(zz, target, weight=weight, ignore_index=-1, label_smoothing=eps,
+                          reduction=reduction)
+        return r.total if reduction == "none" else r.loss
+
+    h = 1e-6
+    numeric = np.zeros_like(z)
+    for index in np.ndindex(z.shape):
+        up, down = z.copy(), z.copy()
+        up[index] += h
+        down[index] -= h
+        numeric[index] = (reduced(up) - reduced(down)) / (2 * h)
+    analytic = cross_entropy(z, target, weight=weight, ignore_index=-1, label_smoothing=eps,
+                             reduction=reduction).grad
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("reduction, weight, ignored_present, eps, soft", GRID)
+def test_matches_torch(reduction, weight, ignored_present, eps, soft):
+    torch = pytest.importorskip("torch")
+    z, target = grid_case(soft, ignored_present, seed=3)
+    r = cross_entropy(z, target, weight=weight, ignore_index=-1, label_smoothing=eps,
+                      reduction=reduction)
+    logits = torch.tensor(z, requires_grad=True)
+    kwargs = dict(ignore_index=-1, label_smoothing=eps)
+    if weight is not None:
+        kwargs["weight"] = torch.tensor(weight, dtype=torch.float64)
+    t = torch.tensor(target)
+    per = torch.nn.functional.cross_entropy(logits, t, reduction="none", **kwargs)
+    np.testing.assert_allclose(r.per_sample, per.detach().numpy(), rtol=1e-12, atol=1e-300)
+    reduced = torch.nn.functional.cross_entropy(logits, t, reduction=reduction, **kwargs)
+    (reduced.sum() if reduction == "none" else reduced).backward()
+    np.testing.assert_allclose(r.grad, logits.grad.numpy(), rtol=1e-12, atol=1e-16)
+    if r.loss is not None:
+        assert r.loss == pytest.approx(reduced.item(), rel=1e-12)
+
+
+# --- invariants ------------------------------------------------------------------------------
+
+K = 4
+finite_logit = st.floats(-30, 30)
+extreme_logit = st.one_of(st.floats(-1e300, 1e300), st.sampled_from([1e300, -1e300, 0.0]))
+
+
+@st.composite
+def problems(draw, logit=finite_logit, n=3):
+    z = np.array(draw(st.lists(st.lists(logit, min_size=K, max_size=K), min_size=n,
+                               max_size=n)))
+    y = np.array(draw(st.lists(st.integers(0, K - 1), min_size=n, max_size=n)))
+    weight = draw(st.one_of(st.none(), st.lists(st.floats(0.1, 5), min_size=K, max_size=K)))
+    eps = draw(st.sampled_from([0.0, 0.1, 0.5, 1.0]))
+    return z, y, weight, eps
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems())
+def test_loss_is_non_negative_and_gradient_rows_sum_to_zero(problem):
+    z, y, weight, eps = problem
+    r = cross_entropy(z, y, weight=weight, label_smoothing=eps, reduction="none")
+    assert (r.per_sample >= 0).all()
+    scale = 1 + np.abs(r.grad).max()
+    np.testing.assert_allclose(r.grad.sum(axis=1), 0, atol=1e-12 * scale)
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems(), st.floats(-100, 100))
+def test_shifting_a_row_changes_nothing(problem, shift):
+    z, y, weight, eps = problem
+    before = cross_entropy(z, y, weight=weight, label_smoothing=eps, reduction="none")
+    z2 = z.copy()
+    z2[0] += shift
+    after = cross_entropy(z2, y, weight=weight, label_smoothing=eps, reduction="none")
+    np.testing.assert_allclose(after.per_sample, before.per_sample, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(after.grad, before.grad, rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems(), st.permutations(range(K)))
+def test_permuting_classes_permutes_the_gradient(problem, order):
+    z, y, weight, eps = problem
+    order = np.array(order)
+    inverse = np.argsort(order)  # class c moves to position inverse[c]
+    before = cross_entropy(z, y, weight=weight, label_smoothing=eps)
+    after = cross_entropy(z[:, order], inverse[y],
+                          weight=None if weight is None else np.array(weight)[order],
+                          label_smoothing=eps)
+    assert after.loss == pytest.approx(before.loss, rel=1e-12, abs=1e-15)
+    np.testing.assert_allclose(after.grad, before.grad[:, order], rtol=1e-10, atol=1e-15)
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems(logit=extreme_logit), st.sampled_from(REDUCTIONS))
+def test_finite_logits_give_finite_results(problem, reduction):
+    z, y, weight, eps = problem
+    r = cross_entropy(z, y, weight=weight, label_smoothing=eps, reduction=reduction)
+    assert np.isfinite(r.per_sample).all() and np.isfinite(r.grad).all()
+    assert np.isfinite(r.total) and (r.loss is None or math.isfinite(r.loss))
+    assert (r.per_sample >= 0).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(problems(logit=st.floats(-20, 20)))
+def test_float32_is_close_to_float64(problem):
+    z, y, weight, eps = problem
+    wide = cross_entropy(z, y, weight=weight, label_smoothing=eps)
+    narrow = cross_entropy(z, y, weight=weight, label_smoothing=eps, dtype=np.float32)
+    assert narrow.grad.dtype == np.float32 and narrow.per_sample.dtype == np.float32
+    assert narrow.loss == pytest.approx(wide.loss, rel=1e-4, abs=1e-5)
+    np.testing.assert_allclose(narrow.grad, wide.grad, rtol=1e-3, atol=1e-5)
+
+
+# --- validation ------------------------------------------------------------------------------
+
+Z = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+Y = np.array([2, 0])
+
+
+@pytest.mark.parametrize("z, target, options, message, sample, column", [
+    (np.array([[1.0, np.nan, 3.0], [0, 0, 0]]), Y, {}, "logit is NaN", 0, "class 1"),
+    (np.array([[1.0, 2.0, 3.0], [0, 0, np.inf]]), Y, {}, r"logit is \+inf", 1, "class 2"),
+    (np.array([[1.0, 2.0, 3.0], [-np.inf] * 3]), Y, {}, "every logit is -inf", 1, None),
+    (np.array([1.0, 2.0]), Y, {}, r"2-D array .* shape \(2,\)", None, None),
+    (np.array([[1.0], [2.0]]), Y, {}, "at least 2 classes, got 1", None, None),
+    (np.array([["a", "b"]]), Y[:1], {}, "logits must be numbers", None, None),
+    (Z, np.array([2, 3]), {}, r"label 3 is not a class index 0\.\.2", 1, None),
+    (Z, np.array([-1, 0]), {}, r"label -1 .* ignore index -100", 0, None),
+    (Z, np.array([2.0, 1.5]), {}, "label is not an integer", 1, None),
+    (Z, np.array([2, 0, 1]), {}, "targets must be 2 class indices", None, None),
+    (Z, Y, {"weight": [1.0, 2.0]}, r"one entry per class \(3\)", None, None),
+    (Z, Y, {"weight": [1.0, -2.0, 1.0]}, "weight -2.0 is not a finite number >= 0", None,
+     "class 1"),
+    (Z, Y, {"weight": [1.0, 1.0, np.nan]}, "weight nan", None, "class 2"),
+    (Z, Y, {"label_smoothing": 1.5}, r"label smoothing 1.5 is outside \[0, 1\]", None, None),
+    (Z, Y, {"label_smoothing": float("nan")}, "label smoothing nan", None, None),
+    (Z, Y, {"reduction": "avg"}, "reduction 'avg' is not one of mean, sum, none", None, None),
+    (Z, np.array([[0.5, 0.5, 0.0], [0.2, -0.1, 0.9]]), {}, "target probability is negative", 1,
+     "class 1"),
+    (Z, np.array([[0.5, 0.5, 0.0], [0.2, 0.1, 0.6]]), {}, "sum to 0.9, not 1", 1, None),
+    (Z, np.array([[0.5, 0.5], [0.2, 0.8]]), {}, r"shape \(2, 3\) like the logits", None, None),
+    (np.array([[1.0, 2.0, -np.inf], [0, 0, 0]]), Y, {}, "class is masked .* infinite", 0,
+     "class 2"),
+    (np.array([[1.0, -np.inf, 3.0], [0, 0, 0]]), Y, {"label_smoothing": 0.1},
+     "class is masked .* infinite", 0, "class 1"),
+    (np.array([[1.0, 2.0, -np.inf]] * 2), np.array([[0.5, 0.0, 0.5]] * 2), {},
+     "class is masked", 0, "class 2"),
+    (np.array([[1e300, 0.0, 0.0]]), Y[:1], {"dtype": np.float32},
+     "logit does not fit in float32", 0, "class 0"),
+    (np.array([[1.7e308, -1.7e308]]), np.array([1]), {}, "overflows float64", 0, "class 1"),
+    (Z, np.array([-100, -100]), {}, "every sample is ignored .* reduction 'sum'", None, None),
+    (Z, Y, {"weight": [0.0, 1.0, 0.0]}, "target-class weights .* sum to 0", None, None),
+    (np.zeros((0, 3)), np.zeros(0, dtype=int), {}, "there are no samples", None, None),
+])
+def test_bad_input_is_refused_with_its_place(z, target, options, message, sample, column):
+    with pytest.raises(InputError, match=message) as caught:
+        cross_entropy(z, target, **options)
+    assert (caught.value.sample, caught.value.column) == (sample, column)
+
+
+def test_soft_target_tolerance_scales_with_k():
+    t = np.array([[0.5, 0.5 + 2e-6, 0.0]])  # off by 2e-6 < 3 * 1e-6
+    assert cross_entropy(np.zeros((1, 3)), t).loss == pytest.approx(1.000002 * LOG3, rel=1e-14)
+    with pytest.raises(InputError, match="not 1"):
+        cross_entropy(np.zeros((1, 3)), np.array([[0.5, 0.5 + 4e-6, 0.0]]))
+
+
+def test_empty_input_sums_to_zero():
+    r = cross_entropy(np.zeros((0, 3)), np.zeros(0, dtype=int), reduction="sum")
+    assert r.loss == 0.0 and r.grad.shape == (0, 3)

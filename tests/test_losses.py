@@ -1,4 +1,4 @@
-"""The numeric core of eval: values pinned by hand, a naive oracle, finite differences, invariants."""
+"""The numeric core of eval: hand-derived values, a naive oracle, finite differences, invariants."""
 
 import itertools
 import math
@@ -341,6 +341,7 @@ Y = np.array([2, 0])
     (Z, np.array([2, 3]), {}, r"label 3 is not a class index 0\.\.2", 1, None),
     (Z, np.array([-1, 0]), {}, r"label -1 .* ignore index -100", 0, None),
     (Z, np.array([2.0, 1.5]), {}, "label is not an integer", 1, None),
+    (Z, np.array([np.inf, 1.0]), {}, "label is not an integer", 0, None),
     (Z, np.array([2, 0, 1]), {}, "targets must be 2 class indices", None, None),
     (Z, Y, {"weight": [1.0, 2.0]}, r"one entry per class \(3\)", None, None),
     (Z, Y, {"weight": [1.0, -2.0, 1.0]}, "weight -2.0 is not a finite number >= 0", None,
@@ -382,3 +383,10 @@ def test_soft_target_tolerance_scales_with_k():
 def test_empty_input_sums_to_zero():
     r = cross_entropy(np.zeros((0, 3)), np.zeros(0, dtype=int), reduction="sum")
     assert r.loss == 0.0 and r.grad.shape == (0, 3)
+
+
+def test_integral_float_labels_are_class_indices_and_inputs_stay_untouched():
+    z, y = Z.copy(), np.array([2.0, 0.0])
+    r = cross_entropy(z, y, label_smoothing=0.1)
+    assert r.loss == pytest.approx(cross_entropy(Z, Y, label_smoothing=0.1).loss, rel=1e-15)
+    assert (z == Z).all() and y.tolist() == [2.0, 0.0]

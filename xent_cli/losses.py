@@ -176,6 +176,8 @@ def _logits(z, dtype: np.dtype) -> np.ndarray:
     _first_bad(np.isposinf(raw), "logit is +inf; only -inf (a masked class) is allowed")
     _first_bad(np.isneginf(raw).all(axis=1, keepdims=True),
                "every logit is -inf: all classes are masked")
+    if raw.dtype == dtype:
+        return raw
     with np.errstate(over="ignore"):
         z = raw.astype(dtype)
     _first_bad(np.isinf(z) & ~np.isinf(raw), f"logit does not fit in {dtype.name}")
@@ -210,7 +212,8 @@ def _target(target, n: int, k: int, ignore_index: int,
             as_float = target.astype(np.float64)
         except (TypeError, ValueError):
             raise InputError("labels must be integer class indices") from None
-        _first_bad((as_float != np.round(as_float))[:, None], "label is not an integer")
+        fractional = ~np.isfinite(as_float) | (as_float != np.round(as_float))
+        _first_bad(fractional[:, None], "label is not an integer")
         target = as_float.astype(np.int64)
     ignored = target == ignore_index
     bad = np.flatnonzero(~ignored & ((target < 0) | (target >= k)))

@@ -251,6 +251,24 @@ def test_matches_torch(reduction, weight, ignored_present, eps, soft):
         assert r.loss == pytest.approx(reduced.item(), rel=1e-12)
 
 
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_float32_matches_torch_float32(soft):
+    torch = pytest.importorskip("torch")
+    z, target = grid_case(soft, ignored_present=not soft, seed=4, n=50, k=6)
+    weight = np.linspace(0.5, 3, 6)
+    r = cross_entropy(z, target, weight=weight, ignore_index=-1, label_smoothing=0.1,
+                      dtype=np.float32)
+    logits = torch.tensor(z, dtype=torch.float32, requires_grad=True)
+    t = torch.tensor(target, dtype=torch.float32) if soft else torch.tensor(target)
+    loss = torch.nn.functional.cross_entropy(
+        logits, t, weight=torch.tensor(weight, dtype=torch.float32), ignore_index=-1,
+        label_smoothing=0.1)
+    loss.backward()
+    assert r.grad.dtype == np.float32
+    assert r.loss == pytest.approx(loss.item(), rel=1e-6)
+    np.testing.assert_allclose(r.grad, logits.grad.numpy(), rtol=1e-5, atol=1e-8)
+
 # --- invariants ------------------------------------------------------------------------------
 
 K = 4

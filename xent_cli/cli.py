@@ -73,6 +73,100 @@ def root(
     """
 
 
+# --- xent eval --------------------------------------------------------------------------------
+
+import enum  # noqa: E402  (kept with the command that uses them)
+from typing import Annotated, Optional  # noqa: E402
+
+
+class Reduction(str, enum.Enum):
+    mean = "mean"
+    sum = "sum"
+    none = "none"
+
+
+class Dtype(str, enum.Enum):
+    float64 = "float64"
+    float32 = "float32"
+
+
+class EvalFormat(str, enum.Enum):
+    rich = "rich"
+    json = "json"
+    csv = "csv"
+
+
+@app.command("eval")
+def eval_command(
+    logits: Annotated[str, typer.Argument(
+        help="CSV of logits with a header row, one column per class, plus a 'label' column; "
+             "'-' reads stdin.", show_default=False)],
+    *,
+    label_col: Annotated[str, typer.Option(help="The name of the label column.")] = "label",
+    labels: Annotated[Optional[str], typer.Option(
+        help="Labels in a file of their own (one column, with or without header).")] = None,
+    targets: Annotated[Optional[str], typer.Option(
+        help="Soft targets: a CSV with a header and one probability column per class.")] = None,
+    delimiter: Annotated[Optional[str], typer.Option(
+        help="The cell delimiter ('\\t' for tab); default ',' or tab for .tsv files.")] = None,
+    weight: Annotated[Optional[str], typer.Option(
+        help="Per-class weights w0,w1,... as PyTorch's weight=.")] = None,
+    ignore_index: Annotated[int, typer.Option(
+        help="Samples with this label add no loss or gradient and are not counted.")] = -100,
+    label_smoothing: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Label smoothing in [0, 1], as PyTorch's.")] = 0.0,
+    reduction: Annotated[Reduction, typer.Option(help="How per-sample losses combine.")] = Reduction.mean,
+    dtype: Annotated[Dtype, typer.Option(help="The floating-point type of the computation.")] = Dtype.float64,
+    show: Annotated[int, typer.Option(
+        min=0, help="Show the step-by-step arithmetic of the first N samples (0 hides it).")] = 3,
+    output_format: Annotated[EvalFormat, typer.Option(
+        "--format", help="rich (tables), json (one object) or csv (header and one row).")] = EvalFormat.rich,
+    output: Annotated[Optional[str], typer.Option(
+        help="Write a per-sample CSV (label, pred, loss, prob_c, grad_c) to this path, atomically.")] = None,
+) -> None:
+    """Evaluate the cross-entropy loss and its gradient on a CSV of logits, as PyTorch would.
+
+    Class c is the c-th logit column. The gradient is d(loss)/dz, what logits.grad holds after
+    backward() on the reduced loss: (p − y), scaled by the weights and the reduction.
+
+    \b
+    Examples:
+      xent eval examples/logits_k3.csv
+      xent eval examples/digits_logits.csv --show 0 --format json
+      xent eval logits.csv --labels labels.csv --weight 1,2,1 --output per_sample.csv
+    """
+    from xent_cli import data
+    from xent_cli.render import eval as render
+
+    with user_errors():
+        if labels is not None and targets is not None:
+            raise XentError("--labels and --targets exclude each other: give one")
+        if delimiter == "\\t":
+            delimiter = "\t"
+        if delimiter is not None and len(delimiter) != 1:
+            raise XentError(f"--delimiter must be one character, got {delimiter!r}")
+        weights = data.parse_weights(weight) if weight is not None else None
+        if output is not None:
+            data.check_output_path(output, [logits, labels, targets])
+        loaded = data.read_eval_input(logits, label_col=label_col, labels_path=labels,
+                                      targets_path=targets, delimiter=delimiter)
+        evaluation = data.evaluate(loaded, weight=weights, ignore_index=ignore_index,
+                                   label_smoothing=label_smoothing, reduction=reduction.value,
+                                   dtype=dtype.value, show=show)
+        if output is not None:
+            data.write_atomic(output, render.per_sample_csv(evaluation), loaded.inputs)
+    console = stdout()
+    if output_format is EvalFormat.json:
+        console.out(render.to_json(evaluation), highlight=False)
+    elif output_format is EvalFormat.csv:
+        console.out(render.to_csv(evaluation), end="", highlight=False)
+    else:
+        console.print(render.summary_table(evaluation))
+        if evaluation.worked:
+            console.print()
+            console.print(render.steps(evaluation))
+
+
 def main() -> None:
     """Runs the app as the ``xent`` console script."""
     app(prog_name="xent")

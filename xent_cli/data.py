@@ -1,0 +1,438 @@
+"""Reading logits, labels and soft targets from CSV text, and writing result files atomically.
+
+A table is a header row and data rows. Every error names the file, the line as an editor counts
+it (the header is line 1) and the column header, so the user can go straight to the bad cell.
+
+Dialect: UTF-8 with or without a BOM, LF or CRLF, with or without a final newline, spaces after
+the delimiter. Blank lines are skipped. The delimiter is ',' or, for a '.tsv' file, a tab.
+Cells are strict: decimal numbers only (no 'nan', 'inf', '1_000', hex); a literal that
+overflows float64 (1e400) is an error, not infinity. A label is a whole number; '2.0' is
+accepted as 2 (files written by float arrays spell labels that way), '2.5' is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from xent_cli import losses
+from xent_cli.errors import InputError
+
+STDIN = "-"
+
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A header and its data rows as text, each row with the file line it ends on."""
+
+    source: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    lines: tuple[int, ...]
+    header_line: int = 1
+
+
+@dataclass(frozen=True)
+class EvalInput:
+    """Logits and their targets, with where each sample sits in its files.
+
+    Exactly one of ``labels`` (N,) int64 and ``targets`` (N, k) float64 is set. ``lines[i]`` is
+    the line of sample i in ``source``; ``target_lines[i]`` its line in ``target_source``
+    (the same file when the labels are a column of the logits file).
+    """
+
+    logits: np.ndarray  # (N, k) float64
+    labels: np.ndarray | None
+    targets: np.ndarray | None
+    class_names: tuple[str, ...]
+    source: str
+    lines: tuple[int, ...]
+    target_source: str
+    target_column: str | None  # the label column's header, None for soft targets
+    target_lines: tuple[int, ...]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Returns the files read (once each)."""
+        return tuple(dict.fromkeys((self.source, self.target_source)))
+
+
+@dataclass(frozen=True)
+class WorkedSample:
+    """One sample's arithmetic, step by step, as a learner would do it by hand."""
+
+    sample: int
+    line: int
+    z: np.ndarray  # logits
+    shifted: np.ndarray  # z - max z
+    exps: np.ndarray  # exp(z - max z)
+    exp_sum: float  # their sum
+    p: np.ndarray  # softmax = exps / exp_sum
+    label: int | None  # the target class (index targets)
+    y: np.ndarray  # the target distribution the loss compares p with (smoothing applied)
+    p_minus_y: np.ndarray
+    loss: float  # this sample's loss, as reduction='none' gives it
+    scale: float  # gradient = scale * (p - y)
+    grad: np.ndarray  # the gradient row of the reported loss
+    ignored: bool
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The cross-entropy of a file of logits, with the numbers a summary needs."""
+
+    data: EvalInput
+    result: losses.CrossEntropyResult
+    weight: tuple[float, ...] | None
+    ignore_index: int
+    label_smoothing: float
+    dtype: str
+    accuracy: float | None  # share of counted samples whose argmax is the label (soft: target argmax)
+    mean_loss: float  # total / divisor: the 'mean' loss whatever the reduction
+    perplexity: float | None  # exp(mean_loss), index targets only
+    worked: tuple[WorkedSample, ...]
+
+    @property
+    def n(self) -> int:
+        return self.data.logits.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.data.logits.shape[1]
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """Returns each sample's predicted class (the first largest logit)."""
+        return self.data.logits.argmax(axis=1)
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+def read_table(path: str, delimiter: str | None = None, *, require_rows: bool = True) -> Table:
+    """Returns the header and rows of a CSV file ('-' reads stdin).
+
+    This is the one place that parses text, so a faster engine can replace it.
+    """
+    text = _read_text(path)
+    if delimiter is None:
+        delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True)
+    header, header_line, rows, lines = None, 1, [], []
+    try:
+        for row in reader:
+            cells = tuple(cell.strip() for cell in row)
+            if not any(cells):
+                continue  # blank line
+            if header is None:
+                header, header_line = _header(cells, path, reader.line_num), reader.line_num
+                continue
+            if len(cells) != len(header):
+                raise InputError(f"row has {len(cells)} cells, the header has {len(header)}",
+                                 source=path, line=reader.line_num)
+            rows.append(cells)
+            lines.append(reader.line_num)
+    except csv.Error as error:
+        raise InputError(f"not valid CSV: {error}", source=path, line=reader.line_num) from None
+    if header is None:
+        raise InputError("the file is empty; expected a header row and data rows", source=path)
+    if not rows and require_rows:
+        raise InputError("the file has a header but no data rows", source=path)
+    return Table(source=path, header=header, rows=tuple(rows), lines=tuple(lines),
+                 header_line=header_line)
+
+
+def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: str | None = None,
+                    targets_path: str | None = None, delimiter: str | None = None) -> EvalInput:
+    """Reads logits with labels from their own column, a labels file, or a soft-targets file."""
+    if labels_path is not None and targets_path is not None:
+        raise InputError("give either labels or soft targets, not both")
+    table = read_table(logits_path, delimiter)
+    has_label_col = label_col in table.header
+    if (labels_path or targets_path) and has_label_col:
+        raise InputError(f"has a column {label_col!r} and labels come from "
+                         f"{labels_path or targets_path}; remove one of them",
+                         source=logits_path, line=1)
+    if not (labels_path or targets_path or has_label_col):
+        raise InputError(f"there is no column {label_col!r}; name the label column with "
+                         f"--label-col, or give --labels or --targets", source=logits_path, line=1)
+    logit_columns = [c for c, name in enumerate(table.header) if not (has_label_col and name == label_col)]
+    if len(logit_columns) < 2:
+        raise InputError(f"found {len(logit_columns)} logit column; cross-entropy needs at least "
+                         f"2 classes", source=logits_path, line=1)
+    class_names = tuple(table.header[c] for c in logit_columns)
+    logits = _numbers(table, logit_columns, "logit")
+    labels = targets = None
+    target_column = None
+    if has_label_col:
+        target_source, target_column, target_lines = logits_path, repr(label_col), table.lines
+        labels = _labels(table, table.header.index(label_col))
+    elif labels_path is not None:
+        labels, target_column, target_lines = _read_labels(labels_path, delimiter)
+        target_source = labels_path
+        _same_length(table, target_lines, labels_path, "labels")
+    else:
+        target_table = read_table(targets_path, delimiter)
+        target_source, target_lines = targets_path, target_table.lines
+        if len(target_table.header) != len(class_names):
+            raise InputError(f"has {len(target_table.header)} target columns, the logits have "
+                             f"{len(class_names)} classes", source=targets_path, line=1)
+        _same_length(table, target_lines, targets_path, "target rows")
+        targets = _numbers(target_table, range(len(class_names)), "probability")
+        negative = np.argwhere(targets < 0)
+        if negative.size:
+            i, c = negative[0]
+            raise InputError(f"target probability {target_table.rows[i][c]} is negative",
+                             source=targets_path, line=target_lines[i],
+                             column=repr(target_table.header[c]))
+    return EvalInput(logits=logits, labels=labels, targets=targets, class_names=class_names,
+                     source=logits_path, lines=table.lines, target_source=target_source,
+                     target_column=target_column, target_lines=tuple(target_lines))
+
+
+def _read_text(path: str) -> str:
+    """Returns a file's text (stdin for '-'); binary or undecodable input is an error."""
+    try:
+        if path == STDIN:
+            stream = getattr(sys.stdin, "buffer", None)
+            raw = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
+        else:
+            with open(path, "rb") as file:
+                raw = file.read()
+    except FileNotFoundError:
+        raise InputError("no such file", source=path) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, not a CSV file", source=path) from None
+    except PermissionError:
+        raise InputError("cannot be read: permission denied", source=path) from None
+    except OSError as error:
+        raise InputError(f"cannot be read: {error.strerror or error}", source=path) from None
+    if b"\0" in raw:
+        raise InputError("is binary, not CSV text", source=path)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise InputError(f"is not UTF-8 text (byte {error.start})", source=path, line=line) from None
+
+
+def _header(cells: tuple[str, ...], path: str, line: int) -> tuple[str, ...]:
+    """Returns the header; empty or repeated names are errors."""
+    for c, name in enumerate(cells):
+        if not name:
+            raise InputError(f"column {c + 1} of the header has no name", source=path, line=line)
+        if name in cells[:c]:
+            raise InputError(f"column name {name!r} appears twice in the header", source=path,
+                             line=line)
+    return cells
+
+
+def parse_weights(text: str) -> tuple[float, ...]:
+    """Returns class weights from 'w0,w1,...'; each must be a finite number."""
+    weights = []
+    for c, cell in enumerate(text.split(",")):
+        try:
+            weights.append(parse_number(cell.strip()))
+        except ValueError as error:
+            raise InputError(f"--weight entry {c} (class {c}): {error}") from None
+    return tuple(weights)
+
+
+def parse_number(text: str) -> float:
+    """Returns a finite float from a decimal literal; raises ValueError with the reason."""
+    if not _NUMBER.fullmatch(text):
+        if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            raise ValueError(f"{text!r} is not a finite number")
+        raise ValueError(f"{text!r} is not a number" if text else "the cell is empty")
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text!r} overflows float64")
+    return value
+
+
+def parse_label(text: str) -> int:
+    """Returns a class label from a whole number ('2' or '2.0'); raises ValueError otherwise."""
+    if _INTEGER.fullmatch(text):
+        return int(text)
+    value = parse_number(text)
+    if value != int(value):
+        raise ValueError(f"label {text!r} is not an integer")
+    return int(value)
+
+
+def _numbers(table: Table, columns, what: str) -> np.ndarray:
+    """Returns the given columns of a table as a float64 array (rows, columns)."""
+    columns = list(columns)
+    out = np.empty((len(table.rows), len(columns)), dtype=np.float64)
+    for i, row in enumerate(table.rows):
+        for j, c in enumerate(columns):
+            try:
+                out[i, j] = parse_number(row[c])
+            except ValueError as error:
+                raise InputError(f"{what} {error}", source=table.source, line=table.lines[i],
+                                 column=repr(table.header[c])) from None
+    return out
+
+
+def _labels(table: Table, column: int) -> np.ndarray:
+    """Returns one column of a table as int64 labels."""
+    out = np.empty(len(table.rows), dtype=np.int64)
+    for i, row in enumerate(table.rows):
+        try:
+            value = parse_label(row[column])
+            if not -2**63 <= value < 2**63:
+                raise ValueError(f"label {row[column]!r} is out of range")
+        except ValueError as error:
+            message = str(error) if str(error).startswith("label") else f"label {error}"
+            raise InputError(message, source=table.source, line=table.lines[i],
+                             column=repr(table.header[column])) from None
+        out[i] = value
+    return out
+
+
+def _read_labels(path: str, delimiter: str | None) -> tuple[np.ndarray, str | None, tuple[int, ...]]:
+    """Reads a one-column labels file; its first line is a header when it is not a number."""
+    table = read_table(path, delimiter, require_rows=False)  # maybe the header is a label
+    if len(table.header) != 1:
+        raise InputError(f"a labels file has one column, this one has {len(table.header)}",
+                         source=path, line=1)
+    try:
+        parse_number(table.header[0])
+    except ValueError:
+        if not table.rows:
+            raise InputError("the file has a header but no labels", source=path) from None
+        return _labels(table, 0), repr(table.header[0]), table.lines
+    whole = Table(source=path, header=("label",), rows=((table.header[0],),) + table.rows,
+                  lines=(table.header_line,) + table.lines)
+    return _labels(whole, 0), None, whole.lines
+
+
+def _same_length(table: Table, target_lines, target_path: str, what: str) -> None:
+    """Raises InputError when the logits and the targets differ in their number of rows."""
+    n, m = len(table.rows), len(target_lines)
+    if m < n:
+        raise InputError(f"this sample has no partner: {target_path} has only {m} {what} for "
+                         f"{n} rows of logits", source=table.source, line=table.lines[m])
+    if m > n:
+        raise InputError(f"{target_path} has {m} {what} but {table.source} has only {n} rows "
+                         f"of logits", source=target_path, line=target_lines[n])
+
+
+# --- evaluating -------------------------------------------------------------------------------
+
+def evaluate(data: EvalInput, *, weight=None, ignore_index: int = -100,
+             label_smoothing: float = 0.0, reduction: str = "mean", dtype: str = "float64",
+             show: int = 3) -> Evaluation:
+    """Returns the cross-entropy of the data, with errors placed in their files."""
+    target = data.labels if data.labels is not None else data.targets
+    try:
+        result = losses.cross_entropy(data.logits, target, weight=weight,
+                                      ignore_index=ignore_index, label_smoothing=label_smoothing,
+                                      reduction=reduction, dtype=np.dtype(dtype))
+    except InputError as error:
+        raise _locate(error, data) from None
+    counted = ~result.ignored
+    accuracy = None
+    if counted.any():
+        reference = data.labels if data.labels is not None else data.targets.argmax(axis=1)
+        accuracy = losses.accuracy(data.logits, reference, ignore_index=ignore_index)
+    mean_loss = result.total / result.divisor if result.divisor > 0 else float("nan")
+    perplexity = None
+    if data.labels is not None and result.divisor > 0:
+        perplexity = float(np.exp(mean_loss)) if mean_loss < 709 else float("inf")
+    weight_array = (np.ones(data.logits.shape[1]) if weight is None
+                    else np.asarray(weight, dtype=np.float64))
+    coefficients = losses.coefficients(
+        target if data.labels is not None else np.asarray(target, dtype=np.float64),
+        data.logits.shape[1], weight_array, label_smoothing, result.ignored)
+    worked = tuple(_worked(data, result, coefficients, i) for i in range(min(show, len(data.lines))))
+    return Evaluation(data=data, result=result,
+                      weight=None if weight is None else tuple(float(w) for w in weight),
+                      ignore_index=ignore_index, label_smoothing=label_smoothing, dtype=dtype,
+                      accuracy=accuracy, mean_loss=float(mean_loss), perplexity=perplexity,
+                      worked=worked)
+
+
+def _worked(data: EvalInput, result: losses.CrossEntropyResult, a: np.ndarray,
+            i: int) -> WorkedSample:
+    """Returns sample i's arithmetic: z - max z, exp, sum, softmax, loss and gradient."""
+    z = data.logits[i]
+    shifted = z - z.max()
+    exps = np.exp(shifted)
+    exp_sum = float(exps.sum())
+    weight_sum = float(a[i].sum())
+    divisor = result.divisor if result.reduction == "mean" else 1.0
+    y = a[i] / weight_sum if weight_sum > 0 else np.zeros_like(a[i])
+    p = exps / exp_sum
+    return WorkedSample(
+        sample=i, line=data.lines[i], z=z, shifted=shifted, exps=exps, exp_sum=exp_sum,
+        p=p, label=None if data.labels is None else int(data.labels[i]), y=y, p_minus_y=p - y,
+        loss=float(result.per_sample[i]), scale=weight_sum / divisor,
+        grad=np.asarray(result.grad[i], dtype=np.float64), ignored=bool(result.ignored[i]),
+    )
+
+
+def _locate(error: InputError, data: EvalInput) -> InputError:
+    """Places a core error (sample i, 'class c') at its line and column in the input files."""
+    if error.sample is None or error.source is not None:
+        return error
+    i = error.sample
+    if error.column is not None and error.column.startswith("class ") and data.targets is None:
+        c = int(error.column.split()[1])
+        return error.located(source=data.source, line=data.lines[i],
+                             column=repr(data.class_names[c]))
+    if error.column is not None and error.column.startswith("class "):
+        # soft targets: a class column may be a logit's or a probability's; the core names
+        # logits in 'logit ...' messages
+        c = int(error.column.split()[1])
+        if "logit" in error.message:
+            return error.located(source=data.source, line=data.lines[i],
+                                 column=repr(data.class_names[c]))
+        return error.located(source=data.target_source, line=data.target_lines[i],
+                             column=repr(data.class_names[c]))
+    return error.located(source=data.target_source, line=data.target_lines[i],
+                         column=data.target_column)
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+def check_output_path(path: str, inputs=()) -> None:
+    """Raises InputError when path cannot take an output file or would overwrite an input."""
+    if os.path.isdir(path):
+        raise InputError("is a directory; give a file name for the output", source=path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InputError(f"the directory {parent} does not exist", source=path)
+    for source in inputs:
+        if source in (None, STDIN):
+            continue
+        if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+            raise InputError("is an input file; refusing to overwrite it", source=path)
+
+
+def write_atomic(path: str, text: str, inputs=()) -> None:
+    """Writes text to path all at once: a temporary file beside it, then a rename.
+
+    A failure leaves neither a partial file nor the temporary one behind.
+    """
+    check_output_path(path, inputs)
+    directory = os.path.dirname(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(prefix=".xent-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException as error:
+        os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise InputError(f"cannot be written: {error.strerror or error}", source=path) from None
+        raise

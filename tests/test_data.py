@@ -1,0 +1,219 @@
+"""The reader: strict cells, dialects, lines as an editor counts them, atomic writing."""
+
+import io
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xent_cli import data
+from xent_cli.errors import InputError
+
+
+def write(tmp_path, name, text, mode="w"):
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8", newline="")
+    return str(path)
+
+
+# --- cells ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, value", [
+    ("1", 1.0), ("-2.5", -2.5), ("+3", 3.0), (".5", 0.5), ("5.", 5.0), ("1e-3", 0.001),
+    ("1E5", 1e5), ("-0", -0.0), ("1e-400", 0.0), ("1.7976931348623157e308", sys.float_info.max),
+])
+def test_decimal_literals_parse(text, value):
+    assert data.parse_number(text) == value
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("nan", "not a finite number"), ("NaN", "not a finite number"), ("inf", "not a finite"),
+    ("-inf", "not a finite"), ("Infinity", "not a finite"), ("1e400", "overflows float64"),
+    ("-1e400", "overflows float64"), ("1_000", "not a number"), ("0x10", "not a number"),
+    ("abc", "not a number"), ("", "empty"), ("1,5", "not a number"), ("1 2", "not a number"),
+])
+def test_non_decimal_or_non_finite_cells_are_refused(text, reason):
+    with pytest.raises(ValueError, match=reason):
+        data.parse_number(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_repr_of_every_finite_float_reads_back_bit_for_bit(x):
+    assert data.parse_number(repr(x)) == x
+    assert math.copysign(1, data.parse_number(repr(x))) == math.copysign(1, x)
+
+
+@pytest.mark.parametrize("text, label", [("2", 2), ("-100", -100), ("2.0", 2), ("1e0", 1), ("+0", 0)])
+def test_labels_are_whole_numbers_and_integral_floats_are_accepted(text, label):
+    assert data.parse_label(text) == label
+
+
+@pytest.mark.parametrize("text", ["2.5", "nan", "two", "", "1e400"])
+def test_labels_that_are_not_whole_numbers_are_refused(text):
+    with pytest.raises(ValueError):
+        data.parse_label(text)
+
+
+def test_weights_parse_from_a_comma_list_and_name_the_bad_entry():
+    assert data.parse_weights("1, 2.5,0") == (1.0, 2.5, 0.0)
+    with pytest.raises(InputError, match="entry 1 .*'x' is not a number"):
+        data.parse_weights("1,x,3")
+
+
+# --- tables and dialects ----------------------------------------------------------------------
+
+PLAIN = "z0,z1,label\n1,2,0\n3,4,1\n"
+
+
+@pytest.mark.parametrize("raw", [
+    PLAIN,
+    PLAIN.replace("\n", "\r\n"),  # CRLF
+    "\ufeff" + PLAIN,  # UTF-8 byte order mark
+    PLAIN.rstrip("\n"),  # no final newline
+    PLAIN.replace(",", ", "),  # spaces after commas
+    PLAIN + "\n\n",  # blank trailing lines
+], ids=["plain", "crlf", "bom", "no-final-newline", "spaces", "blank-tail"])
+def test_dialects_read_the_same(tmp_path, raw):
+    loaded = data.read_eval_input(write(tmp_path, "z.csv", raw))
+    assert loaded.class_names == ("z0", "z1")
+    assert loaded.logits.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert loaded.labels.tolist() == [0, 1]
+    assert loaded.lines == (2, 3)
+
+
+def test_tsv_by_extension_and_other_delimiters_by_option(tmp_path):
+    tsv = data.read_eval_input(write(tmp_path, "z.tsv", PLAIN.replace(",", "\t")))
+    semi = data.read_eval_input(write(tmp_path, "z.txt", PLAIN.replace(",", ";")), delimiter=";")
+    assert tsv.logits.tolist() == semi.logits.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_stdin_is_read_for_dash(monkeypatch):
+    stream = io.TextIOWrapper(io.BytesIO(PLAIN.encode()), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", stream)
+    loaded = data.read_eval_input("-")
+    assert loaded.source == "-" and loaded.labels.tolist() == [0, 1]
+
+
+def test_lines_count_as_an_editor_does_across_blank_lines(tmp_path):
+    path = write(tmp_path, "z.csv", "z0,z1,label\n1,2,0\n\n3,x,1\n")
+    with pytest.raises(InputError) as caught:
+        data.read_eval_input(path)
+    assert str(caught.value) == f"{path}, line 4, column 'z1': logit 'x' is not a number"
+
+
+def test_label_column_is_anywhere_and_the_rest_are_classes_in_file_order(tmp_path):
+    loaded = data.read_eval_input(write(tmp_path, "z.csv", "y,b,a\n1,5,6\n0,7,8\n"), label_col="y")
+    assert loaded.class_names == ("b", "a")
+    assert loaded.logits.tolist() == [[5.0, 6.0], [7.0, 8.0]]
+    assert loaded.labels.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("labels_text", ["label\n1\n0\n", "1\n0\n", "1\r\n0"],
+                         ids=["header", "no-header", "crlf-no-final-newline"])
+def test_labels_file_with_or_without_header(tmp_path, labels_text):
+    logits = write(tmp_path, "z.csv", "a,b\n1,2\n3,4\n")
+    loaded = data.read_eval_input(logits, labels_path=write(tmp_path, "y.csv", labels_text))
+    assert loaded.labels.tolist() == [1, 0]
+    first = 2 if labels_text.startswith("label") else 1
+    assert loaded.target_lines == (first, first + 1)
+
+
+def test_soft_targets_file(tmp_path):
+    logits = write(tmp_path, "z.csv", "a,b\n1,2\n3,4\n")
+    loaded = data.read_eval_input(logits, targets_path=write(tmp_path, "t.csv", "p0,p1\n0.25,0.75\n1,0\n"))
+    assert loaded.labels is None
+    assert loaded.targets.tolist() == [[0.25, 0.75], [1.0, 0.0]]
+
+
+# --- placing core errors ----------------------------------------------------------------------
+
+def test_a_label_out_of_range_is_placed_at_its_line_in_the_labels_file(tmp_path):
+    logits = write(tmp_path, "z.csv", "a,b\n1,2\n3,4\n")
+    labels = write(tmp_path, "y.csv", "label\n1\n\n7\n")
+    loaded = data.read_eval_input(logits, labels_path=labels)
+    with pytest.raises(InputError) as caught:
+        data.evaluate(loaded)
+    assert str(caught.value).startswith(f"{labels}, line 4, column 'label': label 7 is not a class")
+
+
+def test_a_logit_too_large_for_float32_is_placed_at_its_cell(tmp_path):
+    loaded = data.read_eval_input(write(tmp_path, "z.csv", "a,b,label\n1,2,0\n1e39,0,1\n"))
+    with pytest.raises(InputError) as caught:
+        data.evaluate(loaded, dtype="float32")
+    assert str(caught.value).startswith(f"{loaded.source}, line 3, column 'a': logit does not fit")
+
+
+def test_a_soft_row_not_summing_to_one_is_placed_in_the_targets_file(tmp_path):
+    logits = write(tmp_path, "z.csv", "a,b\n1,2\n3,4\n")
+    targets = write(tmp_path, "t.csv", "p0,p1\n0.5,0.5\n0.5,0.6\n")
+    loaded = data.read_eval_input(logits, targets_path=targets)
+    with pytest.raises(InputError) as caught:
+        data.evaluate(loaded)
+    assert str(caught.value).startswith(f"{targets}, line 3: target probabilities sum to 1.1")
+
+
+# --- the worked arithmetic --------------------------------------------------------------------
+
+def test_worked_sample_follows_the_hand_derivation(tmp_path):
+    loaded = data.read_eval_input(write(tmp_path, "z.csv", "a,b,c,label\n1,2,3,0\n0,0,0,2\n"))
+    worked = data.evaluate(loaded, show=5).worked
+    assert len(worked) == 2  # no more than there are samples
+    first = worked[0]
+    e = [math.exp(-2), math.exp(-1), 1.0]
+    assert first.shifted.tolist() == [-2.0, -1.0, 0.0]
+    assert first.exp_sum == pytest.approx(sum(e), rel=1e-15)
+    assert first.p.tolist() == pytest.approx([x / sum(e) for x in e], rel=1e-15)
+    assert first.loss == pytest.approx(-math.log(e[0] / sum(e)), rel=1e-14)
+    # mean over 2 samples: gradient = (p - y) / 2
+    assert first.scale == 0.5
+    assert first.grad.tolist() == pytest.approx(((first.p - [1, 0, 0]) / 2).tolist(), rel=1e-14)
+    assert data.evaluate(loaded, show=0).worked == ()
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+def test_write_atomic_writes_and_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "out.csv"
+    data.write_atomic(str(target), "a,b\n1,2\n")
+    assert target.read_text() == "a,b\n1,2\n"
+    assert os.listdir(tmp_path) == ["out.csv"]
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    def broken_replace(source, destination):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(InputError, match="No space left"):
+        data.write_atomic(str(tmp_path / "out.csv"), "a\n")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("directory", "is a directory"),
+    ("missing-directory", "does not exist"),
+    ("input", "is an input file"),
+])
+def test_output_paths_that_cannot_take_a_file_are_refused(tmp_path, case, fragment):
+    source = write(tmp_path, "z.csv", PLAIN)
+    path = {"directory": str(tmp_path), "missing-directory": str(tmp_path / "no" / "o.csv"),
+            "input": source}[case]
+    with pytest.raises(InputError, match=fragment):
+        data.write_atomic(path, "x\n", inputs=[source])
+    assert (tmp_path / "z.csv").read_text() == PLAIN
+
+
+def test_write_refuses_an_input_reached_by_another_spelling(tmp_path, monkeypatch):
+    source = write(tmp_path, "z.csv", PLAIN)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="input file"):
+        data.check_output_path("./z.csv", inputs=[source])
+    assert np.array_equal(data.read_eval_input(source).logits, [[1.0, 2.0], [3.0, 4.0]])

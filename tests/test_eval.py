@@ -1,0 +1,465 @@
+"""`xent eval` as a user runs it: every option against an independent oracle, every bad input."""
+
+import csv
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from xent_cli.cli import app
+from xent_cli.losses import cross_entropy
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+K3 = "z0,z1,z2,label\n2.0,1.0,0.1,0\n0.5,2.5,-1.0,1\n-1.0,0.0,3.0,2\n1.2,0.8,1.0,2\n"
+Z = [[2.0, 1.0, 0.1], [0.5, 2.5, -1.0], [-1.0, 0.0, 3.0], [1.2, 0.8, 1.0]]
+Y = [0, 1, 2, 2]
+
+
+# --- an independent oracle: PyTorch's documented formula, one sample at a time ---------------
+
+def oracle_losses(z, target, weight=None, ignore_index=-100, eps=0.0):
+    """Returns (per-sample losses, mean divisor) as torch.nn.functional.cross_entropy defines them.
+
+    Index target y: (1 - eps) * (-w[y] log p_y) + (eps / k) * (-sum_c w[c] log p_c);
+    soft target t: -sum_c w[c] * ((1 - eps) t_c + eps / k) log p_c.
+    """
+    per, divisor = [], 0.0
+    for row, t in zip(z, target):
+        k = len(row)
+        w = weight or [1.0] * k
+        log_norm = math.log(sum(math.exp(v) for v in row))
+        log_p = [v - log_norm for v in row]
+        if isinstance(t, list):
+            per.append(-sum(w[c] * ((1 - eps) * t[c] + eps / k) * log_p[c] for c in range(k)))
+            divisor += 1
+        elif t == ignore_index:
+            per.append(0.0)
+        else:
+            nll = -w[t] * log_p[t]
+            smooth = -sum(w[c] * log_p[c] for c in range(k))
+            per.append((1 - eps) * nll + eps / k * smooth)
+            divisor += w[t]
+    return per, divisor
+
+
+def oracle_reduced(z, target, reduction, **options):
+    per, divisor = oracle_losses(z, target, **options)
+    return sum(per) / divisor if reduction == "mean" else sum(per)
+
+
+def finite_difference_grad(z, target, reduction, h=1e-6, **options):
+    """Returns d(reduced loss)/dz by central differences ('none': each sample's own loss)."""
+    grad = []
+    for i, row in enumerate(z):
+        grad.append([])
+        for c in range(len(row)):
+            def f(shift):
+                moved = [list(r) for r in z]
+                moved[i][c] += shift
+                if reduction == "none":
+                    return oracle_losses(moved, target, **options)[0][i]
+                return oracle_reduced(moved, target, reduction, **options)
+            grad[-1].append((f(h) - f(-h)) / (2 * h))
+    return grad
+
+
+def read_output(path):
+    with open(path, newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    k = sum(1 for name in rows[0] if name.startswith("grad_"))
+    per = [float(r["loss"]) for r in rows]
+    grad = [[float(r[f"grad_{c}"]) for c in range(k)] for r in rows]
+    probs = [[float(r[f"prob_{c}"]) for c in range(k)] for r in rows]
+    return rows, per, grad, probs
+
+
+@pytest.fixture
+def k3(tmp_path):
+    path = tmp_path / "logits_k3.csv"
+    path.write_text(K3, encoding="utf-8")
+    return path
+
+
+# --- the example and its golden output --------------------------------------------------------
+
+def test_example_k3_matches_its_golden_output(runner, golden, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    result = runner.invoke(app, ["eval", "examples/logits_k3.csv"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    golden("eval_logits_k3.txt", result.stdout)
+
+
+def test_example_k3_is_the_hand_made_file_these_tests_use():
+    assert (EXAMPLES / "logits_k3.csv").read_text(encoding="utf-8") == K3
+
+
+def test_digits_mean_loss_equals_sklearn_log_loss(runner):
+    metrics = pytest.importorskip("sklearn.metrics")
+    path = EXAMPLES / "digits_logits.csv"
+    table = np.loadtxt(path, delimiter=",", skiprows=1)
+    z, labels = table[:, :-1], table[:, -1].astype(int)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    expected = metrics.log_loss(labels, p, labels=list(range(10)))
+    result = runner.invoke(app, ["eval", str(path), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["n"], summary["k"]) == (450, 10)
+    assert abs(summary["loss"] - expected) <= 1e-9
+    assert summary["accuracy"] == pytest.approx(np.mean(z.argmax(axis=1) == labels), abs=1e-15)
+    assert 0.85 < summary["accuracy"] < 1  # a real, imperfect classifier
+
+
+def test_eval_does_not_import_sympy():
+    code = (
+        "import sys\n"
+        "from xent_cli.cli import app\n"
+        "try:\n"
+        f"    app(['eval', {str(EXAMPLES / 'logits_k3.csv')!r}, '--show', '0'], prog_name='xent')\n"
+        "except SystemExit as done:\n"
+        "    assert done.code in (0, None), done.code\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(done.stderr.strip().splitlines()[-1].split())
+    assert "numpy" in loaded  # the command did run
+    assert loaded.isdisjoint({"sympy", "pandas", "torch", "matplotlib"})
+
+
+def test_help_shows_an_example(runner):
+    result = runner.invoke(app, ["eval", "--help"])
+    assert result.exit_code == 0
+    assert "xent eval examples/logits_k3.csv" in result.stdout
+
+
+# --- every option, against the oracle and finite differences ----------------------------------
+
+OPTION_CASES = {
+    "defaults": ([], {}),
+    "sum": (["--reduction", "sum"], {"reduction": "sum"}),
+    "none": (["--reduction", "none"], {"reduction": "none"}),
+    "weight": (["--weight", "1,2,0.5"], {"weight": [1.0, 2.0, 0.5]}),
+    "weight-sum": (["--weight", "1,2,0.5", "--reduction", "sum"],
+                   {"weight": [1.0, 2.0, 0.5], "reduction": "sum"}),
+    "smoothing": (["--label-smoothing", "0.2"], {"eps": 0.2}),
+    "smoothing-weight-none": (["--label-smoothing", "0.1", "--weight", "3,1,2", "--reduction", "none"],
+                              {"eps": 0.1, "weight": [3.0, 1.0, 2.0], "reduction": "none"}),
+    "ignore-index": (["--ignore-index", "2"], {"ignore_index": 2}),
+    "ignore-weight-smoothing": (["--ignore-index", "1", "--weight", "1,4,2", "--label-smoothing", "0.3"],
+                                {"ignore_index": 1, "weight": [1.0, 4.0, 2.0], "eps": 0.3}),
+}
+
+
+@pytest.mark.parametrize("name", OPTION_CASES)
+def test_options_follow_pytorch_semantics(runner, k3, tmp_path, name):
+    args, options = OPTION_CASES[name][0], dict(OPTION_CASES[name][1])
+    reduction = options.pop("reduction", "mean")
+    out = tmp_path / "per_sample.csv"
+    result = runner.invoke(app, ["eval", str(k3), "--format", "json", "--output", str(out), *args])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    per, divisor = oracle_losses(Z, Y, **options)
+    _, got_per, got_grad, _ = read_output(out)
+    assert got_per == pytest.approx(per, rel=1e-13, abs=1e-15)
+    np.testing.assert_allclose(got_grad, finite_difference_grad(Z, Y, reduction, **options),
+                               atol=1e-8)
+    assert summary["reduction"] == reduction
+    if reduction == "none":
+        assert summary["loss"] == pytest.approx(per, rel=1e-13)
+    else:
+        assert summary["loss"] == pytest.approx(oracle_reduced(Z, Y, reduction, **options), rel=1e-13)
+    assert summary["loss_sum"] == pytest.approx(sum(per), rel=1e-13)
+    assert summary["loss_mean"] == pytest.approx(sum(per) / divisor, rel=1e-13)
+    ignore = options.get("ignore_index", -100)
+    counted = [i for i, y in enumerate(Y) if y != ignore]
+    hits = sum(np.argmax(Z[i]) == Y[i] for i in counted)
+    assert summary["accuracy"] == pytest.approx(hits / len(counted), abs=1e-15)
+    assert summary["perplexity"] == pytest.approx(math.exp(sum(per) / divisor), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", OPTION_CASES)
+def test_options_match_torch(runner, k3, tmp_path, name):
+    torch = pytest.importorskip("torch")
+    args, options = OPTION_CASES[name]
+    out = tmp_path / "per_sample.csv"
+    result = runner.invoke(app, ["eval", str(k3), "--format", "json", "--output", str(out), *args])
+    assert result.exit_code == 0, result.output
+    kwargs = {"reduction": options.get("reduction", "mean"),
+              "ignore_index": options.get("ignore_index", -100),
+              "label_smoothing": options.get("eps", 0.0)}
+    if "weight" in options:
+        kwargs["weight"] = torch.tensor(options["weight"], dtype=torch.float64)
+    logits = torch.tensor(Z, dtype=torch.float64, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor(Y), **kwargs)
+    (loss.sum() if kwargs["reduction"] == "none" else loss).backward()
+    _, per, grad, _ = read_output(out)
+    np.testing.assert_allclose(grad, logits.grad.numpy(), rtol=1e-12, atol=1e-15)
+    if kwargs["reduction"] == "none":
+        np.testing.assert_allclose(per, loss.detach().numpy(), rtol=1e-12)
+    else:
+        assert json.loads(result.stdout)["loss"] == pytest.approx(loss.item(), rel=1e-12)
+
+
+def test_label_col_names_the_label_column(runner, tmp_path):
+    path = tmp_path / "z.csv"
+    path.write_text("y,a,b\n1,0,3\n0,2,-1\n", encoding="utf-8")
+    result = runner.invoke(app, ["eval", str(path), "--label-col", "y", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    per, _ = oracle_losses([[0, 3], [2, -1]], [1, 0])
+    assert json.loads(result.stdout)["loss"] == pytest.approx(sum(per) / 2, rel=1e-13)
+
+
+@pytest.mark.parametrize("with_header", [True, False])
+def test_labels_from_a_file_of_their_own(runner, tmp_path, with_header):
+    logits, labels = tmp_path / "z.csv", tmp_path / "y.csv"
+    logits.write_text("z0,z1,z2\n" + "".join(",".join(map(str, r)) + "\n" for r in Z))
+    labels.write_text(("label\n" if with_header else "") + "\n".join(map(str, Y)) + "\n")
+    result = runner.invoke(app, ["eval", str(logits), "--labels", str(labels), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["loss"] == pytest.approx(oracle_reduced(Z, Y, "mean"), rel=1e-13)
+
+
+def test_soft_targets_divide_the_mean_by_n_and_one_hot_equals_labels(runner, tmp_path):
+    logits, targets = tmp_path / "z.csv", tmp_path / "t.csv"
+    logits.write_text("z0,z1,z2\n" + "".join(",".join(map(str, r)) + "\n" for r in Z))
+    soft = [[0.7, 0.2, 0.1], [0, 1, 0], [0.25, 0.25, 0.5], [0, 0, 1]]
+    targets.write_text("p0,p1,p2\n" + "".join(",".join(map(str, r)) + "\n" for r in soft))
+    for eps, weight in [(0.0, None), (0.2, [1.0, 2.0, 3.0])]:
+        args = ["--label-smoothing", str(eps)] + (["--weight", "1,2,3"] if weight else [])
+        result = runner.invoke(app, ["eval", str(logits), "--targets", str(targets),
+                                     "--format", "json", *args])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        per, divisor = oracle_losses(Z, soft, eps=eps, weight=weight)
+        assert divisor == 4
+        assert summary["loss"] == pytest.approx(sum(per) / 4, rel=1e-13)
+        assert summary["perplexity"] is None and summary["targets"] == "soft"
+    one_hot = [[float(c == y) for c in range(3)] for y in Y]
+    targets.write_text("p0,p1,p2\n" + "".join(",".join(map(str, r)) + "\n" for r in one_hot))
+    result = runner.invoke(app, ["eval", str(logits), "--targets", str(targets), "--format", "json"])
+    assert json.loads(result.stdout)["loss"] == pytest.approx(oracle_reduced(Z, Y, "mean"), rel=1e-14)
+
+
+def test_float32_computes_in_single_precision(runner, k3, tmp_path):
+    out64, out32 = tmp_path / "64.csv", tmp_path / "32.csv"
+    for dtype, out in [("float64", out64), ("float32", out32)]:
+        result = runner.invoke(app, ["eval", str(k3), "--dtype", dtype, "--output", str(out),
+                                     "--format", "json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["dtype"] == dtype
+    _, per64, grad64, _ = read_output(out64)
+    _, per32, grad32, _ = read_output(out32)
+    assert all(float(np.float32(x)) == x for x in per32 + sum(grad32, []))  # float32 values
+    np.testing.assert_allclose(per32, per64, rtol=1e-6)
+    np.testing.assert_allclose(grad32, grad64, atol=1e-7)
+    assert per32 != per64
+
+
+def test_delimiter_option_and_tsv_by_extension(runner, tmp_path):
+    semi, tsv = tmp_path / "z.txt", tmp_path / "z.tsv"
+    semi.write_text(K3.replace(",", ";"))
+    tsv.write_text(K3.replace(",", "\t"))
+    expected = oracle_reduced(Z, Y, "mean")
+    for args in (["--delimiter", ";"], ["--delimiter", "\\t"]):
+        path = semi if ";" in args else tsv
+        result = runner.invoke(app, ["eval", str(path), "--format", "json", *args])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["loss"] == pytest.approx(expected, rel=1e-13)
+    result = runner.invoke(app, ["eval", str(tsv), "--format", "json"])
+    assert json.loads(result.stdout)["loss"] == pytest.approx(expected, rel=1e-13)
+
+
+@pytest.mark.parametrize("raw", [
+    K3.replace("\n", "\r\n"), "\ufeff" + K3, K3.rstrip("\n"), K3.replace(",", ", "), K3 + "\n\n",
+], ids=["crlf", "bom", "no-final-newline", "spaces-after-commas", "blank-tail"])
+def test_dialects_just_work(runner, tmp_path, raw):
+    path = tmp_path / "z.csv"
+    path.write_bytes(raw.encode("utf-8"))
+    result = runner.invoke(app, ["eval", str(path), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["loss"] == pytest.approx(oracle_reduced(Z, Y, "mean"), rel=1e-13)
+
+
+def test_stdin_as_dash(runner):
+    result = runner.invoke(app, ["eval", "-", "--format", "json"], input=K3)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["source"] == "-"
+    assert summary["loss"] == pytest.approx(oracle_reduced(Z, Y, "mean"), rel=1e-13)
+
+
+# --- output formats ---------------------------------------------------------------------------
+
+def test_json_has_the_summary_fields(runner, k3):
+    result = runner.invoke(app, ["eval", str(k3), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert {"n", "k", "reduction", "loss", "accuracy", "perplexity"} <= set(summary)
+    assert (summary["n"], summary["k"], summary["reduction"]) == (4, 3, "mean")
+    assert summary["accuracy"] == 0.75  # sample 3's largest logit is class 0, its label 2
+
+
+def test_csv_format_is_a_header_and_one_row(runner, k3):
+    result = runner.invoke(app, ["eval", str(k3), "--format", "csv", "--reduction", "sum"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(result.stdout.splitlines()))
+    assert len(rows) == 1
+    assert (rows[0]["n"], rows[0]["k"], rows[0]["reduction"]) == ("4", "3", "sum")
+    assert float(rows[0]["loss"]) == pytest.approx(oracle_reduced(Z, Y, "sum"), rel=1e-13)
+    assert float(rows[0]["accuracy"]) == 0.75
+
+
+def test_output_round_trips_bit_for_bit_to_the_core_arrays(runner, tmp_path):
+    path = EXAMPLES / "digits_logits.csv"
+    out = tmp_path / "per_sample.csv"
+    result = runner.invoke(app, ["eval", str(path), "--show", "0", "--output", str(out),
+                                 "--weight", ",".join(["1"] * 5 + ["2"] * 5), "--label-smoothing", "0.05"])
+    assert result.exit_code == 0, result.output
+    table = np.loadtxt(path, delimiter=",", skiprows=1)
+    core = cross_entropy(table[:, :-1], table[:, -1].astype(int), weight=[1.0] * 5 + [2.0] * 5,
+                         label_smoothing=0.05)
+    rows, per, grad, probs = read_output(out)
+    assert list(rows[0])[:5] == ["sample", "line", "label", "pred", "loss"]
+    assert np.array_equal(per, core.per_sample)
+    assert np.array_equal(grad, core.grad)
+    assert np.array_equal(probs, core.probs)
+    assert [int(r["pred"]) for r in rows] == table[:, :-1].argmax(axis=1).tolist()
+    assert [int(r["line"]) for r in rows] == list(range(2, len(rows) + 2))
+
+
+def test_show_prints_the_arithmetic_of_the_first_samples(runner, k3):
+    shown = runner.invoke(app, ["eval", str(k3), "--show", "2"]).stdout
+    assert "sample 1 (line 3)" in shown and "sample 2" not in shown
+    assert "z − max z" in shown and "sum of exp" in shown and "gradient = 0.25 × (p − y)" in shown
+    # sample 0: z - max z = (0, -1, -1.9); -log p_0 = log(1 + e^-1 + e^-1.9)
+    assert f"{math.log(1 + math.exp(-1) + math.exp(-1.9)):.6g}" in shown
+    hidden = runner.invoke(app, ["eval", str(k3), "--show", "0"]).stdout
+    assert "z − max z" not in hidden and "loss" in hidden
+
+
+def test_reduction_none_reports_sum_and_mean(runner, k3):
+    shown = runner.invoke(app, ["eval", str(k3), "--reduction", "none", "--show", "0"]).stdout
+    per, _ = oracle_losses(Z, Y)
+    assert f"{sum(per):.10g}" in shown and f"{sum(per) / 4:.10g}" in shown
+    assert "one loss per sample" in shown
+
+
+# --- bad input: one line on stderr naming file, line and column; exit 2; no output file -------
+
+BAD_INPUTS = [
+    # (name, files {name: text or bytes}, arguments, fragment of the error)
+    ("missing-file", {}, ["nope.csv"], "nope.csv: no such file"),
+    ("directory", {"d/x": "1"}, ["d"], "d: is a directory"),
+    ("binary", {"z.csv": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"}, ["z.csv"], "z.csv: is binary"),
+    ("not-utf8", {"z.csv": b"z0,z1,label\n\xff\xfe,1,0\n"}, ["z.csv"], "z.csv, line 2: is not UTF-8"),
+    ("empty", {"z.csv": ""}, ["z.csv"], "z.csv: the file is empty"),
+    ("header-only", {"z.csv": "z0,z1,label\n"}, ["z.csv"], "header but no data rows"),
+    ("non-numeric", {"z.csv": "z0,z1,label\n1,2,0\n1,abc,0\n"}, ["z.csv"],
+     "z.csv, line 3, column 'z1': logit 'abc' is not a number"),
+    ("empty-cell", {"z.csv": "z0,z1,label\n1,,0\n"}, ["z.csv"], "line 2, column 'z1': logit the cell is empty"),
+    ("python-only-literal", {"z.csv": "z0,z1,label\n1_000,2,0\n"}, ["z.csv"],
+     "line 2, column 'z0': logit '1_000' is not a number"),
+    ("ragged", {"z.csv": "z0,z1,label\n1,2,0\n1,2\n"}, ["z.csv"],
+     "z.csv, line 3: row has 2 cells, the header has 3"),
+    ("nan", {"z.csv": "z0,z1,label\nnan,2,0\n"}, ["z.csv"], "line 2, column 'z0': logit 'nan' is not a finite"),
+    ("inf", {"z.csv": "z0,z1,label\n1,inf,0\n"}, ["z.csv"], "line 2, column 'z1': logit 'inf' is not a finite"),
+    ("minus-inf", {"z.csv": "z0,z1,label\n1,-inf,0\n"}, ["z.csv"], "column 'z1': logit '-inf' is not a finite"),
+    ("overflow", {"z.csv": "z0,z1,label\n1,2,0\n1e400,2,0\n"}, ["z.csv"],
+     "line 3, column 'z0': logit '1e400' overflows float64"),
+    ("label-not-integer", {"z.csv": "z0,z1,label\n1,2,0.5\n"}, ["z.csv"],
+     "line 2, column 'label': label '0.5' is not an integer"),
+    ("label-not-a-number", {"z.csv": "z0,z1,label\n1,2,cat\n"}, ["z.csv"],
+     "line 2, column 'label': label 'cat' is not a number"),
+    ("label-out-of-range", {"z.csv": "z0,z1,label\n1,2,0\n1,2,2\n"}, ["z.csv"],
+     "z.csv, line 3, column 'label': label 2 is not a class index 0..1"),
+    ("label-negative", {"z.csv": "z0,z1,label\n1,2,-1\n"}, ["z.csv"], "line 2, column 'label': label -1"),
+    ("weight-length", {"z.csv": K3}, ["z.csv", "--weight", "1,2"], "weight must have one entry per class (3)"),
+    ("weight-negative", {"z.csv": K3}, ["z.csv", "--weight", "1,-2,1"], "weight -2.0 is not a finite number >= 0"),
+    ("weight-not-number", {"z.csv": K3}, ["z.csv", "--weight", "1,a,1"], "--weight entry 1"),
+    ("soft-negative", {"z.csv": "a,b\n1,2\n", "t.csv": "p0,p1\n-0.5,1.5\n"}, ["z.csv", "--targets", "t.csv"],
+     "t.csv, line 2, column 'p0': target probability -0.5 is negative"),
+    ("soft-sum", {"z.csv": "a,b\n1,2\n3,4\n", "t.csv": "p0,p1\n0.5,0.5\n0.3,0.3\n"},
+     ["z.csv", "--targets", "t.csv"], "t.csv, line 3: target probabilities sum to 0.6, not 1"),
+    ("soft-columns", {"z.csv": "a,b\n1,2\n", "t.csv": "p0,p1,p2\n0.5,0.5,0\n"}, ["z.csv", "--targets", "t.csv"],
+     "t.csv, line 1: has 3 target columns, the logits have 2 classes"),
+    ("soft-nan", {"z.csv": "a,b\n1,2\n", "t.csv": "p0,p1\nnan,1\n"}, ["z.csv", "--targets", "t.csv"],
+     "t.csv, line 2, column 'p0': probability 'nan' is not a finite number"),
+    ("fewer-labels", {"z.csv": "a,b\n1,2\n3,4\n5,6\n", "y.csv": "1\n0\n"}, ["z.csv", "--labels", "y.csv"],
+     "z.csv, line 4: this sample has no partner: y.csv has only 2 labels for 3 rows"),
+    ("more-labels", {"z.csv": "a,b\n1,2\n", "y.csv": "label\n1\n0\n"}, ["z.csv", "--labels", "y.csv"],
+     "y.csv, line 3: y.csv has 2 labels but z.csv has only 1 rows"),
+    ("more-targets", {"z.csv": "a,b\n1,2\n", "t.csv": "p0,p1\n1,0\n0,1\n"}, ["z.csv", "--targets", "t.csv"],
+     "t.csv, line 3: t.csv has 2 target rows"),
+    ("labels-two-columns", {"z.csv": "a,b\n1,2\n", "y.csv": "1,0\n"}, ["z.csv", "--labels", "y.csv"],
+     "y.csv, line 1: a labels file has one column"),
+    ("labels-file-bad-label", {"z.csv": "a,b\n1,2\n3,4\n", "y.csv": "label\n1\n0.5\n"},
+     ["z.csv", "--labels", "y.csv"], "y.csv, line 3, column 'label': label '0.5' is not an integer"),
+    ("labels-file-out-of-range", {"z.csv": "a,b\n1,2\n3,4\n", "y.csv": "1\n5\n"},
+     ["z.csv", "--labels", "y.csv"], "y.csv, line 2: label 5 is not a class index 0..1"),
+    ("one-class", {"z.csv": "z0,label\n1,0\n"}, ["z.csv"], "z.csv, line 1: found 1 logit column"),
+    ("no-label-column", {"z.csv": "a,b\n1,2\n"}, ["z.csv"], "z.csv, line 1: there is no column 'label'"),
+    ("label-column-and-labels", {"z.csv": K3, "y.csv": "0\n1\n2\n2\n"}, ["z.csv", "--labels", "y.csv"],
+     "z.csv, line 1: has a column 'label' and labels come from y.csv"),
+    ("labels-and-targets", {"z.csv": "a,b\n1,2\n", "y.csv": "0\n", "t.csv": "p,q\n1,0\n"},
+     ["z.csv", "--labels", "y.csv", "--targets", "t.csv"], "--labels and --targets exclude each other"),
+    ("duplicate-header", {"z.csv": "a,a,label\n1,2,0\n"}, ["z.csv"], "column name 'a' appears twice"),
+    ("all-ignored-mean", {"z.csv": "a,b,label\n1,2,-100\n"}, ["z.csv"], "every sample is ignored"),
+    ("float32-overflow", {"z.csv": "a,b,label\n1e39,2,0\n"}, ["z.csv", "--dtype", "float32"],
+     "z.csv, line 2, column 'a': logit does not fit in float32"),
+    ("bad-delimiter", {"z.csv": K3}, ["z.csv", "--delimiter", ";;"], "--delimiter must be one character"),
+    ("output-is-directory", {"z.csv": K3, "d/x": "1"}, ["z.csv", "--output", "d"], "d: is a directory"),
+    ("output-missing-directory", {"z.csv": K3}, ["z.csv", "--output", "no/such/out.csv"], "does not exist"),
+    ("output-is-input", {"z.csv": K3}, ["z.csv", "--output", "z.csv"], "z.csv: is an input file"),
+]
+
+
+@pytest.mark.parametrize("name, files, arguments, fragment", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_no_output(runner, tmp_path, monkeypatch, name, files,
+                                                    arguments, fragment):
+    monkeypatch.chdir(tmp_path)
+    for relative, content in files.items():
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    extra = [] if "--output" in arguments else ["--output", "out.csv"]
+    result = runner.invoke(app, ["eval", *arguments, *extra])
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert fragment in result.stderr, result.stderr
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr and isinstance(result.exception, SystemExit)
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # no output, no temporary file, inputs untouched
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1"])
+def test_label_smoothing_outside_0_1_is_a_usage_error(runner, k3, tmp_path, value):
+    out = tmp_path / "out.csv"
+    result = runner.invoke(app, ["eval", str(k3), "--label-smoothing", value, "--output", str(out)])
+    assert result.exit_code == 2
+    assert "Invalid value for '--label-smoothing'" in result.stderr
+    assert not out.exists()
+
+
+def test_an_unknown_reduction_is_a_usage_error(runner, k3):
+    result = runner.invoke(app, ["eval", str(k3), "--reduction", "average"])
+    assert result.exit_code == 2 and "'average' is not one of" in result.stderr
+
+
+def test_an_existing_output_survives_a_failed_run(runner, tmp_path):
+    bad, out = tmp_path / "z.csv", tmp_path / "out.csv"
+    bad.write_text("z0,z1,label\n1,2,0\n1,2,9\n")
+    out.write_text("previous\n")
+    result = runner.invoke(app, ["eval", str(bad), "--output", str(out)])
+    assert result.exit_code == 2
+    assert out.read_text() == "previous\n"
+    assert sorted(os.listdir(tmp_path)) == ["out.csv", "z.csv"]

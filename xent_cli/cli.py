@@ -99,29 +99,36 @@ class EvalFormat(str, enum.Enum):
 @app.command("eval")
 def eval_command(
     logits: Annotated[str, typer.Argument(
+        metavar="LOGITS",
         help="CSV of logits with a header row, one column per class, plus a 'label' column; "
              "'-' reads stdin.", show_default=False)],
     *,
-    label_col: Annotated[str, typer.Option(help="The name of the label column.")] = "label",
+    label_col: Annotated[str, typer.Option(metavar="NAME", help="The name of the label column.")] = "label",
     labels: Annotated[Optional[str], typer.Option(
+        metavar="FILE",
         help="Labels in a file of their own (one column, with or without header).")] = None,
     targets: Annotated[Optional[str], typer.Option(
+        metavar="FILE",
         help="Soft targets: a CSV with a header and one probability column per class.")] = None,
     delimiter: Annotated[Optional[str], typer.Option(
+        metavar="CHAR",
         help="The cell delimiter ('\\t' for tab); default ',' or tab for .tsv files.")] = None,
     weight: Annotated[Optional[str], typer.Option(
+        metavar="W0,W1,...",
         help="Per-class weights w0,w1,... as PyTorch's weight=.")] = None,
     ignore_index: Annotated[int, typer.Option(
+        metavar="N",
         help="Samples with this label add no loss or gradient and are not counted.")] = -100,
     label_smoothing: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="Label smoothing in [0, 1], as PyTorch's.")] = 0.0,
+        min=0.0, max=1.0, metavar="EPS", help="Label smoothing in [0, 1], as PyTorch's.")] = 0.0,
     reduction: Annotated[Reduction, typer.Option(help="How per-sample losses combine.")] = Reduction.mean,
     dtype: Annotated[Dtype, typer.Option(help="The floating-point type of the computation.")] = Dtype.float64,
     show: Annotated[int, typer.Option(
-        min=0, help="Show the step-by-step arithmetic of the first N samples (0 hides it).")] = 3,
+        min=0, metavar="N", help="Show the step-by-step arithmetic of the first N samples (0 hides it).")] = 3,
     output_format: Annotated[EvalFormat, typer.Option(
         "--format", help="rich (tables), json (one object) or csv (header and one row).")] = EvalFormat.rich,
     output: Annotated[Optional[str], typer.Option(
+        metavar="PATH",
         help="Write a per-sample CSV (label, pred, loss, prob_c, grad_c) to this path, atomically.")] = None,
 ) -> None:
     """Evaluate the cross-entropy loss and its gradient on a CSV of logits, as PyTorch would.

@@ -217,3 +217,21 @@ def test_write_refuses_an_input_reached_by_another_spelling(tmp_path, monkeypatc
     with pytest.raises(InputError, match="input file"):
         data.check_output_path("./z.csv", inputs=[source])
     assert np.array_equal(data.read_eval_input(source).logits, [[1.0, 2.0], [3.0, 4.0]])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_worked_gradient_is_scale_times_p_minus_y_under_weights_and_smoothing(tmp_path, reduction):
+    loaded = data.read_eval_input(write(tmp_path, "z.csv", "a,b,c,label\n1,2,3,0\n0,1,0,2\n2,0,1,1\n"))
+    weight, eps = (1.0, 2.0, 3.0), 0.3
+    evaluation = data.evaluate(loaded, weight=weight, label_smoothing=eps, reduction=reduction)
+    # mean divisor = the labels' weights: w[0] + w[2] + w[1] = 6
+    for sample, label in zip(evaluation.worked, (0, 2, 1)):
+        # smoothed, weighted target: a_c = (1 - eps) w[y] [c = y] + eps / 3 * w[c]
+        a = [(1 - eps) * weight[label] * (c == label) + eps / 3 * weight[c] for c in range(3)]
+        assert sample.weight_sum == pytest.approx(sum(a), rel=1e-14)
+        assert sample.scale == pytest.approx(sum(a) / (6 if reduction == "mean" else 1), rel=1e-14)
+        assert sample.y.tolist() == pytest.approx([x / sum(a) for x in a], rel=1e-14)
+        np.testing.assert_allclose(sample.grad, sample.scale * sample.p_minus_y, rtol=1e-12, atol=1e-16)
+        assert sample.loss == pytest.approx(-sample.weight_sum * float(sample.y @ np.log(sample.p)),
+                                            rel=1e-12)
+        assert sample.neg_log_p == pytest.approx(-math.log(sample.p[label]), rel=1e-12)

@@ -81,8 +81,10 @@ class WorkedSample:
     label: int | None  # the target class (index targets)
     y: np.ndarray  # the target distribution the loss compares p with (smoothing applied)
     p_minus_y: np.ndarray
+    neg_log_p: float | None  # -log p of the label (index targets)
     loss: float  # this sample's loss, as reduction='none' gives it
-    scale: float  # gradient = scale * (p - y)
+    weight_sum: float  # the sum of this sample's target coefficients (1 without weights)
+    scale: float  # gradient = scale * (p - y) = weight_sum / divisor
     grad: np.ndarray  # the gradient row of the reported loss
     ignored: bool
 
@@ -373,10 +375,11 @@ def _worked(data: EvalInput, result: losses.CrossEntropyResult, a: np.ndarray,
     divisor = result.divisor if result.reduction == "mean" else 1.0
     y = a[i] / weight_sum if weight_sum > 0 else np.zeros_like(a[i])
     p = exps / exp_sum
+    label = None if data.labels is None or result.ignored[i] else int(data.labels[i])
     return WorkedSample(
         sample=i, line=data.lines[i], z=z, shifted=shifted, exps=exps, exp_sum=exp_sum,
         p=p, label=None if data.labels is None else int(data.labels[i]), y=y, p_minus_y=p - y,
-        loss=float(result.per_sample[i]), scale=weight_sum / divisor,
+        neg_log_p=None if label is None else float(-result.log_probs[i, label]), loss=float(result.per_sample[i]), weight_sum=weight_sum, scale=weight_sum / divisor,
         grad=np.asarray(result.grad[i], dtype=np.float64), ignored=bool(result.ignored[i]),
     )
 

@@ -66,11 +66,14 @@ def _identity(evaluation: Evaluation, sample: WorkedSample) -> str:
     result = evaluation.result
     if sample.ignored:
         return "ignored: this sample adds no loss and no gradient"
-    weighted = evaluation.weight is not None or bool(evaluation.label_smoothing)
-    source = "the sum of this sample's target weights" if weighted else "1"
+    reasons = []
+    if evaluation.weight is not None or evaluation.label_smoothing:
+        reasons.append(f"this sample's target weights sum to {_g(sample.weight_sum)}")
     if result.reduction == "mean":
-        source += f", divided by {_g(result.divisor)} (the mean's divisor)"
-    return f"gradient = {_g(sample.scale)} × (p − y), the scale being {source}"
+        reasons.append(f"the mean divides by {_g(result.divisor)}")
+    else:
+        reasons.append(f"reduction {result.reduction!r} keeps each sample's own gradient")
+    return f"gradient = {_g(sample.scale)} × (p − y): {'; '.join(reasons)}"
 
 
 def worked_sample(evaluation: Evaluation, sample: WorkedSample) -> Group:
@@ -94,13 +97,15 @@ def worked_sample(evaluation: Evaluation, sample: WorkedSample) -> Group:
     for label, values in rows:
         table.add_row(label, *(_g(v) for v in values))
     lines = [f"sum of exp = {_g(sample.exp_sum)}"]
-    if sample.label is not None and not sample.ignored:
-        p_label = sample.p[sample.label]
-        lines.append(f"−log p[{sample.label}] = −log {_g(p_label)} = {_g(sample.loss)}"
-                     + ("  (weights and smoothing applied)" if sample.scale and
-                        (evaluation.weight is not None or evaluation.label_smoothing) else ""))
-    elif not sample.ignored:
-        lines.append(f"loss = −Σ y log p = {_g(sample.loss)}")
+    weighted = evaluation.weight is not None or bool(evaluation.label_smoothing)
+    if sample.neg_log_p is not None:
+        lines.append(f"−log p[{sample.label}] = −log {_g(sample.p[sample.label])} = "
+                     f"{_g(sample.neg_log_p)}")
+    if sample.ignored:
+        pass
+    elif weighted or sample.neg_log_p is None:
+        lines.append(f"loss = −Σ_c y_c log p_c × {_g(sample.weight_sum)} = {_g(sample.loss)}"
+                     + ("  (weights and smoothing applied)" if weighted else ""))
     lines.append(_identity(evaluation, sample))
     return Group(table, Text("\n".join(lines)), Text(""))
 

@@ -235,3 +235,41 @@ def test_worked_gradient_is_scale_times_p_minus_y_under_weights_and_smoothing(tm
         assert sample.loss == pytest.approx(-sample.weight_sum * float(sample.y @ np.log(sample.p)),
                                             rel=1e-12)
         assert sample.neg_log_p == pytest.approx(-math.log(sample.p[label]), rel=1e-12)
+
+
+def test_an_unreadable_file_is_named(tmp_path, monkeypatch):
+    path = write(tmp_path, "z.csv", PLAIN)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(data, "open", denied, raising=False)
+    with pytest.raises(InputError, match="z.csv: cannot be read: permission denied"):
+        data.read_eval_input(path)
+
+
+def test_a_new_output_file_gets_the_usual_mode_not_mkstemps_0600(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        data.write_atomic(str(tmp_path / "out.csv"), "x\n")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out.csv").stat().st_mode & 0o777 == 0o644
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 5).flatmap(lambda k: st.lists(
+    st.tuples(st.lists(finite, min_size=k, max_size=k), st.integers(0, k - 1)), min_size=1, max_size=6)))
+def test_any_table_written_with_repr_reads_back_bit_for_bit(tmp_path_factory, rows):
+    k = len(rows[0][0])
+    text = ",".join(f"z{c}" for c in range(k)) + ",label\n"
+    text += "".join(",".join(map(repr, z)) + f",{y}\n" for z, y in rows)
+    path = tmp_path_factory.mktemp("t") / "z.csv"
+    path.write_text(text, encoding="utf-8")
+    loaded = data.read_eval_input(str(path))
+    assert loaded.logits.tobytes() == np.array([z for z, _ in rows], dtype=np.float64).tobytes()
+    assert loaded.labels.tolist() == [y for _, y in rows]
+    assert loaded.lines == tuple(range(2, len(rows) + 2))

@@ -463,3 +463,25 @@ def test_an_existing_output_survives_a_failed_run(runner, tmp_path):
     assert result.exit_code == 2
     assert out.read_text() == "previous\n"
     assert sorted(os.listdir(tmp_path)) == ["out.csv", "z.csv"]
+
+
+def test_soft_targets_accuracy_uses_the_target_argmax_whatever_the_ignore_index(runner, tmp_path):
+    logits, targets = tmp_path / "z.csv", tmp_path / "t.csv"
+    logits.write_text("a,b\n2,0\n0,2\n2,0\n")
+    targets.write_text("p,q\n0.9,0.1\n0.2,0.8\n0.4,0.6\n")
+    for ignore in ("-100", "0", "1"):
+        result = runner.invoke(app, ["eval", str(logits), "--targets", str(targets),
+                                     "--ignore-index", ignore, "--format", "json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["accuracy"] == pytest.approx(2 / 3)  # PyTorch ignores nothing
+
+
+def test_all_ignored_under_sum_is_zero_and_json_stays_valid(runner, tmp_path):
+    path = tmp_path / "z.csv"
+    path.write_text("a,b,label\n1,2,-100\n0,0,-100\n")
+    result = runner.invoke(app, ["eval", str(path), "--reduction", "sum", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)  # json.loads accepts NaN; check the text as well
+    assert "NaN" not in result.stdout and "Infinity" not in result.stdout
+    assert (summary["loss"], summary["ignored"]) == (0.0, 2)
+    assert summary["accuracy"] is None and summary["loss_mean"] is None

@@ -345,8 +345,10 @@ def evaluate(data: EvalInput, *, weight=None, ignore_index: int = -100,
     counted = ~result.ignored
     accuracy = None
     if counted.any():
-        reference = data.labels if data.labels is not None else data.targets.argmax(axis=1)
-        accuracy = losses.accuracy(data.logits, reference, ignore_index=ignore_index)
+        if data.labels is not None:
+            accuracy = losses.accuracy(data.logits, data.labels, ignore_index=ignore_index)
+        else:  # soft targets ignore no sample; -1 is no class
+            accuracy = losses.accuracy(data.logits, data.targets.argmax(axis=1), ignore_index=-1)
     mean_loss = result.total / result.divisor if result.divisor > 0 else float("nan")
     perplexity = None
     if data.labels is not None and result.divisor > 0:
@@ -433,9 +435,20 @@ def write_atomic(path: str, text: str, inputs=()) -> None:
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as file:
             file.write(text)
+        os.chmod(temporary, _file_mode(path))  # mkstemp's 0600 is not what a plain write gives
         os.replace(temporary, path)
     except BaseException as error:
         os.unlink(temporary)
         if isinstance(error, OSError):
             raise InputError(f"cannot be written: {error.strerror or error}", source=path) from None
         raise
+
+
+def _file_mode(path: str) -> int:
+    """Returns the mode a replaced file keeps, or the umask's default for a new one."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

@@ -18,6 +18,11 @@ def _g(x: float) -> str:
     return f"{x:.6g}"
 
 
+def _finite(x: float | None) -> float | None:
+    """Returns x, or None where it is infinite or undefined (JSON has no inf or NaN)."""
+    return x if x is not None and x - x == 0 else None
+
+
 def _reduction_note(evaluation: Evaluation) -> str:
     """Says what the reported loss and gradient are."""
     result = evaluation.result
@@ -51,7 +56,8 @@ def summary_table(evaluation: Evaluation) -> Table:
         table.add_row("loss", f"{result.loss:.10g}")
     else:
         table.add_row("loss (sum)", f"{result.total:.10g}")
-        table.add_row("loss (mean)", f"{evaluation.mean_loss:.10g}")
+        mean = _finite(evaluation.mean_loss)
+        table.add_row("loss (mean)", "undefined: no sample counts" if mean is None else f"{mean:.10g}")
     if evaluation.accuracy is not None:
         what = "accuracy" if data.labels is not None else "accuracy (vs argmax of targets)"
         table.add_row(what, f"{evaluation.accuracy:.4%}")
@@ -130,10 +136,10 @@ def _fields(evaluation: Evaluation) -> dict:
         "reduction": result.reduction,
         "loss": result.loss,
         "loss_sum": result.total,
-        "loss_mean": evaluation.mean_loss,
+        "loss_mean": _finite(evaluation.mean_loss),
         "divisor": result.divisor,
         "accuracy": evaluation.accuracy,
-        "perplexity": evaluation.perplexity,
+        "perplexity": _finite(evaluation.perplexity),
         "ignored": int(result.ignored.sum()),
         "ignore_index": evaluation.ignore_index,
         "weight": list(evaluation.weight) if evaluation.weight is not None else None,

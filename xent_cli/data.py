@@ -163,14 +163,16 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
     if (labels_path or targets_path) and has_label_col:
         raise InputError(f"has a column {label_col!r} and labels come from "
                          f"{labels_path or targets_path}; remove one of them",
-                         source=logits_path, line=1)
+                         source=logits_path, line=table.header_line)
     if not (labels_path or targets_path or has_label_col):
         raise InputError(f"there is no column {label_col!r}; name the label column with "
-                         f"--label-col, or give --labels or --targets", source=logits_path, line=1)
-    logit_columns = [c for c, name in enumerate(table.header) if not (has_label_col and name == label_col)]
+                         f"--label-col, or give --labels or --targets", source=logits_path,
+                         line=table.header_line)
+    logit_columns = [c for c, name in enumerate(table.header)
+                     if not (has_label_col and name == label_col)]
     if len(logit_columns) < 2:
         raise InputError(f"found {len(logit_columns)} logit column; cross-entropy needs at least "
-                         f"2 classes", source=logits_path, line=1)
+                         f"2 classes", source=logits_path, line=table.header_line)
     class_names = tuple(table.header[c] for c in logit_columns)
     logits = _numbers(table, logit_columns, "logit")
     labels = targets = None
@@ -187,7 +189,8 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
         target_source, target_lines = targets_path, target_table.lines
         if len(target_table.header) != len(class_names):
             raise InputError(f"has {len(target_table.header)} target columns, the logits have "
-                             f"{len(class_names)} classes", source=targets_path, line=1)
+                             f"{len(class_names)} classes", source=targets_path,
+                             line=target_table.header_line)
         _same_length(table, target_lines, targets_path, "target rows")
         targets = _numbers(target_table, range(len(class_names)), "probability")
         negative = np.argwhere(targets < 0)
@@ -306,7 +309,7 @@ def _read_labels(path: str, delimiter: str | None) -> tuple[np.ndarray, str | No
     table = read_table(path, delimiter, require_rows=False)  # maybe the header is a label
     if len(table.header) != 1:
         raise InputError(f"a labels file has one column, this one has {len(table.header)}",
-                         source=path, line=1)
+                         source=path, line=table.header_line)
     try:
         parse_number(table.header[0])
     except ValueError:
@@ -353,12 +356,13 @@ def evaluate(data: EvalInput, *, weight=None, ignore_index: int = -100,
     perplexity = None
     if data.labels is not None and result.divisor > 0:
         perplexity = float(np.exp(mean_loss)) if mean_loss < 709 else float("inf")
+    shown = min(show, len(data.lines))
     weight_array = (np.ones(data.logits.shape[1]) if weight is None
                     else np.asarray(weight, dtype=np.float64))
-    coefficients = losses.coefficients(
-        target if data.labels is not None else np.asarray(target, dtype=np.float64),
-        data.logits.shape[1], weight_array, label_smoothing, result.ignored)
-    worked = tuple(_worked(data, result, coefficients, i) for i in range(min(show, len(data.lines))))
+    coefficients = losses.coefficients(  # for the shown samples only: N may be large
+        np.asarray(target[:shown]), data.logits.shape[1], weight_array, label_smoothing,
+        result.ignored[:shown])
+    worked = tuple(_worked(data, result, coefficients, i) for i in range(shown))
     return Evaluation(data=data, result=result,
                       weight=None if weight is None else tuple(float(w) for w in weight),
                       ignore_index=ignore_index, label_smoothing=label_smoothing, dtype=dtype,

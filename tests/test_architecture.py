@@ -54,3 +54,12 @@ def modules_loaded_by(*argv: str) -> set[str]:
 def test_help_imports_no_heavy_module():
     loaded = modules_loaded_by("--help")
     assert loaded.isdisjoint({"sympy", "pandas", "torch", "polars", "matplotlib", "numpy"})
+
+
+def test_usage_errors_are_one_line_with_exit_2(runner):
+    from xent_cli.cli import app
+
+    for argv in (["bogus"], ["eval"], ["eval", "x.csv", "--no-such-option"]):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 2, argv
+        assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr

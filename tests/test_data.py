@@ -63,9 +63,9 @@ def test_labels_that_are_not_whole_numbers_are_refused(text):
 
 
 def test_weights_parse_from_a_comma_list_and_name_the_bad_entry():
-    assert data.parse_weights("1, 2.5,0") == (1.0, 2.5, 0.0)
+    assert data.parse_weights("1, 2.5,0", 3) == (1.0, 2.5, 0.0)
     with pytest.raises(InputError, match="entry 1 .*'x' is not a number"):
-        data.parse_weights("1,x,3")
+        data.parse_weights("1,x,3", 3)
 
 
 # --- tables and dialects ----------------------------------------------------------------------

@@ -364,14 +364,14 @@ BAD_INPUTS = [
     ("header-only", {"z.csv": "z0,z1,label\n"}, ["z.csv"], "header but no data rows"),
     ("non-numeric", {"z.csv": "z0,z1,label\n1,2,0\n1,abc,0\n"}, ["z.csv"],
      "z.csv, line 3, column 'z1': logit 'abc' is not a number"),
-    ("empty-cell", {"z.csv": "z0,z1,label\n1,,0\n"}, ["z.csv"], "line 2, column 'z1': logit the cell is empty"),
+    ("empty-cell", {"z.csv": "z0,z1,label\n1,,0\n"}, ["z.csv"], "line 2, column 'z1': logit is missing (empty cell)"),
     ("python-only-literal", {"z.csv": "z0,z1,label\n1_000,2,0\n"}, ["z.csv"],
      "line 2, column 'z0': logit '1_000' is not a number"),
     ("ragged", {"z.csv": "z0,z1,label\n1,2,0\n1,2\n"}, ["z.csv"],
      "z.csv, line 3: row has 2 cells, the header has 3"),
     ("nan", {"z.csv": "z0,z1,label\nnan,2,0\n"}, ["z.csv"], "line 2, column 'z0': logit 'nan' is not a finite"),
     ("inf", {"z.csv": "z0,z1,label\n1,inf,0\n"}, ["z.csv"], "line 2, column 'z1': logit 'inf' is not a finite"),
-    ("minus-inf", {"z.csv": "z0,z1,label\n1,-inf,0\n"}, ["z.csv"], "column 'z1': logit '-inf' is not a finite"),
+    ("masked-target", {"z.csv": "z0,z1,label\n1,-inf,1\n"}, ["z.csv"], "line 2, column 'z1': class is masked (logit -inf)"),
     ("overflow", {"z.csv": "z0,z1,label\n1,2,0\n1e400,2,0\n"}, ["z.csv"],
      "line 3, column 'z0': logit '1e400' overflows float64"),
     ("label-not-integer", {"z.csv": "z0,z1,label\n1,2,0.5\n"}, ["z.csv"],
@@ -381,8 +381,8 @@ BAD_INPUTS = [
     ("label-out-of-range", {"z.csv": "z0,z1,label\n1,2,0\n1,2,2\n"}, ["z.csv"],
      "z.csv, line 3, column 'label': label 2 is not a class index 0..1"),
     ("label-negative", {"z.csv": "z0,z1,label\n1,2,-1\n"}, ["z.csv"], "line 2, column 'label': label -1"),
-    ("weight-length", {"z.csv": K3}, ["z.csv", "--weight", "1,2"], "weight must have one entry per class (3)"),
-    ("weight-negative", {"z.csv": K3}, ["z.csv", "--weight", "1,-2,1"], "weight -2.0 is not a finite number >= 0"),
+    ("weight-length", {"z.csv": K3}, ["z.csv", "--weight", "1,2"], "--weight has 2 entries; the logits have 3 classes"),
+    ("weight-negative", {"z.csv": K3}, ["z.csv", "--weight", "1,-2,1"], "--weight entry 1 (class 1): -2 is negative"),
     ("weight-not-number", {"z.csv": K3}, ["z.csv", "--weight", "1,a,1"], "--weight entry 1"),
     ("soft-negative", {"z.csv": "a,b\n1,2\n", "t.csv": "p0,p1\n-0.5,1.5\n"}, ["z.csv", "--targets", "t.csv"],
      "t.csv, line 2, column 'p0': target probability -0.5 is negative"),
@@ -446,7 +446,8 @@ def test_label_smoothing_outside_0_1_is_a_usage_error(runner, k3, tmp_path, valu
     out = tmp_path / "out.csv"
     result = runner.invoke(app, ["eval", str(k3), "--label-smoothing", value, "--output", str(out)])
     assert result.exit_code == 2
-    assert "Invalid value for '--label-smoothing'" in result.stderr
+    assert result.stderr.startswith("Error: Invalid value for '--label-smoothing'")
+    assert result.stderr.count("\n") == 1, "a usage error is one line, like every other error"
     assert not out.exists()
 
 
@@ -485,3 +486,15 @@ def test_all_ignored_under_sum_is_zero_and_json_stays_valid(runner, tmp_path):
     assert "NaN" not in result.stdout and "Infinity" not in result.stdout
     assert (summary["loss"], summary["ignored"]) == (0.0, 2)
     assert summary["accuracy"] is None and summary["loss_mean"] is None
+
+
+def test_a_minus_inf_logit_masks_its_class(runner, tmp_path):
+    # With class 1 masked, the row is a 2-class problem over z0 and z2: loss = log(1 + e^(z2 - z0)).
+    path = tmp_path / "masked.csv"
+    path.write_text("z0,z1,z2,label\n2,-inf,0,0\n")
+    result = runner.invoke(app, ["eval", str(path), "--format", "json", "--output",
+                                 str(tmp_path / "out.csv")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["loss"] == pytest.approx(math.log1p(math.exp(-2)), rel=1e-15)
+    rows = list(csv.DictReader(open(tmp_path / "out.csv")))
+    assert float(rows[0]["prob_1"]) == 0.0 and float(rows[0]["grad_1"]) == 0.0

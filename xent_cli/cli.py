@@ -7,15 +7,47 @@ so that ``xent --help`` and ``xent eval`` start fast.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import enum
+import importlib
+import sys
+from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from xent_cli import __version__
 from xent_cli.errors import ExitStatus, XentError
 
+# The exception classes of the Click that Typer runs on (recent Typers vendor their own copy).
+click_errors = importlib.import_module(typer.BadParameter.__module__)
+
+
+class OneLineErrors(TyperGroup):
+    """Reports a usage error in one line on stderr, like every other xent error, and exits 2."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click_errors.NoArgsIsHelpError as error:
+            error.show()  # its message is the help text
+            code = error.exit_code
+        except click_errors.UsageError as error:
+            command = error.ctx.command_path if error.ctx else "xent"
+            print(f"Error: {error.format_message()} (see '{command} --help')", file=sys.stderr)
+            code = ExitStatus.USAGE
+        except click_errors.ClickException as error:
+            error.show()
+            code = error.exit_code
+        except click_errors.Abort:
+            code = ExitStatus.INTERRUPTED
+        if not standalone_mode:
+            return code
+        sys.exit(code or 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="xent",
     no_args_is_help=True,
     add_completion=False,
@@ -74,9 +106,6 @@ def root(
 
 
 # --- xent eval --------------------------------------------------------------------------------
-
-import enum  # noqa: E402  (kept with the command that uses them)
-from typing import Annotated, Optional  # noqa: E402
 
 
 class Reduction(str, enum.Enum):
@@ -152,11 +181,11 @@ def eval_command(
             delimiter = "\t"
         if delimiter is not None and len(delimiter) != 1:
             raise XentError(f"--delimiter must be one character, got {delimiter!r}")
-        weights = data.parse_weights(weight) if weight is not None else None
         if output is not None:
             data.check_output_path(output, [logits, labels, targets])
         loaded = data.read_eval_input(logits, label_col=label_col, labels_path=labels,
                                       targets_path=targets, delimiter=delimiter)
+        weights = None if weight is None else data.parse_weights(weight, len(loaded.class_names))
         evaluation = data.evaluate(loaded, weight=weights, ignore_index=ignore_index,
                                    label_smoothing=label_smoothing, reduction=reduction.value,
                                    dtype=dtype.value, show=show)

@@ -6,7 +6,8 @@ it (the header is line 1) and the column header, so the user can go straight to 
 Dialect: UTF-8 with or without a BOM, LF or CRLF, with or without a final newline, spaces after
 the delimiter. Blank lines are skipped. The delimiter is ',' or, for a '.tsv' file, a tab.
 Cells are strict: decimal numbers only (no 'nan', 'inf', '1_000', hex); a literal that
-overflows float64 (1e400) is an error, not infinity. A label is a whole number; '2.0' is
+overflows float64 (1e400) is an error, not infinity. The one exception is a logit written '-inf':
+it masks its class (probability 0), which is allowed as long as that class is not the target. A label is a whole number; '2.0' is
 accepted as 2 (files written by float arrays spell labels that way), '2.5' is an error.
 """
 
@@ -174,7 +175,7 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
         raise InputError(f"found {len(logit_columns)} logit column; cross-entropy needs at least "
                          f"2 classes", source=logits_path, line=table.header_line)
     class_names = tuple(table.header[c] for c in logit_columns)
-    logits = _numbers(table, logit_columns, "logit")
+    logits = _numbers(table, logit_columns, "logit", parse_logit)
     labels = targets = None
     target_column = None
     if has_label_col:
@@ -241,14 +242,19 @@ def _header(cells: tuple[str, ...], path: str, line: int) -> tuple[str, ...]:
     return cells
 
 
-def parse_weights(text: str) -> tuple[float, ...]:
-    """Returns class weights from 'w0,w1,...'; each must be a finite number."""
+def parse_weights(text: str, k: int) -> tuple[float, ...]:
+    """Returns k class weights from 'w0,w1,...'; each must be a finite number >= 0."""
     weights = []
     for c, cell in enumerate(text.split(",")):
         try:
             weights.append(parse_number(cell.strip()))
         except ValueError as error:
             raise InputError(f"--weight entry {c} (class {c}): {error}") from None
+        if weights[-1] < 0:
+            raise InputError(f"--weight entry {c} (class {c}): {cell.strip()} is negative; "
+                             f"weights are >= 0")
+    if len(weights) != k:
+        raise InputError(f"--weight has {len(weights)} entries; the logits have {k} classes")
     return tuple(weights)
 
 
@@ -257,11 +263,18 @@ def parse_number(text: str) -> float:
     if not _NUMBER.fullmatch(text):
         if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
             raise ValueError(f"{text!r} is not a finite number")
-        raise ValueError(f"{text!r} is not a number" if text else "the cell is empty")
+        raise ValueError(f"{text!r} is not a number" if text else "is missing (empty cell)")
     value = float(text)
     if value in (float("inf"), float("-inf")):
         raise ValueError(f"{text!r} overflows float64")
     return value
+
+
+def parse_logit(text: str) -> float:
+    """Returns a logit: a finite number, or -inf for a masked class."""
+    if text.lower() in ("-inf", "-infinity"):
+        return float("-inf")
+    return parse_number(text)
 
 
 def parse_label(text: str) -> int:
@@ -274,14 +287,14 @@ def parse_label(text: str) -> int:
     return int(value)
 
 
-def _numbers(table: Table, columns, what: str) -> np.ndarray:
+def _numbers(table: Table, columns, what: str, parse=parse_number) -> np.ndarray:
     """Returns the given columns of a table as a float64 array (rows, columns)."""
     columns = list(columns)
     out = np.empty((len(table.rows), len(columns)), dtype=np.float64)
     for i, row in enumerate(table.rows):
         for j, c in enumerate(columns):
             try:
-                out[i, j] = parse_number(row[c])
+                out[i, j] = parse(row[c])
             except ValueError as error:
                 raise InputError(f"{what} {error}", source=table.source, line=table.lines[i],
                                  column=repr(table.header[c])) from None

@@ -1,0 +1,447 @@
+"""Numeric verification of a cross-entropy gradient: finite differences, complex step, Richardson.
+
+Per-sample losses are independent, so one derivative column serves every sample at once:
+perturbing column c of every row and evaluating the loss on the whole batch gives
+dloss_i/dz_ic for all i. A gradient of N x k entries costs 2k loss evaluations (central),
+k (complex step) or 6k (Richardson), never N·k.
+
+A check compares an analytic gradient with a numeric one entry by entry, as torch.autograd.gradcheck
+does: entry (i, c) fails when |analytic - numeric| > atol + rtol·|numeric| (+ the error estimate,
+for Richardson). It returns a CheckReport; the caller decides what to print and how to exit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from xent_cli import losses
+from xent_cli.errors import InputError
+
+METHODS = ("central", "complex", "richardson")
+
+# The step and tolerances each method needs to be both sound and sharp, per precision of the code
+# under test. central: h = cbrt(machine eps) balances truncation (h²) against round-off (eps/h);
+# complex: no subtraction, so h can be tiny and the result is exact to round-off; richardson:
+# extrapolation cancels the h² term, so a larger h keeps round-off low.
+DEFAULTS = {
+    ("central", "float64"): (6e-6, 1e-5, 1e-8),
+    ("central", "float32"): (5e-3, 1e-3, 1e-3),
+    ("complex", "float64"): (1e-20, 1e-9, 1e-12),
+    ("complex", "float32"): (1e-20, 1e-4, 1e-5),
+    ("richardson", "float64"): (1e-3, 1e-8, 1e-10),
+    ("richardson", "float32"): (5e-2, 1e-3, 1e-3),
+}
+
+SWEEP_STEPS = tuple(10.0 ** -e for e in range(1, 14))  # 1e-1 ... 1e-13
+
+FAILURES_KEPT = 1000  # a report lists this many failing entries; it counts them all
+
+Function = Callable[[np.ndarray], np.ndarray]  # z (N, k) -> (N,) losses or (N, k) gradients
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """The step h and the tolerances of one check."""
+
+    method: str
+    eps: float
+    rtol: float
+    atol: float
+    precision: str  # the dtype the defaults were chosen for
+
+
+def tolerance(method: str, precision: str = "float64", *, eps: float | None = None,
+              rtol: float | None = None, atol: float | None = None) -> Tolerance:
+    """Returns the method's defaults for the precision, overridden where given."""
+    if method not in METHODS:
+        raise InputError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    default_eps, default_rtol, default_atol = DEFAULTS[method, precision]
+    return Tolerance(method=method, eps=default_eps if eps is None else eps,
+                     rtol=default_rtol if rtol is None else rtol,
+                     atol=default_atol if atol is None else atol, precision=precision)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Logits and targets with the options of the loss whose gradient is checked.
+
+    ``a`` holds the coefficients of loss_i = -sum_c a_ic log softmax(z_i)_c (weights, smoothing
+    and ignored samples applied); ``grad`` is xent's analytic gradient, row i of sample i's loss.
+    """
+
+    z: np.ndarray  # (N, k) float64
+    target: np.ndarray  # (N,) int labels or (N, k) soft targets
+    a: np.ndarray  # (N, k)
+    grad: np.ndarray  # (N, k) xent's analytic gradient of the per-sample losses
+    per_sample: np.ndarray  # (N,) xent's per-sample losses
+    source: str  # where the inputs come from, for the report
+
+    @property
+    def n(self) -> int:
+        return self.z.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.z.shape[1]
+
+
+def problem(z, target, *, weight=None, ignore_index: int = -100, label_smoothing: float = 0.0,
+            dtype: str = "float64", source: str = "given logits") -> Problem:
+    """Returns a Problem; the inputs are validated by xent's own loss (reduction 'sum')."""
+    result = losses.cross_entropy(z, target, weight=weight, ignore_index=ignore_index,
+                                  label_smoothing=label_smoothing, reduction="sum", dtype=dtype)
+    z = np.asarray(z, dtype=np.float64)
+    k = z.shape[1]
+    weight = np.ones(k) if weight is None else np.asarray(weight, dtype=np.float64)
+    target = np.asarray(target)
+    if target.ndim == 1:
+        target = target.astype(np.int64)
+    a = losses.coefficients(target if target.ndim == 1 else target.astype(np.float64), k, weight,
+                            label_smoothing, result.ignored)
+    return Problem(z=z, target=target, a=a, grad=result.grad, per_sample=result.per_sample,
+                   source=source)
+
+
+def random_problem(n: int, k: int, seed: int, **options) -> Problem:
+    """Returns N samples of k standard-normal logits (scale 2) with uniform random labels."""
+    rng = np.random.default_rng(seed)
+    z = 2.0 * rng.standard_normal((n, k))
+    labels = rng.integers(0, k, size=n)
+    return problem(z, labels, source=f"random: N={n}, k={k}, seed {seed}", **options)
+
+
+# --- xent's own functions, complex-capable -----------------------------------------------------
+
+def xent_loss(a: np.ndarray) -> Function:
+    """Returns z -> per-sample loss_i = sum_c a_ic (lse(z_i) - z_ic), real or complex z.
+
+    The log-sum-exp shifts by the max of the real parts, so complex z (the complex step) is as
+    stable as real z; masked classes (logit -inf) have a_ic = 0 and add nothing.
+    """
+    counted = a > 0
+
+    def loss(z: np.ndarray) -> np.ndarray:
+        m = np.max(z.real, axis=1, keepdims=True)
+        with np.errstate(invalid="ignore"):
+            lse = np.log(np.exp(z - m).sum(axis=1, keepdims=True))
+        neg_log_p = np.where(counted, (m - np.where(counted, z, 0)) + lse, 0)
+        return (a * neg_log_p).sum(axis=1)
+
+    return loss
+
+
+def xent_gradient(a: np.ndarray) -> Function:
+    """Returns z -> per-sample gradient S_i·softmax(z_i) − a_i, real or complex z."""
+    total = a.sum(axis=1, keepdims=True)
+
+    def gradient(z: np.ndarray) -> np.ndarray:
+        m = np.max(z.real, axis=1, keepdims=True)
+        e = np.exp(z - m)
+        return total * e / e.sum(axis=1, keepdims=True) - a
+
+    return gradient
+
+
+def xent_hessian(problem: Problem) -> np.ndarray:
+    """Returns the per-sample Hessians S_i (diag(p_i) − p_i p_iᵀ), shape (N, k, k)."""
+    p = losses.softmax(problem.z)
+    total = problem.a.sum(axis=1)[:, None, None]
+    return total * (p[:, :, None] * np.eye(problem.k) - p[:, :, None] * p[:, None, :])
+
+
+# --- numeric derivatives ------------------------------------------------------------------------
+
+def _steps(z: np.ndarray, eps: float, method: str) -> np.ndarray:
+    """Returns the step of every entry: eps·max(1, |z|) (absolute eps for the complex step).
+
+    Masked entries (logit -inf) get step 0: their derivative is 0 and stays 0.
+    """
+    finite = np.isfinite(z)
+    scale = 1.0 if method == "complex" else np.maximum(1.0, np.abs(np.where(finite, z, 0)))
+    return np.where(finite, eps * scale, 0.0)
+
+
+def _central(f: Function, z: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Returns (f(z + h e_c) − f(z − h e_c)) / 2h for every column c, stacked on a last axis."""
+    columns = []
+    for c in range(z.shape[1]):  # k evaluations per side, each over the whole batch
+        plus, minus = z.copy(), z.copy()
+        plus[:, c] += h[:, c]
+        minus[:, c] -= h[:, c]
+        high, low = f(plus), f(minus)
+        columns.append((high - low) / _broadcast(np.where(h[:, c] > 0, 2 * h[:, c], 1.0), high))
+    return np.stack(columns, axis=-1)
+
+
+def _broadcast(h: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Returns the per-sample h shaped to divide an (N,) or (N, k) output."""
+    return h.reshape((-1,) + (1,) * (np.ndim(like) - 1))
+
+
+def _complex_step(f: Function, z: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Returns Im f(z + i h e_c) / h for every column c: no subtraction, no cancellation."""
+    columns = []
+    for c in range(z.shape[1]):
+        shifted = z.astype(np.complex128)
+        shifted[:, c] += 1j * h[:, c]
+        out = f(shifted)
+        step = _broadcast(np.where(h[:, c] > 0, h[:, c], 1.0), out)
+        columns.append(np.imag(out) / step)
+    return np.stack(columns, axis=-1)
+
+
+def derivative(f: Function, z: np.ndarray, method: str,
+               eps: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Returns the numeric derivative of f at z, d f(z)[..., ] / d z_ic on a last axis of size k,
+    and an error estimate (Richardson only, else None)."""
+    h = _steps(z, eps, method)
+    if method == "complex":
+        return _complex_step(f, z, h), None
+    if method == "central":
+        return _central(f, z, h), None
+    # Richardson: central differences at h, h/2, h/4; two rounds of extrapolation cancel
+    # the h² and h⁴ terms; the change of the last round estimates the remaining error.
+    d1, d2, d4 = (_central(f, z, h / s) for s in (1, 2, 4))
+    r12, r24 = (4 * d2 - d1) / 3, (4 * d4 - d2) / 3
+    best = (16 * r24 - r12) / 15
+    return best, np.abs(best - r24)
+
+
+def directional(f: Function, z: np.ndarray, v: np.ndarray, method: str,
+                eps: float) -> np.ndarray:
+    """Returns d/dt f(z + t v) at t = 0 per sample, with 2 evaluations (1 for the complex step)."""
+    scale = np.maximum(1.0, np.abs(z).max(axis=1, keepdims=True))
+    v = np.where(np.isfinite(z), v, 0.0)
+    if method == "complex":
+        return np.imag(f(z + 1j * eps * v)) / eps
+    h = eps * scale
+    if method == "central":
+        return (f(z + h * v) - f(z - h * v)) / (2 * h[:, 0])
+    d = [(f(z + (h / s) * v) - f(z - (h / s) * v)) / (2 * h[:, 0] / s) for s in (1, 2, 4)]
+    r12, r24 = (4 * d[1] - d[0]) / 3, (4 * d[2] - d[1]) / 3
+    return (16 * r24 - r12) / 15
+
+
+# --- reports ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Failure:
+    """One entry where the analytic and numeric values disagree beyond the tolerance."""
+
+    sample: int
+    cls: int | None  # the class (None for a directional derivative, one number per sample)
+    analytic: float
+    numeric: float
+    abs_err: float
+    rel_err: float
+    column: int | None = None  # the second class of a Hessian entry d²loss / dz_cls dz_column
+
+    def describe(self) -> str:
+        """Names the entry and both values, saying which is which."""
+        where = f"sample {self.sample}"
+        if self.cls is not None:
+            where += f", class {self.cls}" if self.column is None else \
+                f", classes ({self.cls}, {self.column})"
+        return (f"{where}: analytic {self.analytic:.10g}, numeric {self.numeric:.10g} "
+                f"(abs error {self.abs_err:.3g}, rel error {self.rel_err:.3g})")
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Two independent routes to the same numbers, and how far apart they are."""
+
+    first: str
+    second: str
+    max_abs_diff: float
+    tolerance: float
+    passed: bool
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """The largest error of the numeric derivative at one step h."""
+
+    h: float
+    max_abs_err: float
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The verdict of one check, entry by entry, with everything a reader needs to trust it."""
+
+    quantity: str  # "gradient", "Hessian" or "directional derivative"
+    analytic_source: str  # what was checked, e.g. "my_grad.py:grad"
+    numeric_source: str  # what the numbers come from, e.g. "central differences of xent's loss"
+    source: str  # the inputs
+    tolerance: Tolerance
+    n: int
+    k: int
+    entries: int
+    failed: int
+    failures: tuple[Failure, ...]  # the first FAILURES_KEPT, in sample order
+    max_abs_err: float  # over the entries where both values are finite
+    max_rel_err: float
+    max_error_estimate: float | None = None  # Richardson's own estimate of its error
+    nonfinite: str | None = None  # NaN or inf in the analytic or numeric values, said plainly
+    agreements: tuple[Agreement, ...] = ()
+    sweep: tuple[SweepPoint, ...] = field(default=())
+
+    @property
+    def passed(self) -> bool:
+        return self.failed == 0 and self.nonfinite is None and all(a.passed for a in self.agreements)
+
+    @property
+    def best_step(self) -> float | None:
+        """Returns the step h with the smallest error in the sweep."""
+        finite = [p for p in self.sweep if np.isfinite(p.max_abs_err)]
+        return min(finite, key=lambda p: p.max_abs_err).h if finite else None
+
+
+def _relative(abs_err: np.ndarray, analytic: np.ndarray, numeric: np.ndarray) -> np.ndarray:
+    """Returns abs_err / max(|analytic|, |numeric|), 0 where both are 0."""
+    scale = np.maximum(np.abs(analytic), np.abs(numeric))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(abs_err == 0, 0.0, abs_err / np.where(scale > 0, scale, 1.0))
+
+
+def _nonfinite_note(values: np.ndarray, what: str) -> str | None:
+    """Says how many entries are NaN or infinite, and where the first one is."""
+    nan, inf = np.isnan(values), np.isinf(values)
+    if not (nan.any() or inf.any()):
+        return None
+    first = tuple(int(x) for x in np.argwhere(nan | inf)[0])
+    where = f"sample {first[0]}" + (f", class {first[1]}" if len(first) > 1 else "") + \
+        (f", column {first[2]}" if len(first) > 2 else "")
+    return (f"{what} has {int(nan.sum())} NaN and {int(inf.sum())} infinite entries "
+            f"(first at {where})")
+
+
+def compare(analytic: np.ndarray, numeric: np.ndarray, tol: Tolerance, *, quantity: str,
+            analytic_source: str, numeric_source: str, source: str,
+            estimate: np.ndarray | None = None, agreements: tuple[Agreement, ...] = (),
+            sweep: tuple[SweepPoint, ...] = ()) -> CheckReport:
+    """Returns the report of analytic against numeric, entry by entry.
+
+    Entry e fails when |analytic − numeric| > atol + rtol·|numeric| (+ the error estimate);
+    a NaN or infinite value on either side fails and is named in the report.
+    """
+    analytic = np.asarray(analytic, dtype=np.float64)
+    numeric = np.asarray(numeric, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        abs_err = np.abs(analytic - numeric)
+        allowed = tol.atol + tol.rtol * np.abs(numeric)
+    if estimate is not None:
+        allowed = allowed + estimate
+    finite = np.isfinite(analytic) & np.isfinite(numeric)
+    failing = ~finite | (abs_err > allowed)
+    rel_err = _relative(abs_err, analytic, numeric)
+    failures = tuple(_failure(tuple(int(x) for x in index), analytic, numeric, abs_err, rel_err)
+                     for index in np.argwhere(failing)[:FAILURES_KEPT])
+    notes = [note for note in (_nonfinite_note(analytic, f"the analytic {quantity}"),
+                               _nonfinite_note(numeric, f"the numeric {quantity}")) if note]
+    shape = analytic.shape
+    return CheckReport(
+        quantity=quantity, analytic_source=analytic_source, numeric_source=numeric_source,
+        source=source, tolerance=tol, n=shape[0], k=shape[1] if len(shape) > 1 else 0,
+        entries=int(analytic.size), failed=int(failing.sum()), failures=failures,
+        max_abs_err=float(abs_err[finite].max(initial=0.0)),
+        max_rel_err=float(rel_err[finite].max(initial=0.0)),
+        max_error_estimate=None if estimate is None else float(
+            estimate[np.isfinite(estimate)].max(initial=0.0)),
+        nonfinite="; ".join(notes) or None, agreements=agreements, sweep=sweep)
+
+
+def _failure(index: tuple[int, ...], analytic, numeric, abs_err, rel_err) -> Failure:
+    return Failure(sample=index[0], cls=index[1] if len(index) > 1 else None,
+                   column=index[2] if len(index) > 2 else None,
+                   analytic=float(analytic[index]), numeric=float(numeric[index]),
+                   abs_err=float(abs_err[index]), rel_err=float(rel_err[index]))
+
+
+def method_name(method: str) -> str:
+    """Returns how a method is named in a report."""
+    return {"central": "central differences", "complex": "complex step",
+            "richardson": "Richardson-extrapolated central differences"}[method]
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+def check_gradient(problem: Problem, analytic: np.ndarray, loss: Function, tol: Tolerance, *,
+                   analytic_source: str, loss_source: str = "xent's loss",
+                   agreements: tuple[Agreement, ...] = (), sweep: bool = False) -> CheckReport:
+    """Checks a per-sample gradient (N, k) against the numeric derivative of the loss."""
+    numeric, estimate = derivative(loss, problem.z, tol.method, tol.eps)
+    points = sweep_steps(loss, problem.z, analytic, tol.method) if sweep else ()
+    return compare(analytic, numeric, tol, quantity="gradient", analytic_source=analytic_source,
+                   numeric_source=f"{method_name(tol.method)} of {loss_source}",
+                   source=problem.source, estimate=estimate, agreements=agreements,
+                   sweep=points)
+
+
+def check_directional(problem: Problem, analytic: np.ndarray, loss: Function, tol: Tolerance, *,
+                      analytic_source: str, loss_source: str = "xent's loss", seed: int = 0,
+                      agreements: tuple[Agreement, ...] = ()) -> CheckReport:
+    """Checks g_i · v_i against d/dt loss_i(z + t v) for one random direction v per sample.
+
+    Two loss evaluations whatever k: for inputs too large for a full check. A wrong entry
+    shows in its sample's directional derivative unless v happens to be orthogonal to it.
+    """
+    v = np.random.default_rng(seed).standard_normal(problem.z.shape)
+    v = np.where(np.isfinite(problem.z), v, 0.0)
+    numeric = directional(loss, problem.z, v, tol.method, tol.eps)
+    with np.errstate(invalid="ignore"):
+        projected = np.einsum("ic,ic->i", np.asarray(analytic, dtype=np.float64), v)
+    return compare(projected, numeric, tol, quantity="directional derivative",
+                   analytic_source=f"{analytic_source} · v",
+                   numeric_source=f"{method_name(tol.method)} of {loss_source} along v",
+                   source=problem.source, agreements=agreements)
+
+
+def check_hessian(problem: Problem, analytic: np.ndarray, gradient: Function, tol: Tolerance, *,
+                  analytic_source: str, gradient_source: str) -> CheckReport:
+    """Checks per-sample Hessians (N, k, k) against the numeric derivative of the gradient."""
+    numeric, estimate = derivative(gradient, problem.z, tol.method, tol.eps)
+    return compare(analytic, numeric, tol, quantity="Hessian", analytic_source=analytic_source,
+                   numeric_source=f"{method_name(tol.method)} of {gradient_source}",
+                   source=problem.source, estimate=estimate)
+
+
+def sweep_steps(f: Function, z: np.ndarray, analytic: np.ndarray, method: str,
+                steps: tuple[float, ...] = SWEEP_STEPS) -> tuple[SweepPoint, ...]:
+    """Returns the largest error of the numeric derivative at each step h.
+
+    For central differences the errors trace a V: truncation (~h²) falls as h shrinks until
+    round-off (~machine eps / h) takes over; the complex step has no round-off arm.
+    """
+    analytic = np.asarray(analytic, dtype=np.float64)
+    points = []
+    for h in steps:
+        numeric, _ = derivative(f, z, method, h)
+        with np.errstate(invalid="ignore"):
+            err = np.abs(analytic - numeric)
+        points.append(SweepPoint(h=h, max_abs_err=float(np.nanmax(err)) if err.size else 0.0))
+    return tuple(points)
+
+
+def loss_agreement(problem: Problem, values: np.ndarray, name: str,
+                   precision: str = "float64") -> Agreement:
+    """Compares a user's per-sample losses with xent's at the inputs."""
+    rtol = 1e-9 if precision == "float64" else 1e-4
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(values - problem.per_sample)
+    allowed = rtol * (1 + np.abs(problem.per_sample))
+    bad = ~np.isfinite(diff) | (diff > allowed)
+    note = ""
+    if bad.any():
+        i = int(np.argmax(bad))
+        note = (f"sample {i}: {name} gives {values[i]:.10g}, xent's loss {problem.per_sample[i]:.10g}"
+                f"; the finite differences follow {name}")
+    finite = diff[np.isfinite(diff)]
+    return Agreement(first=name, second="xent's per-sample loss",
+                     max_abs_diff=float(finite.max(initial=0.0)) if bad.sum() < diff.size else
+                     float("inf"), tolerance=rtol, passed=not bad.any(), note=note)

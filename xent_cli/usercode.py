@@ -1,0 +1,163 @@
+"""Loading and calling the user's own functions: `FILE.py:NAME`, run as the user asks.
+
+Running the user's file is the point of `xent check --grad-fn`: the user names their own code.
+Every way it can go wrong (no file, no such name, not callable, an exception, a wrong shape or
+dtype, a loss that is not complex-safe) is a UserCodeError that names the function and the fix.
+
+The contract, for z an (N, k) float array and y the targets ((N,) int labels or (N, k) soft):
+
+- gradient ``f(z, y) -> (N, k)``: row i is the gradient of sample i's loss;
+- loss ``f(z, y) -> (N,)``: sample i's loss (PyTorch's reduction='none');
+- Hessian ``f(z, y) -> (N, k, k)``: sample i's matrix of second derivatives.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from xent_cli.errors import XentError
+
+
+class UserCodeError(XentError):
+    """The user's function cannot be loaded or called, or returns something unusable."""
+
+
+@dataclass(frozen=True)
+class UserFunction:
+    """A function of the user's and how to name it ("my_grad.py:grad")."""
+
+    name: str
+    function: Callable
+
+
+def load(spec: str, option: str = "--grad-fn") -> UserFunction:
+    """Returns the function NAME of the Python file FILE, from the spec 'FILE.py:NAME'."""
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path or not name:
+        raise UserCodeError(f"{option} {spec!r}: expected FILE.py:NAME, e.g. my_grad.py:grad")
+    label = f"{os.path.basename(path)}:{name}"
+    if not os.path.isfile(path):
+        raise UserCodeError(f"{option} {spec!r}: no such file {path}")
+    module_name = f"xent_user_{abs(hash(os.path.abspath(path)))}"
+    loader_spec = importlib.util.spec_from_file_location(module_name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise UserCodeError(f"{option} {spec!r}: {path} is not a Python file")
+    module = importlib.util.module_from_spec(loader_spec)
+    folder = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, folder)  # the user's file may import its neighbours
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as error:  # the user's code: any exception is theirs to fix
+        raise UserCodeError(f"{option}: importing {path} raised {_describe(error)}") from None
+    finally:
+        if sys.path and sys.path[0] == folder:
+            sys.path.pop(0)
+    if not hasattr(module, name):
+        defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                         and getattr(v, "__module__", None) == module_name)
+        hint = f"; it defines {', '.join(defined)}" if defined else ""
+        raise UserCodeError(f"{option}: {path} has no name {name!r}{hint}")
+    function = getattr(module, name)
+    if not callable(function):
+        raise UserCodeError(f"{option}: {label} is a {type(function).__name__}, not a function")
+    return UserFunction(name=label, function=function)
+
+
+def _describe(error: BaseException) -> str:
+    """Returns 'TypeError: message' for an exception."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def call(user: UserFunction, z: np.ndarray, y: np.ndarray, shape: tuple[int, ...],
+         what: str) -> np.ndarray:
+    """Calls f(z, y) and returns its result as a float array of the given shape.
+
+    A complex z expects a complex result: a real one means the function drops the imaginary
+    part, so the complex step cannot see its derivative.
+    """
+    complex_input = np.iscomplexobj(z)
+    try:
+        with np.errstate(all="ignore"):  # NaN and inf are reported from the values, not warned
+            out = user.function(z.copy(), y.copy())
+    except Exception as error:  # the user's code: any exception is theirs to fix
+        if complex_input:
+            raise UserCodeError(_not_complex_safe(user, f"it raises {_describe(error)}")) from None
+        raise UserCodeError(f"{user.name} raised {_describe(error)} when called as "
+                            f"{user.name.split(':')[1]}(z, y) with z of shape {z.shape}") from None
+    try:
+        out = np.asarray(out)
+    except Exception:
+        raise UserCodeError(f"{user.name} returned a {type(out).__name__}, not an array") from None
+    if out.dtype == object or not (np.issubdtype(out.dtype, np.number) or out.dtype == bool):
+        raise UserCodeError(f"{user.name} returned an array of {out.dtype}, not numbers")
+    if complex_input and not np.iscomplexobj(out):
+        raise UserCodeError(_not_complex_safe(
+            user, f"it returns {out.dtype} for complex input, dropping the imaginary part"))
+    if not complex_input and np.iscomplexobj(out):
+        raise UserCodeError(f"{user.name} returned complex numbers ({out.dtype}) for real input")
+    if not np.issubdtype(out.dtype, np.inexact):
+        raise UserCodeError(f"{user.name} returned integers ({out.dtype}); a {what} is a float "
+                            f"array")
+    if out.shape != shape:
+        expected = " x ".join(map(str, shape))
+        raise UserCodeError(f"{user.name} returned shape {out.shape}; the {what} must have shape "
+                            f"{shape} ({expected}: {_layout(what)})")
+    return out
+
+
+def _layout(what: str) -> str:
+    """Says what the rows of each kind of result are."""
+    return {"gradient": "row i is sample i's gradient",
+            "loss": "one loss per sample, as reduction='none'",
+            "Hessian": "sample i's k x k matrix"}[what]
+
+
+def _not_complex_safe(user: UserFunction, why: str) -> str:
+    return (f"{user.name} is not complex-safe: {why}; use --method central or richardson, or "
+            f"write it with numpy functions that keep complex numbers (np.exp, np.log, no "
+            f"np.abs/np.real/float())")
+
+
+def gradient(user: UserFunction, y: np.ndarray, n: int, k: int,
+             dtype: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Returns z -> the user's (N, k) gradient, z cast to dtype (when given) before the call."""
+    return _bound(user, y, (n, k), "gradient", dtype)
+
+
+def loss(user: UserFunction, y: np.ndarray, n: int,
+         dtype: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Returns z -> the user's (N,) per-sample losses."""
+    return _bound(user, y, (n,), "loss", dtype)
+
+
+def hessian(user: UserFunction, y: np.ndarray, n: int, k: int,
+            dtype: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Returns z -> the user's (N, k, k) per-sample Hessians."""
+    return _bound(user, y, (n, k, k), "Hessian", dtype)
+
+
+def _bound(user: UserFunction, y: np.ndarray, shape: tuple[int, ...], what: str,
+           dtype: str | None) -> Callable[[np.ndarray], np.ndarray]:
+    checked_imaginary = []
+
+    def bound(z: np.ndarray) -> np.ndarray:
+        if dtype is not None:
+            target = np.complex64 if dtype == "float32" and np.iscomplexobj(z) else dtype
+            z = z.astype(np.complex128 if np.iscomplexobj(z) and dtype == "float64" else target)
+        out = call(user, z, y, shape, what)
+        if np.iscomplexobj(z) and np.any(z.imag) and not checked_imaginary:
+            checked_imaginary.append(True)
+            if not np.any(out.imag):
+                raise UserCodeError(_not_complex_safe(
+                    user, "its result has no imaginary part for a complex input (np.abs, np.real "
+                          "or a cast drops it)"))
+        return out
+
+    return bound

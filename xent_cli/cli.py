@@ -203,6 +203,221 @@ def eval_command(
             console.print(render.steps(evaluation))
 
 
+# --- xent check -------------------------------------------------------------------------------
+
+
+class Method(str, enum.Enum):
+    central = "central"
+    complex = "complex"
+    richardson = "richardson"
+
+
+class CheckFormat(str, enum.Enum):
+    rich = "rich"
+    json = "json"
+
+
+@app.command("check")
+def check_command(
+    logits: Annotated[Optional[str], typer.Argument(
+        metavar="[LOGITS]",
+        help="A CSV of logits read exactly as 'xent eval' reads it; without it, random inputs "
+             "(--random, --k, --seed).", show_default=False)] = None,
+    *,
+    grad_fn: Annotated[Optional[str], typer.Option(
+        metavar="FILE.py:NAME",
+        help="Your gradient: NAME(z, y) -> (N, k) array, row i the gradient of sample i's loss; "
+             "z is (N, k) float, y (N,) int labels or (N, k) soft targets.")] = None,
+    loss_fn: Annotated[Optional[str], typer.Option(
+        metavar="FILE.py:NAME",
+        help="Your loss: NAME(z, y) -> (N,) per-sample losses; compared with xent's, then "
+             "differentiated numerically in its place.")] = None,
+    expr: Annotated[Optional[str], typer.Option(
+        metavar="EXPR",
+        help="A gradient formula in xent's expression language, e.g. \"p - y\" (never Python).")]
+        = None,
+    random: Annotated[int, typer.Option(
+        "--random", min=1, metavar="N", help="Random inputs: N samples.")] = 8,
+    k: Annotated[int, typer.Option("--k", min=2, metavar="K", help="Random inputs: K classes.")] = 4,
+    seed: Annotated[int, typer.Option(metavar="S", help="Random inputs: the seed.")] = 0,
+    label_col: Annotated[str, typer.Option(metavar="NAME", help="The name of the label column.")] = "label",
+    labels: Annotated[Optional[str], typer.Option(
+        metavar="FILE", help="Labels in a file of their own, as for eval.")] = None,
+    targets: Annotated[Optional[str], typer.Option(
+        metavar="FILE", help="Soft targets, as for eval.")] = None,
+    delimiter: Annotated[Optional[str], typer.Option(
+        metavar="CHAR", help="The cell delimiter ('\\t' for tab).")] = None,
+    weight: Annotated[Optional[str], typer.Option(
+        metavar="W0,W1,...", help="Per-class weights, as PyTorch's weight=.")] = None,
+    ignore_index: Annotated[int, typer.Option(
+        metavar="N", help="Samples with this label have loss and gradient 0.")] = -100,
+    label_smoothing: Annotated[float, typer.Option(
+        min=0.0, max=1.0, metavar="EPS", help="Label smoothing in [0, 1], as PyTorch's.")] = 0.0,
+    dtype: Annotated[Dtype, typer.Option(
+        help="float32 passes z to your functions as float32 and uses float32 tolerances (chosen "
+             "too when your gradient comes back float32).")] = Dtype.float64,
+    method: Annotated[Method, typer.Option(
+        help="central differences, complex step (exact to round-off; your loss must be "
+             "complex-safe) or richardson (extrapolated, with an error estimate).")]
+        = Method.central,
+    eps: Annotated[Optional[float], typer.Option(
+        min=0.0, metavar="H",
+        help="The step h (scaled by max(1, |z|) except for complex). Default by method, "
+             "float64/float32: central 6e-6/5e-3, complex 1e-20, richardson 1e-3/5e-2.")] = None,
+    rtol: Annotated[Optional[float], typer.Option(
+        min=0.0, metavar="R",
+        help="Relative tolerance. Default central 1e-5/1e-3, complex 1e-9/1e-4, "
+             "richardson 1e-8/1e-3.")] = None,
+    atol: Annotated[Optional[float], typer.Option(
+        min=0.0, metavar="A",
+        help="Absolute tolerance. Default central 1e-8/1e-3, complex 1e-12/1e-5, "
+             "richardson 1e-10/1e-3.")] = None,
+    hessian: Annotated[bool, typer.Option(
+        "--hessian", help="Also check the per-sample Hessian S·(diag(p) − ppᵀ), or --hess-fn, "
+                          "against finite differences of the gradient.")] = False,
+    hess_fn: Annotated[Optional[str], typer.Option(
+        metavar="FILE.py:NAME", help="Your Hessian: NAME(z, y) -> (N, k, k); implies --hessian.")]
+        = None,
+    sweep: Annotated[bool, typer.Option(
+        "--sweep", help="Show the error against the step h over 1e-1 … 1e-13, and the best h.")]
+        = False,
+    plot: Annotated[Optional[str], typer.Option(
+        metavar="FILE.png", help="With --sweep: a log-log plot (needs matplotlib).")] = None,
+    directional: Annotated[bool, typer.Option(
+        "--directional", help="Check one random directional derivative per sample (2 loss "
+                              "evaluations whatever k): for very large inputs.")] = False,
+    show: Annotated[int, typer.Option(
+        min=0, metavar="N", help="Show at most N failing entries.")] = 20,
+    output_format: Annotated[CheckFormat, typer.Option(
+        "--format", help="rich (tables) or json (one object: passed, method, max_abs_err, "
+                         "max_rel_err, failures, ...).")] = CheckFormat.rich,
+) -> None:
+    """Verify a cross-entropy gradient numerically, entry by entry: yours or xent's.
+
+    Without --grad-fn or --expr, xent's analytic gradient is checked against finite differences
+    and against the symbolic gradient of 'xent derive': three independent routes. The loss is
+    each sample's cross-entropy with the given weights, smoothing and ignore-index (no
+    reduction), so row i of a gradient is sample i's. Exit 0: right; 1: wrong (a table names
+    each failing entry: sample, class, analytic and numeric value); 2: the check cannot run.
+
+    \b
+    Examples:
+      xent check
+      xent check --grad-fn examples/my_grad.py:grad --method complex
+      xent check --grad-fn examples/my_grad.py:seed_grad --random 4 --k 3
+      xent check examples/logits_k3.csv --expr "p - y" --hessian
+      xent check --sweep --plot sweep.png
+    """
+    import numpy as np
+
+    from xent_cli import data, gradcheck, usercode
+    from xent_cli.render import check as render
+
+    with user_errors():
+        if grad_fn is not None and expr is not None:
+            raise XentError("--grad-fn and --expr exclude each other: give one")
+        if labels is not None and targets is not None:
+            raise XentError("--labels and --targets exclude each other: give one")
+        if eps == 0:
+            raise XentError("--eps must be greater than 0: a step of 0 divides by 0")
+        if plot is not None:
+            sweep = True
+        if sweep and directional:
+            raise XentError("--sweep and --directional exclude each other: the sweep needs every "
+                            "entry")
+        options = dict(ignore_index=ignore_index, label_smoothing=label_smoothing,
+                       dtype=dtype.value)
+        if logits is not None:
+            if delimiter == "\\t":
+                delimiter = "\t"
+            loaded = data.read_eval_input(logits, label_col=label_col, labels_path=labels,
+                                          targets_path=targets, delimiter=delimiter)
+            weights = None if weight is None else data.parse_weights(weight, len(loaded.class_names))
+            data.evaluate(loaded, weight=weights, reduction="sum", show=0, **options)  # places errors
+            target = loaded.labels if loaded.labels is not None else loaded.targets
+            problem = gradcheck.problem(loaded.logits, target, weight=weights, source=logits,
+                                        **options)
+        else:
+            weights = None if weight is None else data.parse_weights(weight, k)
+            problem = gradcheck.random_problem(random, k, seed, weight=weights, **options)
+        n, y = problem.n, problem.target
+        cast = dtype.value if dtype is Dtype.float32 else None
+
+        grad_user = None
+        if grad_fn is not None:
+            grad_user = usercode.load(grad_fn, "--grad-fn")
+            analytic = usercode.gradient(grad_user, y, n, problem.k, cast)(problem.z)
+            analytic_source = grad_user.name
+        elif expr is not None:
+            analytic = gradcheck.expression_gradient(problem, expr)
+            analytic_source = f"the expression {expr}"
+        else:
+            analytic = problem.grad
+            analytic_source = f"xent's analytic gradient ({dtype.value})"
+        precision = "float32" if dtype is Dtype.float32 or analytic.dtype.itemsize < 8 else "float64"
+
+        agreements = []
+        loss, loss_source = gradcheck.xent_loss(problem.a), "xent's loss"
+        if loss_fn is not None:
+            loss_user = usercode.load(loss_fn, "--loss-fn")
+            loss = usercode.loss(loss_user, y, n, cast)
+            loss_source = loss_user.name
+            agreements.append(gradcheck.loss_agreement(problem, loss(problem.z), loss_user.name,
+                                                       precision))
+        if grad_fn is None and expr is None:
+            symbolic = gradcheck.symbolic_agreement(problem)
+            if symbolic is not None:
+                agreements.append(symbolic)
+
+        tol = gradcheck.tolerance(method.value, precision, eps=eps, rtol=rtol, atol=atol)
+        if directional:
+            report = gradcheck.check_directional(problem, analytic, loss, tol, seed=seed,
+                                                 analytic_source=analytic_source,
+                                                 loss_source=loss_source,
+                                                 agreements=tuple(agreements))
+        else:
+            report = gradcheck.check_gradient(problem, analytic, loss, tol,
+                                              analytic_source=analytic_source,
+                                              loss_source=loss_source,
+                                              agreements=tuple(agreements), sweep=sweep)
+
+        hessian_report = None
+        if hessian or hess_fn is not None:
+            if hess_fn is not None:
+                hess_user = usercode.load(hess_fn, "--hess-fn")
+                analytic_hessian = usercode.hessian(hess_user, y, n, problem.k, cast)(problem.z)
+                hessian_source = hess_user.name
+            else:
+                analytic_hessian = gradcheck.xent_hessian(problem)
+                hessian_source = "xent's Hessian S·(diag(p) − ppᵀ)"
+            if grad_user is not None:
+                gradient = usercode.gradient(grad_user, y, n, problem.k, cast)
+                gradient_source = grad_user.name
+            else:
+                gradient, gradient_source = gradcheck.xent_gradient(problem.a), "xent's gradient"
+            hessian_precision = ("float32" if precision == "float32"
+                                 or np.asarray(analytic_hessian).dtype.itemsize < 8 else "float64")
+            hessian_tol = gradcheck.tolerance(method.value, hessian_precision, eps=eps, rtol=rtol,
+                                              atol=atol)
+            hessian_report = gradcheck.check_hessian(problem, analytic_hessian, gradient,
+                                                     hessian_tol, analytic_source=hessian_source,
+                                                     gradient_source=gradient_source)
+        if plot is not None:
+            render.plot_sweep(report, plot)
+
+    console = stdout()
+    if output_format is CheckFormat.json:
+        console.out(render.to_json(report, hessian_report), highlight=False)
+    else:
+        console.print(render.render(report, limit=show))
+        if hessian_report is not None:
+            console.print()
+            console.print(render.render(hessian_report, limit=show))
+    passed = report.passed and (hessian_report is None or hessian_report.passed)
+    if not passed:
+        raise typer.Exit(ExitStatus.CHECK_FAILED)
+
+
 def main() -> None:
     """Runs the app as the ``xent`` console script."""
     app(prog_name="xent")

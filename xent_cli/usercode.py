@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -84,7 +85,9 @@ def call(user: UserFunction, z: np.ndarray, y: np.ndarray, shape: tuple[int, ...
     """
     complex_input = np.iscomplexobj(z)
     try:
-        with np.errstate(all="ignore"):  # NaN and inf are reported from the values, not warned
+        # NaN, inf and dropped imaginary parts are reported from the values, not warned
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             out = user.function(z.copy(), y.copy())
     except Exception as error:  # the user's code: any exception is theirs to fix
         if complex_input:

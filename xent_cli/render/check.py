@@ -1,0 +1,227 @@
+"""Renders CheckReports: a summary, the failing entries, the sweep, JSON, and a log-log plot."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from xent_cli.errors import XentError
+from xent_cli.gradcheck import CheckReport, Failure, method_name
+
+FAILURES_SHOWN = 20
+
+EXPLAIN = {
+    "central": (
+        "Central differences (f(z+h) − f(z−h)) / 2h err in two ways: truncation, about "
+        "h²·|f'''|/6, shrinks with the step h; round-off, about ε·|f|/h (ε = 2.2e-16 in float64), "
+        "grows as h shrinks. The default h ≈ ε^(1/3)·max(1, |z|) balances the two, so about 10 "
+        "digits are right. A wrong formula misses by far more; an error near the tolerance may be "
+        "numeric: --method complex has no round-off arm, and --sweep shows the V."),
+    "complex": (
+        "The complex step Im f(z + ih) / h subtracts nothing, so round-off cannot cancel digits and "
+        "h = 1e-20 leaves a truncation error (~h²) far below ε: the numeric values are right to "
+        "machine precision, and a disagreement lies in the analytic side."),
+    "richardson": (
+        "Richardson extrapolation combines central differences at h, h/2 and h/4 so that their h² "
+        "and h⁴ truncation terms cancel; the change made by the last step estimates the remaining "
+        "error, and that estimate is added to the tolerance."),
+}
+
+
+def _g(x: float | None) -> str:
+    return "—" if x is None else f"{x:.9g}"
+
+
+def _e(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3g}"
+
+
+def _verdict(report: CheckReport) -> Text:
+    if report.passed:
+        return Text("PASSED", style="bold green")
+    return Text("FAILED", style="bold red")
+
+
+def summary(report: CheckReport) -> Table:
+    """Returns what was checked against what, the tolerances, the largest errors and the verdict."""
+    tol = report.tolerance
+    table = Table(title=f"check of the {report.quantity}", show_header=False,
+                  title_justify="left")
+    table.add_column("quantity", style="bold")
+    table.add_column("value")
+    table.add_row("analytic", report.analytic_source)
+    table.add_row("numeric", report.numeric_source)
+    table.add_row("inputs", report.source)
+    table.add_row("step h", f"{tol.eps:g}" + ("" if tol.method == "complex" else " × max(1, |z|)"))
+    table.add_row("tolerance", f"|analytic − numeric| ≤ {tol.atol:g} + {tol.rtol:g}·|numeric|"
+                  + (" + estimate" if report.max_error_estimate is not None else "")
+                  + f"  ({tol.precision} defaults)")
+    table.add_row("entries checked", str(report.entries))
+    table.add_row("max abs error", _e(report.max_abs_err))
+    table.add_row("max rel error", _e(report.max_rel_err))
+    if report.max_error_estimate is not None:
+        table.add_row("error estimate", f"{_e(report.max_error_estimate)} (largest)")
+    for agreement in report.agreements:
+        word = "agree" if agreement.passed else "DISAGREE"
+        table.add_row("cross-check", f"{agreement.first} and {agreement.second} {word}: max "
+                                     f"difference {_e(agreement.max_abs_diff)}")
+    failed = f"{report.failed} of {report.entries}"
+    if report.failed_off_label is not None and report.failed:
+        failed += f" ({report.failed_off_label} off the label, " \
+                  f"{report.failed - report.failed_off_label} on it)"
+    table.add_row("failed", failed)
+    table.add_row("result", _verdict(report))
+    return table
+
+
+def failures_table(report: CheckReport, limit: int = FAILURES_SHOWN) -> Table:
+    """Returns the first failing entries: where, both values, and their errors."""
+    shown = report.failures[:limit]
+    more = report.failed - len(shown)
+    caption = f"… and {more} more failing entries" if more > 0 else None
+    numeric = "complex step" if report.tolerance.method == "complex" else "finite differences"
+    table = Table(title=f"failing entries (analytic: the code under test; numeric: {numeric})",
+                  title_justify="left", caption=caption, caption_justify="left")
+    table.add_column("sample", justify="right")
+    has_labels = any(f.label is not None for f in shown)
+    if has_labels:
+        table.add_column("label", justify="right")
+    table.add_column("class" if report.quantity != "Hessian" else "classes", justify="right")
+    for name in ("analytic", "numeric", "abs error", "rel error"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for failure in shown:
+        row = [str(failure.sample)]
+        if has_labels:
+            row.append(str(failure.label))
+        row.append(_where(failure))
+        row += [_g(failure.analytic), _g(failure.numeric), _e(failure.abs_err), _e(failure.rel_err)]
+        table.add_row(*row)
+    return table
+
+
+def _where(failure: Failure) -> str:
+    if failure.cls is None:
+        return "—"
+    return str(failure.cls) if failure.column is None else f"{failure.cls}, {failure.column}"
+
+
+def sweep_table(report: CheckReport) -> Table:
+    """Returns the error of the numeric derivative at each step h, the best step marked."""
+    best = report.best_step
+    table = Table(title=f"error of {method_name(report.tolerance.method)} against the step h "
+                        f"(h × max(1, |z|))" if report.tolerance.method != "complex" else
+                  "error of the complex step against the step h", title_justify="left")
+    table.add_column("h", justify="right")
+    table.add_column("max abs error", justify="right")
+    table.add_column("")
+    for point in report.sweep:
+        table.add_row(f"{point.h:.0e}", _e(point.max_abs_err), "← best" if point.h == best else "")
+    return table
+
+
+def render(report: CheckReport, *, explain: bool = False, limit: int = FAILURES_SHOWN) -> Group:
+    """Returns the whole report: summary, failing entries, notes and the sweep."""
+    parts: list = [summary(report)]
+    if report.nonfinite:
+        parts.append(Text(f"NaN/inf: {report.nonfinite}.", style="bold red"))
+    for agreement in report.agreements:
+        if agreement.note:
+            parts.append(Text(f"{agreement.first}: {agreement.note}"))
+    if report.failed:
+        if limit:
+            parts += [Text(), failures_table(report, limit)]
+        parts.append(Text(_first_failure(report)))
+    if report.sweep:
+        parts += [Text(), sweep_table(report)]
+    if explain or report.sweep or (report.near_tolerance and report.tolerance.method != "complex"):
+        parts += [Text(), Text(EXPLAIN[report.tolerance.method])]
+    return Group(*parts)
+
+
+def _first_failure(report: CheckReport) -> str:
+    first = report.failures[0]
+    text = f"First failure: {first.describe()}."
+    if report.failed_off_label == report.failed:
+        text += (" Entries off the label fail too: the gradient of every class j carries p_j, "
+                 "because the normaliser Σ exp(z) depends on every logit.")
+    return text
+
+
+def _finite(x: float | None) -> float | None:
+    """Returns x, or None where it is infinite or NaN (JSON has neither)."""
+    return x if x is not None and x - x == 0 else None
+
+
+def fields(report: CheckReport) -> dict:
+    """Returns the report as plain values."""
+    tol = report.tolerance
+    return {
+        "passed": report.passed,
+        "quantity": report.quantity,
+        "method": tol.method,
+        "eps": tol.eps,
+        "rtol": tol.rtol,
+        "atol": tol.atol,
+        "precision": tol.precision,
+        "analytic": report.analytic_source,
+        "numeric": report.numeric_source,
+        "inputs": report.source,
+        "n": report.n,
+        "k": report.k,
+        "entries": report.entries,
+        "failed": report.failed,
+        "failed_off_label": report.failed_off_label,
+        "max_abs_err": _finite(report.max_abs_err),
+        "max_rel_err": _finite(report.max_rel_err),
+        "max_error_estimate": report.max_error_estimate,
+        "nonfinite": report.nonfinite,
+        "cross_checks": [{"first": a.first, "second": a.second,
+                          "max_abs_diff": _finite(a.max_abs_diff), "passed": a.passed,
+                          "note": a.note} for a in report.agreements],
+        "failures": [{"sample": f.sample, "class": f.cls, **({"column": f.column}
+                      if f.column is not None else {}), "label": f.label,
+                      "analytic": _finite(f.analytic), "numeric": _finite(f.numeric),
+                      "abs_err": _finite(f.abs_err), "rel_err": _finite(f.rel_err)}
+                     for f in report.failures],
+        "sweep": [{"h": p.h, "max_abs_err": _finite(p.max_abs_err)} for p in report.sweep],
+        "best_h": report.best_step,
+    }
+
+
+def to_json(report: CheckReport, hessian: CheckReport | None = None) -> str:
+    """Returns one JSON object; with a Hessian check, its report sits under 'hessian'."""
+    out = fields(report)
+    if hessian is not None:
+        out["hessian"] = fields(hessian)
+        out["passed"] = report.passed and hessian.passed
+    return json.dumps(out)
+
+
+def plot_sweep(report: CheckReport, path: str) -> None:
+    """Writes a log-log plot of the sweep (error against h) to path; needs matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise XentError("--plot needs matplotlib: pip install 'xent-cli[plot]'") from None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    points = [p for p in report.sweep if p.max_abs_err > 0]
+    figure, axes = pyplot.subplots(figsize=(6, 4))
+    axes.loglog([p.h for p in points], [p.max_abs_err for p in points], "o-")
+    best = report.best_step
+    if best is not None:
+        axes.axvline(best, linestyle=":", color="grey")
+    axes.set_xlabel("step h")
+    axes.set_ylabel("max |analytic − numeric|")
+    axes.set_title(f"{method_name(report.tolerance.method)}: truncation against round-off")
+    axes.grid(True, which="both", alpha=0.3)
+    try:
+        figure.savefig(path, dpi=120, bbox_inches="tight")
+    except OSError as error:
+        raise XentError(f"{path}: cannot write the plot: {error.strerror or error}") from None
+    finally:
+        pyplot.close(figure)

@@ -1,0 +1,229 @@
+"""Checks a user's claimed formula for dCE/dz_j against the true gradient p_j − y_j.
+
+The claim is parsed by the safe expression language (``xent_cli.expressions``). It holds when,
+for every j it speaks of, it equals p_j − y_j = e^{z_j}/Σ_n e^{z_n} − y_j for all logits z
+(y one-hot at the label ℓ, or any y with Σ y = 1 under ``soft``). The check first looks for a
+counterexample at small logits, then proves equality exactly when it can and numerically when
+it cannot, and says which in ``reason``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from fractions import Fraction
+
+from xent_cli.errors import InputError
+from xent_cli.expressions import (Binary, Entry, Node, format_claim, format_latex, parse_claim,
+                                  to_sympy)
+
+MAX_CLASSES = 12  # the exact check cancels rational functions in k variables
+DIGITS = 40  # working precision of the numeric comparisons
+TOLERANCE = Fraction(1, 10**25)  # relative; far above 40-digit rounding, far below any real gap
+RANDOM_POINTS = 12
+MAX_EXACT_POWER = 12  # higher integer powers make cancellation slow: check numerically instead
+EXPECTED = "p_j - y_j"
+
+
+@dataclass(frozen=True)
+class ClaimVerdict:
+    """Whether a claim about dCE/dz_j holds, and the evidence.
+
+    ``counterexample`` (when the claim fails at a point) holds "z" (the logits, numbers),
+    "y" (the targets, exact fractions as text), "j" (1-based), "claimed" and "actual" (exact
+    values as text) and "claimed_value", "actual_value" (floats; claimed_value is None when
+    the claim is undefined there).
+    """
+
+    claim: str  # the user's text
+    holds: bool
+    scope: str  # "every j", "j = ℓ" or "j ≠ ℓ"
+    counterexample: dict | None
+    reason: str  # one sentence: how it was verified, or how it fails
+    claimed: str  # the claim as parsed, in the language's own text
+    claimed_latex: str
+    expected: str  # the true dCE/dz_j
+    method: str  # "exact", "numeric" or "counterexample"
+    k: int
+    label: int  # 1-based ℓ
+    soft: bool
+    classes: tuple[int, ...]  # the j (1-based) the claim was checked for
+
+
+def check_claim(text: str, *, k: int, label: int, soft: bool = False) -> ClaimVerdict:
+    """Checks a claim for dCE/dz_j with k classes and label ℓ (1-based).
+
+    Raises ExpressionError when the text is not a valid claim, InputError for k or ℓ out of range.
+    """
+    claim = parse_claim(text)
+    if not 2 <= k <= MAX_CLASSES:
+        raise InputError(f"a claim is checked for 2 to {MAX_CLASSES} classes, not k = {k}")
+    if not 1 <= label <= k:
+        raise InputError(f"label {label} is not a class: labels run from 1 to k = {k}")
+    classes = tuple(j for j in range(1, k + 1)
+                    if claim.scope == "every j" or (claim.scope == "j = ℓ") == (j == label))
+    verdict = dict(claim=text, scope=claim.scope, claimed=format_claim(claim),
+                   claimed_latex=format_latex(claim.body), expected=EXPECTED, k=k, label=label,
+                   soft=soft, classes=classes)
+    where = _scope_words(claim.scope, k, label)
+
+    found = _search(claim.body, classes, _small_points(k, label, soft), k=k, label=label)
+    if found is None:
+        proofs = [_prove(claim.body, j, k=k, label=label, soft=soft) for j in classes]
+        if all(proof == "exact" for proof in proofs):
+            return ClaimVerdict(holds=True, counterexample=None, method="exact", reason=(
+                f"Holds {where}: claim − ({EXPECTED}) cancels to 0 exactly as a rational "
+                f"function of e^{{z_1}}, …, e^{{z_{k}}}{_targets_words(soft)}."), **verdict)
+        found = _search(claim.body, classes, _random_points(k, label, soft), k=k, label=label)
+        if found is None:
+            if "differs" in proofs:
+                return ClaimVerdict(holds=False, counterexample=None, method="exact", reason=(
+                    f"Fails {where}: claim − ({EXPECTED}) does not cancel to 0, though no "
+                    "point tried tells them apart."), **verdict)
+            return ClaimVerdict(holds=True, counterexample=None, method="numeric", reason=(
+                f"Holds {where} numerically: it agrees with {EXPECTED} to 25 digits at "
+                f"{RANDOM_POINTS} random points plus small integer logits; not proven exactly, "
+                "because log or a fractional power keeps the difference from being a rational "
+                "function."), **verdict)
+    j = found["j"]
+    if found["claimed_value"] is not None:
+        claimed = f"{found['claimed_value']:.6g}"
+    elif found["claimed"] == "undefined":
+        claimed = "an undefined value"
+    else:
+        claimed = f"{found['claimed']}, not a real number,"
+    at = f"z = ({', '.join(_number_text(v) for v in found['z'])})"
+    if soft:
+        at += f", y = ({', '.join(found['y'])})"
+    return ClaimVerdict(holds=False, counterexample=found, method="counterexample", reason=(
+        f"Fails at {at}, j = {j}: the claim gives {claimed} but dCE/dz_{j} = p_{j} − y_{j} = "
+        f"{found['actual_value']:.6g}."), **verdict)
+
+
+def _scope_words(scope: str, k: int, label: int) -> str:
+    where = {"every j": "for every j", "j = ℓ": "for j = ℓ", "j ≠ ℓ": "for every j ≠ ℓ"}[scope]
+    return f"{where} (k = {k}, ℓ = {label})"
+
+
+def _targets_words(soft: bool) -> str:
+    return (" and of y_1, …, y_{k−1} with y_k = 1 − Σ the others" if soft
+            else " with y one-hot at ℓ")
+
+
+def _number_text(value) -> str:
+    return str(value) if not isinstance(value, float) else f"{value:g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Points: logits z and targets y at which claim and truth are compared
+# ---------------------------------------------------------------------------------------------
+
+def _targets(k: int, label: int, soft: bool, rng: random.Random) -> list[list[Fraction]]:
+    """Returns target vectors: one-hot at ℓ; under soft also uniform and a random one."""
+    one_hot = [Fraction(int(n == label)) for n in range(1, k + 1)]
+    if not soft:
+        return [one_hot]
+    weights = [rng.randint(1, 5) for _ in range(k)]
+    return [one_hot, [Fraction(1, k)] * k, [Fraction(w, sum(weights)) for w in weights]]
+
+
+def _small_points(k: int, label: int, soft: bool) -> list[tuple[list, list[Fraction]]]:
+    """Returns small integer logits first, as a counterexample is easiest to read there."""
+    rng = random.Random(2023)
+    logits = [[0] * k, list(range(k)), list(range(k - 1, -1, -1)),
+              [int(n == label) for n in range(1, k + 1)],
+              [int(n != label) for n in range(1, k + 1)]]
+    logits += [[rng.randint(-3, 3) for _ in range(k)] for _ in range(4)]
+    return [(z, y) for z in logits for y in _targets(k, label, soft, rng)]
+
+
+def _random_points(k: int, label: int, soft: bool) -> list[tuple[list, list[Fraction]]]:
+    """Returns logits in halves within ±6 (exact as floats) with random targets."""
+    rng = random.Random(1729)
+    points = []
+    for _ in range(RANDOM_POINTS):
+        z = [rng.randint(-12, 12) / 2 for _ in range(k)]
+        y = rng.choice(_targets(k, label, soft, rng))
+        points.append((z, y))
+    return points
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison at points, and the exact proof
+# ---------------------------------------------------------------------------------------------
+
+def _search(body: Node, classes, points, *, k: int, label: int) -> dict | None:
+    """Returns the first point and class at which the claim differs from p_j − y_j, if any."""
+    import sympy
+
+    for z, y in points:
+        z_exact = [sympy.Rational(str(Fraction(value))) for value in z]
+        y_exact = [sympy.Rational(value.numerator, value.denominator) for value in y]
+        for j in classes:
+            claimed = to_sympy(body, z=z_exact, y=y_exact, j=j, label=label, k=k)
+            actual = to_sympy(_TRUE_GRADIENT, z=z_exact, y=y_exact, j=j, label=label, k=k)
+            claimed_value = _numeric(claimed)
+            actual_value = _numeric(actual)
+            if claimed_value is not None and abs(claimed_value - actual_value) <= (
+                    float(TOLERANCE) * max(1.0, abs(actual_value))):
+                continue
+            return {
+                "z": [int(v) if float(v).is_integer() else float(v) for v in z],
+                "y": [str(value) for value in y],
+                "j": j,
+                "claimed": _exact_text(claimed) if claimed.is_finite is not False else "undefined",
+                "actual": _exact_text(actual),
+                "claimed_value": None if claimed_value is None else float(claimed_value),
+                "actual_value": float(actual_value),
+            }
+    return None
+
+
+def _numeric(value):
+    """Returns the value as a 40-digit mpmath real, or None when undefined or not real."""
+    import sympy
+
+    try:
+        number = sympy.N(value, DIGITS)
+    except (ArithmeticError, ValueError, TypeError, OverflowError):
+        return None
+    if not (number.is_Number and number.is_real and number.is_finite):
+        return None
+    return number
+
+
+def _exact_text(value) -> str:
+    text = str(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _prove(body: Node, j: int, *, k: int, label: int, soft: bool) -> str:
+    """Returns "exact" when claim − (p_j − y_j) cancels to 0, "differs" when it cancels to
+    something else, "numeric" when it is not a rational function of e^{z_n} (and y)."""
+    import sympy
+
+    t = sympy.symbols(f"t1:{k + 1}", positive=True)  # t_n = e^{z_n}
+    if soft:
+        free = sympy.symbols(f"y1:{k}")
+        y = list(free) + [1 - sympy.Add(*free)]
+    else:
+        free = ()
+        y = [sympy.Integer(int(n == label)) for n in range(1, k + 1)]
+    z = [sympy.log(value) for value in t]
+    claimed = to_sympy(body, z=z, y=y, j=j, label=label, k=k)
+    actual = to_sympy(_TRUE_GRADIENT, z=z, y=y, j=j, label=label, k=k)
+    difference = claimed - actual
+    variables = (*t, *free)
+    if _largest_power(difference) > MAX_EXACT_POWER or not difference.is_rational_function(*variables):
+        return "numeric"
+    return "exact" if sympy.cancel(sympy.together(difference)) == 0 else "differs"
+
+
+def _largest_power(expression) -> int:
+    import sympy
+
+    powers = [abs(int(power.exp)) for power in expression.atoms(sympy.Pow) if power.exp.is_Integer]
+    return max(powers, default=0)
+
+
+_TRUE_GRADIENT = Binary("-", Entry("p", "j"), Entry("y", "j"))

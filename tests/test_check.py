@@ -1,0 +1,221 @@
+"""`xent check` end to end: the user's gradient, loss and Hessian; every exit code; JSON; golden."""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+from xent_cli.cli import app
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MY_GRAD = str(ROOT / "examples" / "my_grad.py")
+CASES = str(ROOT / "tests" / "fixtures" / "usercode_cases.py")
+LOGITS_K3 = str(ROOT / "examples" / "logits_k3.csv")
+
+
+def check(runner, *argv):
+    return runner.invoke(app, ["check", *argv])
+
+
+def as_json(result):
+    return json.loads(result.stdout)
+
+
+def test_without_user_code_xents_gradient_passes(runner):
+    result = check(runner)
+    assert result.exit_code == 0, result.output
+    assert "PASSED" in result.stdout and "entries checked │ 32" in result.stdout
+
+
+@pytest.mark.parametrize("method", ["central", "complex", "richardson"])
+def test_a_correct_user_gradient_passes_with_every_method(runner, method):
+    result = check(runner, "--grad-fn", f"{MY_GRAD}:grad", "--loss-fn", f"{MY_GRAD}:loss",
+                   "--method", method, "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = as_json(result)
+    assert report["passed"] and report["method"] == method and report["failures"] == []
+    assert report["cross_checks"][0]["passed"]
+
+
+def test_the_seed_case1_gradient_fails_and_names_the_off_label_entries(runner):
+    result = check(runner, "--grad-fn", f"{MY_GRAD}:seed_grad", "--random", "4", "--k", "3",
+                   "--format", "json")
+    assert result.exit_code == 1, result.output
+    report = as_json(result)
+    assert not report["passed"]
+    assert report["failed"] == report["failed_off_label"] == 8  # 4 samples x 2 wrong classes
+    rng = np.random.default_rng(0)  # random inputs: 2·N(0,1) logits, uniform labels
+    z = 2.0 * rng.standard_normal((4, 3))
+    labels = rng.integers(0, 3, size=4)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    for failure in report["failures"]:
+        i, c = failure["sample"], failure["class"]
+        assert c != labels[i] and failure["label"] == labels[i]
+        assert failure["analytic"] == 0
+        assert failure["numeric"] == pytest.approx(p[i, c], rel=1e-8)
+
+
+def test_golden_report_of_the_seed_gradient(runner, golden):
+    result = check(runner, "--grad-fn", f"{MY_GRAD}:seed_grad", "--random", "3", "--k", "3")
+    assert result.exit_code == 1, result.output
+    golden("check_seed_case1.txt", result.stdout.replace(str(ROOT) + "/", ""))
+
+
+def test_an_error_of_relative_1e6_is_caught_by_the_complex_step_at_its_defaults(runner):
+    result = check(runner, "--grad-fn", f"{CASES}:off_by_1e6", "--method", "complex",
+                   "--format", "json")
+    assert result.exit_code == 1, result.output
+    report = as_json(result)
+    assert report["max_rel_err"] == pytest.approx(1e-6, rel=1e-3)
+    assert {"passed", "method", "max_abs_err", "max_rel_err", "failures"} <= report.keys()
+    assert {"sample", "class", "analytic", "numeric"} <= report["failures"][0].keys()
+
+
+@pytest.mark.parametrize("argv", [
+    ["--grad-fn", f"{CASES}:grad32"],
+    ["--grad-fn", f"{CASES}:grad32", "--loss-fn", f"{CASES}:loss32"],
+    ["--grad-fn", f"{CASES}:grad32", "--method", "richardson"],
+    ["--grad-fn", f"{CASES}:grad", "--dtype", "float32", "--method", "complex"],
+    ["--dtype", "float32", "--random", "200", "--k", "10"],
+], ids=["grad32", "grad32-loss32", "richardson", "dtype-complex", "xent-float32"])
+def test_a_float32_implementation_passes_at_float32_defaults(runner, argv):
+    result = check(runner, *argv, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert as_json(result)["precision"] == "float32"
+
+
+def test_the_seed_gradient_still_fails_at_float32_defaults(runner):
+    result = check(runner, "--grad-fn", f"{MY_GRAD}:seed_grad", "--dtype", "float32")
+    assert result.exit_code == 1, result.output
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--grad-fn", f"{CASES}:raises"],
+     "usercode_cases.py:raises raised ZeroDivisionError: division by zero"),
+    (["--grad-fn", f"{CASES}:transposed"],
+     "usercode_cases.py:transposed returned shape (4, 8); the gradient must have shape (8, 4)"),
+    (["--grad-fn", f"{CASES}:returns_ints"], "returned integers (int64); a gradient is a float"),
+    (["--grad-fn", f"{CASES}:returns_text"], "returned an array of <U5, not numbers"),
+    (["--loss-fn", f"{CASES}:loss_mean"],
+     "usercode_cases.py:loss_mean returned shape (); the loss must have shape (8,)"),
+    (["--grad-fn", f"{CASES}:nope"], "has no name 'nope'; it defines grad,"),
+    (["--grad-fn", f"{CASES}:NOT_A_FUNCTION"], "NOT_A_FUNCTION is a int, not a function"),
+    (["--grad-fn", str(ROOT / "tests" / "fixtures" / "syntax_error.py:grad")],
+     "syntax_error.py raised SyntaxError"),
+    (["--grad-fn", "no_such_file.py:grad"], "no such file no_such_file.py"),
+    (["--grad-fn", CASES], "expected FILE.py:NAME"),
+    (["--hess-fn", f"{CASES}:grad"], "returned shape (8, 4); the Hessian must have shape (8, 4, 4)"),
+    (["--loss-fn", f"{CASES}:loss_real_only", "--method", "complex"],
+     "loss_real_only is not complex-safe: it returns float64 for complex input"),
+    (["--loss-fn", f"{CASES}:loss_float", "--method", "complex"],
+     "loss_float is not complex-safe"),
+    (["--grad-fn", f"{CASES}:grad", "--expr", "p - y"], "--grad-fn and --expr exclude each other"),
+    (["--eps", "0"], "--eps must be greater than 0"),
+    (["--method", "forward"], "Invalid value for '--method'"),
+    (["--random", "0"], "Invalid value for '--random'"),
+    (["--weight", "1,2"], "--weight has 2 entries; the logits have 4 classes"),
+    ([str(ROOT / "missing.csv")], "missing.csv: no such file"),
+], ids=lambda x: x if isinstance(x, str) else None)
+def test_a_check_that_cannot_run_says_why_in_one_line_and_exits_2(runner, argv, message):
+    result = check(runner, *argv)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert result.stdout == ""
+
+
+def test_nan_and_inf_from_the_users_gradient_are_reported_as_such(runner):
+    result = check(runner, "--grad-fn", f"{CASES}:nan_grad")
+    assert result.exit_code == 1, result.output
+    assert ("the analytic gradient has 1 NaN and 1 infinite entries (first at sample 1, class 2)"
+            in " ".join(result.stdout.split()))
+    report = as_json(check(runner, "--grad-fn", f"{CASES}:nan_grad", "--format", "json"))
+    assert report["failures"][0]["analytic"] is None and report["nonfinite"]
+
+
+def test_a_user_loss_that_disagrees_with_xents_is_a_failure(runner):
+    result = check(runner, "--loss-fn", f"{CASES}:wrong_loss", "--format", "json")
+    assert result.exit_code == 1, result.output
+    cross = as_json(result)["cross_checks"][0]
+    assert not cross["passed"] and "gives" in cross["note"]
+
+
+def test_a_logits_file_is_read_as_eval_reads_it_with_weights_and_smoothing(runner):
+    argv = [LOGITS_K3, "--weight", "1,2,0.5", "--label-smoothing", "0.1", "--format", "json"]
+    result = check(runner, *argv, "--method", "complex")
+    assert result.exit_code == 0, result.output
+    assert as_json(result)["entries"] == 12 and as_json(result)["inputs"] == LOGITS_K3
+    # the plain p - y of my_grad is not the gradient of the weighted, smoothed loss
+    wrong = check(runner, *argv, "--grad-fn", f"{MY_GRAD}:grad")
+    assert wrong.exit_code == 1, wrong.output
+
+
+def test_a_bad_logits_file_gets_evals_message(runner, tmp_path):
+    bad = tmp_path / "z.csv"
+    bad.write_text("z0,z1,label\n1,abc,0\n")
+    result = check(runner, str(bad))
+    assert result.exit_code == 2
+    assert "z.csv, line 2, column 'z1': logit 'abc' is not a number" in result.stderr
+
+
+def test_the_hessian_check_passes_for_the_right_matrix_and_fails_for_a_wrong_one(runner):
+    right = check(runner, "--hess-fn", f"{CASES}:hessian", "--grad-fn", f"{CASES}:grad",
+                  "--method", "complex", "--format", "json")
+    assert right.exit_code == 0, right.output
+    assert as_json(right)["hessian"]["entries"] == 8 * 16
+    assert check(runner, "--hessian").exit_code == 0
+    wrong = check(runner, "--hess-fn", f"{CASES}:wrong_hessian", "--format", "json")
+    assert wrong.exit_code == 1
+    report = as_json(wrong)
+    assert report["failures"] == [] and not report["hessian"]["passed"]
+    assert {"sample", "class", "column"} <= report["hessian"]["failures"][0].keys()
+
+
+def test_the_sweep_marks_the_best_step(runner):
+    result = check(runner, "--sweep")
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if "e-" in line and line.count("│") == 4]
+    assert len(rows) == 13 and sum("← best" in row for row in rows) == 1
+    report = as_json(check(runner, "--sweep", "--format", "json"))
+    assert 1e-7 <= report["best_h"] <= 1e-4 and len(report["sweep"]) == 13
+
+
+def test_plot_writes_a_png_or_says_how_to_get_matplotlib(runner, tmp_path, monkeypatch):
+    path = tmp_path / "sweep.png"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        result = check(runner, "--plot", str(path))
+        assert result.exit_code == 0, result.output
+        assert path.read_bytes().startswith(b"\x89PNG")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = check(runner, "--plot", str(tmp_path / "other.png"))
+    assert result.exit_code == 2
+    assert "pip install 'xent-cli[plot]'" in result.stderr
+
+
+def test_directional_mode_serves_large_inputs(runner):
+    right = check(runner, "--directional", "--random", "20000", "--k", "50", "--format", "json")
+    assert right.exit_code == 0, right.output
+    assert as_json(right)["entries"] == 20000
+    wrong = check(runner, "--directional", "--random", "20000", "--k", "50",
+                  "--grad-fn", f"{MY_GRAD}:seed_grad", "--show", "0")
+    assert wrong.exit_code == 1
+
+
+def test_ctrl_c_in_the_users_code_exits_130(runner, tmp_path):
+    code = tmp_path / "interrupt.py"
+    code.write_text("def grad(z, y):\n    raise KeyboardInterrupt\n")
+    result = check(runner, "--grad-fn", f"{code}:grad")
+    assert result.exit_code == 130
+
+
+def test_help_documents_the_contract_with_an_example(runner):
+    result = check(runner, "--help")
+    assert result.exit_code == 0
+    assert "xent check --grad-fn examples/my_grad.py:grad --method complex" in result.stdout
+    assert "(N, k)" in result.stdout

@@ -1,0 +1,227 @@
+"""The numeric core of `xent check`: derivatives by every method against independent oracles."""
+
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from xent_cli import gradcheck, losses
+
+
+def naive_loss(z, label):
+    """One sample's -log softmax(z)[label], written out plainly."""
+    return -(z[label] - np.log(sum(np.exp(v) for v in z)))
+
+
+def naive_gradient(z, label):
+    """Hand-derived: dCE/dz_j = softmax(z)_j - [j == label], for every j."""
+    e = np.exp(z - z.max())
+    p = e / e.sum()
+    return p - np.eye(len(z))[label]
+
+
+def naive_numeric(z, labels, h=1e-6):
+    """An entry-by-entry central difference with a Python loop, the slow obvious way."""
+    out = np.zeros_like(z)
+    for i in range(z.shape[0]):
+        for c in range(z.shape[1]):
+            plus, minus = z[i].copy(), z[i].copy()
+            plus[c] += h
+            minus[c] -= h
+            out[i, c] = (naive_loss(plus, labels[i]) - naive_loss(minus, labels[i])) / (2 * h)
+    return out
+
+
+def seed_case1(grad, labels):
+    """The seed post's gradient: right at the label, 0 elsewhere."""
+    out = np.zeros_like(grad)
+    rows = np.arange(len(labels))
+    out[rows, labels] = grad[rows, labels]
+    return out
+
+
+logit_rows = st.integers(1, 6).flatmap(lambda n: st.integers(2, 6).flatmap(lambda k: st.tuples(
+    hnp.arrays(np.float64, (n, k), elements=st.floats(-8, 8)),
+    hnp.arrays(np.int64, (n,), elements=st.integers(0, k - 1)))))
+
+
+@settings(max_examples=40, deadline=None)
+@given(logit_rows)
+def test_every_method_agrees_with_the_hand_derived_gradient(case):
+    z, labels = case
+    problem = gradcheck.problem(z, labels)
+    expected = np.array([naive_gradient(z[i], labels[i]) for i in range(len(z))])
+    np.testing.assert_allclose(problem.grad, expected, atol=1e-12)
+    loss = gradcheck.xent_loss(problem.a)
+    for method in gradcheck.METHODS:
+        tol = gradcheck.tolerance(method)
+        report = gradcheck.check_gradient(problem, expected, loss, tol, analytic_source="hand")
+        assert report.passed, (method, report.failures[:1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(logit_rows)
+def test_the_seed_case1_gradient_fails_only_off_the_label(case):
+    z, labels = case
+    problem = gradcheck.problem(z, labels)
+    seed = seed_case1(problem.grad, labels)
+    report = gradcheck.check_gradient(problem, seed, gradcheck.xent_loss(problem.a),
+                                      gradcheck.tolerance("complex"), analytic_source="seed")
+    p = losses.softmax(z)
+    off_label = np.ones_like(p, dtype=bool)
+    off_label[np.arange(len(labels)), labels] = False
+    # an off-label entry fails exactly when its p_j is visible above the tolerance
+    visible = off_label & (p > 1e-12 + 1e-9 * p)
+    assert report.failed == visible.sum() == report.failed_off_label
+    assert all(f.cls != f.label and f.analytic == 0 for f in report.failures)
+
+
+def test_vectorised_central_differences_match_the_entry_by_entry_loop():
+    rng = np.random.default_rng(3)
+    z, labels = rng.normal(size=(5, 4)), rng.integers(0, 4, 5)
+    problem = gradcheck.problem(z, labels)
+    numeric, estimate = gradcheck.derivative(gradcheck.xent_loss(problem.a), z, "central", 1e-6)
+    assert estimate is None
+    np.testing.assert_allclose(numeric, naive_numeric(z, labels), atol=1e-8)
+
+
+def test_the_xent_loss_is_xents_per_sample_loss_with_weights_and_smoothing_also_for_complex():
+    rng = np.random.default_rng(4)
+    z, labels = rng.normal(size=(6, 3)) * 3, rng.integers(0, 3, 6)
+    labels[2] = -100
+    problem = gradcheck.problem(z, labels, weight=[1.0, 2.0, 0.5], label_smoothing=0.1)
+    loss = gradcheck.xent_loss(problem.a)
+    np.testing.assert_allclose(loss(z), problem.per_sample, rtol=1e-13)
+    np.testing.assert_allclose(loss(z + 0j).real, problem.per_sample, rtol=1e-13)
+    report = gradcheck.check_gradient(problem, problem.grad, loss, gradcheck.tolerance("complex"),
+                                      analytic_source="xent")
+    assert report.passed and report.max_abs_err < 1e-14
+    assert not problem.grad[2].any()  # the ignored sample
+
+
+def test_complex_step_catches_a_relative_1e6_error_that_central_differences_cannot_see():
+    problem = gradcheck.random_problem(200, 10, 1)
+    loss = gradcheck.xent_loss(problem.a)
+    off = problem.grad * (1 + 1e-6)
+    complex_report = gradcheck.check_gradient(problem, off, loss, gradcheck.tolerance("complex"),
+                                              analytic_source="off")
+    central_report = gradcheck.check_gradient(problem, off, loss, gradcheck.tolerance("central"),
+                                              analytic_source="off")
+    assert not complex_report.passed
+    assert complex_report.max_rel_err == pytest.approx(1e-6, rel=1e-3)
+    assert central_report.passed  # why the complex step exists
+
+
+def test_a_float32_gradient_passes_at_float32_defaults_and_not_at_float64s():
+    problem = gradcheck.random_problem(500, 10, 2)
+    grad32 = losses.cross_entropy(problem.z, problem.target, reduction="sum",
+                                  dtype=np.float32).grad
+    assert grad32.dtype == np.float32
+    loss = gradcheck.xent_loss(problem.a)
+    for method in gradcheck.METHODS:
+        report = gradcheck.check_gradient(problem, grad32, loss,
+                                          gradcheck.tolerance(method, "float32"),
+                                          analytic_source="float32")
+        assert report.passed, method
+    strict = gradcheck.check_gradient(problem, grad32, loss, gradcheck.tolerance("complex"),
+                                      analytic_source="float32")
+    assert not strict.passed
+
+
+def test_richardson_estimates_its_own_error():
+    problem = gradcheck.random_problem(100, 5, 5)
+    numeric, estimate = gradcheck.derivative(gradcheck.xent_loss(problem.a), problem.z,
+                                             "richardson", 1e-3)
+    error = np.abs(numeric - problem.grad)
+    assert error.max() < 1e-10
+    assert estimate.max() < 1e-10
+    # a step too large for the estimate to be small is flagged by the estimate itself
+    _, coarse = gradcheck.derivative(gradcheck.xent_loss(problem.a), problem.z, "richardson", 0.5)
+    assert coarse.max() > 1e-6
+
+
+def test_the_sweep_traces_the_v_of_truncation_against_round_off():
+    problem = gradcheck.random_problem(50, 5, 6)
+    loss = gradcheck.xent_loss(problem.a)
+    points = gradcheck.sweep_steps(loss, problem.z, problem.grad, "central")
+    errors = {p.h: p.max_abs_err for p in points}
+    assert [p.h for p in points] == [10.0 ** -e for e in range(1, 14)]
+    best = min(errors, key=errors.get)
+    assert 1e-7 <= best <= 1e-4  # near cbrt(machine eps)
+    assert errors[1e-1] > 100 * errors[best] and errors[1e-13] > 100 * errors[best]
+    # truncation falls as h² on the left arm: a decade of h is two decades of error
+    assert errors[1e-2] / errors[1e-3] == pytest.approx(100, rel=0.1)
+    flat = gradcheck.sweep_steps(loss, problem.z, problem.grad, "complex")
+    # truncation (h²) only: once it is below round-off the error stays at machine precision
+    assert all(p.max_abs_err < 1e-15 for p in flat if p.h <= 1e-7)
+
+
+def test_the_hessian_is_diag_p_minus_ppt_by_finite_differences_of_the_gradient():
+    problem = gradcheck.random_problem(20, 4, 7, weight=[1.0, 3.0, 1.0, 2.0])
+    hessian = gradcheck.xent_hessian(problem)
+    i = 3
+    p = losses.softmax(problem.z[i:i + 1])[0]
+    weight_sum = problem.a[i].sum()
+    np.testing.assert_allclose(hessian[i], weight_sum * (np.diag(p) - np.outer(p, p)), atol=1e-15)
+    np.testing.assert_allclose(hessian.sum(axis=2), 0, atol=1e-13)  # grad rows sum to a constant
+    for method in gradcheck.METHODS:
+        report = gradcheck.check_hessian(problem, hessian, gradcheck.xent_gradient(problem.a),
+                                         gradcheck.tolerance(method), analytic_source="H",
+                                         gradient_source="g")
+        assert report.passed and report.entries == 20 * 16, method
+    wrong = hessian * (1 + np.eye(4))
+    assert not gradcheck.check_hessian(problem, wrong, gradcheck.xent_gradient(problem.a),
+                                       gradcheck.tolerance("central"), analytic_source="H",
+                                       gradient_source="g").passed
+
+
+def test_directional_mode_catches_the_seed_gradient_in_every_sample():
+    problem = gradcheck.random_problem(1000, 10, 8)
+    loss = gradcheck.xent_loss(problem.a)
+    tol = gradcheck.tolerance("central")
+    right = gradcheck.check_directional(problem, problem.grad, loss, tol, analytic_source="g")
+    wrong = gradcheck.check_directional(problem, seed_case1(problem.grad, problem.labels), loss,
+                                        tol, analytic_source="seed")
+    assert right.passed and right.entries == 1000
+    assert wrong.failed > 990
+
+
+def test_a_masked_class_has_derivative_zero_and_checks_clean():
+    z = np.array([[1.0, -np.inf, 0.5], [-np.inf, 2.0, 0.0]])
+    labels = np.array([0, 2])
+    problem = gradcheck.problem(z, labels)
+    for method in gradcheck.METHODS:
+        report = gradcheck.check_gradient(problem, problem.grad, gradcheck.xent_loss(problem.a),
+                                          gradcheck.tolerance(method), analytic_source="g")
+        assert report.passed and report.nonfinite is None, method
+
+
+def test_nan_and_inf_are_named_and_fail():
+    problem = gradcheck.random_problem(4, 3, 9)
+    grad = problem.grad.copy()
+    grad[1, 2], grad[2, 0] = np.nan, -np.inf
+    report = gradcheck.check_gradient(problem, grad, gradcheck.xent_loss(problem.a),
+                                      gradcheck.tolerance("central"), analytic_source="g")
+    assert not report.passed and report.failed == 2
+    assert report.nonfinite == ("the analytic gradient has 1 NaN and 1 infinite entries "
+                                "(first at sample 1, class 2)")
+    assert np.isfinite(report.max_abs_err)
+
+
+def test_a_failure_names_the_entry_and_says_which_value_is_which():
+    failure = gradcheck.Failure(sample=3, cls=1, analytic=0.0, numeric=0.25, abs_err=0.25,
+                                rel_err=1.0)
+    assert failure.describe() == ("sample 3, class 1: analytic 0, numeric 0.25 "
+                                  "(abs error 0.25, rel error 1)")
+
+
+def test_a_full_central_check_of_10000_by_10_takes_well_under_a_second():
+    problem = gradcheck.random_problem(10_000, 10, 10)
+    start = time.perf_counter()
+    report = gradcheck.check_gradient(problem, problem.grad, gradcheck.xent_loss(problem.a),
+                                      gradcheck.tolerance("central"), analytic_source="g")
+    assert report.passed and report.entries == 100_000
+    assert time.perf_counter() - start < 1.0

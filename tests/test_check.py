@@ -126,6 +126,32 @@ def test_a_check_that_cannot_run_says_why_in_one_line_and_exits_2(runner, argv, 
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("formula, passes", [
+    ("p - y", True),
+    ("p_j - [j = l]", True),
+    ("exp(z) / sum(exp(z)) - y", True),
+    ("[j = l] * (p - y)", False),  # the seed's Case 1: nothing off the label
+    ("p", False),
+])
+def test_an_expression_is_checked_as_a_gradient_formula(runner, formula, passes):
+    result = check(runner, "--expr", formula, "--method", "complex", "--format", "json")
+    assert result.exit_code == (0 if passes else 1), result.output
+    assert as_json(result)["analytic"] == f"the expression {formula}"
+
+
+def test_an_expression_follows_the_loss_options_of_a_file(runner):
+    result = check(runner, LOGITS_K3, "--expr", "p - y", "--weight", "1,2,3", "--label-smoothing",
+                   "0.2", "--ignore-index", "1", "--method", "complex")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("formula", ["__import__('os').system('true')", "p - ", "p.__class__"])
+def test_an_expression_is_never_python(runner, formula):
+    result = check(runner, "--expr", formula)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"Error: --expr {formula!r}: ")
+
+
 def test_nan_and_inf_from_the_users_gradient_are_reported_as_such(runner):
     result = check(runner, "--grad-fn", f"{CASES}:nan_grad")
     assert result.exit_code == 1, result.output

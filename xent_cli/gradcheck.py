@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from xent_cli import losses
-from xent_cli.errors import InputError
+from xent_cli.errors import ExpressionError, InputError
 
 METHODS = ("central", "complex", "richardson")
 
@@ -469,8 +469,29 @@ def loss_agreement(problem: Problem, values: np.ndarray, name: str,
 
 
 def expression_gradient(problem: Problem, text: str) -> np.ndarray:
-    """Returns the gradient formula text evaluated on the problem, (N, k)."""
-    raise InputError("--expr is not available yet: the expression language is still being built")
+    """Returns a gradient formula of the expression language evaluated on every sample, (N, k).
+
+    The formula is the gradient of -Σ_j y_j log p_j for one sample, with y the target
+    distribution (smoothing applied; one-hot for a label); row i is scaled by the sample's
+    total weight S_i = Σ_c a_ic (1 without weights, 0 for an ignored sample), as xent's is.
+    """
+    from xent_cli import expressions  # the parser reads the text; nothing is evaluated as Python
+
+    try:
+        node = expressions.parse_expression(text)
+    except ExpressionError as error:
+        raise ExpressionError(f"--expr {text!r}: {error}") from None
+    total = problem.a.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.where(total > 0, problem.a / np.where(total > 0, total, 1.0), 0.0)
+    if problem.labels is not None:
+        labels = np.where((problem.labels >= 0) & (problem.labels < problem.k), problem.labels, 0)
+    else:
+        labels = problem.target.argmax(axis=1)
+    value = expressions.evaluate(node, z=problem.z, p=losses.softmax(problem.z), y=y,
+                                 labels=labels)
+    with np.errstate(invalid="ignore"):
+        return np.where(total > 0, total * value, 0.0)
 
 
 def symbolic_agreement(problem: Problem) -> Agreement | None:

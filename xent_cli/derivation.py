@@ -1,0 +1,407 @@
+"""SymPy: the gradient (and Hessian) of the softmax cross-entropy as a list of verified steps.
+
+A derivation is data. Each step shows an expression in the logits z1…zK, the normaliser
+S = Σ_n e^{z_n} and the softmax p_n = e^{z_n}/S, names the rule that justifies it, and carries
+how it was checked equal to the step before it on the concrete K symbols: a symbolic identity,
+or, where that fails to decide, exact evaluation at random rational points to 40 digits. The
+gradient and Hessian are read off the steps' results, so the answer and the steps cannot drift.
+
+Verification stays fast at large K by never calling ``simplify``: e^{z_n} becomes a positive
+symbol u_n, the sum Σ u_n becomes one symbol S, and the difference of two steps is cancelled
+as a small rational function.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+import sympy as sp
+
+MAX_K = 500  # symbolic diff and checks grow as K² entries; 500 stays within seconds
+MAX_K_HESSIAN = 60  # the Hessian has K² entries, each checked on its own
+RANDOM_POINTS = 3
+DIGITS = 40
+
+RULES = {
+    "definition of cross-entropy": "CE = −Σ_n y_n log p_n, with p_n = e^{z_n}/S and S = Σ_n e^{z_n}",
+    "one-hot target": "y_ℓ = 1 and y_n = 0 for n ≠ ℓ, so only the ℓ-th term remains",
+    "log of a quotient": "log(a/b) = log a − log b",
+    "log of exp": "log e^{x} = x",
+    "targets sum to 1": "Σ_n y_n = 1 turns (Σ_n y_n) log S into log S",
+    "differentiate": "the quantity sought: the partial derivative of the last form of CE",
+    "linearity": "the derivative of a sum is the sum of the derivatives; ∂z_n/∂z_j = δ_nj",
+    "chain rule": "∂ log S/∂z_j = (1/S) ∂S/∂z_j = e^{z_j}/S (derivative of the log-sum-exp)",
+    "definition of softmax": "e^{z_j}/S = p_j",
+    "recombination": "both cases at once: ∂CE/∂z_j = p_j − y_j, i.e. ∇CE = p − y",
+    "y is constant": "H_ij = ∂(p_i − y_i)/∂z_j = ∂p_i/∂z_j, since y does not depend on z",
+    "quotient rule": "∂(e^{z_i}/S)/∂z_j = (δ_ij e^{z_i} S − e^{z_i} e^{z_j})/S²",
+    "seed's Case 1": "treats S = Σ_n e^{z_n} as constant in z_j, so ∂CE/∂z_j = 0 for j ≠ ℓ",
+}
+
+
+@dataclass(frozen=True)
+class Verification:
+    """How a step was checked against the one before it."""
+
+    method: str  # "definition", "identity", "random-points" or "failed"
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.method != "failed"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of the derivation: lhs = expr, justified by rule, checked by verification."""
+
+    rule: str
+    case: str  # "loss", "j = ℓ", "j ≠ ℓ", "every j", "i = j", "i ≠ j", "seed"
+    lhs: sp.Expr
+    expr: sp.Expr  # as shown: in z, y, S and p
+    value: sp.Expr  # the same in z (and y) only: what was verified
+    verification: Verification
+    at: Optional[str] = None  # the value at --at, as text
+
+    @property
+    def description(self) -> str:
+        return RULES[self.rule]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One gradient or Hessian entry: SymPy's direct derivative against the closed form."""
+
+    index: tuple[int, ...]  # 1-based
+    direct: sp.Expr
+    closed: sp.Expr  # in p and y
+    verification: Verification
+    at: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """The derivation of ∇CE (and the Hessian) for K classes, label ℓ (1-based)."""
+
+    k: int
+    label: int
+    soft: bool
+    steps: tuple[Step, ...]
+    gradient: tuple[Entry, ...]
+    hessian: Optional[tuple[tuple[Entry, ...], ...]]
+    hessian_steps: tuple[Step, ...]
+    pitfall: Optional[Step]
+    at: Optional[tuple[float, ...]]
+
+    @property
+    def verified(self) -> bool:
+        entries = list(self.gradient) + [e for row in self.hessian or () for e in row]
+        return all(s.verification.ok for s in self.steps + self.hessian_steps) and all(
+            e.verification.ok for e in entries)
+
+
+class Symbols:
+    """The symbols of one derivation and the definitions that make S and p concrete."""
+
+    def __init__(self, k: int, soft: bool, label: int):
+        self.k = k
+        self.z = sp.symbols(f"z1:{k + 1}", real=True)
+        self.p = sp.symbols(f"p1:{k + 1}", positive=True)
+        self.S = sp.Symbol("S", positive=True)
+        self.u = sp.symbols(f"u1:{k + 1}", positive=True)
+        if soft:
+            self.y = sp.symbols(f"y1:{k + 1}", real=True)
+        else:
+            self.y = tuple(sp.Integer(1 if n == label - 1 else 0) for n in range(k))
+        self.normaliser = sp.Add(*(sp.exp(zn) for zn in self.z))
+        self.u_sum = sp.Add(*self.u)
+        self._exp_to_u = {sp.exp(zn): un for zn, un in zip(self.z, self.u)}
+        self._z_index = {zn: n for n, zn in enumerate(self.z)}
+
+    def concrete(self, expr: sp.Expr) -> sp.Expr:
+        """Replaces p_n and S by their definitions and carries out any derivative."""
+        expr = expr.xreplace({pn: sp.exp(zn) / self.S for pn, zn in zip(self.p, self.z)})
+        return expr.xreplace({self.S: self.normaliser}).doit()
+
+    def softmax(self, n: int) -> sp.Expr:
+        return sp.exp(self.z[n]) / self.normaliser
+
+    def to_u(self, expr: sp.Expr) -> sp.Expr:
+        """Writes e^{a} as a product of u_n = e^{z_n}, a being a linear form in z."""
+
+        def power(argument):
+            if argument in self._z_index:
+                return self.u[self._z_index[argument]]
+            coefficients = sp.Poly(argument, *self.z).as_dict() if argument.free_symbols else {}
+            product, rest = sp.Integer(1), sp.Integer(0)
+            for monomial, c in coefficients.items():
+                if sum(monomial) == 1:
+                    product *= self.u[monomial.index(1)] ** c
+                elif sum(monomial) == 0:
+                    rest += c
+                else:
+                    return sp.exp(argument)
+            return product * sp.exp(rest)
+
+        return expr.replace(lambda e: isinstance(e, sp.exp), lambda e: power(e.args[0]))
+
+
+def _difference_is_zero(symbols: Symbols, difference: sp.Expr) -> bool:
+    """Decides difference == 0 symbolically and cheaply, or returns False when undecided."""
+    difference = sp.expand_log(difference, force=True)
+    if difference == 0:
+        return True
+    in_u = symbols.to_u(difference)
+    if in_u.has(sp.exp, sp.log, sp.Derivative):
+        return False
+    # An identity with S free is an identity for S = Σ u_n as well.
+    with_s = in_u.xreplace({symbols.u_sum: symbols.S})
+    if sp.cancel(sp.together(with_s)) == 0:
+        return True
+    if len(in_u.free_symbols) <= 12 and sp.cancel(sp.together(in_u)) == 0:
+        return True
+    # Products of sums (e.g. (Σ y_n) log S) expand cheaply only while they are small.
+    return sp.count_ops(difference) < 2000 and sp.expand(difference) == 0
+
+
+def _random_point(symbols: Symbols, rng: random.Random, free: set) -> dict:
+    """Returns random rationals for z (and targets y summing to 1 when they are free)."""
+    point = {zn: sp.Rational(rng.randint(-12, 12), rng.randint(1, 4)) for zn in symbols.z}
+    ys = [yn for yn in symbols.y if yn in free]
+    if ys:
+        weights = [sp.Integer(rng.randint(1, 9)) for _ in symbols.y]
+        total = sum(weights)
+        point.update({yn: w / total for yn, w in zip(symbols.y, weights) if isinstance(yn, sp.Symbol)})
+    return point
+
+
+def verify(symbols: Symbols, before: sp.Expr, after: sp.Expr, *,
+           constraint: Optional[dict] = None, seed: int = 0) -> Verification:
+    """Checks after == before: symbolically, else at random rational points, else reports the gap."""
+    difference = before - after
+    if constraint:
+        difference = difference.xreplace(constraint)
+    if _difference_is_zero(symbols, difference):
+        return Verification("identity", "symbolic identity")
+    rng = random.Random(seed)
+    free = difference.free_symbols
+    for _ in range(RANDOM_POINTS):
+        point = _random_point(symbols, rng, free)
+        gap = difference.xreplace(point).evalf(DIGITS)
+        if not gap.is_number or abs(gap) > sp.Float(10) ** (10 - DIGITS):
+            z = ", ".join(str(point[zn]) for zn in symbols.z)
+            return Verification("failed", f"differs at z = ({z}): the steps give "
+                                          f"{sp.N(before.xreplace(point), 6)} and "
+                                          f"{sp.N(after.xreplace(point), 6)}")
+    return Verification("random-points", f"equal at {RANDOM_POINTS} random rational points "
+                                         f"to {DIGITS} digits (SymPy could not decide symbolically)")
+
+
+def parse_at(text: str, k: int) -> tuple[float, ...]:
+    """Reads --at: exactly k comma-separated finite numbers (never evaluated as an expression)."""
+    from xent_cli.errors import InputError
+
+    items = [item.strip() for item in text.split(",")]
+    if len(items) != k:
+        raise InputError(f"--at has {len(items)} value(s); --k is {k}: give one logit per class, "
+                         f"e.g. --at {','.join(['0'] * k) if k <= 5 else '0,1,...'}")
+    values = []
+    for position, item in enumerate(items, start=1):
+        try:
+            value = float(item)
+        except ValueError:
+            raise InputError(f"--at value {position} (z{position}): {item!r} is not a number") from None
+        if not math.isfinite(value):
+            raise InputError(f"--at value {position} (z{position}): {item!r} is not finite")
+        values.append(value)
+    return tuple(values)
+
+
+def check_size(k: int, label: int, hessian: bool) -> None:
+    """Refuses k below 2 or above the documented caps, and labels outside 1..k."""
+    from xent_cli.errors import InputError
+
+    cap = MAX_K_HESSIAN if hessian else MAX_K
+    if k < 2:
+        raise InputError(f"--k {k}: cross-entropy needs at least 2 classes")
+    if k > cap:
+        what = "with --hessian" if hessian else "for derive"
+        raise InputError(f"--k {k} is above the cap of {cap} {what}")
+    if not 1 <= label <= k:
+        raise InputError(f"--label {label} is not a class 1..{k} (labels are 1-based, like ℓ)")
+
+
+class _Builder:
+    """Appends steps, each verified against the previous value."""
+
+    def __init__(self, symbols: Symbols, at: Optional[dict]):
+        self.symbols, self.at_point, self.steps = symbols, at, []
+
+    def value_at(self, value: sp.Expr) -> Optional[str]:
+        if self.at_point is None:
+            return None
+        number = value.xreplace(self.at_point).evalf(12)
+        return f"{float(number):.6g}" if number.is_number else str(sp.N(number, 6))
+
+    def add(self, rule, case, lhs, expr, *, before=None, verification=None, constraint=None):
+        value = self.symbols.concrete(expr)
+        if verification is None:
+            verification = verify(self.symbols, before, value, constraint=constraint,
+                                  seed=len(self.steps))
+        step = Step(rule, case, lhs, expr, value, verification, self.value_at(value))
+        self.steps.append(step)
+        return step
+
+
+def _log(x):
+    return sp.log(x, evaluate=False)
+
+
+def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
+           at: Optional[tuple[float, ...]] = None) -> Derivation:
+    """Derives ∂CE/∂z_j for every j (and the Hessian) with every step verified."""
+    check_size(k, label, hessian)
+    if at is not None and len(at) != k:
+        from xent_cli.errors import InputError
+        raise InputError(f"--at has {len(at)} values; --k is {k}")
+    s = Symbols(k, soft, label)
+    z, p, y, S = s.z, s.p, s.y, s.S
+    l = label - 1
+    at_point = None if at is None else {zn: sp.Float(v, 30) for zn, v in zip(z, at)}
+    build = _Builder(s, at_point)
+    CE = sp.Symbol("CE")
+    ys = sp.symbols(f"y1:{k + 1}", real=True)  # the generic targets of the definition
+
+    # The loss: from the definition to log S − Σ y_n z_n.
+    definition = sp.Add(*(-yn * _log(sp.exp(zn) / S) for yn, zn in zip(ys, z)))
+    first = build.add("definition of cross-entropy", "loss", CE, definition,
+                      verification=Verification("definition", "the definition of the loss"))
+    previous = first.value
+    if soft:
+        quotient = sp.Add(*(-yn * (_log(sp.exp(zn)) - _log(S)) for yn, zn in zip(y, z)))
+        previous = build.add("log of a quotient", "loss", CE, quotient, before=previous).value
+        logs = sp.Add(*(-yn * zn for yn, zn in zip(y, z))) + sp.Add(*y) * _log(S)
+        previous = build.add("log of exp", "loss", CE, logs, before=previous).value
+        loss = _log(S) - sp.Add(*(yn * zn for yn, zn in zip(y, z)))
+        sum_to_one = {y[-1]: 1 - sp.Add(*y[:-1])}
+        previous = build.add("targets sum to 1", "loss", CE, loss, before=previous,
+                             constraint=sum_to_one).value
+    else:
+        one_hot = {yn: value for yn, value in zip(ys, y)}
+        target = -_log(sp.exp(z[l]) / S)
+        previous = build.add("one-hot target", "loss", CE, target,
+                             before=previous.xreplace(one_hot)).value
+        previous = build.add("log of a quotient", "loss", CE, -(_log(sp.exp(z[l])) - _log(S)),
+                             before=previous).value
+        loss = _log(S) - z[l]
+        previous = build.add("log of exp", "loss", CE, loss, before=previous).value
+    loss_value = previous
+
+    # The derivative, for one representative j per case.
+    if soft:
+        cases = [("every j", l)]
+    else:
+        cases = [("j = ℓ", l), ("j ≠ ℓ", (l + 1) % k)]
+    results = {}
+    for case, j in cases:
+        zj = z[j]
+        lhs = sp.Derivative(CE, zj)
+        start = build.add("differentiate", case, lhs, sp.Derivative(loss, zj),
+                          verification=Verification("definition", "∂/∂z_j of the last form of CE"))
+        previous = start.value
+        if soft:
+            linear = sp.Derivative(_log(S), zj) - y[j]
+            chain = sp.exp(zj) / S - y[j]
+            final = p[j] - y[j]
+        else:
+            delta = 1 if j == l else 0
+            linear = sp.Derivative(_log(S), zj) - sp.Derivative(z[l], zj, evaluate=False)
+            chain = sp.exp(zj) / S - delta
+            final = p[j] - delta
+        previous = build.add("linearity", case, lhs, linear, before=previous).value
+        previous = build.add("chain rule", case, lhs, chain, before=previous).value
+        results[case] = (j, build.add("definition of softmax", case, lhs, final, before=previous))
+
+    # The gradient table: SymPy's direct derivative of the definition against the closed form
+    # read off the steps.
+    # SymPy's own log expansion, not our steps, makes the definition cheap to differentiate.
+    target_loss = sp.expand_log(first.value.xreplace({} if soft else one_hot), force=True)
+    if soft:
+        target_loss = target_loss.xreplace(sum_to_one)
+    gradient = []
+    for j in range(k):
+        if soft:
+            rep, step = results["every j"]
+            closed = step.expr.xreplace({p[rep]: p[j], y[rep]: y[j]})
+        else:
+            rep, step = results["j = ℓ"] if j == l else results["j ≠ ℓ"]
+            closed = step.expr.xreplace({p[rep]: p[j]})
+        direct = sp.diff(target_loss, z[j])
+        check = verify(s, direct, s.concrete(closed), constraint=sum_to_one if soft else None)
+        gradient.append(Entry((j + 1,), direct, closed, check, _number(build, s.concrete(closed))))
+
+    all_ok = all(e.verification.ok for e in gradient)
+    methods = sorted({e.verification.method for e in gradient})
+    recombined = p[l] - (y[l] if soft else 1)
+    build.steps.append(Step(
+        "recombination", "every j", sp.Derivative(CE, sp.Symbol("z_j")),
+        sp.Symbol("p_j") - sp.Symbol("y_j"), recombined,
+        Verification(methods[0] if all_ok and len(methods) == 1 else
+                     ("failed" if not all_ok else "random-points"),
+                     f"each of the {k} entries against SymPy's direct derivative: "
+                     + ", ".join(methods)), None))
+
+    pitfall = None
+    if not soft:
+        j, step = results["j ≠ ℓ"]
+        pitfall_builder = _Builder(s, at_point)
+        pitfall = pitfall_builder.add("seed's Case 1", "seed", sp.Derivative(CE, z[j]),
+                                      sp.Integer(0), before=step.value)
+        if not pitfall.verification.ok:
+            detail = (pitfall.verification.detail + f"; the missing term is p_{j + 1} = "
+                      f"e^(z{j + 1})/S, which S's dependence on z{j + 1} contributes")
+            pitfall = Step(pitfall.rule, pitfall.case, pitfall.lhs, pitfall.expr, pitfall.value,
+                           Verification("failed", detail), pitfall.at)
+
+    hessian_rows, hessian_steps = None, ()
+    if hessian:
+        hessian_steps, hessian_rows = _hessian(s, l, at_point, gradient, target_loss)
+
+    return Derivation(k, label, soft, tuple(build.steps), tuple(gradient), hessian_rows,
+                      hessian_steps, pitfall, at)
+
+
+def _number(build: _Builder, value: sp.Expr) -> Optional[float]:
+    if build.at_point is None:
+        return None
+    number = value.xreplace(build.at_point).evalf(15)
+    return float(number) if number.is_number else None
+
+
+def _hessian(s: Symbols, l: int, at_point, gradient, target_loss):
+    """The Hessian steps for i = j and i ≠ j, then every entry against SymPy's direct diff."""
+    z, p, S = s.z, s.p, s.S
+    build = _Builder(s, at_point)
+    i = l
+    for case, j in (("i = j", l), ("i ≠ j", (l + 1) % s.k)):
+        lhs = sp.Derivative(sp.Symbol("CE"), z[i], z[j])
+        start = build.add("y is constant", case, lhs, sp.Derivative(p[i], z[j]),
+                          before=sp.diff(s.concrete(gradient[i].closed), z[j]))
+        delta = 1 if i == j else 0
+        quotient = (delta * sp.exp(z[i]) * S - sp.exp(z[i]) * sp.exp(z[j])) / S ** 2
+        previous = build.add("quotient rule", case, lhs, quotient, before=start.value).value
+        build.add("definition of softmax", case, lhs, delta * p[i] - p[i] * p[j], before=previous)
+    rows = []
+    for a in range(s.k):
+        direct_gradient = gradient[a].direct
+        row = []
+        for b in range(s.k):
+            closed = (p[a] if a == b else 0) - p[a] * p[b]
+            direct = sp.diff(direct_gradient, z[b])
+            check = verify(s, direct, s.concrete(closed))
+            row.append(Entry((a + 1, b + 1), direct, closed, check, _number(build, s.concrete(closed))))
+        rows.append(tuple(row))
+    return tuple(build.steps), tuple(rows)

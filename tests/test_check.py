@@ -23,10 +23,23 @@ def as_json(result):
     return json.loads(result.stdout)
 
 
-def test_without_user_code_xents_gradient_passes(runner):
+def test_without_user_code_three_routes_agree(runner):
     result = check(runner)
     assert result.exit_code == 0, result.output
     assert "PASSED" in result.stdout and "entries checked │ 32" in result.stdout
+    report = as_json(check(runner, "--format", "json"))
+    assert report["numeric"] == "central differences of xent's loss"
+    assert [c["first"] for c in report["cross_checks"]] == ["derive's symbolic gradient (verified)"]
+    assert report["cross_checks"][0]["passed"]
+
+
+def test_the_symbolic_route_is_skipped_for_large_inputs_unless_asked(runner):
+    large = as_json(check(runner, "--random", "2000", "--format", "json"))
+    assert large["cross_checks"] == []
+    asked = as_json(check(runner, "--random", "2000", "--symbolic", "--format", "json"))
+    assert asked["cross_checks"][0]["passed"]
+    result = check(runner, "--k", "13", "--symbolic")
+    assert result.exit_code == 2 and "the symbolic route needs k <= 12, got 13" in result.stderr
 
 
 @pytest.mark.parametrize("method", ["central", "complex", "richardson"])
@@ -178,6 +191,21 @@ def test_a_logits_file_is_read_as_eval_reads_it_with_weights_and_smoothing(runne
     assert wrong.exit_code == 1, wrong.output
 
 
+def test_soft_targets_reach_the_users_function_as_an_n_by_k_array(runner, tmp_path):
+    logits, targets = tmp_path / "z.csv", tmp_path / "t.csv"
+    logits.write_text("z0,z1,z2\n1,2,0.5\n-1,0,3\n")
+    targets.write_text("t0,t1,t2\n0.2,0.5,0.3\n0,0,1\n")
+    code = tmp_path / "soft.py"
+    code.write_text("import numpy as np\n"
+                    "def grad(z, y):\n"
+                    "    assert y.shape == z.shape\n"
+                    "    e = np.exp(z - z.max(axis=1, keepdims=True))\n"
+                    "    return e / e.sum(axis=1, keepdims=True) - y\n")
+    for argv in ([], ["--grad-fn", f"{code}:grad"], ["--expr", "p - y"]):
+        result = check(runner, str(logits), "--targets", str(targets), "--method", "complex", *argv)
+        assert result.exit_code == 0, (argv, result.output)
+
+
 def test_a_bad_logits_file_gets_evals_message(runner, tmp_path):
     bad = tmp_path / "z.csv"
     bad.write_text("z0,z1,label\n1,abc,0\n")
@@ -208,6 +236,15 @@ def test_the_sweep_marks_the_best_step(runner):
     assert 1e-7 <= report["best_h"] <= 1e-4 and len(report["sweep"]) == 13
 
 
+def test_a_failure_within_numeric_error_is_explained_and_the_complex_step_settles_it(runner):
+    strict = ["--rtol", "0", "--atol", "1e-13", "--no-symbolic"]
+    central = check(runner, *strict)
+    assert central.exit_code == 1, central.output  # round-off of central differences ~1e-11
+    assert "truncation" in central.stdout and "--method complex" in central.stdout
+    exact = check(runner, *strict, "--method", "complex")
+    assert exact.exit_code == 0, exact.output
+
+
 def test_plot_writes_a_png_or_says_how_to_get_matplotlib(runner, tmp_path, monkeypatch):
     path = tmp_path / "sweep.png"
     try:
@@ -231,6 +268,13 @@ def test_directional_mode_serves_large_inputs(runner):
     wrong = check(runner, "--directional", "--random", "20000", "--k", "50",
                   "--grad-fn", f"{MY_GRAD}:seed_grad", "--show", "0")
     assert wrong.exit_code == 1
+
+
+def test_sys_exit_in_the_users_code_is_not_a_pass(runner, tmp_path):
+    code = tmp_path / "quits.py"
+    code.write_text("import sys\ndef grad(z, y):\n    sys.exit(0)\n")
+    result = check(runner, "--grad-fn", f"{code}:grad")
+    assert result.exit_code == 2 and "quits.py:grad raised SystemExit" in result.stderr
 
 
 def test_ctrl_c_in_the_users_code_exits_130(runner, tmp_path):

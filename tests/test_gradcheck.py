@@ -197,6 +197,9 @@ def test_a_masked_class_has_derivative_zero_and_checks_clean():
         report = gradcheck.check_gradient(problem, problem.grad, gradcheck.xent_loss(problem.a),
                                           gradcheck.tolerance(method), analytic_source="g")
         assert report.passed and report.nonfinite is None, method
+        along = gradcheck.check_directional(problem, problem.grad, gradcheck.xent_loss(problem.a),
+                                            gradcheck.tolerance(method), analytic_source="g")
+        assert along.passed, method
 
 
 def test_nan_and_inf_are_named_and_fail():
@@ -225,3 +228,18 @@ def test_a_full_central_check_of_10000_by_10_takes_well_under_a_second():
                                       gradcheck.tolerance("central"), analytic_source="g")
     assert report.passed and report.entries == 100_000
     assert time.perf_counter() - start < 1.0
+
+
+def test_derives_symbolic_gradient_agrees_with_xents_and_catches_the_seed():
+    problem = gradcheck.random_problem(30, 4, 11, weight=[1.0, 2.0, 0.5, 1.0],
+                                       label_smoothing=0.1)
+    agreement = gradcheck.symbolic_agreement(problem, problem.grad)
+    assert agreement.passed and agreement.max_abs_diff < 1e-14
+    wrong = gradcheck.symbolic_agreement(problem, seed_case1(problem.grad, problem.labels))
+    assert not wrong.passed and wrong.note.startswith("sample 0, class ")
+
+
+def test_the_symbolic_route_keeps_large_logits_finite():
+    z = np.array([[800.0, 799.0, 0.0], [-700.0, 5.0, 4.0]])
+    problem = gradcheck.problem(z, np.array([0, 2]))
+    assert gradcheck.symbolic_agreement(problem, problem.grad).passed

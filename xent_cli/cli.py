@@ -220,7 +220,7 @@ class CheckFormat(str, enum.Enum):
 @app.command("check")
 def check_command(
     logits: Annotated[Optional[str], typer.Argument(
-        metavar="[LOGITS]",
+        metavar="LOGITS",
         help="A CSV of logits read exactly as 'xent eval' reads it; without it, random inputs "
              "(--random, --k, --seed).", show_default=False)] = None,
     *,
@@ -286,6 +286,11 @@ def check_command(
     directional: Annotated[bool, typer.Option(
         "--directional", help="Check one random directional derivative per sample (2 loss "
                               "evaluations whatever k): for very large inputs.")] = False,
+    symbolic: Annotated[Optional[bool], typer.Option(
+        "--symbolic/--no-symbolic", show_default=False,
+        help="Without --grad-fn or --expr, also compare with the symbolic gradient of 'xent "
+             "derive' (k <= 12; loads SymPy, about 0.7 s). Default: on up to 1000 samples.")]
+        = None,
     show: Annotated[int, typer.Option(
         min=0, metavar="N", help="Show at most N failing entries.")] = 20,
     output_format: Annotated[CheckFormat, typer.Option(
@@ -308,8 +313,6 @@ def check_command(
       xent check examples/logits_k3.csv --expr "p - y" --hessian
       xent check --sweep --plot sweep.png
     """
-    import numpy as np
-
     from xent_cli import data, gradcheck, usercode
     from xent_cli.render import check as render
 
@@ -333,88 +336,30 @@ def check_command(
             loaded = data.read_eval_input(logits, label_col=label_col, labels_path=labels,
                                           targets_path=targets, delimiter=delimiter)
             weights = None if weight is None else data.parse_weights(weight, len(loaded.class_names))
-            data.evaluate(loaded, weight=weights, reduction="sum", show=0, **options)  # places errors
-            target = loaded.labels if loaded.labels is not None else loaded.targets
-            problem = gradcheck.problem(loaded.logits, target, weight=weights, source=logits,
-                                        **options)
+            problem = gradcheck.file_problem(loaded, weight=weights, **options)
         else:
             weights = None if weight is None else data.parse_weights(weight, k)
             problem = gradcheck.random_problem(random, k, seed, weight=weights, **options)
-        n, y = problem.n, problem.target
-        cast = dtype.value if dtype is Dtype.float32 else None
-
-        grad_user = None
-        if grad_fn is not None:
-            grad_user = usercode.load(grad_fn, "--grad-fn")
-            analytic = usercode.gradient(grad_user, y, n, problem.k, cast)(problem.z)
-            analytic_source = grad_user.name
-        elif expr is not None:
-            analytic = gradcheck.expression_gradient(problem, expr)
-            analytic_source = f"the expression {expr}"
-        else:
-            analytic = problem.grad
-            analytic_source = f"xent's analytic gradient ({dtype.value})"
-        precision = "float32" if dtype is Dtype.float32 or analytic.dtype.itemsize < 8 else "float64"
-
-        agreements = []
-        loss, loss_source = gradcheck.xent_loss(problem.a), "xent's loss"
-        if loss_fn is not None:
-            loss_user = usercode.load(loss_fn, "--loss-fn")
-            loss = usercode.loss(loss_user, y, n, cast)
-            loss_source = loss_user.name
-            agreements.append(gradcheck.loss_agreement(problem, loss(problem.z), loss_user.name,
-                                                       precision))
-        if grad_fn is None and expr is None:
-            symbolic = gradcheck.symbolic_agreement(problem)
-            if symbolic is not None:
-                agreements.append(symbolic)
-
-        tol = gradcheck.tolerance(method.value, precision, eps=eps, rtol=rtol, atol=atol)
-        if directional:
-            report = gradcheck.check_directional(problem, analytic, loss, tol, seed=seed,
-                                                 analytic_source=analytic_source,
-                                                 loss_source=loss_source,
-                                                 agreements=tuple(agreements))
-        else:
-            report = gradcheck.check_gradient(problem, analytic, loss, tol,
-                                              analytic_source=analytic_source,
-                                              loss_source=loss_source,
-                                              agreements=tuple(agreements), sweep=sweep)
-
-        hessian_report = None
-        if hessian or hess_fn is not None:
-            if hess_fn is not None:
-                hess_user = usercode.load(hess_fn, "--hess-fn")
-                analytic_hessian = usercode.hessian(hess_user, y, n, problem.k, cast)(problem.z)
-                hessian_source = hess_user.name
-            else:
-                analytic_hessian = gradcheck.xent_hessian(problem)
-                hessian_source = "xent's Hessian S·(diag(p) − ppᵀ)"
-            if grad_user is not None:
-                gradient = usercode.gradient(grad_user, y, n, problem.k, cast)
-                gradient_source = grad_user.name
-            else:
-                gradient, gradient_source = gradcheck.xent_gradient(problem.a), "xent's gradient"
-            hessian_precision = ("float32" if precision == "float32"
-                                 or np.asarray(analytic_hessian).dtype.itemsize < 8 else "float64")
-            hessian_tol = gradcheck.tolerance(method.value, hessian_precision, eps=eps, rtol=rtol,
-                                              atol=atol)
-            hessian_report = gradcheck.check_hessian(problem, analytic_hessian, gradient,
-                                                     hessian_tol, analytic_source=hessian_source,
-                                                     gradient_source=gradient_source)
+        functions = {name: None if spec is None else usercode.load(spec, option)
+                     for name, spec, option in (("grad", grad_fn, "--grad-fn"),
+                                                ("loss", loss_fn, "--loss-fn"),
+                                                ("hess", hess_fn, "--hess-fn"))}
+        outcome = gradcheck.run(problem, **functions, expr=expr, method=method.value,
+                                dtype=dtype.value, eps=eps, rtol=rtol, atol=atol,
+                                hessian=hessian, sweep=sweep, directional=directional,
+                                symbolic=symbolic, seed=seed)
         if plot is not None:
-            render.plot_sweep(report, plot)
+            render.plot_sweep(outcome.gradient, plot)
 
     console = stdout()
     if output_format is CheckFormat.json:
-        console.out(render.to_json(report, hessian_report), highlight=False)
+        console.out(render.to_json(outcome.gradient, outcome.hessian), highlight=False)
     else:
-        console.print(render.render(report, limit=show))
-        if hessian_report is not None:
+        console.print(render.render(outcome.gradient, limit=show))
+        if outcome.hessian is not None:
             console.print()
-            console.print(render.render(hessian_report, limit=show))
-    passed = report.passed and (hessian_report is None or hessian_report.passed)
-    if not passed:
+            console.print(render.render(outcome.hessian, limit=show))
+    if not outcome.passed:
         raise typer.Exit(ExitStatus.CHECK_FAILED)
 
 

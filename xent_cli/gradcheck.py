@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from xent_cli import losses
+from xent_cli import data, losses, usercode
 from xent_cli.errors import ExpressionError, InputError
 
 METHODS = ("central", "complex", "richardson")
@@ -118,6 +118,16 @@ def random_problem(n: int, k: int, seed: int, **options) -> Problem:
     return problem(z, labels, source=f"random: N={n}, k={k}, seed {seed}", **options)
 
 
+def file_problem(loaded: data.EvalInput, *, weight=None, ignore_index: int = -100, label_smoothing: float = 0.0,
+                 dtype: str = "float64") -> Problem:
+    """Returns the Problem of logits read by data.read_eval_input, with errors placed in the file."""
+    options = dict(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                   dtype=dtype)
+    data.evaluate(loaded, reduction="sum", show=0, **options)  # eval's checks, located in the file
+    target = loaded.labels if loaded.labels is not None else loaded.targets
+    return problem(loaded.logits, target, source=loaded.source, **options)
+
+
 # --- xent's own functions, complex-capable -----------------------------------------------------
 
 def xent_loss(a: np.ndarray) -> Function:
@@ -200,8 +210,11 @@ def _complex_step(f: Function, z: np.ndarray, h: np.ndarray) -> np.ndarray:
 
 def derivative(f: Function, z: np.ndarray, method: str,
                eps: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """Returns the numeric derivative of f at z, d f(z)[..., ] / d z_ic on a last axis of size k,
-    and an error estimate (Richardson only, else None)."""
+    """Returns the numeric derivative of f at z and an error estimate (Richardson only).
+
+    The derivative by z_ic sits on a new last axis of size k: (N,) losses give (N, k),
+    (N, k) gradients give (N, k, k).
+    """
     h = _steps(z, eps, method)
     if method == "complex":
         return _complex_step(f, z, h), None
@@ -217,9 +230,13 @@ def derivative(f: Function, z: np.ndarray, method: str,
 
 def directional(f: Function, z: np.ndarray, v: np.ndarray, method: str,
                 eps: float) -> np.ndarray:
-    """Returns d/dt f(z + t v) at t = 0 per sample, with 2 evaluations (1 for the complex step)."""
-    scale = np.maximum(1.0, np.abs(z).max(axis=1, keepdims=True))
-    v = np.where(np.isfinite(z), v, 0.0)
+    """Returns d/dt f(z + t v) at t = 0 per sample, with 2 evaluations (1 for the complex step).
+
+    Masked entries (logit -inf) do not move: v is 0 there.
+    """
+    finite = np.isfinite(z)
+    scale = np.maximum(1.0, np.abs(np.where(finite, z, 0)).max(axis=1, keepdims=True))
+    v = np.where(finite, v, 0.0)
     if method == "complex":
         return np.imag(f(z + 1j * eps * v)) / eps
     h = eps * scale
@@ -481,9 +498,7 @@ def expression_gradient(problem: Problem, text: str) -> np.ndarray:
         node = expressions.parse_expression(text)
     except ExpressionError as error:
         raise ExpressionError(f"--expr {text!r}: {error}") from None
-    total = problem.a.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        y = np.where(total > 0, problem.a / np.where(total > 0, total, 1.0), 0.0)
+    y, total = _target_distribution(problem)
     if problem.labels is not None:
         labels = np.where((problem.labels >= 0) & (problem.labels < problem.k), problem.labels, 0)
     else:
@@ -494,6 +509,130 @@ def expression_gradient(problem: Problem, text: str) -> np.ndarray:
         return np.where(total > 0, total * value, 0.0)
 
 
-def symbolic_agreement(problem: Problem) -> Agreement | None:
-    """Compares xent's analytic gradient with the symbolic gradient of 'xent derive'."""
-    return None
+SYMBOLIC_MAX_K = 12  # derive's symbolic gradient is lambdified for every k classes
+SYMBOLIC_MAX_N = 1000  # by default: above it the user wants speed (SymPy takes ~0.7 s to load)
+
+
+def _target_distribution(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """Returns y = a / S (smoothing applied, one-hot for a label) and S = Σ_c a_ic, (N, 1)."""
+    total = problem.a.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.where(total > 0, problem.a / np.where(total > 0, total, 1.0), 0.0)
+    return y, total
+
+
+def symbolic_agreement(problem: Problem, analytic: np.ndarray,
+                       precision: str = "float64") -> Agreement:
+    """Compares a gradient with the symbolic gradient of 'xent derive', lambdified for k.
+
+    derive's soft-target derivation gives d/dz_j of -Σ_n y_n log p_n for any distribution y;
+    row i is scaled by the sample's total weight S_i, as xent's loss is.
+    """
+    if problem.k > SYMBOLIC_MAX_K:
+        raise InputError(f"the symbolic route needs k <= {SYMBOLIC_MAX_K}, got {problem.k}")
+    import sympy
+
+    from xent_cli import derivation
+
+    derived = derivation.derive(problem.k, soft=True)
+    symbols = derivation.Symbols(problem.k, True, 1)
+    function = sympy.lambdify(symbols.z + symbols.y, [entry.direct for entry in derived.gradient],
+                              "numpy")
+    y, total = _target_distribution(problem)
+    # softmax is unchanged by a shift of the row; the shift keeps exp() of large logits finite
+    z = problem.z - problem.z.max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        columns = function(*z.T, *y.T)
+        symbolic = np.where(total > 0, total * np.column_stack(
+            [np.broadcast_to(c, (problem.n,)) for c in columns]), 0.0)
+        diff = np.abs(symbolic - np.asarray(analytic, dtype=np.float64))
+    tolerance = 1e-12 if precision == "float64" else 1e-6  # both sides are closed forms
+    allowed = tolerance * (1 + np.abs(symbolic))
+    bad = ~np.isfinite(diff) | (diff > allowed)
+    note = ""
+    if bad.any():
+        i, c = (int(x) for x in np.argwhere(bad)[0])
+        note = (f"sample {i}, class {c}: derive's symbolic gradient gives {symbolic[i, c]:.10g}, "
+                f"the analytic one {analytic[i, c]:.10g}")
+    largest = float(diff.max(initial=0.0)) if np.isfinite(diff).all() else float("inf")
+    verified = "verified" if derived.verified else "NOT verified"
+    return Agreement(first=f"derive's symbolic gradient ({verified})",
+                     second="the analytic gradient", max_abs_diff=largest, tolerance=tolerance,
+                     passed=not bad.any() and derived.verified, note=note)
+
+
+# --- the whole check ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Outcome:
+    """The gradient report and, when asked for, the Hessian report."""
+
+    gradient: CheckReport
+    hessian: CheckReport | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.gradient.passed and (self.hessian is None or self.hessian.passed)
+
+
+def run(problem: Problem, *, grad: usercode.UserFunction | None = None,
+        loss: usercode.UserFunction | None = None, hess: usercode.UserFunction | None = None,
+        expr: str | None = None,
+        method: str = "central", dtype: str = "float64", eps: float | None = None,
+        rtol: float | None = None, atol: float | None = None, hessian: bool = False,
+        sweep: bool = False, directional: bool = False, symbolic: bool | None = None,
+        seed: int = 0) -> Outcome:
+    """Checks a gradient (the user's ``grad``, a formula ``expr``, or xent's) and its Hessian.
+
+    grad, loss and hess are the user's functions, when given. The tolerances follow the method and
+    the precision: float32 when dtype is, or when the user's gradient comes back as float32.
+    symbolic None means: the route through 'xent derive' for xent's own gradient, for modest
+    sizes (N <= SYMBOLIC_MAX_N, k <= SYMBOLIC_MAX_K).
+    """
+    n, k, y = problem.n, problem.k, problem.target
+    cast = dtype if dtype == "float32" else None
+    if grad is not None:
+        analytic, analytic_source = usercode.gradient(grad, y, n, k, cast)(problem.z), grad.name
+    elif expr is not None:
+        analytic, analytic_source = expression_gradient(problem, expr), f"the expression {expr}"
+    else:
+        analytic, analytic_source = problem.grad, f"xent's analytic gradient ({dtype})"
+    precision = _precision(dtype, analytic)
+
+    agreements = []
+    loss_function, loss_source = xent_loss(problem.a), "xent's loss"
+    if loss is not None:
+        loss_function, loss_source = usercode.loss(loss, y, n, cast), loss.name
+        agreements.append(loss_agreement(problem, loss_function(problem.z), loss.name, precision))
+    if symbolic is None:
+        symbolic = n <= SYMBOLIC_MAX_N and k <= SYMBOLIC_MAX_K
+    if symbolic and grad is None and expr is None:
+        agreements.append(symbolic_agreement(problem, analytic, precision))
+
+    tol = tolerance(method, precision, eps=eps, rtol=rtol, atol=atol)
+    check = check_directional if directional else check_gradient
+    extra = dict(seed=seed) if directional else dict(sweep=sweep)
+    report = check(problem, analytic, loss_function, tol, analytic_source=analytic_source,
+                   loss_source=loss_source, agreements=tuple(agreements), **extra)
+    if not (hessian or hess is not None):
+        return Outcome(report)
+
+    if hess is not None:
+        analytic_hessian = usercode.hessian(hess, y, n, k, cast)(problem.z)
+        hessian_source = hess.name
+    else:
+        analytic_hessian, hessian_source = xent_hessian(problem), "xent's Hessian S·(diag(p) − ppᵀ)"
+    if grad is not None:
+        gradient, gradient_source = usercode.gradient(grad, y, n, k, cast), grad.name
+    else:
+        gradient, gradient_source = xent_gradient(problem.a), "xent's gradient"
+    hessian_tol = tolerance(method, _precision(precision, analytic_hessian), eps=eps, rtol=rtol,
+                            atol=atol)
+    return Outcome(report, check_hessian(problem, analytic_hessian, gradient, hessian_tol,
+                                         analytic_source=hessian_source,
+                                         gradient_source=gradient_source))
+
+
+def _precision(dtype: str, values: np.ndarray) -> str:
+    """Returns float32 when asked for or when values come back in a narrower float."""
+    return "float32" if dtype == "float32" or np.asarray(values).dtype.itemsize < 8 else "float64"

@@ -25,6 +25,10 @@ import numpy as np
 from xent_cli.errors import XentError
 
 
+# Whatever the user's code raises is theirs to fix; sys.exit(0) in it must not pass as success.
+USER_FAULTS = (Exception, SystemExit)
+
+
 class UserCodeError(XentError):
     """The user's function cannot be loaded or called, or returns something unusable."""
 
@@ -54,7 +58,7 @@ def load(spec: str, option: str = "--grad-fn") -> UserFunction:
     sys.path.insert(0, folder)  # the user's file may import its neighbours
     try:
         loader_spec.loader.exec_module(module)
-    except Exception as error:  # the user's code: any exception is theirs to fix
+    except USER_FAULTS as error:
         raise UserCodeError(f"{option}: importing {path} raised {_describe(error)}") from None
     finally:
         if sys.path and sys.path[0] == folder:
@@ -89,7 +93,7 @@ def call(user: UserFunction, z: np.ndarray, y: np.ndarray, shape: tuple[int, ...
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = user.function(z.copy(), y.copy())
-    except Exception as error:  # the user's code: any exception is theirs to fix
+    except USER_FAULTS as error:
         if complex_input:
             raise UserCodeError(_not_complex_safe(user, f"it raises {_describe(error)}")) from None
         raise UserCodeError(f"{user.name} raised {_describe(error)} when called as "

@@ -214,7 +214,8 @@ def plot_sweep(report: CheckReport, path: str) -> None:
     axes.loglog([p.h for p in points], [p.max_abs_err for p in points], "o-")
     best = report.best_step
     if best is not None:
-        axes.axvline(best, linestyle=":", color="grey")
+        axes.axvline(best, linestyle=":", color="grey", label=f"best h = {best:.0e}")
+        axes.legend()
     axes.set_xlabel("step h")
     axes.set_ylabel("max |analytic − numeric|")
     axes.set_title(f"{method_name(report.tolerance.method)}: truncation against round-off")

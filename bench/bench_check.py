@@ -57,6 +57,9 @@ def main() -> None:
     print(f"python -c 'import numpy'            {baseline:7.3f} s")
     print(f"xent check --random 10000 --k 10    {whole:7.3f} s")
     print(f"beyond start-up                     {whole - baseline:7.3f} s  (target < 1 s)")
+    symbolic = best_wall_time(CHECK + ["--symbolic"], repeat)
+    print(f"  with --symbolic (loads SymPy)     {symbolic:7.3f} s  "
+          f"({symbolic - baseline:.3f} s beyond start-up)")
     for method in gradcheck.METHODS:
         print(f"in-process check, {method:<10}        {best_in_process(method, repeat):7.3f} s")
     print(f"numpy {np.__version__}, python {sys.version.split()[0]}")

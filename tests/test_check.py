@@ -1,5 +1,6 @@
 """`xent check` end to end: the user's gradient, loss and Hessian; every exit code; JSON; golden."""
 
+import importlib.util
 import json
 import pathlib
 import sys
@@ -282,6 +283,22 @@ def test_ctrl_c_in_the_users_code_exits_130(runner, tmp_path):
     code.write_text("def grad(z, y):\n    raise KeyboardInterrupt\n")
     result = check(runner, "--grad-fn", f"{code}:grad")
     assert result.exit_code == 130
+
+
+def test_the_examples_of_the_help_run_as_documented(runner, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    help_text = check(runner, "--help").stdout
+    examples = [line.strip() for line in help_text.split("Examples:")[1].split("\n\n")[0]
+                .splitlines() if line.strip()]
+    assert len(examples) == 5
+    for line in examples:
+        argv = [arg.strip('"') for arg in line.replace('"p - y"', "P_MINUS_Y").split()[2:]]
+        argv = ["p - y" if arg == "P_MINUS_Y" else arg for arg in argv]
+        argv = [str(tmp_path / arg) if arg.endswith(".png") else arg for arg in argv]
+        if "--plot" in argv and importlib.util.find_spec("matplotlib") is None:
+            continue  # the optional extra is not installed
+        result = check(runner, *argv)
+        assert result.exit_code == (1 if "seed_grad" in line else 0), (line, result.output)
 
 
 def test_help_documents_the_contract_with_an_example(runner):

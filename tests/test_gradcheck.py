@@ -243,3 +243,31 @@ def test_the_symbolic_route_keeps_large_logits_finite():
     z = np.array([[800.0, 799.0, 0.0], [-700.0, 5.0, 4.0]])
     problem = gradcheck.problem(z, np.array([0, 2]))
     assert gradcheck.symbolic_agreement(problem, problem.grad).passed
+
+
+options = st.fixed_dictionaries({
+    "weight": st.none() | st.lists(st.floats(0.1, 3), min_size=4, max_size=4),
+    "label_smoothing": st.sampled_from([0.0, 0.1, 0.5]),
+    "soft": st.booleans(),
+})
+
+
+@settings(max_examples=25, deadline=None)
+@given(hnp.arrays(np.float64, (5, 4), elements=st.floats(-10, 10)), options, st.integers(0, 99))
+def test_under_any_loss_options_gradient_and_hessian_match_the_complex_step(z, opts, seed):
+    rng = np.random.default_rng(seed)
+    if opts["soft"]:
+        target = rng.dirichlet(np.ones(4), size=5)
+    else:
+        target = rng.integers(0, 4, size=5)
+        target[0] = -100  # one ignored sample
+    problem = gradcheck.problem(z, target, weight=opts["weight"],
+                                label_smoothing=opts["label_smoothing"])
+    tol = gradcheck.tolerance("complex")
+    gradient = gradcheck.check_gradient(problem, problem.grad, gradcheck.xent_loss(problem.a), tol,
+                                        analytic_source="xent")
+    hessian = gradcheck.check_hessian(problem, gradcheck.xent_hessian(problem),
+                                      gradcheck.xent_gradient(problem.a), tol,
+                                      analytic_source="H", gradient_source="g")
+    assert gradient.passed, gradient.failures[:1]
+    assert hessian.passed, hessian.failures[:1]

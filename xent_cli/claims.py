@@ -9,17 +9,20 @@ it cannot, and says which in ``reason``.
 
 from __future__ import annotations
 
+import decimal
 import random
 from dataclasses import dataclass
+from decimal import Decimal
 from fractions import Fraction
 
 from xent_cli.errors import InputError
-from xent_cli.expressions import (Binary, Entry, Node, format_claim, format_latex, parse_claim,
-                                  to_sympy)
+from xent_cli.expressions import (Binary, Call, Entry, Index, Iverson, Node, Number, Sum, Unary,
+                                  format_claim, format_latex, parse_claim, to_sympy)
 
 MAX_CLASSES = 12  # the exact check cancels rational functions in k variables
-DIGITS = 40  # working precision of the numeric comparisons
-TOLERANCE = Fraction(1, 10**25)  # relative; far above 40-digit rounding, far below any real gap
+DIGITS = 50  # working precision of the numeric comparisons (checked again at twice as many)
+TOLERANCE = Decimal("1e-25")  # relative; far above 50-digit rounding, far below any real gap
+MAX_DECIMAL_EXPONENT = 100_000  # numbers beyond 10^±100000 count as overflow (undefined)
 RANDOM_POINTS = 12
 MAX_EXACT_POWER = 12  # higher integer powers make cancellation slow: check numerically instead
 EXPECTED = "p_j - y_j"
@@ -86,12 +89,8 @@ def check_claim(text: str, *, k: int, label: int, soft: bool = False) -> ClaimVe
                 "because log or a fractional power keeps the difference from being a rational "
                 "function."), **verdict)
     j = found["j"]
-    if found["claimed_value"] is not None:
-        claimed = f"{found['claimed_value']:.6g}"
-    elif found["claimed"] == "undefined":
-        claimed = "an undefined value"
-    else:
-        claimed = f"{found['claimed']}, not a real number,"
+    claimed = ("an undefined value (a division by zero, the log of a number ≤ 0, or overflow)"
+               if found["claimed_value"] is None else f"{found['claimed_value']:.6g}")
     at = f"z = ({', '.join(_number_text(v) for v in found['z'])})"
     if soft:
         at += f", y = ({', '.join(found['y'])})"
@@ -153,46 +152,127 @@ def _random_points(k: int, label: int, soft: bool) -> list[tuple[list, list[Frac
 # ---------------------------------------------------------------------------------------------
 
 def _search(body: Node, classes, points, *, k: int, label: int) -> dict | None:
-    """Returns the first point and class at which the claim differs from p_j − y_j, if any."""
-    import sympy
+    """Returns the first point and class at which the claim differs from p_j − y_j, if any.
 
+    A difference counts only when it shows at 50 and at 100 digits, so rounding in a
+    cancellation of huge terms is never mistaken for a counterexample.
+    """
     for z, y in points:
-        z_exact = [sympy.Rational(str(Fraction(value))) for value in z]
-        y_exact = [sympy.Rational(value.numerator, value.denominator) for value in y]
+        z_exact = [Fraction(value) for value in z]
+        caches = {DIGITS: {}, 2 * DIGITS: {}}  # exp and log values shared by every j
+
+        def values(j: int, digits: int) -> tuple[Decimal | None, Decimal | None]:
+            return tuple(approximate(tree, z=z_exact, y=y, j=j, label=label, k=k, digits=digits,
+                                     cache=caches[digits]) for tree in (body, _TRUE_GRADIENT))
+
         for j in classes:
-            claimed = to_sympy(body, z=z_exact, y=y_exact, j=j, label=label, k=k)
-            actual = to_sympy(_TRUE_GRADIENT, z=z_exact, y=y_exact, j=j, label=label, k=k)
-            claimed_value = _numeric(claimed)
-            actual_value = _numeric(actual)
-            if claimed_value is not None and abs(claimed_value - actual_value) <= (
-                    float(TOLERANCE) * max(1.0, abs(actual_value))):
+            if not _differ(*values(j, DIGITS)):
+                continue
+            claimed_value, actual_value = values(j, 2 * DIGITS)
+            if not _differ(claimed_value, actual_value):
                 continue
             return {
-                "z": [int(v) if float(v).is_integer() else float(v) for v in z],
+                "z": [int(v) if v.denominator == 1 else float(v) for v in z_exact],
                 "y": [str(value) for value in y],
                 "j": j,
-                "claimed": _exact_text(claimed) if claimed.is_finite is not False else "undefined",
-                "actual": _exact_text(actual),
+                "claimed": (_exact_text(body, z_exact, y, j, label, k)
+                            if claimed_value is not None else "undefined"),
+                "actual": _exact_text(_TRUE_GRADIENT, z_exact, y, j, label, k),
                 "claimed_value": None if claimed_value is None else float(claimed_value),
                 "actual_value": float(actual_value),
             }
     return None
 
 
-def _numeric(value):
-    """Returns the value as a 40-digit mpmath real, or None when undefined or not real."""
-    import sympy
+def _differ(claimed: Decimal | None, actual: Decimal) -> bool:
+    return claimed is None or abs(claimed - actual) > TOLERANCE * max(1, abs(actual))
+
+
+class _Undefined(Exception):
+    """The value is undefined at the point (division by zero, log of a negative, overflow)."""
+
+
+def approximate(node: Node, *, z, y, j: int, label: int, k: int, digits: int,
+                cache: dict | None = None) -> Decimal | None:
+    """Returns the value of the tree at exact z and y to ``digits`` digits, or None if undefined.
+
+    Uses the standard library's decimal arithmetic, whose bounded exponent range keeps the work
+    bounded: exp(exp(exp(9))) overflows at once instead of being computed. ``cache`` keeps
+    exp and log values between calls with the same z and digits.
+    """
+    cache = {} if cache is None else cache
+    context = decimal.Context(prec=digits, Emax=MAX_DECIMAL_EXPONENT, Emin=-MAX_DECIMAL_EXPONENT,
+                              traps=[decimal.Overflow, decimal.InvalidOperation,
+                                     decimal.DivisionByZero])
+
+    def number(value: Fraction) -> Decimal:
+        return context.divide(Decimal(value.numerator), Decimal(value.denominator))
+
+    def exp(value: Decimal) -> Decimal:
+        if ("exp", value) not in cache:
+            cache["exp", value] = context.exp(value)
+        return cache["exp", value]
+
+    def log(value: Decimal) -> Decimal:
+        if value <= 0:
+            raise _Undefined
+        if ("log", value) not in cache:
+            cache["log", value] = context.ln(value)
+        return cache["log", value]
+
+    logits = [number(value) for value in z]
+    exps = [exp(value) for value in logits]
+    total = sum(exps[1:], exps[0])
+    entries = {"z": logits, "y": [number(value) for value in y],
+               "p": [context.divide(value, total) for value in exps]}
+
+    def lower(node: Node, n: int | None) -> Decimal:
+        if isinstance(node, Number):
+            return number(node.value)
+        if isinstance(node, Entry):
+            return entries[node.variable][{"j": j, "l": label, "n": n}[node.index] - 1]
+        if isinstance(node, Index):
+            return Decimal({"j": j, "l": label, "n": n, "k": k}[node.name])
+        if isinstance(node, Iverson):
+            values = {"j": j, "l": label, "n": n}
+            left, right = (values.get(side, side) for side in (node.left, node.right))
+            return Decimal(int((left == right) == node.equal))
+        if isinstance(node, Unary):
+            return context.minus(lower(node.operand, n))
+        if isinstance(node, Call):
+            argument = lower(node.argument, n)
+            return exp(argument) if node.function == "exp" else log(argument)
+        if isinstance(node, Sum):
+            terms = [lower(node.body, m) for m in range(1, k + 1)]
+            return sum(terms[1:], terms[0])
+        left, right = lower(node.left, n), lower(node.right, n)
+        if node.op == "+":
+            return context.add(left, right)
+        if node.op == "-":
+            return context.subtract(left, right)
+        if node.op == "*":
+            return context.multiply(left, right)
+        if node.op == "/":
+            return context.divide(left, right)
+        if left == 0 and right <= 0:
+            raise _Undefined
+        return context.power(left, right)
 
     try:
-        number = sympy.N(value, DIGITS)
-    except (ArithmeticError, ValueError, TypeError, OverflowError):
+        with decimal.localcontext(context):
+            value = lower(node, None)
+    except (_Undefined, ArithmeticError):
         return None
-    if not (number.is_Number and number.is_real and number.is_finite):
-        return None
-    return number
+    return value if value.is_finite() else None
 
 
-def _exact_text(value) -> str:
+def _exact_text(body: Node, z, y, j: int, label: int, k: int) -> str:
+    """Returns the exact value at the point as SymPy prints it, clipped to 200 characters."""
+    import sympy
+
+    value = to_sympy(body, z=[sympy.Rational(v.numerator, v.denominator) for v in z],
+                     y=[sympy.Rational(v.numerator, v.denominator) for v in y],
+                     j=j, label=label, k=k)
     text = str(value)
     return text if len(text) <= 200 else text[:197] + "..."
 

@@ -37,7 +37,7 @@ from xent_cli.errors import ExpressionError
 
 MAX_LENGTH = 2000  # characters of user text
 MAX_TOKENS = 400
-MAX_DEPTH = 40  # nested parentheses, calls and operators
+MAX_DEPTH = 100  # nested parentheses, calls, signs and powers
 MAX_EXPONENT = 64  # largest |exponent| of a power with a constant exponent
 MAX_CONSTANT_BITS = 4096  # constants folded while parsing stay below 2^4096
 
@@ -179,8 +179,8 @@ def tokenize(text: str) -> list[Token]:
                 while end < len(text) and text[end] in "0123456789":
                     end += 1
             if end < len(text) and (text[end].isalnum() or text[end] in "_."):
-                raise _fail(f"malformed number '{text[i:end + 1]}'; numbers are decimals like 2 or 0.5",
-                            column)
+                raise _fail(f"malformed number '{_clip(text[i:end + 1])}'", column,
+                            "numbers are decimals like 2 or 0.5")
             tokens.append(Token("number", text[i:end], column))
             i = end
         elif char.isascii() and (char.isalpha() or char == "_") or char == "ℓ":
@@ -200,7 +200,7 @@ def tokenize(text: str) -> list[Token]:
             tokens.append(Token("op", SYMBOLS[char], column))
             i += 1
         else:
-            shown = char if char.isprintable() else repr(char)
+            shown = char if char.isprintable() else repr(char)[1:-1]
             raise _fail(f"unexpected character '{shown}'", column)
     tokens.append(Token("end", "", len(text) + 1))
     return tokens
@@ -297,22 +297,21 @@ class _Parser:
             raise _fail(f"unexpected {self.describe()}", self.token.column)
 
     def expression(self) -> Node:
-        with self.nested():
-            node = self.term()
-            while self.at("+", "-"):
-                op = self.advance().text
-                node = self.folded(Binary(op, node, self.term()))
-            return node
+        node = self.term()
+        while self.at("+", "-"):
+            op = self.advance().text
+            node = self.folded(Binary(op, node, self.term()))
+        return node
 
     def term(self) -> Node:
-        with self.nested():
-            node = self.unary()
-            while self.at("*", "/"):
-                op = self.advance().text
-                node = self.folded(Binary(op, node, self.unary()))
-            return node
+        node = self.unary()
+        while self.at("*", "/"):
+            op = self.advance().text
+            node = self.folded(Binary(op, node, self.unary()))
+        return node
 
     def unary(self) -> Node:
+        # Each level of nesting (sign, power, parenthesis, call, bracket) costs one unit of depth.
         with self.nested():
             if self.at("-"):
                 self.advance()
@@ -323,22 +322,21 @@ class _Parser:
             return self.power()
 
     def power(self) -> Node:
-        with self.nested():
-            base = self.atom()
-            if not self.at("^"):
-                return base
-            column = self.advance().column
-            exponent = self.unary()
-            value = constant(exponent)
-            if value is not None and abs(value) > MAX_EXPONENT:
-                raise _fail(f"exponent {_short(value)} is too large; powers are limited to "
-                            f"±{MAX_EXPONENT}", column)
-            node = Binary("^", base, exponent)
-            base_value = constant(base)
-            if base_value is not None and value is not None and value.denominator == 1:
-                if _bits(base_value) * abs(int(value)) > MAX_CONSTANT_BITS:
-                    raise _fail("power is too large a number", column)
-            return node
+        base = self.atom()
+        if not self.at("^"):
+            return base
+        column = self.advance().column
+        exponent = self.unary()
+        value = constant(exponent)
+        if value is not None and abs(value) > MAX_EXPONENT:
+            raise _fail(f"exponent {_short(value)} is too large; powers are limited to "
+                        f"±{MAX_EXPONENT}", column)
+        node = Binary("^", base, exponent)
+        base_value = constant(base)
+        if base_value is not None and value is not None and value.denominator == 1:
+            if _bits(base_value) * abs(int(value)) > MAX_CONSTANT_BITS:
+                raise _fail("power is too large a number", column)
+        return node
 
     def folded(self, node: Node) -> Node:
         """Keeps constants bounded: a product of huge powers could otherwise grow without limit."""
@@ -430,10 +428,11 @@ def parse_claim(text: str) -> Claim:
 def parse_expression(text: str) -> Node:
     """Parses a formula such as ``p - y`` (no guard; raises ExpressionError)."""
     parser = _Parser(text)
+    for token in parser.tokens:
+        if token.kind == "op" and token.text == ":":
+            raise _fail("a guard such as 'j != l:' belongs to a claim, not to a formula",
+                        token.column)
     node = parser.expression()
-    if parser.at(":"):
-        raise _fail("a guard such as 'j != l:' belongs to a claim, not to a formula",
-                    parser.token.column)
     parser.finish()
     return node
 
@@ -452,11 +451,7 @@ def _entry_text(node: Entry, in_sum: bool) -> str:
 def format_expression(node: Node, *, in_sum: bool = False) -> str:
     """Returns text in the language itself that parses back to the same tree."""
     if isinstance(node, Number):
-        value = node.value
-        if value.denominator == 1:
-            return str(value.numerator)
-        text = f"{value.numerator}/{value.denominator}"
-        return f"({text})"
+        return _decimal_text(node.value)
     if isinstance(node, Entry):
         return _entry_text(node, in_sum)
     if isinstance(node, Index):
@@ -489,13 +484,20 @@ def format_expression(node: Node, *, in_sum: bool = False) -> str:
     return f"{left} {node.op} {right}"
 
 
+def _decimal_text(value: Fraction) -> str:
+    """Writes a number parsed from a decimal literal back as one (its expansion terminates)."""
+    places = 0
+    while (value * 10**places).denominator != 1:
+        places += 1
+    digits = str(value.numerator * 10**places // value.denominator).rjust(places + 1, "0")
+    return digits if places == 0 else f"{digits[:-places]}.{digits[-places:]}"
+
+
 def _precedence(node: Node) -> int:
     if isinstance(node, Binary):
         return PRECEDENCE[node.op]
     if isinstance(node, Unary):
         return PRECEDENCE["neg"]
-    if isinstance(node, Number) and node.value.denominator != 1:
-        return 5  # printed in parentheses already
     return 5
 
 
@@ -602,9 +604,19 @@ def to_sympy(node: Node, *, z, y, j: int, label: int, k: int):
             return left * right
         if node.op == "/":
             return left / right
+        if left.is_Number and right.is_Number and not _cheap_power(left, right):
+            return sympy.Pow(left, right, evaluate=False)  # e.g. 12^(k^64): keep it unexpanded
         return left ** right
 
     return lower(node, None)
+
+
+def _cheap_power(base, exponent) -> bool:
+    """Says whether SymPy can work out base^exponent exactly in bounded time and memory."""
+    size = max(abs(int(part)).bit_length() for part in base.as_numer_denom()) if base.is_Rational else 64
+    if exponent.is_Integer:
+        return size * abs(int(exponent)) <= 100_000
+    return exponent.is_Rational and size <= 64 and exponent.q <= 64
 
 
 def evaluate(node: Node, *, z, p, y, labels) -> np.ndarray:

@@ -24,7 +24,7 @@ def _vector(values) -> str:
 
 def _value(exact: str, value: float | None) -> str:
     if value is None:
-        return exact if exact == "undefined" else f"{exact} (not a real number)"
+        return "undefined"
     decimal = f"{value:.10g}"
     return decimal if exact == decimal else f"{exact} ≈ {decimal}"
 

@@ -363,6 +363,84 @@ def check_command(
         raise typer.Exit(ExitStatus.CHECK_FAILED)
 
 
+# --- xent derive ------------------------------------------------------------------------------
+
+
+class DeriveFormat(str, enum.Enum):
+    rich = "rich"
+    markdown = "markdown"
+    latex = "latex"
+    json = "json"
+
+
+@app.command("derive")
+def derive_command(
+    *,
+    k: Annotated[int, typer.Option("--k", metavar="K", help="The number of classes (2..500; 60 with "
+                                   "--hessian, 12 with --soft).")] = 3,
+    label: Annotated[int, typer.Option(metavar="L", help="The true class ℓ, 1-based.")] = 1,
+    soft: Annotated[bool, typer.Option("--soft", help="General targets y1…yK with Σy = 1.")] = False,
+    hessian: Annotated[bool, typer.Option("--hessian", help="Also the Hessian diag(p) − p pᵀ.")] = False,
+    at: Annotated[Optional[str], typer.Option(
+        metavar="Z1,Z2,...", help="Also evaluate every step at these K logits.")] = None,
+    claim: Annotated[Optional[str], typer.Option(
+        metavar="EXPR", help="Check a claimed formula for dCE/dz_j instead (exit 1 if false).")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Show every row and whole expressions.")] = False,
+    output_format: Annotated[DeriveFormat, typer.Option(
+        "--format", help="rich, markdown, latex or json.")] = DeriveFormat.rich,
+) -> None:
+    """Derive the gradient of the softmax cross-entropy step by step, every step verified.
+
+    Symbols are z1…zK, S = Σ exp(z_n) and p_n = exp(z_n)/S. The gradient is p − y; the seed
+    blog's Case 1 (dCE/dz_j = 0 for j ≠ ℓ) is checked and shown failing.
+
+    \b
+    Examples:
+      xent derive --k 3
+      xent derive --k 4 --label 2 --at 1,0,-1,2 --format markdown
+      xent derive --k 3 --soft --hessian --format json
+      xent derive --k 3 --claim "p_j - y_j"
+    """
+    import json
+
+    from xent_cli import derivation as core
+    from xent_cli.render import derivation as render
+
+    console = stdout()
+    with user_errors():
+        core.check_size(k, label, hessian, soft)
+        if claim is not None:
+            from xent_cli.claims import check_claim
+            from xent_cli.render import claim as claim_render
+
+            verdict = check_claim(claim, k=k, label=label, soft=soft)
+        else:
+            point = None if at is None else core.parse_at(at, k)
+            result = core.derive(k, label, soft=soft, hessian=hessian, at=point)
+    if claim is not None:
+        if output_format is DeriveFormat.json:
+            console.out(json.dumps(claim_render.claim_to_json(verdict), indent=2, ensure_ascii=False))
+        elif output_format is DeriveFormat.markdown:
+            console.out(claim_render.claim_to_markdown(verdict), end="")
+        elif output_format is DeriveFormat.latex:
+            console.out(claim_render.claim_to_latex(verdict), end="")
+        else:
+            console.print(claim_render.claim_to_rich(verdict))
+        if not verdict.holds:
+            raise typer.Exit(ExitStatus.CHECK_FAILED)
+        return
+    if output_format is DeriveFormat.json:
+        console.out(render.to_json(result))
+    elif output_format is DeriveFormat.markdown:
+        console.out(render.to_markdown(result, full=full), end="")
+    elif output_format is DeriveFormat.latex:
+        console.out(render.to_latex(result, full=full), end="")
+    else:
+        console.print(render.to_rich(result, full=full))
+    if not result.verified:
+        raise typer.Exit(ExitStatus.CHECK_FAILED)
+
+
 def main() -> None:
     """Runs the app as the ``xent`` console script."""
     app(prog_name="xent")

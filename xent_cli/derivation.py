@@ -22,6 +22,7 @@ import sympy as sp
 
 MAX_K = 500  # symbolic diff and checks grow as K² entries; 500 stays within seconds
 MAX_K_HESSIAN = 60  # the Hessian has K² entries, each checked on its own
+MAX_K_SOFT = 12  # symbolic targets y1…yK make every check K times larger (slow beyond this)
 RANDOM_POINTS = 3
 DIGITS = 40
 
@@ -220,15 +221,16 @@ def parse_at(text: str, k: int) -> tuple[float, ...]:
     return tuple(values)
 
 
-def check_size(k: int, label: int, hessian: bool) -> None:
+def check_size(k: int, label: int, hessian: bool, soft: bool = False) -> None:
     """Refuses k below 2 or above the documented caps, and labels outside 1..k."""
     from xent_cli.errors import InputError
 
-    cap = MAX_K_HESSIAN if hessian else MAX_K
+    cap = min(MAX_K_HESSIAN if hessian else MAX_K, MAX_K_SOFT if soft else MAX_K)
     if k < 2:
         raise InputError(f"--k {k}: cross-entropy needs at least 2 classes")
     if k > cap:
-        what = "with --hessian" if hessian else "for derive"
+        what = "with --soft" if soft and cap == MAX_K_SOFT else (
+            "with --hessian" if hessian else "for derive")
         raise InputError(f"--k {k} is above the cap of {cap} {what}")
     if not 1 <= label <= k:
         raise InputError(f"--label {label} is not a class 1..{k} (labels are 1-based, like ℓ)")
@@ -263,7 +265,7 @@ def _log(x):
 def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
            at: Optional[tuple[float, ...]] = None) -> Derivation:
     """Derives ∂CE/∂z_j for every j (and the Hessian) with every step verified."""
-    check_size(k, label, hessian)
+    check_size(k, label, hessian, soft)
     if at is not None and len(at) != k:
         from xent_cli.errors import InputError
         raise InputError(f"--at has {len(at)} values; --k is {k}")

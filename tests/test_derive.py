@@ -1,0 +1,155 @@
+"""xent derive: every step re-verified independently, the JSON gradient against NumPy, golden output."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from xent_cli.cli import app
+from xent_cli.derivation import derive
+
+
+def softmax(z):
+    e = np.exp(z - np.max(z))
+    return e / e.sum()
+
+
+def independent_value(step, k, point):
+    """Evaluates a step's shown expression at a point, from its own definitions of S and p."""
+    z = sp.symbols(f"z1:{k + 1}", real=True)
+    p = sp.symbols(f"p1:{k + 1}", positive=True)
+    S = sp.Symbol("S", positive=True)
+    normaliser = sum(sp.exp(zn) for zn in z)
+    expr = step.expr.xreplace({pn: sp.exp(zn) / S for pn, zn in zip(p, z)})
+    expr = expr.xreplace({S: normaliser}).doit()
+    return complex(expr.xreplace(point).evalf(30))
+
+
+def random_point(k, rng, soft):
+    z = sp.symbols(f"z1:{k + 1}", real=True)
+    point = {zn: sp.Float(rng.uniform(-3, 3), 30) for zn in z}
+    if soft:
+        w = [rng.uniform(0.1, 1) for _ in range(k)]
+        point.update({sp.Symbol(f"y{n + 1}", real=True): sp.Float(v / sum(w), 30)
+                      for n, v in enumerate(w)})
+    return point
+
+
+@pytest.mark.parametrize("k", range(2, 11))
+def test_every_step_agrees_with_the_one_before_at_random_points(k):
+    rng = random.Random(k)
+    for label in range(1, k + 1):
+        derivation = derive(k, label)
+        assert derivation.verified
+        for _ in range(2):
+            point = random_point(k, rng, soft=False)
+            loss = [s for s in derivation.steps if s.case == "loss"]
+            z = np.array([float(point[sp.Symbol(f"z{n + 1}", real=True)]) for n in range(k)])
+            truth = -np.log(softmax(z)[label - 1])
+            for step in loss[1:]:
+                assert independent_value(step, k, point).real == pytest.approx(truth, rel=1e-9)
+            for case in ("j = ℓ", "j ≠ ℓ"):
+                chain = [s for s in derivation.steps if s.case == case]
+                j = int(str(chain[0].lhs.args[1][0])[1:]) - 1
+                expected = softmax(z)[j] - (1.0 if j == label - 1 else 0.0)
+                for step in chain:
+                    assert independent_value(step, k, point).real == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_soft_steps_hold_when_targets_sum_to_one(k):
+    derivation = derive(k, 1, soft=True)
+    assert derivation.verified
+    assert any(s.rule == "targets sum to 1" for s in derivation.steps)
+    rng = random.Random(k)
+    point = random_point(k, rng, soft=True)
+    z = np.array([float(point[sp.Symbol(f"z{n + 1}", real=True)]) for n in range(k)])
+    y = np.array([float(point[sp.Symbol(f"y{n + 1}", real=True)]) for n in range(k)])
+    truth = -(y * np.log(softmax(z))).sum()
+    for step in derivation.steps:
+        if step.case == "loss":
+            assert independent_value(step, k, point).real == pytest.approx(truth, rel=1e-9)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_hessian_matches_finite_differences_of_numpy_softmax(k, runner):
+    result = runner.invoke(app, ["derive", "--k", str(k), "--hessian", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    z = np.random.default_rng(k).normal(size=k)
+    zs = sp.symbols(f"z1:{k + 1}")  # as sympify reads them: no assumptions
+    h = 1e-6
+    for i in range(k):
+        for j in range(k):
+            step = np.zeros(k)
+            step[j] = h
+            numeric = (softmax(z + step)[i] - softmax(z - step)[i]) / (2 * h)
+            value = float(sp.sympify(data["hessian"][i][j]).subs(dict(zip(zs, z))))
+            assert value == pytest.approx(numeric, abs=1e-8)
+    assert all(all(row) for row in data["hessian_verified"])
+
+
+@pytest.mark.parametrize("k,label,soft", [(2, 1, False), (4, 3, False), (6, 6, False), (3, 2, True)])
+def test_json_gradient_is_softmax_minus_y(k, label, soft, runner):
+    argv = ["derive", "--k", str(k), "--label", str(label), "--format", "json"] + (["--soft"] if soft else [])
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["k"] == k and data["label"] == label and all(s["verified"] for s in data["steps"])
+    rng = np.random.default_rng(k)
+    for _ in range(3):
+        z = rng.normal(size=k) * 3
+        y = rng.dirichlet(np.ones(k)) if soft else np.eye(k)[label - 1]
+        names = {f"z{n + 1}": z[n] for n in range(k)} | {f"y{n + 1}": y[n] for n in range(k)}
+        got = [float(sp.sympify(g).subs({sp.Symbol(n): v for n, v in names.items()}))
+               for g in data["gradient"]]
+        assert np.allclose(got, softmax(z) - y, atol=1e-12)
+
+
+def test_the_seeds_case_1_is_reported_failed_with_a_counterexample():
+    derivation = derive(3, 1)
+    pitfall = derivation.pitfall
+    assert pitfall is not None and not pitfall.verification.ok
+    assert "differs at z" in pitfall.verification.detail and "missing term" in pitfall.verification.detail
+
+
+def test_at_evaluates_every_step(runner):
+    result = runner.invoke(app, ["derive", "--k", "3", "--at", "1,2,0", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    p = softmax(np.array([1.0, 2.0, 0.0]))
+    assert float(data["steps"][-2]["at"]) == pytest.approx(p[1], rel=1e-5)  # j ≠ ℓ: p_2
+
+
+@pytest.mark.parametrize("argv", [
+    ["--k", "1"], ["--k", "501"], ["--k", "61", "--hessian"], ["--k", "3", "--label", "4"],
+    ["--k", "3", "--label", "0"], ["--k", "3", "--at", "1,2"], ["--k", "3", "--at", "1,x,2"],
+    ["--k", "3", "--at", "1,nan,2"], ["--k", "3", "--claim", "p_j +"],
+])
+def test_bad_input_is_one_line_and_exit_2(argv, runner):
+    result = runner.invoke(app, ["derive", *argv])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_claims_exit_1_when_false_and_0_when_true(runner):
+    false = runner.invoke(app, ["derive", "--k", "3", "--claim", "0", "--format", "json"])
+    assert false.exit_code == 1, false.output
+    assert json.loads(false.stdout)["counterexample"] is not None
+    true = runner.invoke(app, ["derive", "--k", "3", "--claim", "p_j - y_j"])
+    assert true.exit_code == 0, true.output
+
+
+def test_golden_k3(runner, golden):
+    for fmt, name in (("markdown", "derive_k3.md"), ("rich", "derive_k3.txt")):
+        result = runner.invoke(app, ["derive", "--k", "3", "--format", fmt])
+        assert result.exit_code == 0, result.output
+        golden(name, result.stdout)
+
+
+def test_large_k_prints_a_summary(runner):
+    result = runner.invoke(app, ["derive", "--k", "40"])
+    assert result.exit_code == 0, result.output
+    assert "40 of 40 entries verified" in result.stdout and "…" in result.stdout

@@ -2,20 +2,22 @@
 
 The claim is parsed by the safe expression language (``xent_cli.expressions``). It holds when,
 for every j it speaks of, it equals p_j − y_j = e^{z_j}/Σ_n e^{z_n} − y_j for all logits z
-(y one-hot at the label ℓ, or any y with Σ y = 1 under ``soft``). The check first looks for a
-counterexample at small logits, then proves equality exactly when it can and numerically when
-it cannot, and says which in ``reason``.
+(y one-hot at the label ℓ, or any y with Σ y = 1 under ``soft``). The check proves equality
+exactly when the difference is a rational function of e^{z_1}, …, e^{z_k} (and y); otherwise,
+or when it is not equal, it compares the two at small integer logits, then at random ones, and
+says in ``reason`` which it did.
 """
 
 from __future__ import annotations
 
 import decimal
+import math
 import random
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
-from xent_cli.errors import InputError
+from xent_cli.errors import ExpressionError, InputError
 from xent_cli.expressions import (Binary, Call, Entry, Index, Iverson, Node, Number, Sum, Unary,
                                   format_claim, format_latex, parse_claim, to_sympy)
 
@@ -24,6 +26,7 @@ DIGITS = 50  # working precision of the numeric comparisons (checked again at tw
 TOLERANCE = Decimal("1e-25")  # relative; far above 50-digit rounding, far below any real gap
 MAX_DECIMAL_EXPONENT = 100_000  # numbers beyond 10^±100000 count as overflow (undefined)
 RANDOM_POINTS = 12
+MIN_COMPARED = 3  # (point, j) pairs that must be compared before a claim is said to hold
 MAX_EXACT_POWER = 12  # higher integer powers make cancellation slow: check numerically instead
 EXPECTED = "p_j - y_j"
 
@@ -34,8 +37,9 @@ class ClaimVerdict:
 
     ``counterexample`` (when the claim fails at a point) holds "z" (the logits, numbers),
     "y" (the targets, exact fractions as text), "j" (1-based), "claimed" and "actual" (exact
-    values as text) and "claimed_value", "actual_value" (floats; claimed_value is None when
-    the claim is undefined there).
+    values as text; "undefined" where the claim is), "claimed_decimal" and "actual_decimal"
+    (10 significant digits as text; None where undefined) and "claimed_value",
+    "actual_value" (floats; None where undefined or beyond the float range).
     """
 
     claim: str  # the user's text
@@ -56,7 +60,8 @@ class ClaimVerdict:
 def check_claim(text: str, *, k: int, label: int, soft: bool = False) -> ClaimVerdict:
     """Checks a claim for dCE/dz_j with k classes and label ℓ (1-based).
 
-    Raises ExpressionError when the text is not a valid claim, InputError for k or ℓ out of range.
+    Raises ExpressionError when the text is not a valid claim (or is too large to evaluate at
+    any point), InputError for k or ℓ out of range.
     """
     claim = parse_claim(text)
     if not 2 <= k <= MAX_CLASSES:
@@ -70,33 +75,44 @@ def check_claim(text: str, *, k: int, label: int, soft: bool = False) -> ClaimVe
                    soft=soft, classes=classes)
     where = _scope_words(claim.scope, k, label)
 
-    found = _search(claim.body, classes, _small_points(k, label, soft), k=k, label=label)
+    proofs = [_prove(claim.body, j, k=k, label=label, soft=soft) for j in classes]
+    if all(proof == "exact" for proof in proofs):
+        return ClaimVerdict(holds=True, counterexample=None, method="exact", reason=(
+            f"Holds {where}: claim − ({EXPECTED}) cancels to 0 exactly as a rational "
+            f"function of e^{{z_1}}, …, e^{{z_{k}}}{_targets_words(soft)}."), **verdict)
+    # Small integer logits first: a counterexample is easiest to read there.
+    tally = {"compared": 0, "overflowed": 0}
+    found = _search(claim.body, classes, _small_points(k, label, soft), k=k, label=label,
+                    tally=tally)
     if found is None:
-        proofs = [_prove(claim.body, j, k=k, label=label, soft=soft) for j in classes]
-        if all(proof == "exact" for proof in proofs):
-            return ClaimVerdict(holds=True, counterexample=None, method="exact", reason=(
-                f"Holds {where}: claim − ({EXPECTED}) cancels to 0 exactly as a rational "
-                f"function of e^{{z_1}}, …, e^{{z_{k}}}{_targets_words(soft)}."), **verdict)
-        found = _search(claim.body, classes, _random_points(k, label, soft), k=k, label=label)
+        found = _search(claim.body, classes, _random_points(k, label, soft), k=k, label=label,
+                        tally=tally)
         if found is None:
+            if tally["compared"] < MIN_COMPARED:
+                raise ExpressionError(
+                    f"the claim overflows (numbers beyond 10^{MAX_DECIMAL_EXPONENT}) at "
+                    f"{tally['overflowed']} of the {tally['overflowed'] + tally['compared']} "
+                    "points tried, so it cannot be checked")
             if "differs" in proofs:
                 return ClaimVerdict(holds=False, counterexample=None, method="exact", reason=(
                     f"Fails {where}: claim − ({EXPECTED}) does not cancel to 0, though no "
                     "point tried tells them apart."), **verdict)
+            skipped = (f" ({tally['overflowed']} more overflowed and were skipped)"
+                       if tally["overflowed"] else "")
             return ClaimVerdict(holds=True, counterexample=None, method="numeric", reason=(
                 f"Holds {where} numerically: it agrees with {EXPECTED} to 25 digits at "
-                f"{RANDOM_POINTS} random points plus small integer logits; not proven exactly, "
-                "because log or a fractional power keeps the difference from being a rational "
+                f"{tally['compared']} points (z, j){skipped}; not proven exactly, because log, a "
+                "fractional or large power keeps the difference from being a small rational "
                 "function."), **verdict)
     j = found["j"]
-    claimed = ("an undefined value (a division by zero, the log of a number ≤ 0, or overflow)"
-               if found["claimed_value"] is None else f"{found['claimed_value']:.6g}")
+    claimed = ("an undefined value (a division by zero or the log of a number ≤ 0)"
+               if found["claimed_decimal"] is None else found["claimed_decimal"])
     at = f"z = ({', '.join(_number_text(v) for v in found['z'])})"
     if soft:
         at += f", y = ({', '.join(found['y'])})"
     return ClaimVerdict(holds=False, counterexample=found, method="counterexample", reason=(
         f"Fails at {at}, j = {j}: the claim gives {claimed} but dCE/dz_{j} = p_{j} − y_{j} = "
-        f"{found['actual_value']:.6g}."), **verdict)
+        f"{found['actual_decimal']}."), **verdict)
 
 
 def _scope_words(scope: str, k: int, label: int) -> str:
@@ -151,11 +167,12 @@ def _random_points(k: int, label: int, soft: bool) -> list[tuple[list, list[Frac
 # Comparison at points, and the exact proof
 # ---------------------------------------------------------------------------------------------
 
-def _search(body: Node, classes, points, *, k: int, label: int) -> dict | None:
+def _search(body: Node, classes, points, *, k: int, label: int, tally: dict) -> dict | None:
     """Returns the first point and class at which the claim differs from p_j − y_j, if any.
 
     A difference counts only when it shows at 50 and at 100 digits, so rounding in a
-    cancellation of huge terms is never mistaken for a counterexample.
+    cancellation of huge terms is never mistaken for a counterexample. ``tally`` counts the
+    (point, j) compared and those skipped because a value overflowed.
     """
     for z, y in points:
         z_exact = [Fraction(value) for value in z]
@@ -166,10 +183,16 @@ def _search(body: Node, classes, points, *, k: int, label: int) -> dict | None:
                                      cache=caches[digits]) for tree in (body, _TRUE_GRADIENT))
 
         for j in classes:
-            if not _differ(*values(j, DIGITS)):
+            try:
+                if not _differ(*values(j, DIGITS)):
+                    tally["compared"] += 1
+                    continue
+                claimed_value, actual_value = values(j, 2 * DIGITS)
+            except OverflowError:  # not a fault of the claim: too large to compare here
+                tally["overflowed"] += 1
                 continue
-            claimed_value, actual_value = values(j, 2 * DIGITS)
             if not _differ(claimed_value, actual_value):
+                tally["compared"] += 1
                 continue
             return {
                 "z": [int(v) if v.denominator == 1 else float(v) for v in z_exact],
@@ -178,10 +201,19 @@ def _search(body: Node, classes, points, *, k: int, label: int) -> dict | None:
                 "claimed": (_exact_text(body, z_exact, y, j, label, k)
                             if claimed_value is not None else "undefined"),
                 "actual": _exact_text(_TRUE_GRADIENT, z_exact, y, j, label, k),
-                "claimed_value": None if claimed_value is None else float(claimed_value),
+                "claimed_decimal": None if claimed_value is None else f"{claimed_value:.10g}",
+                "actual_decimal": f"{actual_value:.10g}",
+                "claimed_value": _float(claimed_value),
                 "actual_value": float(actual_value),
             }
     return None
+
+
+def _float(value: Decimal | None) -> float | None:
+    """Returns the value as a float, or None when it is undefined or beyond the float range."""
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return float(value)
 
 
 def _differ(claimed: Decimal | None, actual: Decimal) -> bool:
@@ -198,7 +230,8 @@ def approximate(node: Node, *, z, y, j: int, label: int, k: int, digits: int,
 
     Uses the standard library's decimal arithmetic, whose bounded exponent range keeps the work
     bounded: exp(exp(exp(9))) overflows at once instead of being computed. ``cache`` keeps
-    exp and log values between calls with the same z and digits.
+    exp and log values between calls with the same z and digits. Raises OverflowError when a
+    value exceeds 10^±100000 (a claim is not wrong for being too large to compare).
     """
     cache = {} if cache is None else cache
     context = decimal.Context(prec=digits, Emax=MAX_DECIMAL_EXPONENT, Emin=-MAX_DECIMAL_EXPONENT,
@@ -261,6 +294,8 @@ def approximate(node: Node, *, z, y, j: int, label: int, k: int, digits: int,
     try:
         with decimal.localcontext(context):
             value = lower(node, None)
+    except decimal.Overflow:
+        raise OverflowError(f"a value exceeds 10^{MAX_DECIMAL_EXPONENT}") from None
     except (_Undefined, ArithmeticError):
         return None
     return value if value.is_finite() else None
@@ -270,10 +305,13 @@ def _exact_text(body: Node, z, y, j: int, label: int, k: int) -> str:
     """Returns the exact value at the point as SymPy prints it, clipped to 200 characters."""
     import sympy
 
-    value = to_sympy(body, z=[sympy.Rational(v.numerator, v.denominator) for v in z],
-                     y=[sympy.Rational(v.numerator, v.denominator) for v in y],
-                     j=j, label=label, k=k)
-    text = str(value)
+    try:
+        value = to_sympy(body, z=[sympy.Rational(v.numerator, v.denominator) for v in z],
+                         y=[sympy.Rational(v.numerator, v.denominator) for v in y],
+                         j=j, label=label, k=k)
+        text = str(value)
+    except (ExpressionError, ValueError):  # ValueError: an integer of more than 4300 digits
+        return "too large to write exactly"
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -290,7 +328,10 @@ def _prove(body: Node, j: int, *, k: int, label: int, soft: bool) -> str:
         free = ()
         y = [sympy.Integer(int(n == label)) for n in range(1, k + 1)]
     z = [sympy.log(value) for value in t]
-    claimed = to_sympy(body, z=z, y=y, j=j, label=label, k=k)
+    try:
+        claimed = to_sympy(body, z=z, y=y, j=j, label=label, k=k)
+    except ExpressionError:  # a power too large for exact arithmetic
+        return "numeric"
     actual = to_sympy(_TRUE_GRADIENT, z=z, y=y, j=j, label=label, k=k)
     difference = claimed - actual
     variables = (*t, *free)

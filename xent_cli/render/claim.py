@@ -22,10 +22,9 @@ def _vector(values) -> str:
     return "(" + ", ".join(str(value) for value in values) + ")"
 
 
-def _value(exact: str, value: float | None) -> str:
-    if value is None:
+def _value(exact: str, decimal: str | None) -> str:
+    if decimal is None:
         return "undefined"
-    decimal = f"{value:.10g}"
     return decimal if exact == decimal else f"{exact} ≈ {decimal}"
 
 
@@ -52,8 +51,8 @@ def claim_to_rich(verdict: ClaimVerdict):
         found.add_row("z", _vector(example["z"]))
         found.add_row("y", _vector(example["y"]))
         found.add_row("j", str(j))
-        found.add_row("claim gives", _value(example["claimed"], example["claimed_value"]))
-        found.add_row(f"p_{j} − y_{j} is", _value(example["actual"], example["actual_value"]))
+        found.add_row("claim gives", _value(example["claimed"], example["claimed_decimal"]))
+        found.add_row(f"p_{j} − y_{j} is", _value(example["actual"], example["actual_decimal"]))
         parts.append(found)
     parts.append(Text(verdict.reason))
     return Group(*parts)
@@ -100,8 +99,8 @@ def claim_to_markdown(verdict: ClaimVerdict) -> str:
             f"| z | {_vector(example['z'])} |",
             f"| y | {_vector(example['y'])} |",
             f"| j | {j} |",
-            f"| claim gives | {_value(example['claimed'], example['claimed_value'])} |",
-            f"| p_{j} − y_{j} is | {_value(example['actual'], example['actual_value'])} |",
+            f"| claim gives | {_value(example['claimed'], example['claimed_decimal'])} |",
+            f"| p_{j} − y_{j} is | {_value(example['actual'], example['actual_decimal'])} |",
         ]
     lines += ["", verdict.reason, ""]
     return "\n".join(lines)
@@ -122,10 +121,10 @@ def claim_to_latex(verdict: ClaimVerdict) -> str:
     example = verdict.counterexample
     if example is not None:
         j = example["j"]
-        claimed = ("no real number" if example["claimed_value"] is None
-                   else f"${example['claimed_value']:.10g}$")
+        claimed = ("no number" if example["claimed_decimal"] is None
+                   else f"${example['claimed_decimal']}$")
         lines.append(
             rf"Counterexample: $z = {_vector(example['z'])}$, $y = {_vector(example['y'])}$, "
             rf"$j = {j}$: the claim gives {claimed} but $p_{{{j}}} - y_{{{j}}} = "
-            rf"{example['actual_value']:.10g}$.")
+            rf"{example['actual_decimal']}$.")
     return "\n".join(lines) + "\n"

@@ -7,6 +7,8 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 
 from xent_cli.claims import check_claim
@@ -201,3 +203,50 @@ def test_a_value_beyond_the_float_range_keeps_its_decimal_and_stays_valid_json()
     assert example["claimed_value"] is None and example["claimed_decimal"].endswith("e+8840")
     assert "4.495392557e+8840" in verdict.reason  # 12^8192 = 10^8840.65...
     json.dumps(claim_to_json(verdict), allow_nan=False)
+
+
+# --- properties ------------------------------------------------------------------------------
+
+TERMS = st.sampled_from(["p", "y", "z", "p_l", "z_l", "k", "j", "[j = l]", "exp(z)", "log(p)",
+                         "sum(exp(z))", "sum(p * z)", "2", "0.5"])
+POSITIVE = st.sampled_from(["p", "exp(z)", "sum(exp(z))", "k", "2"])
+# Defined everywhere (a claim undefined at a point rightly fails there): divide by positives only.
+NOISE = st.recursive(TERMS, lambda inner: st.one_of(
+    st.tuples(inner, st.sampled_from("+-*"), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+    st.tuples(inner, POSITIVE).map(lambda t: f"({t[0]} / {t[1]})")), max_leaves=5)
+
+
+@settings(max_examples=25, deadline=5000)
+@given(NOISE, st.integers(2, 4), st.data())
+def test_adding_and_removing_the_same_term_keeps_a_claim_true(noise, k, data):
+    label = data.draw(st.integers(1, k))
+    verdict = check_claim(f"p_j - y_j + {noise} - {noise}", k=k, label=label,
+                          soft=data.draw(st.booleans()))
+    assert verdict.holds, verdict.reason
+
+
+@settings(max_examples=25, deadline=5000)
+@given(st.integers(-1000, 1000).filter(bool), st.integers(2, 4), st.data())
+def test_shifting_the_truth_by_a_constant_makes_it_false(shift, k, data):
+    label = data.draw(st.integers(1, k))
+    verdict = check_claim(f"p_j - y_j + {abs(shift)}/1000 * {'-1' if shift < 0 else '1'}",
+                          k=k, label=label)
+    assert not verdict.holds
+    example = verdict.counterexample
+    assert example["claimed_value"] - example["actual_value"] == pytest.approx(shift / 1000)
+
+
+# --- the command ----------------------------------------------------------------------------
+
+def test_derive_claim_exit_codes_read_like_a_session(runner):
+    from xent_cli.cli import app
+
+    result = runner.invoke(app, ["derive", "--k", "3", "--claim", "p_j - y_j"])
+    assert result.exit_code == 0, result.output
+    assert "holds" in result.stdout
+    result = runner.invoke(app, ["derive", "--k", "3", "--claim", "j != l: 0"])
+    assert result.exit_code == 1, result.output
+    assert "(0, 0, 0)" in result.stdout
+    result = runner.invoke(app, ["derive", "--k", "3", "--claim", "__import__('os').system('x')"])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "unknown name '__import__' at column 1" in result.stderr

@@ -279,3 +279,12 @@ def test_format_expression_reads_like_the_language():
     assert format_expression(parse_expression("exp(z_j)/sum(exp(z))-y")) == \
         "exp(z_j) / sum(exp(z)) - y_j"
     assert format_claim(parse_claim("j≠ℓ:0")) == "j != l: 0"
+
+
+def test_evaluate_refuses_mismatched_arrays_and_labels_out_of_range():
+    # The caller validates user data; these are programming errors, so ValueError, not XentError.
+    tree = parse_expression("p - y")
+    with pytest.raises(ValueError, match="one \\(N, k\\) shape"):
+        evaluate(tree, z=np.zeros((2, 3)), p=np.zeros((2, 3)), y=np.zeros((2, 4)), labels=[0, 1])
+    with pytest.raises(ValueError, match="labels must lie in 0..2"):
+        evaluate(tree, z=np.zeros((2, 3)), p=np.zeros((2, 3)), y=np.zeros((2, 3)), labels=[0, 3])

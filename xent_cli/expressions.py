@@ -628,9 +628,13 @@ def evaluate(node: Node, *, z, p, y, labels) -> np.ndarray:
     Undefined values (log of a negative, 0/0) become NaN or ±inf rather than errors.
     """
     z, p, y = (np.asarray(a, dtype=float) for a in (z, p, y))
+    if z.ndim != 2 or p.shape != z.shape or y.shape != z.shape:
+        raise ValueError(f"z, p and y must share one (N, k) shape, not {z.shape}, {p.shape}, {y.shape}")
     samples, k = z.shape
     rows = np.arange(samples)
     labels = np.asarray(labels, dtype=np.intp).reshape(samples)
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"labels must lie in 0..{k - 1}")
     # Values broadcast over (sample, j, n): axis 1 is the class j, axis 2 the summation index n.
     numbers = {
         "j": np.arange(1, k + 1, dtype=float)[None, :, None],

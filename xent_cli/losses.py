@@ -28,7 +28,8 @@ loss and gradient; only a loss that truly exceeds the dtype's range is reported 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -42,17 +43,40 @@ SOFT_TARGET_TOLERANCE = 1e-6
 
 @dataclass(frozen=True)
 class CrossEntropyResult:
-    """The loss, its per-sample parts and its gradient with respect to the logits."""
+    """The loss, its per-sample parts and its gradient with respect to the logits.
+
+    ``probs`` and ``log_probs`` are computed on first use from the logits, which the result holds
+    by reference: most callers never need these two (N, k) arrays, and they cost as much as the
+    gradient. Do not change the logits in place before reading them.
+    """
 
     reduction: str
     loss: float | None  # the reduced loss for 'mean' and 'sum'; None for 'none'
     per_sample: np.ndarray  # (N,) PyTorch's reduction='none' (weights and smoothing applied)
     grad: np.ndarray  # (N, k) d loss / d z; for 'none', each sample's own gradient
-    probs: np.ndarray  # (N, k) softmax(z)
-    log_probs: np.ndarray  # (N, k) log_softmax(z)
     total: float  # sum of per_sample
     divisor: float  # what 'mean' divides total by; kept so chunks combine exactly
     ignored: np.ndarray  # (N,) bool
+    logits: np.ndarray = field(repr=False, compare=False)  # (N, k) z as given (float64)
+
+    @cached_property
+    def log_probs(self) -> np.ndarray:
+        """(N, k) log_softmax(z) in the dtype of the gradient."""
+        return log_softmax(self.logits.astype(self.grad.dtype, copy=False))
+
+    @cached_property
+    def probs(self) -> np.ndarray:
+        """(N, k) softmax(z) in the dtype of the gradient."""
+        return np.exp(self.log_probs)
+
+
+@dataclass(frozen=True)
+class BlockSums:
+    """What a block of samples adds to a loss: blocks combine through total and divisor."""
+
+    total: float  # sum of the block's per-sample losses
+    divisor: float  # the block's share of what 'mean' divides by
+    ignored: np.ndarray  # (n,) bool
 
 
 def log_softmax(z: np.ndarray) -> np.ndarray:
@@ -102,34 +126,22 @@ def cross_entropy(z, target, *, weight=None, ignore_index: int = -100,
     """
     if reduction not in REDUCTIONS:
         raise InputError(f"reduction {reduction!r} is not one of {', '.join(REDUCTIONS)}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise InputError(f"label smoothing {label_smoothing} is outside [0, 1]")
+    _check_smoothing(label_smoothing)
     dtype = np.dtype(dtype)
-    z = _logits(z, dtype)
+    z = _logit_array(z)
     n, k = z.shape
+    weighted = weight is not None
     weight = _weight(weight, k, dtype)
     target, ignored = _target(target, n, k, ignore_index, dtype)
-
-    if target.ndim == 2:
-        divisor = dtype.type(n)
-    else:
-        divisor = weight[target[~ignored]].sum(dtype=dtype)
+    divisor = _divisor(target, ignored, weight if weighted else None, dtype)
     if reduction == "mean" and not divisor > 0:
         raise InputError(_no_mean_reason(n, ignored, ignore_index))
 
-    log_probs = log_softmax(z)
-    probs = np.exp(log_probs)
-    a = coefficients(target, k, weight, label_smoothing, ignored)
-    masked = np.isneginf(log_probs)
-    if masked.any():
-        _refuse_infinite_loss(z, masked & (a > 0))
-        log_probs_finite = np.where(masked, 0, log_probs)  # 0 * log 0 = 0
-    else:
-        log_probs_finite = log_probs
-    per_sample = -np.einsum("ic,ic->i", a, log_probs_finite)
-    per_sample += 0  # ignored samples: -0 becomes 0
-    grad = probs * a.sum(axis=1, keepdims=True)
-    grad -= a
+    grad = np.empty((n, k), dtype=dtype)
+    per_sample = np.empty(n, dtype=dtype)
+    scale = dtype.type(1) / divisor if reduction == "mean" else dtype.type(1)
+    _fill(z, target, ignored, weight if weighted else None, label_smoothing, scale, grad,
+          per_sample)
     total = per_sample.sum(dtype=dtype)
     if not np.isfinite(total):
         raise InputError(f"the loss overflows {dtype.name}; the logits or weights are too large")
@@ -137,13 +149,204 @@ def cross_entropy(z, target, *, weight=None, ignore_index: int = -100,
     loss = None
     if reduction == "mean":
         loss = float(total / divisor)
-        grad /= divisor
     elif reduction == "sum":
         loss = float(total)
     return CrossEntropyResult(
-        reduction=reduction, loss=loss, per_sample=per_sample, grad=grad, probs=probs,
-        log_probs=log_probs, total=float(total), divisor=float(divisor), ignored=ignored,
+        reduction=reduction, loss=loss, per_sample=per_sample, grad=grad, total=float(total),
+        divisor=float(divisor), ignored=ignored, logits=z,
     )
+
+
+def loss_and_gradient_into(z, target, grad: np.ndarray, per_sample: np.ndarray, *,
+                           weight=None, ignore_index: int = -100, label_smoothing: float = 0.0,
+                           scale: float = 1.0, first_sample: int = 0) -> BlockSums:
+    """Writes a block's per-sample losses into per_sample and scale * d(their sum)/dz into grad.
+
+    grad (n, k) must be C-contiguous and per_sample (n,) of the same dtype, which is the dtype
+    of the computation. The block is validated as cross_entropy validates its input; errors
+    name the sample as first_sample + its row. With scale = 1 the gradient is unscaled, so a
+    stream of blocks gives 'sum' directly and 'mean' after dividing by the summed divisors.
+    Unlike cross_entropy it does not refuse a total that overflows: check the sum of totals.
+    """
+    _check_smoothing(label_smoothing)
+    try:
+        z = _logit_array(z)
+        n, k = z.shape
+        dtype = grad.dtype
+        if grad.shape != (n, k) or not grad.flags.c_contiguous:
+            raise ValueError(f"grad must be a C-contiguous ({n}, {k}) array")
+        if per_sample.shape != (n,) or per_sample.dtype != dtype:
+            raise ValueError(f"per_sample must be a ({n},) array of {dtype.name}")
+        weighted = weight is not None
+        weight = _weight(weight, k, dtype)
+        target, ignored = _target(target, n, k, ignore_index, dtype)
+        _fill(z, target, ignored, weight if weighted else None, label_smoothing,
+              dtype.type(scale), grad, per_sample)
+    except InputError as error:
+        if error.sample is None or not first_sample:
+            raise
+        raise InputError(error.message, source=error.source, line=error.line,
+                         sample=error.sample + first_sample, column=error.column) from None
+    divisor = _divisor(target, ignored, weight if weighted else None, dtype)
+    return BlockSums(total=float(per_sample.sum(dtype=dtype)), divisor=float(divisor),
+                     ignored=ignored)
+
+
+# A block holds about this many logits, so that its temporaries stay in the processor's cache.
+BLOCK_LOGITS = 1 << 17
+
+# Up to this many classes a block is worked class-major, as (k, n): every NumPy operation then
+# runs over n samples at once instead of k classes at a time, which is slow for small k.
+CLASS_MAJOR_MAX_K = 32
+
+
+def _fill(z: np.ndarray, target: np.ndarray, ignored: np.ndarray, weight: np.ndarray | None,
+          label_smoothing: float, scale, grad: np.ndarray, per_sample: np.ndarray) -> None:
+    """Writes per-sample losses and scale * their gradient, block by block."""
+    if target.ndim == 1 and not label_smoothing:
+        _fill_index(z, target, ignored, weight, scale, grad, per_sample)
+    else:
+        _fill_general(z, target, ignored, weight, label_smoothing, scale, grad, per_sample)
+
+
+def _fill_index(z: np.ndarray, y: np.ndarray, ignored: np.ndarray, weight: np.ndarray | None,
+                scale, grad: np.ndarray, per_sample: np.ndarray) -> None:
+    """Plain class indices: loss_i = c_i * -log p_iy, grad_i = scale * c_i * (p_i - onehot(y_i)).
+
+    c_i is w[y_i], or 1 without weights, and 0 for an ignored sample. No (N, k) coefficient
+    matrix: the label's entry is read and written by flat fancy indexing.
+    """
+    n, k = z.shape
+    dtype = grad.dtype
+    c = None
+    if weight is not None or ignored.any():
+        y = np.where(ignored, 0, y)
+        c = np.ones(n, dtype=dtype) if weight is None else weight[y]
+        c[ignored] = 0
+    class_major = k <= CLASS_MAJOR_MAX_K
+    rows = max(1, BLOCK_LOGITS // k)
+    if class_major:
+        buffer = np.empty((k, rows), dtype=dtype)
+        flat = buffer.reshape(-1)
+        first_class = np.arange(rows)  # flat index of each sample's class 0; classes are rows apart
+        class_step, axis = rows, 0
+    else:
+        first_class = np.arange(rows) * k
+        class_step, axis = 1, 1
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        count = stop - start
+        if class_major:
+            e = buffer[:, :count]
+        else:
+            e = grad[start:stop]
+            flat = e.reshape(-1)
+        with np.errstate(over="ignore"):  # a logit too large for dtype is refused just below
+            e[...] = z[start:stop].T if class_major else z[start:stop]
+        _check_block(z, e, axis, dtype, start, stop)
+        top = e.max(axis=axis, keepdims=True)
+        label = y[start:stop] * class_step
+        label += first_class[:count]
+        with np.errstate(over="ignore"):  # a spread beyond the dtype's range gives -inf, as it must
+            np.subtract(e, top, out=e)
+        shifted_label = flat[label]
+        np.exp(e, out=e)
+        e_label = flat[label]
+        flat[label] = 0
+        rest = e.sum(axis=axis)  # sum_{c != y} exp(z_c - max), exact for a confident label
+        total = rest + e_label
+        # -log p_y = log(1 + rest / e_y): when the label holds at least half the mass, log1p keeps
+        # a tiny loss exact; otherwise the loss is at least log 2 and log(total) - shifted is exact.
+        loss = np.where(e_label >= 0.5, np.log1p(rest / np.maximum(e_label, 0.5)),
+                        np.log(total) - shifted_label)
+        factor = scale / total
+        per = per_sample[start:stop]
+        if c is None:
+            per[...] = loss
+        else:
+            block_c = c[start:stop]
+            factor *= block_c
+            np.multiply(loss, block_c, out=per)
+            per[block_c == 0] = 0  # an ignored or zero-weight sample adds 0, even at a masked label
+        e *= factor if class_major else factor[:, None]
+        flat[label] = -rest * factor  # p_y - 1 = -rest / total, without cancellation
+        if not np.isfinite(per).all():
+            _refuse_infinite_label(z, y, c, dtype, start, stop)
+        if class_major:
+            grad[start:stop] = e.T
+
+
+def _fill_general(z: np.ndarray, target: np.ndarray, ignored: np.ndarray,
+                  weight: np.ndarray | None, label_smoothing: float, scale, grad: np.ndarray,
+                  per_sample: np.ndarray) -> None:
+    """Any coefficients a (smoothing, soft targets): loss_i = -sum_c a_ic log p_ic, per block."""
+    n, k = z.shape
+    dtype = grad.dtype
+    if weight is None:
+        weight = np.ones(k, dtype=dtype)
+    rows = max(1, BLOCK_LOGITS // k)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        g = grad[start:stop]
+        with np.errstate(over="ignore"):  # a logit too large for dtype is refused just below
+            g[...] = z[start:stop]
+        _check_block(z, g, 1, dtype, start, stop)
+        log_probs = log_softmax(g)
+        a = coefficients(target[start:stop], k, weight, label_smoothing, ignored[start:stop])
+        np.exp(log_probs, out=g)
+        masked = np.isneginf(log_probs)
+        if masked.any():
+            _refuse_infinite_loss(z[start:stop].astype(dtype), masked & (a > 0), start)
+            log_probs[masked] = 0  # 0 * log 0 = 0
+        log_probs *= a
+        per = per_sample[start:stop]
+        np.sum(log_probs, axis=1, out=per)
+        np.negative(per, out=per)
+        per += 0  # ignored samples: -0 becomes 0
+        g *= a.sum(axis=1, keepdims=True)
+        g -= a
+        if scale != 1:
+            g *= scale
+
+
+def _check_block(z: np.ndarray, block: np.ndarray, axis: int, dtype: np.dtype, start: int,
+                 stop: int) -> None:
+    """Validates rows start:stop of z, copied into block in dtype, at little cost.
+
+    A row's maximum is finite unless the row holds NaN or +inf or is all -inf; a narrower dtype
+    may also turn a large logit into +-inf. Only then are the rows searched for the culprit.
+    """
+    suspect = not np.isfinite(block.max(axis=axis)).all()
+    if dtype != z.dtype and not suspect:
+        suspect = np.isinf(block).any()
+    if suspect:
+        _check_logits(z[start:stop], dtype, start)
+
+
+def _refuse_infinite_label(z: np.ndarray, y: np.ndarray, c: np.ndarray | None, dtype: np.dtype,
+                           start: int, stop: int) -> None:
+    """Raises InputError where a counted sample's label has log p = -inf in rows start:stop."""
+    block = z[start:stop].astype(dtype)
+    rows = np.arange(stop - start)
+    infinite = np.zeros(block.shape, dtype=bool)
+    counted = True if c is None else c[start:stop] > 0
+    infinite[rows, y[start:stop]] = np.isneginf(log_softmax(block)[rows, y[start:stop]]) & counted
+    _refuse_infinite_loss(block, infinite, start)
+
+
+def _divisor(target: np.ndarray, ignored: np.ndarray, weight: np.ndarray | None,
+             dtype: np.dtype):
+    """Returns what 'mean' divides by: the counted samples' target weights, or N for soft targets."""
+    if target.ndim == 2:
+        return dtype.type(len(target))
+    if weight is None:
+        return dtype.type(len(target) - np.count_nonzero(ignored))
+    return weight[target[~ignored]].sum(dtype=dtype)
+
+
+def _check_smoothing(label_smoothing: float) -> None:
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise InputError(f"label smoothing {label_smoothing} is outside [0, 1]")
 
 
 def accuracy(z, labels, ignore_index: int = -100) -> float:
@@ -164,6 +367,13 @@ def accuracy(z, labels, ignore_index: int = -100) -> float:
 
 def _logits(z, dtype: np.dtype) -> np.ndarray:
     """Returns z as a (N, k) array of dtype; NaN, +inf and rows of only -inf are errors."""
+    raw = _logit_array(z)
+    _check_logits(raw, dtype)
+    return raw.astype(dtype, copy=False)
+
+
+def _logit_array(z) -> np.ndarray:
+    """Returns z as a float64 array of shape (N, k >= 2); its values are checked apart."""
     try:
         raw = np.asarray(z, dtype=np.float64)
     except (TypeError, ValueError):
@@ -172,16 +382,19 @@ def _logits(z, dtype: np.dtype) -> np.ndarray:
         raise InputError(f"logits must be a 2-D array (samples x classes), got shape {raw.shape}")
     if raw.shape[1] < 2:
         raise InputError(f"there must be at least 2 classes, got {raw.shape[1]}")
-    _first_bad(np.isnan(raw), "logit is NaN; only -inf (a masked class) is allowed")
-    _first_bad(np.isposinf(raw), "logit is +inf; only -inf (a masked class) is allowed")
+    return raw
+
+
+def _check_logits(raw: np.ndarray, dtype: np.dtype, offset: int = 0) -> None:
+    """Raises InputError at the first bad logit of raw, whose row 0 is sample offset."""
+    _first_bad(np.isnan(raw), "logit is NaN; only -inf (a masked class) is allowed", offset)
+    _first_bad(np.isposinf(raw), "logit is +inf; only -inf (a masked class) is allowed", offset)
     _first_bad(np.isneginf(raw).all(axis=1, keepdims=True),
-               "every logit is -inf: all classes are masked")
-    if raw.dtype == dtype:
-        return raw
-    with np.errstate(over="ignore"):
-        z = raw.astype(dtype)
-    _first_bad(np.isinf(z) & ~np.isinf(raw), f"logit does not fit in {dtype.name}")
-    return z
+               "every logit is -inf: all classes are masked", offset)
+    if raw.dtype != dtype:
+        with np.errstate(over="ignore"):
+            z = raw.astype(dtype)
+        _first_bad(np.isinf(z) & ~np.isinf(raw), f"logit does not fit in {dtype.name}", offset)
 
 
 def _weight(weight, k: int, dtype: np.dtype) -> np.ndarray:
@@ -242,16 +455,19 @@ def _soft_target(t: np.ndarray, n: int, k: int, dtype: np.dtype) -> np.ndarray:
     return t.astype(dtype)
 
 
-def _first_bad(bad: np.ndarray, message: str) -> None:
-    """Raises InputError at the first (sample, class) where bad is True."""
+def _first_bad(bad: np.ndarray, message: str, offset: int = 0) -> None:
+    """Raises InputError at the first (sample, class) where bad is True; row 0 is sample offset."""
     if bad.any():
         i, c = np.argwhere(bad)[0]
         column = f"class {c}" if bad.shape[1] > 1 else None
-        raise InputError(message, sample=int(i), column=column)
+        raise InputError(message, sample=offset + int(i), column=column)
 
 
-def _refuse_infinite_loss(z: np.ndarray, infinite: np.ndarray) -> None:
-    """Raises InputError where a class with log p = -inf has a positive coefficient."""
+def _refuse_infinite_loss(z: np.ndarray, infinite: np.ndarray, offset: int = 0) -> None:
+    """Raises InputError where a class with log p = -inf has a positive coefficient.
+
+    Row 0 of z and infinite is sample offset.
+    """
     if infinite.any():
         i, c = np.argwhere(infinite)[0]
         if np.isneginf(z[i, c]):
@@ -259,7 +475,7 @@ def _refuse_infinite_loss(z: np.ndarray, infinite: np.ndarray) -> None:
         else:
             why = (f"logit is so far below the row's largest that its log-probability "
                    f"overflows {z.dtype.name}: the loss is infinite")
-        raise InputError(why, sample=int(i), column=f"class {c}")
+        raise InputError(why, sample=offset + int(i), column=f"class {c}")
 
 
 def _no_mean_reason(n: int, ignored: np.ndarray, ignore_index: int) -> str:

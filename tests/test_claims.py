@@ -250,3 +250,28 @@ def test_derive_claim_exit_codes_read_like_a_session(runner):
     result = runner.invoke(app, ["derive", "--k", "3", "--claim", "__import__('os').system('x')"])
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "unknown name '__import__' at column 1" in result.stderr
+
+
+ANY_TERMS = st.sampled_from(["p", "y", "z", "z_l", "k", "j", "0", "3", "exp(z)", "log(y)",
+                             "log(z)", "sum(z)", "(1 - p)", "[j != l]", "exp(exp(exp(z)))"])
+ANY = st.recursive(ANY_TERMS, lambda inner: st.one_of(
+    st.tuples(inner, st.sampled_from(["+", "-", "*", "/", "^"]), inner).map(
+        lambda t: f"({t[0]} {t[1]} {t[2]})"),
+    inner.map(lambda e: f"log({e})"), inner.map(lambda e: f"exp({e})")), max_leaves=6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["", "j = l: ", "j != l: "]), ANY, st.integers(2, 5), st.booleans())
+def test_any_valid_claim_gets_a_verdict_or_a_clear_error_within_seconds(guard, body, k, soft):
+    started = time.perf_counter()
+    try:
+        verdict = check_claim(guard + body, k=k, label=1, soft=soft)
+    except ExpressionError as error:
+        assert "\n" not in str(error)
+    else:
+        if verdict.holds:
+            assert verdict.counterexample is None and verdict.method in ("exact", "numeric")
+        else:
+            assert verdict.counterexample is not None or verdict.method == "exact"
+        json.dumps(claim_to_json(verdict), allow_nan=False)
+    assert time.perf_counter() - started < 5.0

@@ -511,9 +511,6 @@ def format_claim(claim: Claim) -> str:
     return guard + format_expression(claim.body)
 
 
-LATEX_NAMES = {"p": "p", "y": "y", "z": "z"}
-
-
 def format_latex(node: Node, *, in_sum: bool = False) -> str:
     """Returns LaTeX for the tree (ℓ for the label, n for the summation index)."""
     if isinstance(node, Number):

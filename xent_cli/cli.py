@@ -159,19 +159,25 @@ def eval_command(
     output: Annotated[Optional[str], typer.Option(
         metavar="PATH",
         help="Write a per-sample CSV (label, pred, loss, prob_c, grad_c) to this path, atomically.")] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Hide the progress bar (it shows only when stderr is a terminal).")] = False,
 ) -> None:
-    """Evaluate the cross-entropy loss and its gradient on a CSV of logits, as PyTorch would.
+    """Evaluate the cross-entropy loss and its gradient on a file of logits, as PyTorch would.
 
     Class c is the c-th logit column. The gradient is d(loss)/dz, what logits.grad holds after
     backward() on the reduced loss: (p − y), scaled by the weights and the reduction.
+    The file is read in chunks, so it may be larger than memory; a progress bar shows on
+    stderr when it is a terminal. Besides CSV: .npy (memory-mapped; labels from --labels),
+    .npz (arrays 'logits' and 'labels' or 'targets') and .parquet (needs Polars).
 
     \b
     Examples:
       xent eval examples/logits_k3.csv
       xent eval examples/digits_logits.csv --show 0 --format json
       xent eval logits.csv --labels labels.csv --weight 1,2,1 --output per_sample.csv
+      xent eval logits.npy --labels labels.npy --quiet
     """
-    from xent_cli import data
+    from xent_cli import data, stream
     from xent_cli.render import eval as render
 
     with user_errors():
@@ -183,24 +189,62 @@ def eval_command(
             raise XentError(f"--delimiter must be one character, got {delimiter!r}")
         if output is not None:
             data.check_output_path(output, [logits, labels, targets])
-        loaded = data.read_eval_input(logits, label_col=label_col, labels_path=labels,
-                                      targets_path=targets, delimiter=delimiter)
-        weights = None if weight is None else data.parse_weights(weight, len(loaded.class_names))
-        evaluation = data.evaluate(loaded, weight=weights, ignore_index=ignore_index,
-                                   label_smoothing=label_smoothing, reduction=reduction.value,
-                                   dtype=dtype.value, show=show)
-        if output is not None:
-            data.write_atomic(output, render.per_sample_csv(evaluation), loaded.inputs)
+        source = stream.open_source(logits, label_col=label_col, labels_path=labels,
+                                    targets_path=targets, delimiter=delimiter)
+        weights = None if weight is None else data.parse_weights(weight, len(source.class_names))
+        options = dict(weight=weights, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                       reduction=reduction.value, dtype=dtype.value, show=show,
+                       fallback=lambda: stream.strict_source(logits, label_col=label_col,
+                                                             delimiter=delimiter))
+        with _eval_progress(source, quiet) as progress:
+            if output is None:
+                summary = stream.evaluate(source, progress=progress, **options)
+            else:
+                with data.atomic_writer(output, [logits, labels, targets]) as file:
+                    def write(rows: stream.RowsOut) -> None:
+                        if rows.start == 0:
+                            file.seek(0)
+                            file.truncate()  # a second pass, or the strict reader, starts over
+                            file.write(render.per_sample_header(len(source.class_names),
+                                                                source.has_labels))
+                        file.write(render.per_sample_rows(rows))
+
+                    summary = stream.evaluate(source, progress=progress, rows=write, **options)
     console = stdout()
     if output_format is EvalFormat.json:
-        console.out(render.to_json(evaluation), highlight=False)
+        console.out(render.to_json(summary), highlight=False)
     elif output_format is EvalFormat.csv:
-        console.out(render.to_csv(evaluation), end="", highlight=False)
+        console.out(render.to_csv(summary), end="", highlight=False)
     else:
-        console.print(render.summary_table(evaluation))
-        if evaluation.worked:
+        console.print(render.summary_table(summary))
+        if summary.worked:
             console.print()
-            console.print(render.steps(evaluation))
+            console.print(render.steps(summary))
+
+
+@contextlib.contextmanager
+def _eval_progress(source, quiet: bool):
+    """Yields a progress callback drawing a bar on stderr, or None when it would not be seen."""
+    console = stderr()
+    if quiet or not console.is_terminal:
+        yield None
+        return
+    from rich import progress as rich_progress
+
+    columns = [rich_progress.BarColumn(), rich_progress.TaskProgressColumn()]
+    if source.unit == "bytes":
+        columns += [rich_progress.DownloadColumn(), rich_progress.TransferSpeedColumn()]
+    columns += [rich_progress.TextColumn("{task.fields[rate]}"),
+                rich_progress.TimeRemainingColumn()]
+    with rich_progress.Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("eval", total=source.size, rate="")
+
+        def update(done: int, total: int, samples: int) -> None:
+            elapsed = bar.tasks[0].elapsed or 0
+            rate = f"{samples / elapsed:,.0f} rows/s" if elapsed > 0 else ""
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        yield update
 
 
 # --- xent check -------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ accepted as 2 (files written by float arrays spell labels that way), '2.5' is an
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -20,6 +21,7 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -453,6 +455,29 @@ def write_atomic(path: str, text: str, inputs=()) -> None:
         with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as file:
             file.write(text)
         os.chmod(temporary, _file_mode(path))  # mkstemp's 0600 is not what a plain write gives
+        os.replace(temporary, path)
+    except BaseException as error:
+        os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise InputError(f"cannot be written: {error.strerror or error}", source=path) from None
+        raise
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str, inputs=()) -> Iterator[io.TextIOBase]:
+    """Yields a text file that appears at path, all at once, only when the block succeeds.
+
+    The text goes to a temporary file beside path, renamed over it at the end; a failure or
+    Ctrl-C leaves neither a partial file nor the temporary one behind.
+    """
+    check_output_path(path, inputs)
+    directory = os.path.dirname(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(prefix=".xent-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="",
+                       buffering=1 << 20) as file:
+            yield file
+        os.chmod(temporary, _file_mode(path))
         os.replace(temporary, path)
     except BaseException as error:
         os.unlink(temporary)

@@ -1,0 +1,492 @@
+"""Evaluating cross-entropy over a file in chunks, with bounded memory and exact reductions.
+
+A source yields chunks of samples (an EvalInput each, with the file lines of its samples). Small
+CSV files and stdin go through the strict reader of ``data``; a large CSV goes through a fast
+block reader (Polars on byte blocks cut at line ends) that checks every block vectorised and, on
+anything unusual, hands the file back to the strict reader, whose message names the exact line
+and column. ``.npy`` (memory-mapped), ``.npz`` and ``.parquet`` are chosen by extension.
+
+Per-sample losses, probabilities and gradient rows are row-wise, so chunks do not change them.
+The reduced loss adds the chunks' per-sample losses with ``math.fsum``; accuracy counts integers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from xent_cli import data, losses
+from xent_cli.errors import InputError
+
+# CSV files at least this large use the fast block reader; tests set it to 0 to force that path.
+FAST_CSV_BYTES = int(os.environ.get("XENT_FAST_CSV_BYTES", 4 << 20))
+# The fast reader parses this many bytes at a time (about 1.5M numbers): big enough that the
+# parser's per-call cost vanishes, small enough that memory stays bounded.
+BLOCK_BYTES = 16 << 20
+# Samples per chunk for sources already in memory (strict CSV, npz, Parquet) and memory maps.
+CHUNK_ROWS = 1 << 16
+
+Progress = Callable[[int, int, int], None]  # (bytes or rows done, of total; samples done)
+
+
+class _Unusual(Exception):
+    """The fast reader met something only the strict reader can judge (or explain)."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Consecutive samples: their data with file lines, where they start, and how far the read is."""
+
+    data: data.EvalInput
+    start: int  # index of the first sample in the whole input
+    done: int  # progress units (bytes or rows) read so far
+
+
+@dataclass(frozen=True)
+class Source:
+    """An input opened for streaming: what it holds and a way to read it, again if needed."""
+
+    name: str
+    class_names: tuple[str, ...]
+    has_labels: bool
+    target_source: str
+    size: int  # progress units in total
+    unit: str  # 'bytes' or 'rows'
+    chunks: Callable[[], Iterator[Chunk]]
+
+
+@dataclass(frozen=True)
+class RowsOut:
+    """One chunk's per-sample results, as the --output file lists them."""
+
+    start: int
+    lines: tuple[int, ...]
+    labels: np.ndarray | None
+    predictions: np.ndarray
+    per_sample: np.ndarray
+    probs: np.ndarray
+    grad: np.ndarray  # of the reported loss (scaled by the global divisor for 'mean')
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The cross-entropy of a whole input, combined from its chunks."""
+
+    source: str
+    target_source: str
+    class_names: tuple[str, ...]
+    has_labels: bool
+    n: int
+    reduction: str
+    loss: float | None
+    total: float
+    divisor: float
+    mean_loss: float
+    accuracy: float | None
+    perplexity: float | None
+    ignored: int
+    weight: tuple[float, ...] | None
+    ignore_index: int
+    label_smoothing: float
+    dtype: str
+    worked: tuple[data.WorkedSample, ...]
+    per_sample: np.ndarray | None  # kept for reduction 'none' only, where it is the loss
+
+    @property
+    def k(self) -> int:
+        return len(self.class_names)
+
+
+# --- sources ----------------------------------------------------------------------------------
+
+def open_source(path: str, *, label_col: str = "label", labels_path: str | None = None,
+                targets_path: str | None = None, delimiter: str | None = None,
+                chunk_rows: int = CHUNK_ROWS) -> Source:
+    """Opens logits (CSV, .npy, .npz, .parquet by extension) with their targets for streaming."""
+    if labels_path is not None and targets_path is not None:
+        raise InputError("give either labels or soft targets, not both")
+    suffix = os.path.splitext(path.lower())[1] if path != data.STDIN else ""
+    if suffix in (".npy", ".npz", ".parquet"):
+        loaded = _read_array_input(path, suffix, label_col, labels_path, targets_path, delimiter)
+        return _in_memory(loaded, chunk_rows)
+    if labels_path is None and targets_path is None and path != data.STDIN:
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = -1  # the strict reader words the error
+        if size >= max(FAST_CSV_BYTES, 1):
+            fast = _fast_csv(path, label_col, delimiter, size)
+            if fast is not None:
+                return fast
+    loaded = data.read_eval_input(path, label_col=label_col, labels_path=labels_path,
+                                  targets_path=targets_path, delimiter=delimiter)
+    return _in_memory(loaded, chunk_rows)
+
+
+def strict_source(path: str, *, label_col: str = "label", delimiter: str | None = None,
+                  chunk_rows: int = CHUNK_ROWS) -> Source:
+    """Opens a CSV with the strict reader, whatever its size."""
+    loaded = data.read_eval_input(path, label_col=label_col, delimiter=delimiter)
+    return _in_memory(loaded, chunk_rows)
+
+
+def _in_memory(loaded: data.EvalInput, chunk_rows: int) -> Source:
+    """Returns a source that slices data already read into chunks of chunk_rows samples."""
+    n = loaded.logits.shape[0]
+
+    def chunks() -> Iterator[Chunk]:
+        for start in range(0, n, chunk_rows):
+            stop = min(start + chunk_rows, n)
+            yield Chunk(data=_slice(loaded, start, stop), start=start, done=stop)
+
+    return Source(name=loaded.source, class_names=loaded.class_names,
+                  has_labels=loaded.labels is not None, target_source=loaded.target_source,
+                  size=n, unit="rows", chunks=chunks)
+
+
+def _slice(loaded: data.EvalInput, start: int, stop: int) -> data.EvalInput:
+    """Returns samples start..stop of an input (views, no copies of the arrays)."""
+    return dataclasses.replace(
+        loaded, logits=loaded.logits[start:stop],
+        labels=None if loaded.labels is None else loaded.labels[start:stop],
+        targets=None if loaded.targets is None else loaded.targets[start:stop],
+        lines=loaded.lines[start:stop], target_lines=loaded.target_lines[start:stop])
+
+
+def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> Source | None:
+    """Returns a fast block-reading source for a large CSV, or None when Polars is missing."""
+    try:
+        import polars  # noqa: F401  (only large files pay its import)
+    except ImportError:
+        return None
+    if delimiter is None:
+        delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    with open(path, "rb") as file:
+        first = file.readline()
+    try:
+        header = tuple(cell.strip() for cell in first.decode("utf-8-sig").strip("\r\n")
+                       .split(delimiter))
+    except UnicodeDecodeError:
+        return None
+    if (label_col not in header or len(set(header)) != len(header) or not all(header)
+            or len(header) < 3 or '"' in first.decode("utf-8-sig")):
+        return None  # the strict reader explains, or reads quoted headers properly
+    label = header.index(label_col)
+    logit_columns = [c for c in range(len(header)) if c != label]
+    class_names = tuple(header[c] for c in logit_columns)
+
+    def chunks() -> Iterator[Chunk]:
+        start, line = 0, 2  # the header is line 1
+        for block, done in _blocks(path, len(first)):
+            table = _parse_block(block, len(header), delimiter)
+            n = table.shape[0]
+            logits = np.ascontiguousarray(table[:, logit_columns])
+            raw_labels = table[:, label]
+            if not np.isfinite(logits).all():
+                raise _Unusual  # nan, inf, an empty cell or a masked class: the strict reader rules
+            labels = raw_labels.astype(np.int64)
+            if not (np.abs(raw_labels) < 2.0**53).all() or not (labels == raw_labels).all():
+                raise _Unusual
+            lines = tuple(range(line, line + n))
+            chunk = data.EvalInput(
+                logits=logits, labels=labels, targets=None, class_names=class_names,
+                source=path, lines=lines, target_source=path, target_column=repr(label_col),
+                target_lines=lines)
+            yield Chunk(data=chunk, start=start, done=done)
+            start, line = start + n, line + n
+        if start == 0:
+            raise _Unusual  # no data rows
+
+    return Source(name=path, class_names=class_names, has_labels=True, target_source=path,
+                  size=size, unit="bytes", chunks=chunks)
+
+
+def _blocks(path: str, offset: int) -> Iterator[tuple[bytes, int]]:
+    """Yields blocks of whole lines from offset on, and the bytes read after each."""
+    with open(path, "rb") as file:
+        file.seek(offset)
+        done, rest = offset, b""
+        while True:
+            piece = file.read(BLOCK_BYTES)
+            done += len(piece)
+            if not piece:
+                if rest:
+                    yield rest + b"\n", done
+                return
+            piece = rest + piece
+            cut = piece.rfind(b"\n") + 1
+            if cut == 0:
+                rest = piece
+                continue
+            rest = piece[cut:]
+            yield piece[:cut], done
+
+
+def _parse_block(block: bytes, columns: int, delimiter: str) -> np.ndarray:
+    """Returns a block of lines as a float64 array; raises _Unusual where it needs a closer look."""
+    import polars as pl
+
+    lines = block.count(b"\n")
+    if b"\0" in block:
+        raise _Unusual
+    try:
+        frame = pl.read_csv(io.BytesIO(block), has_header=False, separator=delimiter,
+                            schema={f"c{c}": pl.Float64 for c in range(columns)},
+                            n_threads=None, rechunk=False)
+    except Exception:  # noqa: BLE001 - any parser complaint goes to the strict reader
+        raise _Unusual from None
+    if frame.height != lines:
+        raise _Unusual  # blank lines or quoted line breaks: line numbers need the strict reader
+    return frame.to_numpy()
+
+
+def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str | None,
+                      targets_path: str | None, delimiter: str | None) -> data.EvalInput:
+    """Reads logits from .npy (memory-mapped), .npz or .parquet; a sample's 'line' is its row."""
+    labels = targets = None
+    class_names = None
+    target_source, target_column = path, None
+    if suffix == ".npy":
+        logits = _load_npy(path)
+    elif suffix == ".npz":
+        arrays = _load_npz(path)
+        if "logits" not in arrays:
+            raise InputError(f"has no array 'logits' (it has {', '.join(arrays) or 'none'})",
+                             source=path)
+        logits = arrays["logits"]
+        if "labels" in arrays:
+            labels, target_column = arrays["labels"], "'labels'"
+        elif "targets" in arrays:
+            targets = arrays["targets"]
+    else:
+        logits, labels, class_names = _read_parquet(path, label_col)
+        if labels is not None:
+            target_column = repr(label_col)
+    logits = _float_matrix(logits, path, "logits")
+    n = logits.shape[0]
+    if labels_path is not None:
+        labels, target_column, target_source = _read_side(labels_path, delimiter, "labels"), None, labels_path
+    if targets_path is not None:
+        targets, target_source = _read_side(targets_path, delimiter, "targets"), targets_path
+    if labels is None and targets is None:
+        raise InputError("has no labels; give --labels or --targets (a .npy, .npz or CSV file)",
+                         source=path)
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or labels.dtype.kind not in "iuf":
+            raise InputError(f"labels must be a 1-d array of integers, got shape {labels.shape} "
+                             f"of {labels.dtype}", source=target_source)
+        if labels.dtype.kind == "f":
+            if not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
+                raise InputError("labels must be whole numbers", source=target_source)
+        labels = labels.astype(np.int64)
+        count = len(labels)
+    else:
+        targets = _float_matrix(targets, target_source, "targets")
+        count = targets.shape[0]
+        if targets.shape[1] != logits.shape[1]:
+            raise InputError(f"has {targets.shape[1]} target columns, the logits have "
+                             f"{logits.shape[1]} classes", source=target_source)
+        if (targets < 0).any():
+            raise InputError("a target probability is negative", source=target_source)
+    if count != n:
+        raise InputError(f"has {count} targets for {n} rows of logits", source=target_source)
+    rows = tuple(range(n))
+    return data.EvalInput(
+        logits=logits, labels=labels, targets=targets,
+        class_names=class_names or tuple(str(c) for c in range(logits.shape[1])),
+        source=path, lines=rows, target_source=target_source, target_column=target_column,
+        target_lines=rows)
+
+
+def _load_npy(path: str) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError("no such file", source=path) from None
+    except (OSError, ValueError) as error:
+        raise InputError(f"is not a readable .npy array: {error}", source=path) from None
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise InputError("no such file", source=path) from None
+    except (OSError, ValueError) as error:
+        raise InputError(f"is not a readable .npz archive: {error}", source=path) from None
+
+
+def _read_parquet(path: str, label_col: str):
+    """Returns logits, labels (or None) and class names from a Parquet table."""
+    try:
+        import polars as pl
+    except ImportError:
+        raise InputError("reading Parquet needs Polars: pip install polars", source=path) from None
+    try:
+        frame = pl.read_parquet(path)
+    except FileNotFoundError:
+        raise InputError("no such file", source=path) from None
+    except Exception as error:  # noqa: BLE001 - Polars has many error types; all mean 'unreadable'
+        raise InputError(f"is not a readable Parquet file: {error}", source=path) from None
+    names = tuple(frame.columns)
+    logit_names = tuple(name for name in names if name != label_col)
+    labels = frame[label_col].to_numpy() if label_col in names else None
+    try:
+        logits = frame.select(logit_names).to_numpy().astype(np.float64)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"logit columns must be numbers: {error}", source=path) from None
+    return logits, labels, logit_names
+
+
+def _read_side(path: str, delimiter: str | None, what: str) -> np.ndarray:
+    """Reads labels or targets for an array input: .npy, .npz (its only or named array) or CSV."""
+    lower = path.lower()
+    if lower.endswith(".npy"):
+        return np.asarray(_load_npy(path))
+    if lower.endswith(".npz"):
+        arrays = _load_npz(path)
+        if what in arrays:
+            return arrays[what]
+        if len(arrays) == 1:
+            return next(iter(arrays.values()))
+        raise InputError(f"has no array {what!r}", source=path)
+    if what == "labels":
+        return data._read_labels(path, delimiter)[0]
+    table = data.read_table(path, delimiter)
+    return data._numbers(table, range(len(table.header)), "probability")
+
+
+def _float_matrix(array, path: str, what: str) -> np.ndarray:
+    """Checks an (N, k) numeric array; returns it as float64 (a memory map stays one if it is)."""
+    array = np.asarray(array) if not isinstance(array, np.memmap) else array
+    if array.ndim != 2 or array.dtype.kind not in "iuf":
+        raise InputError(f"{what} must be a 2-d numeric array (samples, classes), got shape "
+                         f"{array.shape} of {array.dtype}", source=path)
+    if what == "logits" and array.shape[1] < 2:
+        raise InputError("cross-entropy needs at least 2 classes", source=path)
+    if array.shape[0] == 0:
+        raise InputError(f"{what} has no rows", source=path)
+    return array if array.dtype == np.float64 else array.astype(np.float64)
+
+
+# --- evaluating -------------------------------------------------------------------------------
+
+def evaluate(source: Source, *, weight=None, ignore_index: int = -100,
+             label_smoothing: float = 0.0, reduction: str = "mean", dtype: str = "float64",
+             show: int = 3, rows: Callable[[RowsOut], None] | None = None,
+             progress: Progress | None = None, fallback: Callable[[], Source] | None = None
+             ) -> Summary:
+    """Returns the cross-entropy of a whole source, reading it chunk by chunk.
+
+    rows, when given, receives every chunk's per-sample results in order; for 'mean' that takes
+    a second pass, since the gradient divides by the divisor of the whole input. fallback opens
+    the strict reader when the fast one meets something unusual.
+    """
+    options = dict(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                   dtype=dtype)
+    try:
+        summary = _pass(source, options, reduction, show, None if reduction == "mean" else rows,
+                        None, progress)
+        if rows is not None and reduction == "mean":
+            _pass(source, options, reduction, 0, rows, summary.divisor, progress)
+    except _Unusual:
+        if fallback is None:
+            raise InputError("the input needs the strict reader", source=source.name) from None
+        return evaluate(fallback(), reduction=reduction, show=show, rows=rows, progress=progress,
+                        **options)
+    return summary
+
+
+def _pass(source: Source, options: dict, reduction: str, show: int,
+          rows: Callable[[RowsOut], None] | None, divisor: float | None,
+          progress: Progress | None) -> Summary:
+    """Reads the source once; with a divisor, scales the gradient rows by it ('mean')."""
+    totals, divisors, n, ignored, hits, counted = [], [], 0, 0, 0, 0
+    per_samples, first = [], None
+    dt = np.dtype(options["dtype"])
+    for chunk in source.chunks():
+        part = chunk.data
+        target = part.labels if part.labels is not None else part.targets
+        try:
+            result = losses.cross_entropy(part.logits, target, weight=options["weight"],
+                                          ignore_index=options["ignore_index"],
+                                          label_smoothing=options["label_smoothing"],
+                                          reduction="sum" if reduction == "mean" else reduction,
+                                          dtype=dt)
+        except InputError as error:
+            raise data._locate(error, part) from None
+        totals.append(math.fsum(result.per_sample.tolist()))
+        divisors.append(result.divisor)
+        n += len(part.lines)
+        ignored += int(result.ignored.sum())
+        if part.labels is not None:
+            kept = ~result.ignored
+            hits += int(np.count_nonzero((part.logits.argmax(axis=1) == part.labels) & kept))
+            counted += int(np.count_nonzero(kept))
+        else:
+            hits += int(np.count_nonzero(part.logits.argmax(axis=1) == part.targets.argmax(axis=1)))
+            counted += len(part.lines)
+        if reduction == "none":
+            per_samples.append(result.per_sample)
+        if first is None:
+            first = (part, result)
+        if rows is not None:
+            grad = result.grad
+            if divisor is not None:
+                grad = grad * (dt.type(1) / dt.type(divisor))
+            rows(RowsOut(start=chunk.start, lines=part.lines, labels=part.labels,
+                         predictions=part.logits.argmax(axis=1), per_sample=result.per_sample,
+                         probs=result.probs, grad=grad))
+        if progress is not None:
+            progress(chunk.done, source.size, n)
+    if first is None:
+        raise InputError("has no samples", source=source.name)
+    total, whole_divisor = math.fsum(totals), math.fsum(divisors)
+    if not math.isfinite(total):
+        raise InputError(f"the loss overflows {dt.name}; the logits or weights are too large")
+    if reduction == "mean" and not whole_divisor > 0:
+        raise InputError(losses._no_mean_reason(n, np.ones(n, bool) if ignored == n
+                                                else np.zeros(n, bool), options["ignore_index"]))
+    loss = total / whole_divisor if reduction == "mean" else total if reduction == "sum" else None
+    mean_loss = total / whole_divisor if whole_divisor > 0 else float("nan")
+    perplexity = None
+    if source.has_labels and whole_divisor > 0:
+        perplexity = float(np.exp(mean_loss)) if mean_loss < 709 else float("inf")
+    return Summary(
+        source=source.name, target_source=source.target_source, class_names=source.class_names,
+        has_labels=source.has_labels, n=n, reduction=reduction, loss=loss, total=total,
+        divisor=whole_divisor, mean_loss=mean_loss,
+        accuracy=hits / counted if counted else None, perplexity=perplexity, ignored=ignored,
+        weight=None if options["weight"] is None else tuple(float(w) for w in options["weight"]),
+        ignore_index=options["ignore_index"], label_smoothing=options["label_smoothing"],
+        dtype=options["dtype"], worked=_worked(first, show, reduction, whole_divisor, options),
+        per_sample=np.concatenate(per_samples) if reduction == "none" else None)
+
+
+def _worked(first, show: int, reduction: str, divisor: float, options: dict):
+    """Returns the arithmetic of the first samples, scaled as the whole input's loss."""
+    part, result = first
+    shown = min(show, len(part.lines))
+    if not shown:
+        return ()
+    dt = np.dtype(options["dtype"])
+    scale = dt.type(1) / dt.type(divisor) if reduction == "mean" else dt.type(1)
+    head = dataclasses.replace(result, reduction=reduction, divisor=divisor,
+                               grad=result.grad[:shown] * scale, logits=result.logits[:shown],
+                               per_sample=result.per_sample[:shown],
+                               ignored=result.ignored[:shown])
+    weight = options["weight"]
+    target = part.labels if part.labels is not None else part.targets
+    weights = (np.ones(part.logits.shape[1]) if weight is None
+               else np.asarray(weight, dtype=np.float64))
+    a = losses.coefficients(np.asarray(target[:shown]), part.logits.shape[1], weights,
+                            options["label_smoothing"], head.ignored)
+    return tuple(data._worked(part, head, a, i) for i in range(shown))

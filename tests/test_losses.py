@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xent_cli import losses
 from xent_cli.errors import InputError
 from xent_cli.losses import REDUCTIONS, accuracy, cross_entropy, log_softmax, softmax
 
@@ -408,3 +409,152 @@ def test_integral_float_labels_are_class_indices_and_inputs_stay_untouched():
     r = cross_entropy(z, y, label_smoothing=0.1)
     assert r.loss == pytest.approx(cross_entropy(Z, Y, label_smoothing=0.1).loss, rel=1e-15)
     assert (z == Z).all() and y.tolist() == [2.0, 0.0]
+
+
+# --- blocks: the kernel works in row blocks, class-major for small k ---------------------------
+
+def straightforward(z, y, weight, ignore_index, reduction):
+    """Whole-array NumPy, written independently of xent: per-sample loss and gradient."""
+    n, k = z.shape
+    w = np.ones(k) if weight is None else np.asarray(weight)
+    counted = y != ignore_index
+    safe = np.where(counted, y, 0)
+    shifted = z - z.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    c = np.where(counted, w[safe], 0.0)
+    per = -c * log_p[np.arange(n), safe]
+    grad = c[:, None] * (np.exp(log_p) - np.eye(k)[safe])
+    if reduction == "mean":
+        grad /= c.sum()
+    return per, grad
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of a few samples, so that small inputs cross many block boundaries."""
+    monkeypatch.setattr(losses, "BLOCK_LOGITS", 40)
+
+
+@pytest.mark.parametrize("k", [3, losses.CLASS_MAJOR_MAX_K, losses.CLASS_MAJOR_MAX_K + 1, 70])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_blocks_match_a_straightforward_whole_array_version(small_blocks, k, weighted, reduction):
+    rng = np.random.default_rng(k)
+    n = 53  # not a multiple of any block's row count
+    z, y = rng.normal(scale=4, size=(n, k)), rng.integers(0, k, n)
+    y[[0, 17, 52]] = -1
+    weight = rng.random(k) + 0.5 if weighted else None
+    r = cross_entropy(z, y, weight=weight, ignore_index=-1, reduction=reduction)
+    per, grad = straightforward(z, y, weight, -1, reduction)
+    np.testing.assert_allclose(r.per_sample, per, rtol=1e-12)
+    np.testing.assert_allclose(r.grad, grad, rtol=1e-11, atol=1e-17)
+    assert r.per_sample[[0, 17, 52]].tolist() == [0.0] * 3 and not r.grad[[0, 17, 52]].any()
+
+
+@settings(max_examples=30, deadline=None)
+@given(problems(logit=extreme_logit, n=9), st.booleans(), st.sampled_from([-100, 0]))
+def test_splitting_into_blocks_changes_no_bit(problem, soft, ignore_index):
+    z, y, weight, eps = problem
+    target = np.abs(z) / np.abs(z).sum(axis=1, keepdims=True) if soft else y
+    options = dict(weight=weight, label_smoothing=eps, ignore_index=ignore_index,
+                   reduction="sum")
+    try:
+        whole = cross_entropy(z, target, **options)
+    except InputError:  # e.g. 1e300 * weight overflows; the blocks must then refuse too
+        with pytest.raises(InputError):
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(losses, "BLOCK_LOGITS", K)
+                cross_entropy(z, target, **options)
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(losses, "BLOCK_LOGITS", K)  # one sample per block
+        blocked = cross_entropy(z, target, **options)
+    np.testing.assert_array_equal(blocked.per_sample, whole.per_sample)
+    np.testing.assert_array_equal(blocked.grad, whole.grad)
+
+
+@pytest.mark.parametrize("k", [3, 40])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_bad_logit_in_a_later_block_is_named_by_its_sample(small_blocks, k, dtype):
+    z = np.zeros((50, k))
+    z[37, 1] = np.nan
+    with pytest.raises(InputError, match="logit is NaN") as caught:
+        cross_entropy(z, np.zeros(50, dtype=int), dtype=dtype)
+    assert (caught.value.sample, caught.value.column) == (37, "class 1")
+    z[37, 1] = -1e300  # fits float64; would become a silent -inf in float32
+    if dtype == np.float32:
+        with pytest.raises(InputError, match="does not fit in float32") as caught:
+            cross_entropy(z, np.zeros(50, dtype=int), dtype=dtype)
+        assert caught.value.sample == 37
+    z[37, 1] = -np.inf
+    with pytest.raises(InputError, match="class is masked") as caught:
+        cross_entropy(z, np.ones(50, dtype=int), dtype=dtype)
+    assert (caught.value.sample, caught.value.column) == (37, "class 1")
+    labels = np.ones(50, dtype=int)
+    labels[37] = -100  # the masked label is not counted: nothing is infinite
+    assert np.isfinite(cross_entropy(z, labels, dtype=dtype).loss)
+
+
+def test_a_confident_label_keeps_its_tiny_gradient():
+    # p_0 - 1 = -e^-50 / (1 + e^-50): computed as p_0 - 1 it would round to exactly 0.
+    r = cross_entropy(np.array([[50.0, 0.0], [0.0, 50.0]]), np.array([0, 1]), reduction="sum")
+    tiny = math.exp(-50) / (1 + math.exp(-50))
+    np.testing.assert_allclose(r.grad, [[-tiny, tiny], [tiny, -tiny]], rtol=1e-14)
+    np.testing.assert_allclose(r.per_sample, math.log1p(math.exp(-50)), rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_probs_and_log_probs_are_computed_on_demand_and_exact(dtype):
+    z = np.array([[1.0, 2.0, 3.0], [1000.0, 0.0, -np.inf]])
+    r = cross_entropy(z, np.array([2, 0]), dtype=dtype)
+    assert r.probs.dtype == dtype and r.log_probs.dtype == dtype
+    np.testing.assert_array_equal(r.log_probs, log_softmax(z.astype(dtype)))
+    np.testing.assert_array_equal(r.probs, np.exp(log_softmax(z.astype(dtype))))
+    assert r.log_probs[1].tolist() == [0.0, -1000.0, -np.inf]
+    assert r.probs is r.probs  # computed once
+
+
+# --- loss_and_gradient_into: the kernel for a stream of blocks --------------------------------
+
+@pytest.mark.parametrize("k, eps", [(4, 0.0), (4, 0.2), (40, 0.0)])
+def test_streamed_blocks_combine_to_the_whole(k, eps):
+    rng = np.random.default_rng(7)
+    z, y = rng.normal(size=(30, k)), rng.integers(0, k, 30)
+    y[5] = -100
+    weight = rng.random(k) + 0.5
+    whole = cross_entropy(z, y, weight=weight, label_smoothing=eps)
+    grad, per = np.empty_like(z), np.empty(30)
+    totals, divisors = [], []
+    for start, stop in ((0, 11), (11, 12), (12, 30)):
+        sums = losses.loss_and_gradient_into(z[start:stop], y[start:stop], grad[start:stop],
+                                             per[start:stop], weight=weight,
+                                             label_smoothing=eps, first_sample=start)
+        totals.append(sums.total)
+        divisors.append(sums.divisor)
+        assert sums.ignored.tolist() == (y[start:stop] == -100).tolist()
+    assert sum(divisors) == pytest.approx(whole.divisor, rel=1e-15)
+    assert math.fsum(totals) / sum(divisors) == pytest.approx(whole.loss, rel=1e-13)
+    np.testing.assert_allclose(per, whole.per_sample, rtol=1e-15)
+    np.testing.assert_allclose(grad / sum(divisors), whole.grad, rtol=1e-13, atol=1e-18)
+
+
+def test_streamed_block_names_the_sample_in_the_whole_stream():
+    z = np.zeros((4, 3))
+    z[2, 0] = np.inf
+    with pytest.raises(InputError, match=r"\+inf") as caught:
+        losses.loss_and_gradient_into(z, np.zeros(4, dtype=int), np.empty((4, 3)), np.empty(4),
+                                      first_sample=1000)
+    assert (caught.value.sample, caught.value.column) == (1002, "class 0")
+    with pytest.raises(InputError, match="label 7") as caught:
+        losses.loss_and_gradient_into(np.zeros((4, 3)), np.array([0, 7, 0, 0]),
+                                      np.empty((4, 3)), np.empty(4), first_sample=1000)
+    assert caught.value.sample == 1001
+
+
+def test_streamed_block_refuses_buffers_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="C-contiguous"):
+        losses.loss_and_gradient_into(np.zeros((4, 3)), np.zeros(4, dtype=int),
+                                      np.empty((3, 4)).T, np.empty(4))
+    with pytest.raises(ValueError, match="per_sample"):
+        losses.loss_and_gradient_into(np.zeros((4, 3)), np.zeros(4, dtype=int),
+                                      np.empty((4, 3)), np.empty(4, dtype=np.float32))

@@ -7,7 +7,8 @@ anything unusual, hands the file back to the strict reader, whose message names 
 and column. ``.npy`` (memory-mapped), ``.npz`` and ``.parquet`` are chosen by extension.
 
 Per-sample losses, probabilities and gradient rows are row-wise, so chunks do not change them.
-The reduced loss adds the chunks' per-sample losses with ``math.fsum``; accuracy counts integers.
+The reduced loss adds the per-sample losses with ``math.fsum``, each chunk's sum carried with its
+rounding error, so the total does not depend on the chunk size; accuracy counts integers.
 """
 
 from __future__ import annotations
@@ -116,10 +117,7 @@ def open_source(path: str, *, label_col: str = "label", labels_path: str | None 
         loaded = _read_array_input(path, suffix, label_col, labels_path, targets_path, delimiter)
         return _in_memory(loaded, chunk_rows)
     if labels_path is None and targets_path is None and path != data.STDIN:
-        try:
-            size = os.path.getsize(path)
-        except OSError:
-            size = -1  # the strict reader words the error
+        size = os.path.getsize(path) if os.path.isfile(path) else -1  # else the strict reader says why
         if size >= max(FAST_CSV_BYTES, 1):
             fast = _fast_csv(path, label_col, delimiter, size)
             if fast is not None:
@@ -190,8 +188,10 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
             raw_labels = table[:, label]
             if not np.isfinite(logits).all():
                 raise _Unusual  # nan, inf, an empty cell or a masked class: the strict reader rules
+            if not (np.abs(raw_labels) < 2.0**53).all():  # also false for nan
+                raise _Unusual
             labels = raw_labels.astype(np.int64)
-            if not (np.abs(raw_labels) < 2.0**53).all() or not (labels == raw_labels).all():
+            if not (labels == raw_labels).all():
                 raise _Unusual
             lines = tuple(range(line, line + n))
             chunk = data.EvalInput(
@@ -237,8 +237,7 @@ def _parse_block(block: bytes, columns: int, delimiter: str) -> np.ndarray:
         raise _Unusual
     try:
         frame = pl.read_csv(io.BytesIO(block), has_header=False, separator=delimiter,
-                            schema={f"c{c}": pl.Float64 for c in range(columns)},
-                            n_threads=None, rechunk=False)
+                            schema={f"c{c}": pl.Float64 for c in range(columns)})
     except Exception:  # noqa: BLE001 - any parser complaint goes to the strict reader
         raise _Unusual from None
     if frame.height != lines:
@@ -423,7 +422,10 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
                                           dtype=dt)
         except InputError as error:
             raise data._locate(error, part) from None
-        totals.append(math.fsum(result.per_sample.tolist()))
+        values = result.per_sample.tolist()
+        high = math.fsum(values)
+        values.append(-high)
+        totals += (high, math.fsum(values))  # the chunk's sum and what rounding left out of it
         divisors.append(result.divisor)
         n += len(part.lines)
         ignored += int(result.ignored.sum())

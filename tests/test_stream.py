@@ -1,0 +1,256 @@
+"""Streaming xent eval: chunks change nothing, the fast reader agrees with the strict one, formats."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from test_eval import BAD_INPUTS
+from xent_cli import data, stream
+from xent_cli.cli import app
+
+
+@pytest.fixture
+def fast(monkeypatch):
+    """Forces the fast block reader on every CSV, with blocks of a few lines."""
+    monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0)
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 64)
+
+
+def _csv(z: np.ndarray, y: np.ndarray) -> str:
+    k = z.shape[1]
+    rows = [",".join(map(repr, row)) + f",{label}" for row, label in zip(z.tolist(), y.tolist())]
+    return ",".join(f"z{c}" for c in range(k)) + ",label\n" + "\n".join(rows) + "\n"
+
+
+def _collect(source, chunk_options):
+    """Returns the summary and the per-sample arrays a streamed evaluation hands out."""
+    parts = []
+    summary = stream.evaluate(source, rows=parts.append, **chunk_options)
+    stack = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    return summary, stack("per_sample"), stack("probs"), stack("grad")
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 40), k=st.integers(2, 6), chunk=st.integers(1, 17), seed=st.integers(0, 2**32 - 1),
+       reduction=st.sampled_from(["mean", "sum", "none"]), weighted=st.booleans(),
+       smoothing=st.sampled_from([0.0, 0.1]), ignore=st.booleans(), soft=st.booleans())
+def test_any_chunk_size_gives_the_in_memory_results(n, k, chunk, seed, reduction, weighted, smoothing,
+                                                     ignore, soft):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(scale=3, size=(n, k))
+    labels = rng.integers(0, k, size=n)
+    if ignore:
+        labels[rng.random(n) < 0.3] = -100
+        labels[0] = 0  # 'mean' needs a counted sample
+    targets = rng.dirichlet(np.ones(k), size=n) if soft else None
+    loaded = data.EvalInput(
+        logits=z, labels=None if soft else labels, targets=targets,
+        class_names=tuple(f"z{c}" for c in range(k)), source="z.csv", lines=tuple(range(2, n + 2)),
+        target_source="z.csv", target_column="'label'", target_lines=tuple(range(2, n + 2)))
+    weight = tuple(rng.uniform(0.5, 2, size=k)) if weighted else None
+    options = dict(weight=weight, label_smoothing=smoothing, reduction=reduction, show=2)
+    reference = data.evaluate(loaded, **options)
+    summary, per_sample, probs, grad = _collect(stream._in_memory(loaded, chunk), options)
+    # row-wise results do not see the chunks
+    assert np.array_equal(per_sample, reference.result.per_sample)
+    assert np.array_equal(probs, reference.result.probs)
+    if reduction == "mean":  # the in-memory kernel folds 1/divisor into its factor: an ulp or two
+        np.testing.assert_allclose(grad, reference.result.grad, rtol=1e-15, atol=1e-300)
+    else:
+        assert np.array_equal(grad, reference.result.grad)
+    # the total is the correctly rounded sum whatever the chunks
+    assert summary.total == math.fsum(reference.result.per_sample.tolist())
+    assert math.isclose(summary.total, reference.result.total, rel_tol=1e-15, abs_tol=1e-300)
+    assert math.isclose(summary.divisor, reference.result.divisor, rel_tol=1e-15)
+    assert summary.accuracy == reference.accuracy
+    assert summary.ignored == int(reference.result.ignored.sum())
+    one_chunk = stream.evaluate(stream._in_memory(loaded, n), **options)
+    assert summary.total == one_chunk.total  # weighted divisors are chunk sums: 1e-15 apart
+    assert math.isclose(summary.divisor, one_chunk.divisor, rel_tol=1e-15)
+    for streamed, worked in zip(summary.worked, reference.worked):
+        np.testing.assert_allclose(streamed.grad, worked.grad, rtol=1e-15, atol=1e-300)
+        assert streamed.loss == worked.loss
+        assert math.isclose(streamed.scale, worked.scale, rel_tol=1e-15)
+
+
+OPTIONS = [
+    [],
+    ["--reduction", "sum"],
+    ["--reduction", "none", "--format", "json"],
+    ["--weight", "1,2,0.5", "--format", "json"],
+    ["--label-smoothing", "0.1", "--format", "csv"],
+    ["--ignore-index", "1", "--reduction", "mean"],
+    ["--dtype", "float32", "--format", "json"],
+    ["--weight", "0.3,1,3", "--label-smoothing", "0.2", "--ignore-index", "2", "--reduction", "sum"],
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=[" ".join(o) or "default" for o in OPTIONS])
+def test_fast_reader_gives_the_same_bytes_as_the_strict_one(runner, tmp_path, monkeypatch, options):
+    rng = np.random.default_rng(7)
+    z = rng.normal(scale=4, size=(300, 3))
+    (tmp_path / "z.csv").write_text(_csv(z, rng.integers(0, 3, size=300)))
+    outputs = {}
+    for name, threshold in (("strict", 1 << 60), ("fast", 0)):
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        monkeypatch.setattr(stream, "BLOCK_BYTES", 1000)  # about 20 lines a block
+        monkeypatch.setattr(stream, "CHUNK_ROWS", 23)
+        out = tmp_path / f"{name}.csv"
+        result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output", str(out), *options])
+        assert result.exit_code == 0, result.output
+        outputs[name] = (result.stdout, out.read_bytes())
+    assert outputs["fast"] == outputs["strict"]
+    text = outputs["fast"][1].decode().splitlines()
+    assert len(text) == 301 and text[1].startswith("0,2,")  # header, then sample 0 on line 2
+
+
+def test_output_rows_are_the_in_memory_arrays(runner, tmp_path, fast):
+    rng = np.random.default_rng(3)
+    z, y = rng.normal(size=(50, 4)), rng.integers(0, 4, size=50)
+    (tmp_path / "z.csv").write_text(_csv(z, y))
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output", str(tmp_path / "o.csv")])
+    assert result.exit_code == 0, result.output
+    table = np.loadtxt(tmp_path / "o.csv", delimiter=",", skiprows=1)
+    from xent_cli.losses import cross_entropy
+    reference = cross_entropy(z, y)
+    assert np.array_equal(table[:, 1], np.arange(2, 52))
+    assert np.array_equal(table[:, 4], reference.per_sample)
+    np.testing.assert_allclose(table[:, 9:], reference.grad, rtol=1e-15, atol=1e-300)
+
+
+@pytest.mark.parametrize("name, files, arguments, fragment", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_inputs_read_the_same_on_the_fast_path(runner, tmp_path, monkeypatch, fast, name, files,
+                                                   arguments, fragment):
+    monkeypatch.chdir(tmp_path)
+    for relative, content in files.items():
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    extra = [] if "--output" in arguments else ["--output", "out.csv"]
+    result = runner.invoke(app, ["eval", *arguments, *extra])
+    assert result.exit_code == 2, result.output
+    assert fragment in result.stderr, result.stderr
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("a,b,label\n1,2,0\n\n3,nan,1\n", "line 4, column 'b': logit 'nan' is not a finite number"),
+    ("a,b,label\n1,2,0\n3,1e400,1\n", "line 3, column 'b': logit '1e400' overflows float64"),
+    ("a,b,label\n1,2,0\n3,,1\n", "line 3, column 'b': logit is missing"),
+    ("a,b,label\n1,2,0\n3,4,1.5\n", "line 3, column 'label': label '1.5' is not an integer"),
+    ("a,b,label\n1,2,0\n3,inf,1\n", "line 3, column 'b': logit 'inf' is not a finite number"),
+    ("a,b,label\n1,2,0\n3,4\n", "line 3: row has 2 cells, the header has 3"),
+])
+def test_what_the_fast_parser_would_accept_is_still_refused_at_its_line(runner, tmp_path, fast, text,
+                                                                        fragment):
+    (tmp_path / "z.csv").write_text(text)
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv")])
+    assert result.exit_code == 2 and fragment in result.stderr, result.stderr
+
+
+def test_blank_lines_and_masked_logits_fall_back_and_keep_line_numbers(runner, tmp_path, fast):
+    (tmp_path / "z.csv").write_text("a,b,label\n1,2,0\n\n3,-inf,0\n")
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output", str(tmp_path / "o.csv")])
+    assert result.exit_code == 0, result.output
+    assert [row.split(",")[1] for row in (tmp_path / "o.csv").read_text().splitlines()[1:]] == ["2", "4"]
+
+
+def test_progress_is_hidden_off_a_terminal_and_with_quiet(runner, k3_path):
+    for extra in ([], ["--quiet"]):
+        result = runner.invoke(app, ["eval", k3_path, "--show", "0", *extra])
+        assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_progress_callback_reaches_the_whole_file(tmp_path, monkeypatch, fast):
+    rng = np.random.default_rng(1)
+    (tmp_path / "z.csv").write_text(_csv(rng.normal(size=(40, 2)), rng.integers(0, 2, size=40)))
+    calls = []
+    source = stream.open_source(str(tmp_path / "z.csv"))
+    stream.evaluate(source, progress=lambda done, total, rows: calls.append((done, total, rows)))
+    assert source.unit == "bytes" and len(calls) > 1
+    assert calls[-1] == (source.size, source.size, 40)
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+
+
+@pytest.fixture
+def k3_path():
+    import pathlib
+    return str(pathlib.Path(__file__).parent.parent / "examples" / "logits_k3.csv")
+
+
+@pytest.fixture
+def arrays(tmp_path):
+    rng = np.random.default_rng(5)
+    z, y = rng.normal(size=(30, 4)), rng.integers(0, 4, size=30)
+    (tmp_path / "z.csv").write_text(_csv(z, y))
+    return z, y
+
+
+def _json(runner, *arguments):
+    result = runner.invoke(app, ["eval", *arguments, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    fields = json.loads(result.stdout)
+    return fields["loss"], fields["accuracy"], fields["n"]
+
+
+def test_npy_npz_and_csv_agree(runner, tmp_path, arrays):
+    z, y = arrays
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", y)
+    np.savez(tmp_path / "both.npz", logits=z, labels=y)
+    expected = _json(runner, str(tmp_path / "z.csv"))
+    assert _json(runner, str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy")) == expected
+    assert _json(runner, str(tmp_path / "both.npz")) == expected
+    (tmp_path / "y.csv").write_text("label\n" + "\n".join(map(str, y)) + "\n")
+    assert _json(runner, str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.csv")) == expected
+
+
+def test_npz_soft_targets_and_npy_without_labels(runner, tmp_path, arrays):
+    z, y = arrays
+    np.savez(tmp_path / "soft.npz", logits=z, targets=np.eye(4)[y])
+    loss, _, _ = _json(runner, str(tmp_path / "soft.npz"))
+    assert math.isclose(loss, _json(runner, str(tmp_path / "z.csv"))[0], rel_tol=1e-14)
+    np.save(tmp_path / "z.npy", z)
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.npy")])
+    assert result.exit_code == 2 and "has no labels; give --labels" in result.stderr
+
+
+def test_npy_is_memory_mapped(tmp_path, arrays):
+    z, y = arrays
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", y)
+    loaded = stream._read_array_input(str(tmp_path / "z.npy"), ".npy", "label",
+                                      str(tmp_path / "y.npy"), None, None)
+    assert isinstance(loaded.logits, np.memmap)
+
+
+def test_parquet_reads_like_csv(runner, tmp_path, arrays):
+    pl = pytest.importorskip("polars")
+    z, y = arrays
+    frame = pl.DataFrame({**{f"z{c}": z[:, c] for c in range(4)}, "label": y})
+    frame.write_parquet(tmp_path / "z.parquet")
+    assert _json(runner, str(tmp_path / "z.parquet")) == _json(runner, str(tmp_path / "z.csv"))
+
+
+def test_eval_on_a_small_file_imports_neither_sympy_nor_dataframe_engines(k3_path, tmp_path):
+    code = (
+        "import sys\n"
+        "from xent_cli.cli import app\n"
+        "from typer.testing import CliRunner\n"
+        f"result = CliRunner().invoke(app, ['eval', {k3_path!r}, '--output', {str(tmp_path / 'o.csv')!r}])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(sorted(m for m in ('sympy', 'pandas', 'polars', 'torch', 'pyarrow') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -558,3 +558,34 @@ def test_streamed_block_refuses_buffers_of_the_wrong_shape():
     with pytest.raises(ValueError, match="per_sample"):
         losses.loss_and_gradient_into(np.zeros((4, 3)), np.zeros(4, dtype=int),
                                       np.empty((4, 3)), np.empty(4, dtype=np.float32))
+
+
+@pytest.mark.parametrize("label_dtype", [np.uint8, np.int16, np.int32, np.float32])
+def test_any_label_dtype_gives_the_int64_result(small_blocks, label_dtype):
+    # Flat indices reach rows * k: they must not be computed in the labels' own narrow dtype.
+    rng = np.random.default_rng(3)
+    z, y = rng.normal(size=(300, 5)), rng.integers(0, 5, 300)
+    expected = cross_entropy(z, y, weight=[1.0, 2.0, 1.0, 1.0, 0.5])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(losses, "BLOCK_LOGITS", 1 << 17)  # blocks of 26,214 rows: indices > 2**15
+        big = np.tile(z, (100, 1))
+        r = cross_entropy(big, np.tile(y, 100).astype(label_dtype),
+                          weight=[1.0, 2.0, 1.0, 1.0, 0.5])
+    np.testing.assert_array_equal(r.per_sample, np.tile(expected.per_sample, 100))
+    got = cross_entropy(z, y.astype(label_dtype), weight=[1.0, 2.0, 1.0, 1.0, 0.5])
+    np.testing.assert_array_equal(got.grad, expected.grad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float32_logits_give_the_result_of_their_float64_values(dtype):
+    rng = np.random.default_rng(5)
+    z32 = rng.normal(scale=5, size=(40, 6)).astype(np.float32)
+    z32[3, 2] = -np.inf
+    y = rng.integers(0, 6, 40)
+    y[3] = 0
+    narrow = cross_entropy(z32, y, dtype=dtype, reduction="none")
+    wide = cross_entropy(z32.astype(np.float64), y, dtype=dtype, reduction="none")
+    assert narrow.grad.dtype == dtype
+    np.testing.assert_array_equal(narrow.per_sample, wide.per_sample)
+    np.testing.assert_array_equal(narrow.grad, wide.grad)
+    np.testing.assert_array_equal(narrow.probs, wide.probs)

@@ -57,7 +57,7 @@ class CrossEntropyResult:
     total: float  # sum of per_sample
     divisor: float  # what 'mean' divides total by; kept so chunks combine exactly
     ignored: np.ndarray  # (N,) bool
-    logits: np.ndarray = field(repr=False, compare=False)  # (N, k) z as given (float64)
+    logits: np.ndarray = field(repr=False, compare=False)  # (N, k) z as given, as floats
 
     @cached_property
     def log_probs(self) -> np.ndarray:
@@ -173,8 +173,8 @@ def loss_and_gradient_into(z, target, grad: np.ndarray, per_sample: np.ndarray, 
         z = _logit_array(z)
         n, k = z.shape
         dtype = grad.dtype
-        if grad.shape != (n, k) or not grad.flags.c_contiguous:
-            raise ValueError(f"grad must be a C-contiguous ({n}, {k}) array")
+        if grad.shape != (n, k) or not grad.flags.c_contiguous or grad.dtype.kind != "f":
+            raise ValueError(f"grad must be a C-contiguous ({n}, {k}) array of floats")
         if per_sample.shape != (n,) or per_sample.dtype != dtype:
             raise ValueError(f"per_sample must be a ({n},) array of {dtype.name}")
         weighted = weight is not None
@@ -218,6 +218,7 @@ def _fill_index(z: np.ndarray, y: np.ndarray, ignored: np.ndarray, weight: np.nd
     """
     n, k = z.shape
     dtype = grad.dtype
+    y = y.astype(np.intp, copy=False)  # flat indices below outgrow uint8 or int16 labels
     c = None
     if weight is not None or ignored.any():
         y = np.where(ignored, 0, y)
@@ -317,7 +318,7 @@ def _check_block(z: np.ndarray, block: np.ndarray, axis: int, dtype: np.dtype, s
     may also turn a large logit into +-inf. Only then are the rows searched for the culprit.
     """
     suspect = not np.isfinite(block.max(axis=axis)).all()
-    if dtype != z.dtype and not suspect:
+    if not suspect and np.finfo(dtype).max < np.finfo(z.dtype).max:
         suspect = np.isinf(block).any()
     if suspect:
         _check_logits(z[start:stop], dtype, start)
@@ -373,9 +374,14 @@ def _logits(z, dtype: np.dtype) -> np.ndarray:
 
 
 def _logit_array(z) -> np.ndarray:
-    """Returns z as a float64 array of shape (N, k >= 2); its values are checked apart."""
+    """Returns z as a float array of shape (N, k >= 2); its values are checked apart.
+
+    A float array keeps its dtype (the blocks convert it): float32 logits are not widened whole.
+    """
     try:
-        raw = np.asarray(z, dtype=np.float64)
+        raw = np.asarray(z)
+        if raw.dtype.kind != "f":
+            raw = raw.astype(np.float64)
     except (TypeError, ValueError):
         raise InputError("logits must be numbers") from None
     if raw.ndim != 2:

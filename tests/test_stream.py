@@ -62,8 +62,8 @@ def test_any_chunk_size_gives_the_in_memory_results(n, k, chunk, seed, reduction
     # row-wise results do not see the chunks
     assert np.array_equal(per_sample, reference.result.per_sample)
     assert np.array_equal(probs, reference.result.probs)
-    if reduction == "mean":  # the in-memory kernel folds 1/divisor into its factor: an ulp or two
-        np.testing.assert_allclose(grad, reference.result.grad, rtol=1e-15, atol=1e-300)
+    if reduction == "mean" and weighted:  # the divisor sums chunk sums of weights: an ulp apart
+        np.testing.assert_allclose(grad, reference.result.grad, rtol=4e-15, atol=1e-300)
     else:
         assert np.array_equal(grad, reference.result.grad)
     # the total is the correctly rounded sum whatever the chunks
@@ -76,7 +76,7 @@ def test_any_chunk_size_gives_the_in_memory_results(n, k, chunk, seed, reduction
     assert summary.total == one_chunk.total  # weighted divisors are chunk sums: 1e-15 apart
     assert math.isclose(summary.divisor, one_chunk.divisor, rel_tol=1e-15)
     for streamed, worked in zip(summary.worked, reference.worked):
-        np.testing.assert_allclose(streamed.grad, worked.grad, rtol=1e-15, atol=1e-300)
+        np.testing.assert_allclose(streamed.grad, worked.grad, rtol=4e-15, atol=1e-300)
         assert streamed.loss == worked.loss
         assert math.isclose(streamed.scale, worked.scale, rel_tol=1e-15)
 
@@ -123,7 +123,7 @@ def test_output_rows_are_the_in_memory_arrays(runner, tmp_path, fast):
     reference = cross_entropy(z, y)
     assert np.array_equal(table[:, 1], np.arange(2, 52))
     assert np.array_equal(table[:, 4], reference.per_sample)
-    np.testing.assert_allclose(table[:, 9:], reference.grad, rtol=1e-15, atol=1e-300)
+    assert np.array_equal(table[:, 9:], reference.grad)
 
 
 @pytest.mark.parametrize("name, files, arguments, fragment", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])

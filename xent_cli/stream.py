@@ -179,12 +179,16 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
     logit_columns = [c for c in range(len(header)) if c != label]
     class_names = tuple(header[c] for c in logit_columns)
 
+    # Polars hands out columns: the logits stay column-major (the kernel works class-major for
+    # small k anyway), a view when the label is the first or last column.
+    together = logit_columns == list(range(logit_columns[0], logit_columns[-1] + 1))
+    logit_slice = slice(logit_columns[0], logit_columns[-1] + 1) if together else logit_columns
+
     def chunks() -> Iterator[Chunk]:
         start, line = 0, 2  # the header is line 1
-        for block, done in _blocks(path, len(first)):
-            table = _parse_block(block, len(header), delimiter)
+        for table, done in _prefetched(_parsed_blocks(path, len(first), len(header), delimiter)):
             n = table.shape[0]
-            logits = np.ascontiguousarray(table[:, logit_columns])
+            logits = table[:, logit_slice]
             raw_labels = table[:, label]
             if not np.isfinite(logits).all():
                 raise _Unusual  # nan, inf, an empty cell or a masked class: the strict reader rules
@@ -193,7 +197,7 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
             labels = raw_labels.astype(np.int64)
             if not (labels == raw_labels).all():
                 raise _Unusual
-            lines = tuple(range(line, line + n))
+            lines = range(line, line + n)  # indexes and slices like the strict reader's tuple
             chunk = data.EvalInput(
                 logits=logits, labels=labels, targets=None, class_names=class_names,
                 source=path, lines=lines, target_source=path, target_column=repr(label_col),
@@ -205,6 +209,60 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
 
     return Source(name=path, class_names=class_names, has_labels=True, target_source=path,
                   size=size, unit="bytes", chunks=chunks)
+
+
+def _parsed_blocks(path: str, offset: int, columns: int, delimiter: str) -> Iterator[tuple]:
+    """Yields each block of the file parsed into a float64 array, with the bytes read after it."""
+    for block, done in _blocks(path, offset):
+        yield _parse_block(block, columns, delimiter), done
+
+
+def _prefetched(items: Iterator, depth: int = 1) -> Iterator:
+    """Yields the items of an iterator computed one ahead in a thread.
+
+    Parsing (Polars) and the loss (NumPy) both release the GIL, so on two cores the next block
+    parses while this one is evaluated. Exceptions reach the consumer in order.
+    """
+    import queue
+    import threading
+
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((end, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            slots.put((end, error))
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # free the producer if it waits on a full queue
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                pass
+            worker.join(timeout=0.05)
 
 
 def _blocks(path: str, offset: int) -> Iterator[tuple[bytes, int]]:
@@ -232,16 +290,17 @@ def _parse_block(block: bytes, columns: int, delimiter: str) -> np.ndarray:
     """Returns a block of lines as a float64 array; raises _Unusual where it needs a closer look."""
     import polars as pl
 
-    lines = block.count(b"\n")
-    if b"\0" in block:
+    # Every line must be a row, or line numbers shift: blank lines go to the strict reader
+    # (a line of spaces or delimiters parses to nulls, which the caller refuses).
+    crlf = b"\r" in block  # one-byte searches are memchr-fast; the two-byte one runs once
+    if (b"\0" in block or b"\n\n" in block or (crlf and b"\n\r\n" in block)
+            or block[:1] == b"\n" or block[:2] == b"\r\n"):
         raise _Unusual
     try:
         frame = pl.read_csv(io.BytesIO(block), has_header=False, separator=delimiter,
                             schema={f"c{c}": pl.Float64 for c in range(columns)})
     except Exception:  # noqa: BLE001 - any parser complaint goes to the strict reader
         raise _Unusual from None
-    if frame.height != lines:
-        raise _Unusual  # blank lines or quoted line breaks: line numbers need the strict reader
     return frame.to_numpy()
 
 
@@ -422,19 +481,18 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
                                           dtype=dt)
         except InputError as error:
             raise data._locate(error, part) from None
-        values = result.per_sample.tolist()
-        high = math.fsum(values)
-        values.append(-high)
-        totals += (high, math.fsum(values))  # the chunk's sum and what rounding left out of it
+        totals += _split_sum(result.per_sample)
         divisors.append(result.divisor)
         n += len(part.lines)
         ignored += int(result.ignored.sum())
         if part.labels is not None:
             kept = ~result.ignored
-            hits += int(np.count_nonzero((part.logits.argmax(axis=1) == part.labels) & kept))
+            predictions = _argmax_rows(part.logits)
+            hits += int(np.count_nonzero((predictions == part.labels) & kept))
             counted += int(np.count_nonzero(kept))
         else:
-            hits += int(np.count_nonzero(part.logits.argmax(axis=1) == part.targets.argmax(axis=1)))
+            predictions = _argmax_rows(part.logits)
+            hits += int(np.count_nonzero(predictions == part.targets.argmax(axis=1)))
             counted += len(part.lines)
         if reduction == "none":
             per_samples.append(result.per_sample)
@@ -442,10 +500,15 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
             first = (part, result)
         if rows is not None:
             grad = result.grad
-            if divisor is not None:
-                grad = grad * (dt.type(1) / dt.type(divisor))
+            if divisor is not None:  # 'mean': the kernel folds 1/divisor in, as in one piece
+                grad = np.empty_like(grad)
+                losses.loss_and_gradient_into(
+                    part.logits, target, grad, np.empty_like(result.per_sample),
+                    weight=options["weight"], ignore_index=options["ignore_index"],
+                    label_smoothing=options["label_smoothing"],
+                    scale=dt.type(1) / dt.type(divisor))
             rows(RowsOut(start=chunk.start, lines=part.lines, labels=part.labels,
-                         predictions=part.logits.argmax(axis=1), per_sample=result.per_sample,
+                         predictions=predictions, per_sample=result.per_sample,
                          probs=result.probs, grad=grad))
         if progress is not None:
             progress(chunk.done, source.size, n)
@@ -471,6 +534,32 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
         ignore_index=options["ignore_index"], label_smoothing=options["label_smoothing"],
         dtype=options["dtype"], worked=_worked(first, show, reduction, whole_divisor, options),
         per_sample=np.concatenate(per_samples) if reduction == "none" else None)
+
+
+def _split_sum(values: np.ndarray) -> tuple[float, float]:
+    """Returns a chunk's sum as a float and the part of it that rounding to a float left out.
+
+    The sum runs in extended precision (80-bit on x86: 11 more bits than float64), so the pair
+    carries the chunk's sum nearly exactly and math.fsum of all pairs rounds the whole total
+    once: the total does not depend on how the input was cut into chunks.
+    """
+    wide = values.astype(np.longdouble).sum()
+    high = float(wide)
+    return high, float(wide - np.longdouble(high))
+
+
+def _argmax_rows(z: np.ndarray) -> np.ndarray:
+    """Returns each row's first largest column, as argmax(axis=1), fast for column-major z."""
+    n, k = z.shape
+    if k > 32 or z.flags.c_contiguous:
+        return z.argmax(axis=1)
+    best, index = z[:, 0].copy(), np.zeros(n, dtype=np.intp)
+    for c in range(1, k):
+        column = z[:, c]
+        larger = column > best  # strictly: ties keep the first column, as argmax does
+        index[larger] = c
+        np.maximum(best, column, out=best)
+    return index
 
 
 def _worked(first, show: int, reduction: str, divisor: float, options: dict):

@@ -1,0 +1,183 @@
+"""Times `xent eval` as whole processes against a plain parser, numpy.loadtxt and start-up.
+
+Every figure is a whole process (start-up included) timed with wall-clock, its peak RSS read
+from getrusage(RUSAGE_CHILDREN) in a fresh wrapper process. Data goes to bench/data/ (ignored
+by git): a large CSV of N x 10 logits plus a label column, and one a tenth of its size.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+DATA = HERE / "data"
+K = 10
+
+# A child that runs a command and prints its wall time and the peak RSS of its children (KiB).
+WRAPPER = (
+    "import resource, subprocess, sys, time\n"
+    "start = time.perf_counter()\n"
+    "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
+    "seconds = time.perf_counter() - start\n"
+    "print(seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)\n"
+)
+
+# The fastest plain parser we found, run as a whole process: Polars parsing every cell and
+# summing each column (so nothing is skipped), streaming in batches.
+POLARS_PARSE = (
+    "import sys, polars as pl\n"
+    "pl.scan_csv(sys.argv[1], schema_overrides={'label': pl.Float64})"
+    ".select(pl.all().sum()).collect(engine='streaming')\n"
+)
+PANDAS_PARSE = (
+    "import sys, pandas as pd\n"
+    "for part in pd.read_csv(sys.argv[1], engine='c', dtype='float64', chunksize=1 << 18):\n"
+    "    part.sum()\n"
+)
+# The straightforward route a notebook takes: numpy.loadtxt, then a stable NumPy loss and grad.
+LOADTXT_LOSS = (
+    "import sys, numpy as np\n"
+    "table = np.loadtxt(sys.argv[1], delimiter=',', skiprows=1)\n"
+    "z, y = table[:, :-1], table[:, -1].astype(np.int64)\n"
+    "shifted = z - z.max(axis=1, keepdims=True)\n"
+    "log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))\n"
+    "loss = -log_p[np.arange(len(y)), y].mean()\n"
+    "grad = np.exp(log_p)\n"
+    "grad[np.arange(len(y)), y] -= 1\n"
+    "grad /= len(y)\n"
+    "print(loss)\n"
+)
+
+
+def make_csv(path: pathlib.Path, rows: int, seed: int = 0) -> pathlib.Path:
+    """Writes rows x K logits (6 decimals) and a label column, in blocks, unless it exists."""
+    if path.exists():
+        return path
+    import polars as pl
+
+    DATA.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "wb") as file:
+        done = 0
+        while done < rows:
+            count = min(1 << 20, rows - done)
+            z = rng.normal(scale=2.0, size=(count, K))
+            frame = pl.DataFrame({**{f"z{c}": z[:, c] for c in range(K)},
+                                  "label": rng.integers(0, K, count)})
+            file.write(frame.write_csv(include_header=done == 0, float_precision=6).encode())
+            done += count
+    temporary.replace(path)
+    return path
+
+
+def measure(argv: list[str], repeat: int = 1) -> dict:
+    """Returns the best wall time and the peak RSS (MB) of a command run as a whole process."""
+    best = None
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, "-c", WRAPPER, *argv], capture_output=True,
+                             text=True, check=True).stdout.split()
+        seconds, rss_kib, code = float(out[0]), int(out[1]), int(out[2])
+        if code != 0:
+            raise RuntimeError(f"{' '.join(argv)} exited {code}")
+        if best is None or seconds < best["seconds"]:
+            best = {"seconds": seconds, "peak_mb": rss_kib / 1024}
+    return best
+
+
+def xent(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "xent_cli", *arguments]
+
+
+def python(code: str, *arguments: str) -> list[str]:
+    return [sys.executable, "-c", code, *arguments]
+
+
+def _has(module: str) -> bool:
+    return subprocess.run([sys.executable, "-c", f"import {module}"],
+                          capture_output=True).returncode == 0
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Runs every eval comparison; returns rows with their figures, ratios and targets."""
+    big_rows = 850_000 if quick else 8_500_000
+    big = make_csv(DATA / f"logits_{big_rows}.csv", big_rows)
+    small = make_csv(DATA / f"logits_{big_rows // 10}.csv", big_rows // 10, seed=1)
+    tiny = DATA / "logits_3.csv"
+    tiny.write_text("z0,z1,z2,label\n1,2,3,0\n0.5,0.1,-1,1\n2,2,2,2\n")
+    megabytes = big.stat().st_size / 1e6
+    small_megabytes = small.stat().st_size / 1e6
+    rows = []
+
+    def add(name, figure, baseline_name=None, baseline=None, ratio=None, target=None, note=""):
+        rows.append({"name": name, **figure, "baseline": baseline_name,
+                     "baseline_seconds": None if baseline is None else baseline["seconds"],
+                     "ratio": ratio, "target": target, "note": note})
+
+    # The parsers, as whole processes on the big file; the fastest is the reference.
+    parsers = {"polars scan_csv streaming": measure(python(POLARS_PARSE, str(big)))}
+    if _has("pandas"):
+        parsers["pandas read_csv C chunks"] = measure(python(PANDAS_PARSE, str(big)))
+    parser_name = min(parsers, key=lambda name: parsers[name]["seconds"])
+    parser = parsers[parser_name]
+    for name, figure in parsers.items():
+        add(f"{name} ({megabytes:.0f} MB)", figure, note=f"{megabytes / figure['seconds']:.0f} MB/s")
+
+    summary = measure(xent("eval", str(big), "--show", "0", "--format", "json", "--quiet"))
+    add(f"xent eval summary ({megabytes:.0f} MB)", summary, parser_name, parser,
+        parser["seconds"] / summary["seconds"], 0.8,
+        f"{megabytes / summary['seconds']:.0f} MB/s")
+    small_summary = measure(xent("eval", str(small), "--show", "0", "--format", "json", "--quiet"))
+    add(f"xent eval summary ({small_megabytes:.0f} MB)", small_summary,
+        note=f"peak RSS ratio big/small {summary['peak_mb'] / small_summary['peak_mb']:.2f} "
+             f"(target <= 1.2); big <= 300 MB: {'met' if summary['peak_mb'] <= 300 else 'MISSED'}")
+
+    # numpy.loadtxt parses at a tenth of the speed: measured on the small file, compared in MB/s.
+    loadtxt = measure(python(LOADTXT_LOSS, str(small)))
+    add(f"numpy.loadtxt + loss ({small_megabytes:.0f} MB)", loadtxt,
+        note=f"{small_megabytes / loadtxt['seconds']:.0f} MB/s")
+    ratio = (megabytes / summary["seconds"]) / (small_megabytes / loadtxt["seconds"])
+    add("xent eval vs loadtxt (MB/s)", summary, "numpy.loadtxt + loss", loadtxt, ratio, 3.0)
+
+    output = DATA / "per_sample.csv"
+    with_output = measure(xent("eval", str(small), "--show", "0", "--quiet", "--output", str(output)))
+    output.unlink(missing_ok=True)
+    parser_speed = megabytes / parser["seconds"]
+    add(f"xent eval --output ({small_megabytes:.0f} MB)", with_output, parser_name, parser,
+        (small_megabytes / with_output["seconds"]) / parser_speed, 0.5,
+        f"{small_megabytes / with_output['seconds']:.0f} MB/s in")
+
+    help_time = measure(xent("--help"), repeat=5)
+    imports = measure(python("import typer, rich"), repeat=5)
+    add("xent --help", help_time, "python -c 'import typer, rich'", imports,
+        imports["seconds"] * 2 / help_time["seconds"], 1.0, "ratio = 2x baseline / xent")
+    eval_tiny = measure(xent("eval", str(tiny)), repeat=5)
+    imports = measure(python("import numpy, typer, rich"), repeat=5)
+    add("xent eval (3 rows)", eval_tiny, "python -c 'import numpy, typer, rich'", imports,
+        imports["seconds"] * 2 / eval_tiny["seconds"], 1.0, "ratio = 2x baseline / xent")
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Returns the rows as a fixed-width text table."""
+    lines = [f"{'case':<34} {'s':>7} {'peak MB':>8} {'ratio':>6} {'target':>7}  note"]
+    for row in rows:
+        ratio = "" if row["ratio"] is None else f"{row['ratio']:6.2f}"
+        verdict = ""
+        if row["target"] is not None:
+            verdict = f">= {row['target']:<3} " + ("met" if row["ratio"] >= row["target"] else "MISSED")
+        lines.append(f"{row['name']:<34} {row['seconds']:7.2f} {row['peak_mb']:8.0f} {ratio:>6} "
+                     f"{verdict:<14} {row['note']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    results = run(quick="--quick" in sys.argv)
+    print(table(results))
+    print(json.dumps(results, indent=1))

@@ -589,3 +589,26 @@ def test_float32_logits_give_the_result_of_their_float64_values(dtype):
     np.testing.assert_array_equal(narrow.per_sample, wide.per_sample)
     np.testing.assert_array_equal(narrow.grad, wide.grad)
     np.testing.assert_array_equal(narrow.probs, wide.probs)
+
+
+@pytest.mark.parametrize("k_pad", [0, losses.CLASS_MAJOR_MAX_K])  # class-major and row-major
+def test_a_masked_class_with_zero_coefficient_leaves_the_other_terms(k_pad):
+    # z = (1, 0, -inf, -inf...): p = (e, 1, 0...) / (e + 1). Soft t = (1/4, 3/4, 0...):
+    # loss = -(1/4 log p_0 + 3/4 log p_1) = log(e + 1) - 1/4; grad = p - t.
+    pad = [-np.inf] * (1 + k_pad)
+    z = np.array([[1.0, 0.0] + pad] * 2)
+    t = np.array([[0.25, 0.75] + [0.0] * len(pad)] * 2)
+    r = cross_entropy(z, t, reduction="none")
+    expected = math.log(math.e + 1) - 0.25
+    np.testing.assert_allclose(r.per_sample, [expected] * 2, rtol=1e-15)
+    p0 = math.e / (math.e + 1)
+    np.testing.assert_allclose(r.grad[:, :2], [[p0 - 0.25, 1 - p0 - 0.75]] * 2, rtol=1e-14)
+    assert not r.grad[:, 2:].any()
+    # Smoothing with weight 0 on the masked classes: (1 - eps) nll + (eps / k) sum_c w_c -log p_c.
+    k = z.shape[1]
+    weight = [1.0, 1.0] + [0.0] * len(pad)
+    s = cross_entropy(z, np.array([1, 0]), weight=weight, label_smoothing=0.5, reduction="none")
+    nll = [math.log(math.e + 1), math.log(math.e + 1) - 1]
+    smooth = 2 * math.log(math.e + 1) - 1
+    np.testing.assert_allclose(s.per_sample, [0.5 * v + 0.5 / k * smooth for v in nll],
+                               rtol=1e-14)

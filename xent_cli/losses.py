@@ -280,34 +280,107 @@ def _fill_index(z: np.ndarray, y: np.ndarray, ignored: np.ndarray, weight: np.nd
 def _fill_general(z: np.ndarray, target: np.ndarray, ignored: np.ndarray,
                   weight: np.ndarray | None, label_smoothing: float, scale, grad: np.ndarray,
                   per_sample: np.ndarray) -> None:
-    """Any coefficients a (smoothing, soft targets): loss_i = -sum_c a_ic log p_ic, per block."""
+    """Any coefficients a (smoothing, soft targets): loss_i = -sum_c a_ic log p_ic, per block.
+
+    With g = z - max z, e = exp(g) and lse = log sum e: loss_i = S_i lse_i - sum_c a_ic g_ic
+    (both terms >= 0, so nothing cancels) and grad_i = scale (S_i e_i / sum e_i - a_i), where
+    S_i = sum_c a_ic. The block's a is built in the block's layout, never for all N samples.
+    """
     n, k = z.shape
     dtype = grad.dtype
-    if weight is None:
-        weight = np.ones(k, dtype=dtype)
+    weight = np.ones(k, dtype=dtype) if weight is None else weight
+    eps = dtype.type(label_smoothing)
+    class_major = k <= CLASS_MAJOR_MAX_K
     rows = max(1, BLOCK_LOGITS // k)
+    shape = (k, rows) if class_major else (rows, k)
+    buffer = np.empty(shape, dtype=dtype) if class_major else None
+    shifted, a, work = (np.empty(shape, dtype=dtype) for _ in range(3))
+    is_one = np.empty(shape, dtype=bool)
+    axis = 0 if class_major else 1
+    if target.ndim == 1:
+        y = np.where(ignored, 0, target).astype(np.intp)
+        first_class = np.arange(rows) if class_major else np.arange(rows) * k
+        class_step = rows if class_major else 1
+        smooth = (eps / k) * weight
+        label_part = (1 - eps) * weight
     for start in range(0, n, rows):
         stop = min(start + rows, n)
-        g = grad[start:stop]
+        count = stop - start
+        cut = (slice(None), slice(count)) if class_major else (slice(count), slice(None))
+        g, ab, tmp, one = shifted[cut], a[cut], work[cut], is_one[cut]
+        e = buffer[cut] if class_major else grad[start:stop]  # row-major: in place in grad
+
+        def block(array):  # rows start:stop of an (N, k) array, in the block's layout
+            return array[start:stop].T if class_major else array[start:stop]
+
         with np.errstate(over="ignore"):  # a logit too large for dtype is refused just below
-            g[...] = z[start:stop]
-        _check_block(z, g, 1, dtype, start, stop)
-        log_probs = log_softmax(g)
-        a = coefficients(target[start:stop], k, weight, label_smoothing, ignored[start:stop])
-        np.exp(log_probs, out=g)
-        masked = np.isneginf(log_probs)
-        if masked.any():
-            _refuse_infinite_loss(z[start:stop].astype(dtype), masked & (a > 0), start)
-            log_probs[masked] = 0  # 0 * log 0 = 0
-        log_probs *= a
+            e[...] = block(z)
+        _check_block(z, e, axis, dtype, start, stop)
+        top = e.max(axis=axis, keepdims=True)
+        with np.errstate(over="ignore"):  # a spread beyond the dtype's range gives -inf, as it must
+            np.subtract(e, top, out=g)
+        np.exp(g, out=e)
+        # The largest entries are exactly exp(0) = 1. Summing the rest apart keeps it exact when
+        # it is tiny, and lse = log1p(rest) keeps a confident sample's tiny loss.
+        np.equal(e, 1, out=one)
+        np.subtract(e, one, out=tmp)
+        rest = tmp.sum(axis=axis)
+        rest += one.sum(axis=axis) - 1  # ties at the top count 1 each
+        lse = np.log1p(rest)
+
+        if target.ndim == 2:  # as coefficients(): w * (t (1 - eps) + eps / k)
+            ab[...] = block(target)
+            ab *= 1 - eps
+            ab += eps / k
+            ab *= weight[:, None] if class_major else weight
+        else:
+            ab[...] = smooth[:, None] if class_major else smooth
+            label = y[start:stop] * class_step
+            label += first_class[:count]
+            ab_flat = a.reshape(-1) if class_major else ab.reshape(-1)
+            ab_flat[label] += label_part[y[start:stop]]
+            if class_major:
+                ab[:, ignored[start:stop]] = 0
+            else:
+                ab[ignored[start:stop]] = 0
+        total_a = ab.sum(axis=axis)
+        with np.errstate(invalid="ignore"):  # 0 * -inf at a masked class: see _masked_cross
+            np.multiply(ab, g, out=tmp)
+        cross = tmp.sum(axis=axis)  # sum_c a_ic g_ic <= 0; NaN where a masked class has a = 0
+        bad = ~np.isfinite(cross)
+        if bad.any():
+            cross[bad] = _masked_cross(z, g, ab, bad, class_major, dtype, start)
         per = per_sample[start:stop]
-        np.sum(log_probs, axis=1, out=per)
-        np.negative(per, out=per)
+        np.multiply(total_a, lse, out=per)
+        per -= cross
         per += 0  # ignored samples: -0 becomes 0
-        g *= a.sum(axis=1, keepdims=True)
-        g -= a
-        if scale != 1:
-            g *= scale
+
+        factor = total_a / (1 + rest)
+        e *= factor if class_major else factor[:, None]
+        e -= ab
+        if scale != 1:  # last, so that 'mean' is exactly 'sum' times 1 / divisor
+            e *= scale
+        if class_major:
+            grad[start:stop] = e.T
+
+
+def _masked_cross(z: np.ndarray, g: np.ndarray, a: np.ndarray, bad: np.ndarray,
+                  class_major: bool, dtype: np.dtype, start: int) -> np.ndarray:
+    """Returns sum_c a_ic g_ic for the bad samples, where 0 * log 0 counts as 0.
+
+    Raises InputError where a class with g = -inf (log p = -inf) has a positive coefficient.
+    """
+    g_bad, a_bad = (g[:, bad], a[:, bad]) if class_major else (g[bad], a[bad])
+    infinite = np.isneginf(g_bad) & (a_bad > 0)
+    if infinite.any():
+        rows = np.flatnonzero(bad)
+        where = np.zeros((len(bad), z.shape[1]), dtype=bool)
+        where[rows] = infinite.T if class_major else infinite
+        stop = start + len(bad)
+        _refuse_infinite_loss(z[start:stop].astype(dtype), where, start)
+    with np.errstate(invalid="ignore"):  # 0 * -inf, replaced by 0 at once
+        product = np.where(a_bad > 0, a_bad * g_bad, 0)
+    return product.sum(axis=0 if class_major else 1)
 
 
 def _check_block(z: np.ndarray, block: np.ndarray, axis: int, dtype: np.dtype, start: int,

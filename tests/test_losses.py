@@ -612,3 +612,15 @@ def test_a_masked_class_with_zero_coefficient_leaves_the_other_terms(k_pad):
     smooth = 2 * math.log(math.e + 1) - 1
     np.testing.assert_allclose(s.per_sample, [0.5 * v + 0.5 / k * smooth for v in nll],
                                rtol=1e-14)
+
+
+@pytest.mark.parametrize("row, message, column", [
+    ([0.2, 0.8, np.nan], "not a finite number", "class 2"),
+    ([np.inf, 0.5, 0.5], "not a finite number", "class 0"),
+    ([0.5, -0.5, 1.0], "negative", "class 1"),  # sums to 1: only the entries show it
+])
+def test_a_bad_soft_target_is_found_in_its_row(row, message, column):
+    t = np.array([[0.5, 0.5, 0.0], row, [0.1, 0.1, 0.8]])
+    with pytest.raises(InputError, match=message) as caught:
+        cross_entropy(np.zeros((3, 3)), t)
+    assert (caught.value.sample, caught.value.column) == (1, column)

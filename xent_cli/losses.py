@@ -21,6 +21,10 @@ Where xent departs from PyTorch, it does so on purpose:
 - 'mean' over samples that are all ignored (PyTorch: NaN) is an InputError; 'sum' gives 0.
 - Soft target rows must be >= 0 and sum to 1 within SOFT_TARGET_TOLERANCE * k.
 
+The computation runs in row blocks of about BLOCK_LOGITS logits, in place in the gradient, so
+memory is the gradient and little more; a block's rows never see the others, so splitting the
+input (``loss_and_gradient_into``, for streams) changes no bit of any row.
+
 The computation runs in the requested dtype, as torch would for float32 logits. The log-softmax
 subtracts each row's maximum, so every finite float64 logit (+-1e300 included) gives a finite
 loss and gradient; only a loss that truly exceeds the dtype's range is reported as an error.
@@ -165,7 +169,8 @@ def loss_and_gradient_into(z, target, grad: np.ndarray, per_sample: np.ndarray, 
     grad (n, k) must be C-contiguous and per_sample (n,) of the same dtype, which is the dtype
     of the computation. The block is validated as cross_entropy validates its input; errors
     name the sample as first_sample + its row. With scale = 1 the gradient is unscaled, so a
-    stream of blocks gives 'sum' directly and 'mean' after dividing by the summed divisors.
+    stream of blocks gives 'sum' directly and 'mean' after dividing by the summed divisors; a
+    second pass with scale = dtype(1) / divisor gives cross_entropy's 'mean' rows bit for bit.
     Unlike cross_entropy it does not refuse a total that overflows: check the sum of totals.
     """
     _check_smoothing(label_smoothing)
@@ -256,8 +261,8 @@ def _fill_index(z: np.ndarray, y: np.ndarray, ignored: np.ndarray, weight: np.nd
         flat[label] = 0
         rest = e.sum(axis=axis)  # sum_{c != y} exp(z_c - max), exact for a confident label
         total = rest + e_label
-        # -log p_y = log(1 + rest / e_y): when the label holds at least half the mass, log1p keeps
-        # a tiny loss exact; otherwise the loss is at least log 2 and log(total) - shifted is exact.
+        # -log p_y = log(1 + rest / e_y): with the label within log 2 of the row's maximum, log1p
+        # keeps a tiny loss exact; otherwise p_y < 1/3, and log(total) - shifted loses nothing.
         loss = np.where(e_label >= 0.5, np.log1p(rest / np.maximum(e_label, 0.5)),
                         np.log(total) - shifted_label)
         factor = scale / total

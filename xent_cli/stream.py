@@ -452,11 +452,16 @@ def evaluate(source: Source, *, weight=None, ignore_index: int = -100,
     """
     options = dict(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
                    dtype=dtype)
+    passes = 2 if rows is not None and reduction == "mean" else 1
+    first_pass = second_pass = progress
+    if progress is not None and passes == 2:  # one bar over both passes
+        first_pass = lambda done, total, n: progress(done, 2 * total, n)  # noqa: E731
+        second_pass = lambda done, total, n: progress(total + done, 2 * total, n)  # noqa: E731
     try:
-        summary = _pass(source, options, reduction, show, None if reduction == "mean" else rows,
-                        None, progress)
-        if rows is not None and reduction == "mean":
-            _pass(source, options, reduction, 0, rows, summary.divisor, progress)
+        summary = _pass(source, options, reduction, show, None if passes == 2 else rows,
+                        None, first_pass)
+        if passes == 2:
+            _pass(source, options, reduction, 0, rows, summary.divisor, second_pass)
     except _Unusual:
         if fallback is None:
             raise InputError("the input needs the strict reader", source=source.name) from None

@@ -624,3 +624,44 @@ def test_a_bad_soft_target_is_found_in_its_row(row, message, column):
     with pytest.raises(InputError, match=message) as caught:
         cross_entropy(np.zeros((3, 3)), t)
     assert (caught.value.sample, caught.value.column) == (1, column)
+
+
+@pytest.mark.parametrize("k", [3, losses.CLASS_MAJOR_MAX_K + 1])
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_general_coefficients_across_blocks_match_the_naive_oracle(small_blocks, k, soft,
+                                                                   reduction):
+    rng = np.random.default_rng(11)
+    n = 23
+    z = rng.normal(scale=5, size=(n, k))
+    z[4, 1] = 40.0  # a confident sample: its tiny terms must survive
+    if soft:
+        target = rng.dirichlet(np.ones(k), size=n)
+    else:
+        target = rng.integers(0, k, n)
+        target[[2, 9]] = -1
+    weight = list(rng.random(k) + 0.5)
+    r = cross_entropy(z, target, weight=weight, ignore_index=-1, label_smoothing=0.15,
+                      reduction=reduction)
+    loss, per, grads = naive(z.tolist(), list(target), weight, -1, 0.15, reduction)
+    np.testing.assert_allclose(r.per_sample, per, rtol=1e-12)
+    np.testing.assert_allclose(r.grad, grads, rtol=1e-11, atol=1e-16)
+    assert r.loss == pytest.approx(loss, rel=1e-12)
+
+
+def test_the_kernel_bench_reports_rows_bench_run_can_read():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).parent.parent / "bench" / "bench_kernel.py"
+    spec = importlib.util.spec_from_file_location("bench_kernel", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.run(cases=((300, 4), (20, 50)), repeat=1, echo=False)
+    assert [(row["n"], row["k"]) for row in rows] == [(300, 4)] * 2 + [(20, 50)] * 2
+    for row in rows:
+        assert {"name", "seconds", "baseline", "baseline_seconds", "ratio", "target"} <= set(row)
+        assert row["seconds"] > 0
+        if not row["skipped"]:
+            assert row["ratio"] == pytest.approx(row["baseline_seconds"] / row["seconds"])
+    assert "torch" in rows[1]["baseline"] and rows[1]["target"] == 1.5
+    assert "kernel 300 x 4" in bench.table(rows)

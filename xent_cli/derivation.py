@@ -20,9 +20,9 @@ from typing import Optional
 
 import sympy as sp
 
-MAX_K = 500  # symbolic diff and checks grow as K² entries; 500 stays within seconds
+MAX_K = 500  # each gradient entry is O(1) SymPy work, but the rows still print and cost
 MAX_K_HESSIAN = 60  # the Hessian has K² entries, each checked on its own
-MAX_K_SOFT = 12  # symbolic targets y1…yK make every check K times larger (slow beyond this)
+MAX_K_SOFT = MAX_K  # Σy = 1 enters only where a step uses it, so soft targets cost no more
 RANDOM_POINTS = 3
 DIGITS = 40
 
@@ -105,27 +105,56 @@ class Derivation:
 
 
 class Symbols:
-    """The symbols of one derivation and the definitions that make S and p concrete."""
+    """The symbols of one derivation; S stays a symbol whose derivative is known.
+
+    S stands for Σ_n e^{z_n}. Derivatives follow the chain rule through S: ∂f/∂z_j is SymPy's
+    ∂f/∂z_j with S held fixed plus ∂f/∂S · ∂S/∂z_j, and ∂S/∂z_j is SymPy's derivative of the
+    terms of the concrete sum that contain z_j (the others are free of z_j, so they add 0).
+    """
 
     def __init__(self, k: int, soft: bool, label: int):
         self.k = k
         self.z = sp.symbols(f"z1:{k + 1}", real=True)
         self.p = sp.symbols(f"p1:{k + 1}", positive=True)
         self.S = sp.Symbol("S", positive=True)
+        self.log_S = sp.Dummy("log_S", real=True)
         self.u = sp.symbols(f"u1:{k + 1}", positive=True)
         if soft:
             self.y = sp.symbols(f"y1:{k + 1}", real=True)
         else:
             self.y = tuple(sp.Integer(1 if n == label - 1 else 0) for n in range(k))
         self.normaliser = sp.Add(*(sp.exp(zn) for zn in self.z))
-        self.u_sum = sp.Add(*self.u)
-        self._exp_to_u = {sp.exp(zn): un for zn, un in zip(self.z, self.u)}
+        self.target_sum = sp.Add(*self.y)
+        self._p_to_exp = {pn: sp.exp(zn) / self.S for pn, zn in zip(self.p, self.z)}
         self._z_index = {zn: n for n, zn in enumerate(self.z)}
+        self._normaliser_terms = terms_by_symbol(self.normaliser)
 
-    def concrete(self, expr: sp.Expr) -> sp.Expr:
-        """Replaces p_n and S by their definitions and carries out any derivative."""
-        expr = expr.xreplace({pn: sp.exp(zn) / self.S for pn, zn in zip(self.p, self.z)})
-        return expr.xreplace({self.S: self.normaliser}).doit()
+    def dS(self, zj: sp.Symbol) -> sp.Expr:
+        """∂S/∂z_j: SymPy's diff of the terms of Σ_n e^{z_n} that contain z_j."""
+        return sp.Add(*(term.diff(zj) for term in self._normaliser_terms.get(zj, ())))
+
+    def d(self, f: sp.Expr, zj: sp.Symbol) -> sp.Expr:
+        """∂f/∂z_j by the chain rule through S = S(z)."""
+        return sp.diff(f, zj) + sp.diff(f, self.S) * self.dS(zj)
+
+    def value(self, expr: sp.Expr) -> sp.Expr:
+        """Replaces p_n by e^{z_n}/S and carries out any derivative, keeping S a symbol."""
+        expr = expr.xreplace(self._p_to_exp)
+        if not expr.has(sp.Derivative):
+            return expr
+
+        def carry_out(derivative):
+            f = derivative.expr
+            for variable, count in derivative.variable_count:
+                for _ in range(count):
+                    f = self.d(f, variable)
+            return f
+
+        return expr.replace(lambda e: isinstance(e, sp.Derivative), carry_out)
+
+    def in_z(self, expr: sp.Expr) -> sp.Expr:
+        """Writes S out as Σ_n e^{z_n}: the expression in z (and y) only."""
+        return expr.xreplace({self.S: self.normaliser})
 
     def softmax(self, n: int) -> sp.Expr:
         return sp.exp(self.z[n]) / self.normaliser
@@ -150,42 +179,76 @@ class Symbols:
         return expr.replace(lambda e: isinstance(e, sp.exp), lambda e: power(e.args[0]))
 
 
+def terms_by_symbol(expr: sp.Expr) -> dict:
+    """Maps each free symbol of a sum to the terms that contain it (built once, O(size))."""
+    index: dict = {}
+    for term in sp.Add.make_args(expr):
+        for symbol in term.free_symbols:
+            index.setdefault(symbol, []).append(term)
+    return index
+
+
+def partial(terms: dict, zj: sp.Symbol) -> sp.Expr:
+    """SymPy's ∂/∂z_j of a sum indexed by terms_by_symbol: the terms free of z_j add 0."""
+    return sp.Add(*(term.diff(zj) for term in terms.get(zj, ())))
+
+
+def generic_normaliser_derivative() -> bool:
+    """Checks ∂(Σ_{n=1}^{K} e^{z_n})/∂z_j = e^{z_j} once, for symbolic K and any 1 ≤ j ≤ K."""
+    z = sp.IndexedBase("z", real=True)
+    n, j, K, m = sp.symbols("n j K m", integer=True, positive=True)
+    derivative = sp.diff(sp.Sum(sp.exp(z[n]), (n, 1, K)), z[j]).doit()
+    return sp.simplify(derivative.subs(K, j + m - 1) - sp.exp(z[j])) == 0
+
+
 def _difference_is_zero(symbols: Symbols, difference: sp.Expr) -> bool:
     """Decides difference == 0 symbolically and cheaply, or returns False when undecided."""
+    if difference == 0:
+        return True
     difference = sp.expand_log(difference, force=True)
     if difference == 0:
         return True
-    in_u = symbols.to_u(difference)
+    # log S is an atom like S itself: a fresh symbol keeps expand and cancel polynomial.
+    in_u = symbols.to_u(difference).xreplace({sp.log(symbols.S): symbols.log_S})
     if in_u.has(sp.exp, sp.log, sp.Derivative):
         return False
-    # An identity with S free is an identity for S = Σ u_n as well.
-    with_s = in_u.xreplace({symbols.u_sum: symbols.S})
-    if sp.cancel(sp.together(with_s)) == 0:
+    # S is a symbol: these are rational functions in u, y and S; expand settles sums of
+    # monomials at any size, cancel settles small quotients.
+    if sp.count_ops(in_u) < 4000 and sp.expand(in_u) == 0:
         return True
-    if len(in_u.free_symbols) <= 12 and sp.cancel(sp.together(in_u)) == 0:
-        return True
-    # Products of sums (e.g. (Σ y_n) log S) expand cheaply only while they are small.
-    return sp.count_ops(difference) < 2000 and sp.expand(difference) == 0
+    return len(in_u.free_symbols) <= 30 and sp.cancel(sp.together(in_u)) == 0
 
 
 def _random_point(symbols: Symbols, rng: random.Random, free: set) -> dict:
-    """Returns random rationals for z (and targets y summing to 1 when they are free)."""
+    """Returns random rationals for z (and targets y summing to 1 when they are free), and S."""
     point = {zn: sp.Rational(rng.randint(-12, 12), rng.randint(1, 4)) for zn in symbols.z}
     ys = [yn for yn in symbols.y if yn in free]
     if ys:
         weights = [sp.Integer(rng.randint(1, 9)) for _ in symbols.y]
         total = sum(weights)
         point.update({yn: w / total for yn, w in zip(symbols.y, weights) if isinstance(yn, sp.Symbol)})
+    point[symbols.S] = symbols.normaliser.xreplace(point)
     return point
 
 
 def verify(symbols: Symbols, before: sp.Expr, after: sp.Expr, *,
-           constraint: Optional[dict] = None, seed: int = 0) -> Verification:
-    """Checks after == before: symbolically, else at random rational points, else reports the gap."""
+           targets_sum_to_one: bool = False, seed: int = 0) -> Verification:
+    """Checks after == before: symbolically, else at random rational points, else reports the gap.
+
+    With targets_sum_to_one, the sum y1 + … + yK is 1 (the only place the constraint enters);
+    if the sum does not appear as such, y_K = 1 − Σ others is tried.
+    """
     difference = before - after
-    if constraint:
-        difference = difference.xreplace(constraint)
-    if _difference_is_zero(symbols, difference):
+    decided = False
+    if targets_sum_to_one:
+        decided = _difference_is_zero(symbols, difference.xreplace({symbols.target_sum: 1}))
+        if not decided:
+            last = symbols.y[-1]
+            decided = _difference_is_zero(symbols, difference.xreplace(
+                {last: 1 - sp.Add(*symbols.y[:-1])}))
+    else:
+        decided = _difference_is_zero(symbols, difference)
+    if decided:
         return Verification("identity", "symbolic identity")
     rng = random.Random(seed)
     free = difference.free_symbols
@@ -248,11 +311,11 @@ class _Builder:
         number = value.xreplace(self.at_point).evalf(12)
         return f"{float(number):.6g}" if number.is_number else str(sp.N(number, 6))
 
-    def add(self, rule, case, lhs, expr, *, before=None, verification=None, constraint=None):
-        value = self.symbols.concrete(expr)
+    def add(self, rule, case, lhs, expr, *, before=None, verification=None, targets_sum_to_one=False):
+        value = self.symbols.value(expr)
         if verification is None:
-            verification = verify(self.symbols, before, value, constraint=constraint,
-                                  seed=len(self.steps))
+            verification = verify(self.symbols, before, value, seed=len(self.steps),
+                                  targets_sum_to_one=targets_sum_to_one)
         step = Step(rule, case, lhs, expr, value, verification, self.value_at(value))
         self.steps.append(step)
         return step
@@ -272,7 +335,10 @@ def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
     s = Symbols(k, soft, label)
     z, p, y, S = s.z, s.p, s.y, s.S
     l = label - 1
-    at_point = None if at is None else {zn: sp.Float(v, 30) for zn, v in zip(z, at)}
+    at_point = None
+    if at is not None:
+        at_point = {zn: sp.Float(v, 30) for zn, v in zip(z, at)}
+        at_point[S] = s.normaliser.xreplace(at_point)
     build = _Builder(s, at_point)
     CE = sp.Symbol("CE")
     ys = sp.symbols(f"y1:{k + 1}", real=True)  # the generic targets of the definition
@@ -288,9 +354,8 @@ def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
         logs = sp.Add(*(-yn * zn for yn, zn in zip(y, z))) + sp.Add(*y) * _log(S)
         previous = build.add("log of exp", "loss", CE, logs, before=previous).value
         loss = _log(S) - sp.Add(*(yn * zn for yn, zn in zip(y, z)))
-        sum_to_one = {y[-1]: 1 - sp.Add(*y[:-1])}
         previous = build.add("targets sum to 1", "loss", CE, loss, before=previous,
-                             constraint=sum_to_one).value
+                             targets_sum_to_one=True).value
     else:
         one_hot = {yn: value for yn, value in zip(ys, y)}
         target = -_log(sp.exp(z[l]) / S)
@@ -300,13 +365,16 @@ def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
                              before=previous).value
         loss = _log(S) - z[l]
         previous = build.add("log of exp", "loss", CE, loss, before=previous).value
-    loss_value = previous
 
     # The derivative, for one representative j per case.
     if soft:
         cases = [("every j", l)]
     else:
         cases = [("j = ℓ", l), ("j ≠ ℓ", (l + 1) % k)]
+    generic = Verification("identity", "symbolic identity; ∂S/∂z_j = e^{z_j} also holds for "
+                                       "the generic Σ_{n=1}^{K} e^{z_n}")
+    if not generic_normaliser_derivative():
+        generic = Verification("failed", "SymPy does not give ∂(Σ_n e^{z_n})/∂z_j = e^{z_j}")
     results = {}
     for case, j in cases:
         zj = z[j]
@@ -324,16 +392,19 @@ def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
             chain = sp.exp(zj) / S - delta
             final = p[j] - delta
         previous = build.add("linearity", case, lhs, linear, before=previous).value
-        previous = build.add("chain rule", case, lhs, chain, before=previous).value
-        results[case] = (j, build.add("definition of softmax", case, lhs, final, before=previous))
+        step = build.add("chain rule", case, lhs, chain, before=previous)
+        if step.verification.ok:
+            step = Step(step.rule, step.case, step.lhs, step.expr, step.value, generic, step.at)
+            build.steps[-1] = step
+        results[case] = (j, build.add("definition of softmax", case, lhs, final, before=step.value))
 
-    # The gradient table: SymPy's direct derivative of the definition against the closed form
-    # read off the steps.
-    # SymPy's own log expansion, not our steps, makes the definition cheap to differentiate.
-    target_loss = sp.expand_log(first.value.xreplace({} if soft else one_hot), force=True)
-    if soft:
-        target_loss = target_loss.xreplace(sum_to_one)
-    gradient = []
+    # The gradient table: SymPy's direct derivative of the definition (S by the chain rule)
+    # against the closed form read off the steps. Each entry is O(1) work: SymPy differentiates
+    # only the terms that contain z_j, and ∂CE/∂S is taken once.
+    target_loss = first.value if soft else first.value.xreplace(one_hot)
+    loss_terms = terms_by_symbol(target_loss)
+    by_s = sp.together(sp.diff(target_loss, S))
+    gradient, direct_in_s = [], []
     for j in range(k):
         if soft:
             rep, step = results["every j"]
@@ -341,9 +412,11 @@ def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
         else:
             rep, step = results["j = ℓ"] if j == l else results["j ≠ ℓ"]
             closed = step.expr.xreplace({p[rep]: p[j]})
-        direct = sp.diff(target_loss, z[j])
-        check = verify(s, direct, s.concrete(closed), constraint=sum_to_one if soft else None)
-        gradient.append(Entry((j + 1,), direct, closed, check, _number(build, s.concrete(closed))))
+        direct = partial(loss_terms, z[j]) + by_s * s.dS(z[j])
+        closed_value = s.value(closed)
+        check = verify(s, direct, closed_value, targets_sum_to_one=soft)
+        direct_in_s.append(direct)
+        gradient.append(Entry((j + 1,), s.in_z(direct), closed, check, _number(build, closed_value)))
 
     all_ok = all(e.verification.ok for e in gradient)
     methods = sorted({e.verification.method for e in gradient})
@@ -370,7 +443,7 @@ def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
 
     hessian_rows, hessian_steps = None, ()
     if hessian:
-        hessian_steps, hessian_rows = _hessian(s, l, at_point, gradient, target_loss)
+        hessian_steps, hessian_rows = _hessian(s, l, soft, at_point, gradient, direct_in_s)
 
     return Derivation(k, label, soft, tuple(build.steps), tuple(gradient), hessian_rows,
                       hessian_steps, pitfall, at)
@@ -383,7 +456,7 @@ def _number(build: _Builder, value: sp.Expr) -> Optional[float]:
     return float(number) if number.is_number else None
 
 
-def _hessian(s: Symbols, l: int, at_point, gradient, target_loss):
+def _hessian(s: Symbols, l: int, soft: bool, at_point, gradient, direct_in_s):
     """The Hessian steps for i = j and i ≠ j, then every entry against SymPy's direct diff."""
     z, p, S = s.z, s.p, s.S
     build = _Builder(s, at_point)
@@ -391,19 +464,23 @@ def _hessian(s: Symbols, l: int, at_point, gradient, target_loss):
     for case, j in (("i = j", l), ("i ≠ j", (l + 1) % s.k)):
         lhs = sp.Derivative(sp.Symbol("CE"), z[i], z[j])
         start = build.add("y is constant", case, lhs, sp.Derivative(p[i], z[j]),
-                          before=sp.diff(s.concrete(gradient[i].closed), z[j]))
+                          before=s.d(s.value(gradient[i].closed), z[j]))
         delta = 1 if i == j else 0
         quotient = (delta * sp.exp(z[i]) * S - sp.exp(z[i]) * sp.exp(z[j])) / S ** 2
         previous = build.add("quotient rule", case, lhs, quotient, before=start.value).value
         build.add("definition of softmax", case, lhs, delta * p[i] - p[i] * p[j], before=previous)
     rows = []
     for a in range(s.k):
-        direct_gradient = gradient[a].direct
+        # SymPy's derivative of the direct gradient entry, S by the chain rule (∂/∂S once a row).
+        direct_gradient = direct_in_s[a]
+        by_s = sp.diff(direct_gradient, S)
         row = []
         for b in range(s.k):
             closed = (p[a] if a == b else 0) - p[a] * p[b]
-            direct = sp.diff(direct_gradient, z[b])
-            check = verify(s, direct, s.concrete(closed))
-            row.append(Entry((a + 1, b + 1), direct, closed, check, _number(build, s.concrete(closed))))
+            direct = sp.diff(direct_gradient, z[b]) + by_s * s.dS(z[b])
+            closed_value = s.value(closed)
+            check = verify(s, direct, closed_value, targets_sum_to_one=soft)
+            row.append(Entry((a + 1, b + 1), s.in_z(direct), closed, check,
+                             _number(build, closed_value)))
         rows.append(tuple(row))
     return tuple(build.steps), tuple(rows)

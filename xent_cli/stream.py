@@ -580,13 +580,18 @@ def _worked(first, show: int, reduction: str, divisor: float, options: dict):
     if not shown:
         return ()
     dt = np.dtype(options["dtype"])
-    scale = dt.type(1) / dt.type(divisor) if reduction == "mean" else dt.type(1)
-    head = dataclasses.replace(result, reduction=reduction, divisor=divisor,
-                               grad=result.grad[:shown] * scale, logits=result.logits[:shown],
-                               per_sample=result.per_sample[:shown],
-                               ignored=result.ignored[:shown])
     weight = options["weight"]
     target = part.labels if part.labels is not None else part.targets
+    grad = result.grad[:shown]
+    if reduction == "mean":  # scaled by the kernel, as the --output rows are
+        grad = np.empty_like(grad)
+        losses.loss_and_gradient_into(
+            part.logits[:shown], target[:shown], grad, np.empty(shown, dtype=dt), weight=weight,
+            ignore_index=options["ignore_index"], label_smoothing=options["label_smoothing"],
+            scale=dt.type(1) / dt.type(divisor))
+    head = dataclasses.replace(result, reduction=reduction, divisor=divisor, grad=grad,
+                               logits=result.logits[:shown], per_sample=result.per_sample[:shown],
+                               ignored=result.ignored[:shown])
     weights = (np.ones(part.logits.shape[1]) if weight is None
                else np.asarray(weight, dtype=np.float64))
     a = losses.coefficients(np.asarray(target[:shown]), part.logits.shape[1], weights,

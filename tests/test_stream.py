@@ -286,3 +286,15 @@ def test_ctrl_c_exits_130_and_leaves_no_file(tmp_path):
         pytest.skip("the run finished before the interrupt")
     assert process.returncode == 130 and b"Interrupted." in err
     assert sorted(os.listdir(tmp_path)) == ["z.csv"]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+@pytest.mark.parametrize("blank", ["", " ", ",,", " , , "])
+def test_a_blank_line_anywhere_keeps_the_line_numbers(runner, tmp_path, fast, newline, blank):
+    # the fast reader relies on Polars keeping a blank line as a row of nulls
+    rows = ["a,b,label", "1,2,0", "3,4,1", blank, "5,6,0", blank, "7,8,1"]
+    (tmp_path / "z.csv").write_bytes(newline.join(rows).encode() + newline.encode())
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output", str(tmp_path / "o.csv")])
+    assert result.exit_code == 0, result.output
+    lines = [row.split(",")[1] for row in (tmp_path / "o.csv").read_text().splitlines()[1:]]
+    assert lines == ["2", "3", "5", "7"]

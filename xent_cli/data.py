@@ -400,7 +400,9 @@ def _worked(data: EvalInput, result: losses.CrossEntropyResult, a: np.ndarray,
     return WorkedSample(
         sample=i, line=data.lines[i], z=z, shifted=shifted, exps=exps, exp_sum=exp_sum,
         p=p, label=None if data.labels is None else int(data.labels[i]), y=y, p_minus_y=p - y,
-        neg_log_p=None if label is None else float(-result.log_probs[i, label]), loss=float(result.per_sample[i]), weight_sum=weight_sum, scale=weight_sum / divisor,
+        # log-softmax of this row alone: result.log_probs would build the whole (N, k) array
+        neg_log_p=None if label is None else float(-losses.log_softmax(z[None, :])[0, label]),
+        loss=float(result.per_sample[i]), weight_sum=weight_sum, scale=weight_sum / divisor,
         grad=np.asarray(result.grad[i], dtype=np.float64), ignored=bool(result.ignored[i]),
     )
 

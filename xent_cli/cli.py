@@ -420,8 +420,8 @@ class DeriveFormat(str, enum.Enum):
 @app.command("derive")
 def derive_command(
     *,
-    k: Annotated[int, typer.Option("--k", metavar="K", help="The number of classes (2..500; 60 with "
-                                   "--hessian, 12 with --soft).")] = 3,
+    k: Annotated[int, typer.Option("--k", metavar="K", help="The number of classes (2..500, soft "
+                                   "targets too; 60 with --hessian).")] = 3,
     label: Annotated[int, typer.Option(metavar="L", help="The true class ℓ, 1-based.")] = 1,
     soft: Annotated[bool, typer.Option("--soft", help="General targets y1…yK with Σy = 1.")] = False,
     hessian: Annotated[bool, typer.Option("--hessian", help="Also the Hessian diag(p) − p pᵀ.")] = False,

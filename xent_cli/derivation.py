@@ -2,13 +2,17 @@
 
 A derivation is data. Each step shows an expression in the logits z1…zK, the normaliser
 S = Σ_n e^{z_n} and the softmax p_n = e^{z_n}/S, names the rule that justifies it, and carries
-how it was checked equal to the step before it on the concrete K symbols: a symbolic identity,
-or, where that fails to decide, exact evaluation at random rational points to 40 digits. The
-gradient and Hessian are read off the steps' results, so the answer and the steps cannot drift.
+how it was checked equal to the step before it: a symbolic identity, or, where that fails to
+decide, exact evaluation at random rational points to 40 digits. The gradient and Hessian are
+read off the steps' results, so the answer and the steps cannot drift. Every gradient (and
+Hessian) entry is also checked against SymPy's own derivative of the definition.
 
-Verification stays fast at large K by never calling ``simplify``: e^{z_n} becomes a positive
-symbol u_n, the sum Σ u_n becomes one symbol S, and the difference of two steps is cancelled
-as a small rational function.
+Verification stays fast at large K by never calling ``simplify`` and never writing S out:
+S stays a symbol whose derivative ∂S/∂z_j = e^{z_j} is SymPy's derivative of the concrete sum's
+terms that contain z_j (and is checked once for the generic Σ_{n=1}^{K}); derivatives follow the
+chain rule through S, e^{z_n} becomes a positive symbol u_n, and the difference of two steps is
+a small rational function in u, y and S. Σy = 1 enters only where a check needs it, as
+y1 + … + yK = 1. Caps: K ≤ 500 for the gradient (soft targets too), K ≤ 60 with the Hessian.
 """
 
 from __future__ import annotations

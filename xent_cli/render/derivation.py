@@ -12,7 +12,6 @@ from rich.text import Text
 from xent_cli.derivation import Derivation, Entry, Step
 
 SUMMARY_ROWS = 3  # first and last rows shown for large k without --full
-LARGE_K = 12
 MAX_TEXT = 160  # characters of a long expression shown without --full
 
 MARK = {True: "✓", False: "✗"}
@@ -176,12 +175,17 @@ def _step_json(step: Step) -> dict:
 
 def to_json(derivation: Derivation) -> str:
     """Returns one JSON object: k, label, gradient (strings in z and y), hessian, steps."""
+    z = sp.symbols(f"z1:{derivation.k + 1}", real=True)
+    p = sp.symbols(f"p1:{derivation.k + 1}", positive=True)
+    # A placeholder printed once as the K-term sum: printing the sum inside every entry
+    # would cost O(K log K) per entry.
+    placeholder = sp.Symbol("NORMALISER_", positive=True)
+    normaliser = "(" + sp.sstr(sp.Add(*(sp.exp(zn) for zn in z))) + ")"
+    softmax = {pn: sp.exp(zn) / placeholder for pn, zn in zip(p, z)}
+
     def concrete(entry: Entry) -> str:
         # In z (and y) only, so that sympy.sympify reads it without our definitions of p and S.
-        z = sp.symbols(f"z1:{derivation.k + 1}", real=True)
-        p = sp.symbols(f"p1:{derivation.k + 1}", positive=True)
-        normaliser = sp.Add(*(sp.exp(zn) for zn in z))
-        return sp.sstr(entry.closed.xreplace({pn: sp.exp(zn) / normaliser for pn, zn in zip(p, z)}))
+        return sp.sstr(entry.closed.xreplace(softmax)).replace(placeholder.name, normaliser)
 
     data = {
         "k": derivation.k, "label": derivation.label, "soft": derivation.soft,

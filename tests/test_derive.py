@@ -153,3 +153,35 @@ def test_large_k_prints_a_summary(runner):
     result = runner.invoke(app, ["derive", "--k", "40"])
     assert result.exit_code == 0, result.output
     assert "40 of 40 entries verified" in result.stdout and "…" in result.stdout
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_a_wrong_closed_form_still_fails_the_fast_check(soft):
+    from xent_cli.derivation import Symbols, verify
+
+    s = Symbols(4, soft, 1)
+    y2 = s.y[1]
+    right = s.value(s.p[1] - y2)
+    direct = s.d(-s.value(sp.log(s.p[0])) if not soft else
+                 sp.Add(*(-yn * sp.log(sp.exp(zn) / s.S) for yn, zn in zip(s.y, s.z))), s.z[1])
+    assert verify(s, direct, right, targets_sum_to_one=soft).ok
+    for wrong in (s.value(s.p[1]) + 1, -s.value(s.p[1]), s.value(s.p[1] ** 2 - y2)):
+        verification = verify(s, direct, wrong, targets_sum_to_one=soft)
+        assert not verification.ok and "differs at z" in verification.detail
+
+
+def test_treating_s_as_constant_fails_every_derivation(monkeypatch):
+    from xent_cli.derivation import Symbols
+
+    # The seed's mistake, injected: ∂S/∂z_j = 0. Steps and entries must be reported failed.
+    monkeypatch.setattr(Symbols, "dS", lambda self, zj: sp.Integer(0))
+    for kwargs in (dict(k=3), dict(k=3, soft=True), dict(k=3, hessian=True)):
+        derivation = derive(**kwargs)
+        assert not derivation.verified
+        assert not all(e.verification.ok for e in derivation.gradient)
+
+
+def test_soft_targets_reach_large_k():
+    derivation = derive(100, 7, soft=True)
+    assert derivation.verified
+    assert {e.verification.method for e in derivation.gradient} == {"identity"}

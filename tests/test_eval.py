@@ -421,9 +421,8 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("name, files, arguments, fragment", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-def test_bad_input_is_one_line_exit_2_and_no_output(runner, tmp_path, monkeypatch, name, files,
-                                                    arguments, fragment):
+def assert_bad_input_fails_cleanly(runner, tmp_path, monkeypatch, files, arguments, fragment):
+    """Runs eval on bad input: one line on stderr, exit 2, nothing on stdout, no file left."""
     monkeypatch.chdir(tmp_path)
     for relative, content in files.items():
         path = tmp_path / relative
@@ -439,6 +438,12 @@ def test_bad_input_is_one_line_exit_2_and_no_output(runner, tmp_path, monkeypatc
     assert "Traceback" not in result.stderr and isinstance(result.exception, SystemExit)
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before  # no output, no temporary file, inputs untouched
+
+
+@pytest.mark.parametrize("name, files, arguments, fragment", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_no_output(runner, tmp_path, monkeypatch, name, files,
+                                                    arguments, fragment):
+    assert_bad_input_fails_cleanly(runner, tmp_path, monkeypatch, files, arguments, fragment)  # no output, no temporary file, inputs untouched
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1"])

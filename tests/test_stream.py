@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from test_eval import BAD_INPUTS
+from test_eval import BAD_INPUTS, assert_bad_input_fails_cleanly
 from xent_cli import data, stream
 from xent_cli.cli import app
 
@@ -132,19 +132,7 @@ def test_output_rows_are_the_in_memory_arrays(runner, tmp_path, fast):
 @pytest.mark.parametrize("name, files, arguments, fragment", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
 def test_bad_inputs_read_the_same_on_the_fast_path(runner, tmp_path, monkeypatch, fast, name, files,
                                                    arguments, fragment):
-    monkeypatch.chdir(tmp_path)
-    for relative, content in files.items():
-        path = tmp_path / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
-    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    extra = [] if "--output" in arguments else ["--output", "out.csv"]
-    result = runner.invoke(app, ["eval", *arguments, *extra])
-    assert result.exit_code == 2, result.output
-    assert fragment in result.stderr, result.stderr
-    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
-    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    assert after == before
+    assert_bad_input_fails_cleanly(runner, tmp_path, monkeypatch, files, arguments, fragment)
 
 
 @pytest.mark.parametrize("text, fragment", [

@@ -446,23 +446,9 @@ def check_output_path(path: str, inputs=()) -> None:
 
 
 def write_atomic(path: str, text: str, inputs=()) -> None:
-    """Writes text to path all at once: a temporary file beside it, then a rename.
-
-    A failure leaves neither a partial file nor the temporary one behind.
-    """
-    check_output_path(path, inputs)
-    directory = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(prefix=".xent-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
-        os.chmod(temporary, _file_mode(path))  # mkstemp's 0600 is not what a plain write gives
-        os.replace(temporary, path)
-    except BaseException as error:
-        os.unlink(temporary)
-        if isinstance(error, OSError):
-            raise InputError(f"cannot be written: {error.strerror or error}", source=path) from None
-        raise
+    """Writes text to path all at once (see atomic_writer)."""
+    with atomic_writer(path, inputs) as file:
+        file.write(text)
 
 
 @contextlib.contextmanager

@@ -106,9 +106,7 @@ def worked_sample(summary: Summary, sample: WorkedSample) -> Group:
     if sample.neg_log_p is not None:
         lines.append(f"−log p[{sample.label}] = −log {_g(sample.p[sample.label])} = "
                      f"{_g(sample.neg_log_p)}")
-    if sample.ignored:
-        pass
-    elif weighted or sample.neg_log_p is None:
+    if not sample.ignored and (weighted or sample.neg_log_p is None):
         lines.append(f"loss = −Σ_c y_c log p_c × {_g(sample.weight_sum)} = {_g(sample.loss)}"
                      + ("  (weights and smoothing applied)" if weighted else ""))
     lines.append(_identity(summary, sample))

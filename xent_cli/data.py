@@ -359,7 +359,7 @@ def evaluate(data: EvalInput, *, weight=None, ignore_index: int = -100,
                                       ignore_index=ignore_index, label_smoothing=label_smoothing,
                                       reduction=reduction, dtype=np.dtype(dtype))
     except InputError as error:
-        raise _locate(error, data) from None
+        raise locate(error, data) from None
     counted = ~result.ignored
     accuracy = None
     if counted.any():
@@ -407,7 +407,7 @@ def _worked(data: EvalInput, result: losses.CrossEntropyResult, a: np.ndarray,
     )
 
 
-def _locate(error: InputError, data: EvalInput) -> InputError:
+def locate(error: InputError, data: EvalInput) -> InputError:
     """Places a core error (sample i, 'class c') at its line and column in the input files."""
     if error.sample is None or error.source is not None:
         return error

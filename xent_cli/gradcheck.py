@@ -123,9 +123,11 @@ def file_problem(loaded: data.EvalInput, *, weight=None, ignore_index: int = -10
     """Returns the Problem of logits read by data.read_eval_input, with errors placed in the file."""
     options = dict(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
                    dtype=dtype)
-    data.evaluate(loaded, reduction="sum", show=0, **options)  # eval's checks, located in the file
     target = loaded.labels if loaded.labels is not None else loaded.targets
-    return problem(loaded.logits, target, source=loaded.source, **options)
+    try:
+        return problem(loaded.logits, target, source=loaded.source, **options)
+    except InputError as error:  # the core names a sample; the user needs the file's line
+        raise data.locate(error, loaded) from None
 
 
 # --- xent's own functions, complex-capable -----------------------------------------------------

@@ -480,7 +480,7 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
                                           reduction="sum" if reduction == "mean" else reduction,
                                           dtype=dt)
         except InputError as error:
-            raise data._locate(error, part) from None
+            raise data.locate(error, part) from None
         totals += _split_sum(result.per_sample)
         divisors.append(result.divisor)
         n += len(part.lines)

@@ -83,6 +83,15 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(ExitStatus.INTERRUPTED) from None
 
 
+def _delimiter(text: str | None) -> str | None:
+    """Returns the --delimiter character ('\\t' spelled out means a tab); more is an error."""
+    if text == "\\t":
+        return "\t"
+    if text is not None and len(text) != 1:
+        raise XentError(f"--delimiter must be one character, got {text!r}")
+    return text
+
+
 def _show_version(value: bool) -> None:
     if value:
         typer.echo(f"xent {__version__}")
@@ -183,10 +192,7 @@ def eval_command(
     with user_errors():
         if labels is not None and targets is not None:
             raise XentError("--labels and --targets exclude each other: give one")
-        if delimiter == "\\t":
-            delimiter = "\t"
-        if delimiter is not None and len(delimiter) != 1:
-            raise XentError(f"--delimiter must be one character, got {delimiter!r}")
+        delimiter = _delimiter(delimiter)
         if output is not None:
             data.check_output_path(output, [logits, labels, targets])
         source = stream.open_source(logits, label_col=label_col, labels_path=labels,
@@ -375,10 +381,8 @@ def check_command(
         options = dict(ignore_index=ignore_index, label_smoothing=label_smoothing,
                        dtype=dtype.value)
         if logits is not None:
-            if delimiter == "\\t":
-                delimiter = "\t"
             loaded = data.read_eval_input(logits, label_col=label_col, labels_path=labels,
-                                          targets_path=targets, delimiter=delimiter)
+                                          targets_path=targets, delimiter=_delimiter(delimiter))
             weights = None if weight is None else data.parse_weights(weight, len(loaded.class_names))
             problem = gradcheck.file_problem(loaded, weight=weights, **options)
         else:

@@ -114,6 +114,16 @@ def root(
     """
 
 
+class Loss(str, enum.Enum):
+    """The loss a command works on: eval, derive and check share the option."""
+
+    ce = "ce"
+    bce = "bce"
+
+
+LOSS_HELP = "ce: softmax cross-entropy; bce: sigmoid binary cross-entropy per class (multi-label)"
+
+
 # --- xent eval --------------------------------------------------------------------------------
 
 

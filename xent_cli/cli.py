@@ -151,19 +151,25 @@ def eval_command(
         help="CSV of logits with a header row, one column per class, plus a 'label' column; "
              "'-' reads stdin.", show_default=False)],
     *,
+    loss: Annotated[Loss, typer.Option(help=LOSS_HELP)] = Loss.ce,
     label_col: Annotated[str, typer.Option(metavar="NAME", help="The name of the label column.")] = "label",
     labels: Annotated[Optional[str], typer.Option(
         metavar="FILE",
         help="Labels in a file of their own (one column, with or without header).")] = None,
     targets: Annotated[Optional[str], typer.Option(
         metavar="FILE",
-        help="Soft targets: a CSV with a header and one probability column per class.")] = None,
+        help="Soft targets: a CSV with a header and one probability column per class; with "
+             "--loss bce, one 0/1 or probability in [0, 1] per class.")] = None,
     delimiter: Annotated[Optional[str], typer.Option(
         metavar="CHAR",
         help="The cell delimiter ('\\t' for tab); default ',' or tab for .tsv files.")] = None,
     weight: Annotated[Optional[str], typer.Option(
         metavar="W0,W1,...",
         help="Per-class weights w0,w1,... as PyTorch's weight=.")] = None,
+    pos_weight: Annotated[Optional[str], typer.Option(
+        metavar="W0,W1,...",
+        help="--loss bce only: per-class weights of the positive term, as PyTorch's "
+             "pos_weight=.")] = None,
     ignore_index: Annotated[int, typer.Option(
         metavar="N",
         help="Samples with this label add no loss or gradient and are not counted.")] = -100,
@@ -177,7 +183,8 @@ def eval_command(
         "--format", help="rich (tables), json (one object) or csv (header and one row).")] = EvalFormat.rich,
     output: Annotated[Optional[str], typer.Option(
         metavar="PATH",
-        help="Write a per-sample CSV (label, pred, loss, prob_c, grad_c) to this path, atomically.")] = None,
+        help="Write a per-sample CSV (label, pred, loss, prob_c, grad_c) to this path, atomically; "
+             "for --loss bce, loss is the sample's sum over classes and prob_c = σ(z_c).")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="Hide the progress bar (it shows only when stderr is a terminal).")] = False,
 ) -> None:
@@ -189,12 +196,17 @@ def eval_command(
     stderr when it is a terminal. Besides CSV: .npy (memory-mapped; labels from --labels),
     .npz (arrays 'logits' and 'labels' or 'targets') and .parquet (needs Polars).
 
+    --loss bce is PyTorch's binary_cross_entropy_with_logits: every class its own yes/no
+    question, a target per class from --targets, the gradient σ(z) − t, 'mean' over all
+    N × k elements; exact match and Hamming loss take the place of accuracy.
+
     \b
     Examples:
       xent eval examples/logits_k3.csv
       xent eval examples/digits_logits.csv --show 0 --format json
       xent eval logits.csv --labels labels.csv --weight 1,2,1 --output per_sample.csv
       xent eval logits.npy --labels labels.npy --quiet
+      xent eval examples/multilabel_logits.csv --loss bce --targets examples/multilabel_targets.csv
     """
     from xent_cli import data, stream
     from xent_cli.render import eval as render
@@ -202,13 +214,17 @@ def eval_command(
     with user_errors():
         if labels is not None and targets is not None:
             raise XentError("--labels and --targets exclude each other: give one")
+        _check_loss_options(loss, logits, labels, targets, pos_weight, ignore_index,
+                            label_smoothing)
         delimiter = _delimiter(delimiter)
         if output is not None:
             data.check_output_path(output, [logits, labels, targets])
         source = stream.open_source(logits, label_col=label_col, labels_path=labels,
                                     targets_path=targets, delimiter=delimiter)
         weights = None if weight is None else data.parse_weights(weight, len(source.class_names))
-        options = dict(weight=weights, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        options = dict(loss=loss.value, weight=weights,
+                       pos_weight=_pos_weights(pos_weight, len(source.class_names)),
+                       ignore_index=ignore_index, label_smoothing=label_smoothing,
                        reduction=reduction.value, dtype=dtype.value, show=show,
                        fallback=lambda: stream.strict_source(logits, label_col=label_col,
                                                              delimiter=delimiter))
@@ -236,6 +252,38 @@ def eval_command(
         if summary.worked:
             console.print()
             console.print(render.steps(summary))
+
+
+def _check_loss_options(loss: Loss, logits: str, labels: str | None, targets: str | None,
+                        pos_weight: str | None, ignore_index: int,
+                        label_smoothing: float) -> None:
+    """Refuses the eval options that do not apply to the chosen loss."""
+    if loss is Loss.ce:
+        if pos_weight is not None:
+            raise XentError("--pos-weight applies to --loss bce only")
+        return
+    for given, option in ((labels is not None, "--labels"),
+                          (ignore_index != -100, "--ignore-index"),
+                          (label_smoothing != 0, "--label-smoothing")):
+        if given:
+            raise XentError(f"{option} does not apply to --loss bce, which takes a target per "
+                            f"class (--targets FILE)")
+    if targets is None and not logits.lower().endswith(".npz"):
+        raise XentError("--loss bce needs --targets FILE: a CSV with a header and one 0/1 or "
+                        "probability column per class")
+
+
+def _pos_weights(text: str | None, k: int) -> tuple[float, ...] | None:
+    """Returns --pos-weight's k values, read as --weight's are."""
+    from xent_cli import data
+    from xent_cli.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        return data.parse_weights(text, k)
+    except InputError as error:  # its messages name --weight, the option it was written for
+        raise InputError(error.message.replace("--weight", "--pos-weight", 1)) from None
 
 
 @contextlib.contextmanager

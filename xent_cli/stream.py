@@ -1,5 +1,9 @@
 """Evaluating cross-entropy over a file in chunks, with bounded memory and exact reductions.
 
+Each loss is a small kernel that turns one chunk into per-sample results, sums and counts:
+softmax cross-entropy (``losses``) and binary cross-entropy per class (``bce``); the chunks
+combine the same way for both.
+
 A source yields chunks of samples (an EvalInput each, with the file lines of its samples). Small
 CSV files and stdin go through the strict reader of ``data``; a large CSV goes through a fast
 block reader (Polars on byte blocks cut at line ends) that checks every block vectorised and, on
@@ -7,8 +11,9 @@ anything unusual, hands the file back to the strict reader, whose message names 
 and column. ``.npy`` (memory-mapped), ``.npz`` and ``.parquet`` are chosen by extension.
 
 Per-sample losses, probabilities and gradient rows are row-wise, so chunks do not change them.
-The reduced loss adds the per-sample losses with ``math.fsum``, each chunk's sum carried with its
-rounding error, so the total does not depend on the chunk size; accuracy counts integers.
+The reduced loss adds the per-sample (binary: per-element) losses with ``math.fsum``, each chunk's
+sum carried with its rounding error, so the total does not depend on the chunk size; accuracy,
+exact match and Hamming loss count integers.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from xent_cli import data, losses
+from xent_cli import bce, data, losses
 from xent_cli.errors import InputError
 
 # CSV files at least this large use the fast block reader; tests set it to 0 to force that path.
@@ -70,8 +75,8 @@ class RowsOut:
 
     start: int
     lines: tuple[int, ...]
-    labels: np.ndarray | None
-    predictions: np.ndarray
+    labels: np.ndarray | None  # None for soft or binary targets
+    predictions: np.ndarray | None  # each sample's argmax; None for binary cross-entropy
     per_sample: np.ndarray
     probs: np.ndarray
     grad: np.ndarray  # of the reported loss (scaled by the global divisor for 'mean')
@@ -79,7 +84,7 @@ class RowsOut:
 
 @dataclass(frozen=True)
 class Summary:
-    """The cross-entropy of a whole input, combined from its chunks."""
+    """The loss of a whole input, combined from its chunks (softmax or binary cross-entropy)."""
 
     source: str
     target_source: str
@@ -100,6 +105,11 @@ class Summary:
     dtype: str
     worked: tuple[data.WorkedSample, ...]
     per_sample: np.ndarray | None  # kept for reduction 'none' only, where it is the loss
+    criterion: str = "ce"  # the loss: 'ce' softmax cross-entropy, 'bce' binary cross-entropy
+    pos_weight: tuple[float, ...] | None = None  # binary only
+    exact_match: float | None = None  # binary: share of samples right in every class
+    hamming_loss: float | None = None  # binary: share of (sample, class) elements wrong
+    elements: np.ndarray | None = None  # binary, reduction 'none': the (N, k) losses PyTorch returns
 
     @property
     def k(self) -> int:
@@ -432,19 +442,26 @@ def _float_matrix(array, path: str, what: str) -> np.ndarray:
 
 # --- evaluating -------------------------------------------------------------------------------
 
-def evaluate(source: Source, *, weight=None, ignore_index: int = -100,
-             label_smoothing: float = 0.0, reduction: str = "mean", dtype: str = "float64",
-             show: int = 3, rows: Callable[[RowsOut], None] | None = None,
+def evaluate(source: Source, *, loss: str = "ce", weight=None, pos_weight=None,
+             ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
+             dtype: str = "float64", show: int = 3, rows: Callable[[RowsOut], None] | None = None,
              progress: Progress | None = None, fallback: Callable[[], Source] | None = None
              ) -> Summary:
-    """Returns the cross-entropy of a whole source, reading it chunk by chunk.
+    """Returns the loss ('ce' softmax cross-entropy, 'bce' binary) of a whole source, chunk by chunk.
 
     rows, when given, receives every chunk's per-sample results in order; for 'mean' that takes
     a second pass, since the gradient divides by the divisor of the whole input. fallback opens
     the strict reader when the fast one meets something unusual.
     """
-    options = dict(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                   dtype=dtype)
+    if loss not in _KERNELS:
+        raise InputError(f"loss {loss!r} is not one of {', '.join(_KERNELS)}")
+    if loss == "bce" and source.has_labels:
+        raise InputError("binary cross-entropy needs a target per class (multi-hot or "
+                         "probabilities), not class labels", source=source.target_source)
+    if loss == "ce" and pos_weight is not None:
+        raise InputError("pos_weight applies to binary cross-entropy only")
+    options = dict(loss=loss, weight=weight, pos_weight=pos_weight, ignore_index=ignore_index,
+                   label_smoothing=label_smoothing, dtype=dtype)
     passes = 2 if rows is not None and reduction == "mean" else 1
     first_pass = second_pass = progress
     if progress is not None and passes == 2:  # one bar over both passes
@@ -463,57 +480,70 @@ def evaluate(source: Source, *, weight=None, ignore_index: int = -100,
     return summary
 
 
+@dataclass(frozen=True)
+class _Piece:
+    """What a loss kernel makes of one chunk: its per-sample results, sums and counts."""
+
+    result: object  # the core's result (CrossEntropyResult or BinaryCrossEntropyResult)
+    per_sample: np.ndarray  # (n,) each sample's loss
+    elements: np.ndarray | None  # (n, k) each element's loss, binary cross-entropy only
+    sums: tuple[float, float]  # the chunk's total, as _split_sum gives it
+    divisor: float  # the chunk's share of the 'mean' divisor
+    ignored: int
+    hits: int  # softmax: counted samples whose argmax is right; binary: samples right in every class
+    counted: int  # the samples the hits are counted among
+    wrong: int  # binary: elements predicted wrong (0 for softmax)
+    predictions: np.ndarray | None  # softmax: each sample's argmax; binary: None
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    """One loss's work on a chunk; _pass combines chunks the same way for every loss."""
+
+    chunk: Callable[[data.EvalInput, dict, str, np.dtype], _Piece]
+    # the gradient of 'mean' for the --output rows and the worked samples, scaled by the whole
+    # input's divisor: (part, piece, rows, divisor, options, dtype) -> (rows, k)
+    mean_grad: Callable[[data.EvalInput, _Piece, slice, float, dict, np.dtype], np.ndarray]
+    worked: Callable  # (first (part, piece), show, reduction, divisor, options) -> worked samples
+
+
 def _pass(source: Source, options: dict, reduction: str, show: int,
           rows: Callable[[RowsOut], None] | None, divisor: float | None,
           progress: Progress | None) -> Summary:
     """Reads the source once; with a divisor, scales the gradient rows by it ('mean')."""
-    totals, divisors, n, ignored, hits, counted = [], [], 0, 0, 0, 0
-    per_samples, first = [], None
+    kernel = _KERNELS[options["loss"]]
+    totals, divisors, n, ignored, hits, counted, wrong = [], [], 0, 0, 0, 0, 0
+    per_samples, elements, first = [], [], None
     dt = np.dtype(options["dtype"])
     for chunk in source.chunks():
         part = chunk.data
-        target = part.labels if part.labels is not None else part.targets
         try:
-            result = losses.cross_entropy(part.logits, target, weight=options["weight"],
-                                          ignore_index=options["ignore_index"],
-                                          label_smoothing=options["label_smoothing"],
-                                          reduction="sum" if reduction == "mean" else reduction,
-                                          dtype=dt)
+            piece = kernel.chunk(part, options, reduction, dt)
         except InputError as error:
             raise data.locate(error, part) from None
-        totals += _split_sum(result.per_sample)
-        divisors.append(result.divisor)
+        totals += piece.sums
+        divisors.append(piece.divisor)
         n += len(part.lines)
-        ignored += int(result.ignored.sum())
-        if part.labels is not None:
-            kept = ~result.ignored
-            predictions = _argmax_rows(part.logits)
-            hits += int(np.count_nonzero((predictions == part.labels) & kept))
-            counted += int(np.count_nonzero(kept))
-        else:
-            predictions = _argmax_rows(part.logits)
-            hits += int(np.count_nonzero(predictions == part.targets.argmax(axis=1)))
-            counted += len(part.lines)
+        ignored, hits, counted = ignored + piece.ignored, hits + piece.hits, counted + piece.counted
+        wrong += piece.wrong
         if reduction == "none":
-            per_samples.append(result.per_sample)
+            per_samples.append(piece.per_sample)
+            if piece.elements is not None:
+                elements.append(piece.elements)
         if first is None:
-            first = (part, result)
+            first = (part, piece)
         if rows is not None:
-            grad = result.grad
-            if divisor is not None:  # 'mean': the kernel folds 1/divisor in, as in one piece
-                grad = np.empty_like(grad)
-                losses.loss_and_gradient_into(
-                    part.logits, target, grad, np.empty_like(result.per_sample),
-                    weight=options["weight"], ignore_index=options["ignore_index"],
-                    label_smoothing=options["label_smoothing"],
-                    scale=dt.type(1) / dt.type(divisor))
-            probs = result.probs
+            grad = piece.result.grad
+            if divisor is not None:  # 'mean': scaled as the whole input's loss is
+                grad = kernel.mean_grad(part, piece, slice(None), divisor, options, dt)
+            probs = piece.result.probs
+            predictions = piece.predictions
             for at in range(0, len(part.lines), ROWS_OUT):  # small pieces: their text is large
-                piece = slice(at, at + ROWS_OUT)
-                rows(RowsOut(start=chunk.start + at, lines=part.lines[piece],
-                             labels=None if part.labels is None else part.labels[piece],
-                             predictions=predictions[piece], per_sample=result.per_sample[piece],
-                             probs=probs[piece], grad=grad[piece]))
+                cut = slice(at, at + ROWS_OUT)
+                rows(RowsOut(start=chunk.start + at, lines=part.lines[cut],
+                             labels=None if part.labels is None else part.labels[cut],
+                             predictions=None if predictions is None else predictions[cut],
+                             per_sample=piece.per_sample[cut], probs=probs[cut], grad=grad[cut]))
         if progress is not None:
             progress(chunk.done, source.size, n)
     if first is None:
@@ -526,18 +556,156 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
                                                 else np.zeros(n, bool), options["ignore_index"]))
     loss = total / whole_divisor if reduction == "mean" else total if reduction == "sum" else None
     mean_loss = total / whole_divisor if whole_divisor > 0 else float("nan")
+    binary = options["loss"] == "bce"
     perplexity = None
     if source.has_labels and whole_divisor > 0:
         perplexity = float(np.exp(mean_loss)) if mean_loss < 709 else float("inf")
+    k = len(source.class_names)
     return Summary(
         source=source.name, target_source=source.target_source, class_names=source.class_names,
         has_labels=source.has_labels, n=n, reduction=reduction, loss=loss, total=total,
         divisor=whole_divisor, mean_loss=mean_loss,
-        accuracy=hits / counted if counted else None, perplexity=perplexity, ignored=ignored,
-        weight=None if options["weight"] is None else tuple(float(w) for w in options["weight"]),
+        accuracy=hits / counted if counted and not binary else None, perplexity=perplexity,
+        ignored=ignored, weight=_floats(options["weight"]), ignore_index=options["ignore_index"],
+        label_smoothing=options["label_smoothing"], dtype=options["dtype"],
+        worked=kernel.worked(first, show, reduction, whole_divisor, options),
+        per_sample=np.concatenate(per_samples) if reduction == "none" else None,
+        criterion=options["loss"], pos_weight=_floats(options["pos_weight"]),
+        exact_match=hits / n if binary else None,
+        hamming_loss=wrong / (n * k) if binary else None,
+        elements=np.concatenate(elements) if reduction == "none" and binary else None)
+
+
+def _floats(values) -> tuple[float, ...] | None:
+    """Returns per-class values as a tuple of floats (None stays None)."""
+    return None if values is None else tuple(float(v) for v in values)
+
+
+# --- softmax cross-entropy ---------------------------------------------------------------------
+
+def _softmax_chunk(part: data.EvalInput, options: dict, reduction: str, dt: np.dtype) -> _Piece:
+    """Returns a chunk's softmax cross-entropy; 'mean' sums here and divides once at the end."""
+    target = part.labels if part.labels is not None else part.targets
+    result = losses.cross_entropy(part.logits, target, weight=options["weight"],
+                                  ignore_index=options["ignore_index"],
+                                  label_smoothing=options["label_smoothing"],
+                                  reduction="sum" if reduction == "mean" else reduction, dtype=dt)
+    predictions = _argmax_rows(part.logits)
+    if part.labels is not None:
+        kept = ~result.ignored
+        hits = int(np.count_nonzero((predictions == part.labels) & kept))
+        counted = int(np.count_nonzero(kept))
+    else:
+        hits = int(np.count_nonzero(predictions == part.targets.argmax(axis=1)))
+        counted = len(part.lines)
+    return _Piece(result=result, per_sample=result.per_sample, elements=None,
+                  sums=_split_sum(result.per_sample), divisor=result.divisor,
+                  ignored=int(result.ignored.sum()), hits=hits, counted=counted, wrong=0,
+                  predictions=predictions)
+
+
+def _softmax_mean_grad(part: data.EvalInput, piece: _Piece, rows: slice, divisor: float,
+                       options: dict, dt: np.dtype) -> np.ndarray:
+    """Returns the 'mean' gradient of some rows: the kernel folds 1/divisor in, as in one piece."""
+    target = part.labels if part.labels is not None else part.targets
+    z, target = part.logits[rows], target[rows]
+    grad = np.empty_like(piece.result.grad[rows])  # the layout the kernel chose for the chunk
+    losses.loss_and_gradient_into(
+        z, target, grad, np.empty(z.shape[0], dtype=dt), weight=options["weight"],
         ignore_index=options["ignore_index"], label_smoothing=options["label_smoothing"],
-        dtype=options["dtype"], worked=_worked(first, show, reduction, whole_divisor, options),
-        per_sample=np.concatenate(per_samples) if reduction == "none" else None)
+        scale=dt.type(1) / dt.type(divisor))
+    return grad
+
+
+def _softmax_worked(first, show: int, reduction: str, divisor: float, options: dict):
+    """Returns the arithmetic of the first samples, scaled as the whole input's loss."""
+    part, piece = first
+    result = piece.result
+    shown = min(show, len(part.lines))
+    if not shown:
+        return ()
+    weight = options["weight"]
+    target = part.labels if part.labels is not None else part.targets
+    grad = result.grad[:shown]
+    if reduction == "mean":  # scaled by the kernel, as the --output rows are
+        grad = _softmax_mean_grad(part, piece, slice(shown), divisor, options,
+                                  np.dtype(options["dtype"]))
+    head = dataclasses.replace(result, reduction=reduction, divisor=divisor, grad=grad,
+                               logits=result.logits[:shown], per_sample=result.per_sample[:shown],
+                               ignored=result.ignored[:shown])
+    weights = (np.ones(part.logits.shape[1]) if weight is None
+               else np.asarray(weight, dtype=np.float64))
+    a = losses.coefficients(np.asarray(target[:shown]), part.logits.shape[1], weights,
+                            options["label_smoothing"], head.ignored)
+    return tuple(data._worked(part, head, a, i) for i in range(shown))
+
+
+# --- binary cross-entropy ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BinaryWorkedSample:
+    """One sample's binary cross-entropy, class by class, as a learner would do it by hand."""
+
+    sample: int
+    line: int
+    z: np.ndarray  # logits
+    sigma: np.ndarray  # σ(z): each class's probability of 'yes'
+    t: np.ndarray  # targets
+    elements: np.ndarray  # each class's loss, w [p_w t softplus(−z) + (1 − t) softplus(z)]
+    loss: float  # this sample's loss: the sum of its elements
+    grad: np.ndarray  # the gradient row of the reported loss
+    scale: float  # grad = w [(1 − t) σ − p_w t (1 − σ)] / scale: N × k for 'mean', else 1
+
+
+def _bce_chunk(part: data.EvalInput, options: dict, reduction: str, dt: np.dtype) -> _Piece:
+    """Returns a chunk's binary cross-entropy, its exact-match hits and wrong elements."""
+    result = bce.binary_cross_entropy(part.logits, part.targets, weight=options["weight"],
+                                      pos_weight=options["pos_weight"],
+                                      reduction="sum" if reduction == "mean" else reduction,
+                                      dtype=dt)
+    # row sums of a C-ordered array: the same bits whatever the chunk or the input's layout
+    per_sample = np.ascontiguousarray(result.elements).sum(axis=1)
+    right = bce.predictions(part.logits) == bce.decided(part.targets)
+    return _Piece(result=result, per_sample=per_sample, elements=result.elements,
+                  sums=_split_sum(result.elements), divisor=result.divisor, ignored=0,
+                  hits=int(np.count_nonzero(right.all(axis=1))), counted=len(part.lines),
+                  wrong=int(right.size - np.count_nonzero(right)), predictions=None)
+
+
+def _bce_mean_grad(part: data.EvalInput, piece: _Piece, rows: slice, divisor: float,
+                   options: dict, dt: np.dtype) -> np.ndarray:
+    """Returns the 'mean' gradient of some rows: each element's derivative over N × k."""
+    z, t = bce.validate(part.logits[rows], part.targets[rows], dt)
+    _, grad = bce.elements_and_gradient(z, t, weight=options["weight"],
+                                        pos_weight=options["pos_weight"], dtype=dt)
+    grad /= dt.type(divisor)  # as bce.binary_cross_entropy divides, so the bits agree
+    return grad
+
+
+def _bce_worked(first, show: int, reduction: str, divisor: float, options: dict):
+    """Returns the first samples' σ, element losses and gradients, scaled as the reported loss."""
+    part, piece = first
+    shown = min(show, len(part.lines))
+    if not shown:
+        return ()
+    dt = np.dtype(options["dtype"])
+    grad = piece.result.grad[:shown]
+    if reduction == "mean":
+        grad = _bce_mean_grad(part, piece, slice(shown), divisor, options, dt)
+    sigma = piece.result.probs[:shown]
+    return tuple(BinaryWorkedSample(
+        sample=i, line=part.lines[i], z=np.asarray(part.logits[i], dtype=np.float64),
+        sigma=np.asarray(sigma[i], dtype=np.float64),
+        t=np.asarray(part.targets[i], dtype=np.float64),
+        elements=np.asarray(piece.elements[i], dtype=np.float64),
+        loss=float(piece.per_sample[i]), grad=np.asarray(grad[i], dtype=np.float64),
+        scale=divisor if reduction == "mean" else 1.0) for i in range(shown))
+
+
+_KERNELS = {
+    "ce": _Kernel(chunk=_softmax_chunk, mean_grad=_softmax_mean_grad, worked=_softmax_worked),
+    "bce": _Kernel(chunk=_bce_chunk, mean_grad=_bce_mean_grad, worked=_bce_worked),
+}
 
 
 def _split_sum(values: np.ndarray) -> tuple[float, float]:
@@ -564,29 +732,3 @@ def _argmax_rows(z: np.ndarray) -> np.ndarray:
         index[larger] = c
         np.maximum(best, column, out=best)
     return index
-
-
-def _worked(first, show: int, reduction: str, divisor: float, options: dict):
-    """Returns the arithmetic of the first samples, scaled as the whole input's loss."""
-    part, result = first
-    shown = min(show, len(part.lines))
-    if not shown:
-        return ()
-    dt = np.dtype(options["dtype"])
-    weight = options["weight"]
-    target = part.labels if part.labels is not None else part.targets
-    grad = result.grad[:shown]
-    if reduction == "mean":  # scaled by the kernel, as the --output rows are
-        grad = np.empty_like(grad)
-        losses.loss_and_gradient_into(
-            part.logits[:shown], target[:shown], grad, np.empty(shown, dtype=dt), weight=weight,
-            ignore_index=options["ignore_index"], label_smoothing=options["label_smoothing"],
-            scale=dt.type(1) / dt.type(divisor))
-    head = dataclasses.replace(result, reduction=reduction, divisor=divisor, grad=grad,
-                               logits=result.logits[:shown], per_sample=result.per_sample[:shown],
-                               ignored=result.ignored[:shown])
-    weights = (np.ones(part.logits.shape[1]) if weight is None
-               else np.asarray(weight, dtype=np.float64))
-    a = losses.coefficients(np.asarray(target[:shown]), part.logits.shape[1], weights,
-                            options["label_smoothing"], head.ignored)
-    return tuple(data._worked(part, head, a, i) for i in range(shown))

@@ -1,4 +1,8 @@
-"""Renders a Summary of cross-entropy: a Rich summary, the step-by-step arithmetic, JSON and CSV text."""
+"""Renders a Summary of cross-entropy: a Rich summary, the step-by-step arithmetic, JSON and CSV text.
+
+Softmax cross-entropy shows accuracy and perplexity; binary cross-entropy (multi-label) shows
+exact match and Hamming loss instead, and works each class out on its own.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from xent_cli.data import WorkedSample
-from xent_cli.stream import RowsOut, Summary
+from xent_cli.stream import BinaryWorkedSample, RowsOut, Summary
 
 
 def _g(x: float) -> str:
@@ -26,6 +30,12 @@ def _finite(x: float | None) -> float | None:
 
 def _reduction_note(summary: Summary) -> str:
     """Says what the reported loss and gradient are."""
+    if summary.criterion == "bce":
+        if summary.reduction == "mean":
+            return f"mean over the N × k elements: total / {_g(summary.divisor)}"
+        if summary.reduction == "sum":
+            return "sum over the N × k elements"
+        return "none: one loss per element (PyTorch returns the N × k array)"
     if summary.reduction == "mean":
         return f"mean: total / {_g(summary.divisor)}"
     if summary.reduction == "sum":
@@ -34,7 +44,12 @@ def _reduction_note(summary: Summary) -> str:
 
 
 def summary_table(summary: Summary) -> Table:
-    """Returns the summary: n, k, reduction, loss, accuracy and, for labels, perplexity."""
+    """Returns the summary: n, k, reduction, loss, accuracy and, for labels, perplexity.
+
+    Binary cross-entropy has exact match and Hamming loss in place of accuracy and perplexity.
+    """
+    if summary.criterion == "bce":
+        return _binary_summary_table(summary)
     table = Table(title=f"cross-entropy of {summary.source}", show_header=False,
                   title_justify="left")
     table.add_column("quantity", style="bold")
@@ -62,6 +77,31 @@ def summary_table(summary: Summary) -> Table:
         table.add_row(what, f"{summary.accuracy:.4%}")
     if summary.perplexity is not None:
         table.add_row("perplexity", f"{summary.perplexity:.6g}  (exp of the mean loss)")
+    table.add_row("dtype", summary.dtype)
+    return table
+
+
+def _binary_summary_table(summary: Summary) -> Table:
+    """Returns the summary of binary cross-entropy: n, k, reduction, loss and the multi-label metrics."""
+    table = Table(title=f"binary cross-entropy of {summary.source}", show_header=False,
+                  title_justify="left")
+    table.add_column("quantity", style="bold")
+    table.add_column("value")
+    table.add_row("samples (n)", str(summary.n))
+    table.add_row("classes (k)", f"{summary.k}: {', '.join(summary.class_names)}")
+    table.add_row("targets", f"one per class from {summary.target_source}")
+    if summary.weight is not None:
+        table.add_row("weight", ", ".join(_g(w) for w in summary.weight))
+    if summary.pos_weight is not None:
+        table.add_row("pos_weight", ", ".join(_g(w) for w in summary.pos_weight))
+    table.add_row("reduction", _reduction_note(summary))
+    if summary.loss is not None:
+        table.add_row("loss", f"{summary.loss:.10g}")
+    else:
+        table.add_row("loss (sum)", f"{summary.total:.10g}")
+        table.add_row("loss (mean)", f"{summary.mean_loss:.10g}")
+    table.add_row("exact match", f"{summary.exact_match:.4%}  (every class right: z > 0 ⇔ t > 0.5)")
+    table.add_row("Hamming loss", f"{summary.hamming_loss:.4%}  (share of classes wrong)")
     table.add_row("dtype", summary.dtype)
     return table
 
@@ -117,13 +157,49 @@ IDENTITY_NOTE = ("Every class j gets p_j − y_j, not only the label: the normal
                  "depends on every logit.")
 
 
+def binary_worked_sample(summary: Summary, sample: BinaryWorkedSample) -> Group:
+    """Returns one sample's binary cross-entropy, a row per step, a column per class."""
+    table = Table(title=f"sample {sample.sample} (line {sample.line})", title_justify="left")
+    table.add_column("step")
+    for name in summary.class_names:
+        table.add_column(name, justify="right")
+    rows = [
+        ("logit z", sample.z),
+        ("σ(z) = 1/(1+e^−z)", sample.sigma),
+        ("target t", sample.t),
+        ("loss ℓ", sample.elements),
+        ("σ − t", sample.sigma - sample.t),
+        ("gradient", sample.grad),
+    ]
+    for label, values in rows:
+        table.add_row(label, *(_g(v) for v in values))
+    weighted = summary.weight is not None or summary.pos_weight is not None
+    element = ("ℓ = −w [p_w t log σ + (1 − t) log(1 − σ)]" if weighted
+               else "ℓ = −[t log σ + (1 − t) log(1 − σ)]")
+    derivative = "w [(1 − t) σ − p_w t (1 − σ)]" if weighted else "(σ − t)"
+    scale = (f" / {_g(sample.scale)} (the mean divides by N × k)" if summary.reduction == "mean"
+             else f" (reduction {summary.reduction!r} keeps each element's own)")
+    lines = [f"{element} per class; the sample's loss is their sum = {_g(sample.loss)}",
+             f"gradient = {derivative}{scale}"]
+    return Group(table, Text("\n".join(lines)), Text(""))
+
+
+BINARY_NOTE = ("Each class is its own yes/no question: ∂ℓ_c/∂z_c = σ(z_c) − t_c involves only "
+               "z_c (no normaliser couples the classes) and the targets need not sum to 1.")
+
+
 def steps(summary: Summary) -> Group:
     """Returns the worked samples, one after another, and the identity they illustrate."""
+    if summary.criterion == "bce":
+        return Group(*(binary_worked_sample(summary, s) for s in summary.worked),
+                     Text(BINARY_NOTE))
     return Group(*(worked_sample(summary, s) for s in summary.worked), Text(IDENTITY_NOTE))
 
 
 def _fields(summary: Summary) -> dict:
     """Returns the summary as plain values for JSON and CSV."""
+    if summary.criterion == "bce":
+        return _binary_fields(summary)
     return {
         "source": summary.source,
         "n": summary.n,
@@ -141,13 +217,40 @@ def _fields(summary: Summary) -> dict:
         "weight": list(summary.weight) if summary.weight is not None else None,
         "label_smoothing": summary.label_smoothing,
         "dtype": summary.dtype,
+        "criterion": "ce",  # last, so the columns before it keep their places
+    }
+
+
+def _binary_fields(summary: Summary) -> dict:
+    """Returns a binary cross-entropy summary as plain values for JSON and CSV."""
+    return {
+        "source": summary.source,
+        "n": summary.n,
+        "k": summary.k,
+        "targets": "per-class",
+        "reduction": summary.reduction,
+        "loss": summary.loss,
+        "loss_sum": summary.total,
+        "loss_mean": summary.mean_loss,
+        "divisor": summary.divisor,
+        "exact_match": summary.exact_match,
+        "hamming_loss": summary.hamming_loss,
+        "weight": list(summary.weight) if summary.weight is not None else None,
+        "pos_weight": list(summary.pos_weight) if summary.pos_weight is not None else None,
+        "dtype": summary.dtype,
+        "criterion": "bce",
     }
 
 
 def to_json(summary: Summary) -> str:
-    """Returns the summary as one JSON object; for reduction 'none', loss is the per-sample list."""
+    """Returns the summary as one JSON object; for reduction 'none', loss is what PyTorch returns.
+
+    That is the per-sample list for softmax cross-entropy, the (N, k) rows for binary.
+    """
     fields = _fields(summary)
-    if summary.reduction == "none":
+    if summary.reduction == "none" and summary.criterion == "bce":
+        fields["loss"] = summary.elements.astype(float).tolist()
+    elif summary.reduction == "none":
         fields["loss"] = [float(x) for x in summary.per_sample]
     return json.dumps(fields)
 
@@ -155,7 +258,9 @@ def to_json(summary: Summary) -> str:
 def to_csv(summary: Summary) -> str:
     """Returns the summary as a header row and one row; loss is empty for reduction 'none'."""
     fields = _fields(summary)
-    fields["weight"] = ";".join(repr(w) for w in summary.weight or ())
+    for name in ("weight", "pos_weight"):
+        if name in fields:
+            fields[name] = ";".join(repr(w) for w in fields[name] or ())
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(fields)

@@ -1,0 +1,351 @@
+"""`xent eval --loss bce`: binary cross-entropy per class against hand values, the naive formula,
+PyTorch, chunked reading, and every bad input."""
+
+import csv
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from test_eval import assert_bad_input_fails_cleanly
+from xent_cli import bce, data, stream
+from xent_cli.cli import app
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+LOGITS = ROOT / "examples" / "multilabel_logits.csv"
+TARGETS = ROOT / "examples" / "multilabel_targets.csv"
+
+Z = [[2.0, -1.0, 0.0, -3.0], [-2.0, 1.5, 0.5, -0.5], [0.0, 0.0, 0.0, 0.0],
+     [3.0, 2.0, -2.0, -1.0], [-1.0, -2.0, 1.0, 2.5], [1.0, -0.5, -1.5, 0.5]]
+T = [[1, 0, 1, 0], [0, 1, 1, 0], [1, 0, 0, 1], [1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 0, 0]]
+# probability targets: rows need not sum to 1
+SOFT_Z = [[0.3, -1.2, 2.0], [1.0, 0.0, -0.7]]
+SOFT_T = [[0.2, 0.9, 1.0], [0.0, 0.5, 0.35]]
+
+
+# --- an independent oracle: the textbook formula, one element at a time ------------------------
+
+def naive_elements(z, t, weight=None, pos_weight=None):
+    """Returns the (N, k) losses -w [p_w t log σ(z) + (1 - t) log(1 - σ(z))], written plainly."""
+    out = []
+    for row, targets in zip(z, t):
+        k = len(row)
+        w, pw = weight or [1.0] * k, pos_weight or [1.0] * k
+        out.append([])
+        for c, (v, y) in enumerate(zip(row, targets)):
+            sigma = 1 / (1 + math.exp(-v))
+            out[-1].append(-w[c] * (pw[c] * y * math.log(sigma) + (1 - y) * math.log(1 - sigma)))
+    return out
+
+
+def naive_gradient(z, t, reduction, weight=None, pos_weight=None):
+    """Returns d(reported loss)/dz: w [(1 - t) σ - p_w t (1 - σ)], over N × k for 'mean'."""
+    divisor = len(z) * len(z[0]) if reduction == "mean" else 1
+    grad = []
+    for row, targets in zip(z, t):
+        k = len(row)
+        w, pw = weight or [1.0] * k, pos_weight or [1.0] * k
+        grad.append([w[c] * ((1 - y) * s - pw[c] * y * (1 - s)) / divisor
+                     for c, (y, s) in enumerate(zip(targets, (1 / (1 + math.exp(-v)) for v in row)))])
+    return grad
+
+
+def write_table(path, rows, names):
+    path.write_text(",".join(names) + "\n" + "".join(",".join(map(repr, r)) + "\n" for r in rows))
+    return str(path)
+
+
+def run(runner, *arguments):
+    result = runner.invoke(app, ["eval", "--loss", "bce", *map(str, arguments)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    return result
+
+
+def summary_of(runner, *arguments):
+    return json.loads(run(runner, *arguments, "--format", "json").stdout)
+
+
+# --- the example and its golden output --------------------------------------------------------
+
+def test_example_matches_its_golden_output(runner, golden, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    result = run(runner, "examples/multilabel_logits.csv", "--targets",
+                 "examples/multilabel_targets.csv", "--show", "2")
+    golden("eval_bce_multilabel.txt", result.stdout)
+
+
+def test_example_files_are_the_hand_made_ones_these_tests_use():
+    assert np.array_equal(np.loadtxt(LOGITS, delimiter=",", skiprows=1), Z)
+    assert np.array_equal(np.loadtxt(TARGETS, delimiter=",", skiprows=1), T)
+
+
+def test_example_by_hand(runner):
+    summary = summary_of(runner, LOGITS, "--targets", TARGETS, "--reduction", "sum")
+    # sample 2 has z = 0 everywhere: σ = 1/2, so each class loses log 2 whatever its target
+    assert (summary["n"], summary["k"], summary["divisor"]) == (6, 4, 24.0)
+    # predictions (z > 0) against targets: sample 0 misses bird (z = 0 is 'no'), sample 2 cat and
+    # fish, sample 5 says fish; samples 1, 3 and 4 are right in every class
+    assert summary["exact_match"] == 3 / 6
+    assert summary["hamming_loss"] == 4 / 24
+    assert "accuracy" not in summary and "perplexity" not in summary
+    # softplus values: log(1 + e^-2) = 0.126928..., log(1 + e^-1) = 0.313261..., and so on
+    softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731  -log σ(-x)
+    hand = (softplus(-2) + softplus(-1) + math.log(2) + softplus(-3)  # sample 0
+            + softplus(-2) + softplus(-1.5) + softplus(-0.5) + softplus(-0.5)
+            + 4 * math.log(2)
+            + softplus(-3) + softplus(-2) + softplus(-2) + softplus(-1)
+            + softplus(-1) + softplus(-2) + softplus(-1) + softplus(-2.5)
+            + softplus(-1) + softplus(-0.5) + softplus(-1.5) + softplus(0.5))
+    assert summary["loss"] == pytest.approx(hand, rel=1e-15)
+
+
+def test_worked_sample_shows_sigma_element_loss_and_gradient(runner):
+    shown = run(runner, LOGITS, "--targets", TARGETS, "--show", "3").stdout
+    assert "sample 2 (line 4)" in shown and "sample 3" not in shown
+    assert "σ(z)" in shown and "σ − t" in shown
+    assert f"{math.log(2):.6g}" in shown  # sample 2's element loss
+    assert f"{0.5 / 24:.6g}" in shown and f"{-0.5 / 24:.6g}" in shown  # its mean gradient
+    assert f"{4 * math.log(2):.6g}" in shown  # and its loss, the sum over the classes
+    assert "/ 24 (the mean divides by N × k)" in shown
+    assert "perplexity" not in shown and "exact match" in shown and "Hamming loss" in shown
+
+
+def test_help_shows_the_bce_example_and_the_options(runner):
+    result = runner.invoke(app, ["eval", "--help"])
+    assert result.exit_code == 0
+    assert "--loss bce --targets examples/multilabel_targets.csv" in result.stdout
+    assert "--pos-weight" in result.stdout
+
+
+# --- PyTorch's semantics: the naive formula and torch itself, every reduction ------------------
+
+CASES = {
+    "plain": {},
+    "weight": {"weight": [1.0, 2.0, 0.5, 0.0]},
+    "pos-weight": {"pos_weight": [3.0, 0.5, 1.0, 2.0]},
+    "both": {"weight": [0.5, 1.5, 2.0, 1.0], "pos_weight": [2.0, 1.0, 0.25, 4.0]},
+}
+
+
+def options_of(case):
+    arguments = []
+    for name, option in (("weight", "--weight"), ("pos_weight", "--pos-weight")):
+        if name in case:
+            arguments += [option, ",".join(map(str, case[name]))]
+    return arguments
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", CASES)
+def test_loss_follows_the_naive_formula(runner, case, reduction):
+    options = CASES[case]
+    summary = summary_of(runner, LOGITS, "--targets", TARGETS, "--reduction", reduction,
+                         *options_of(options))
+    elements = naive_elements(Z, T, **options)
+    total = math.fsum(sum(elements, []))
+    assert summary["loss_sum"] == pytest.approx(total, rel=1e-14)
+    assert summary["loss_mean"] == pytest.approx(total / 24, rel=1e-14)
+    expected = {"mean": total / 24, "sum": total, "none": elements}[reduction]
+    if reduction == "none":  # PyTorch's (N, k) array
+        np.testing.assert_allclose(summary["loss"], expected, rtol=1e-14, atol=1e-300)
+    else:
+        assert summary["loss"] == pytest.approx(expected, rel=1e-14)
+    assert (summary["weight"], summary["pos_weight"]) == (options.get("weight"),
+                                                         options.get("pos_weight"))
+
+
+def test_probability_targets_need_not_sum_to_1(runner, tmp_path):
+    z = write_table(tmp_path / "z.csv", SOFT_Z, ["a", "b", "c"])
+    t = write_table(tmp_path / "t.csv", SOFT_T, ["a", "b", "c"])
+    summary = summary_of(runner, z, "--targets", t, "--reduction", "sum")
+    assert summary["loss"] == pytest.approx(math.fsum(sum(naive_elements(SOFT_Z, SOFT_T), [])),
+                                            rel=1e-14)
+    # t > 0.5 counts as 'yes': row 0 is (no, yes, yes), predicted (yes, no, yes): 2 wrong;
+    # row 1 is (no, no, no) (0.5 is not above 1/2), predicted (yes, no, no): 1 wrong
+    assert summary["hamming_loss"] == 3 / 6 and summary["exact_match"] == 0.0
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", CASES)
+def test_matches_torch(runner, case, reduction):
+    torch = pytest.importorskip("torch")
+    functional = pytest.importorskip("torch.nn.functional")
+    options = CASES[case]
+    summary = summary_of(runner, LOGITS, "--targets", TARGETS, "--reduction", reduction,
+                         *options_of(options))
+    kwargs = {name: torch.tensor(value, dtype=torch.float64) for name, value in options.items()}
+    z = torch.tensor(Z, dtype=torch.float64, requires_grad=True)
+    loss = functional.binary_cross_entropy_with_logits(
+        z, torch.tensor(T, dtype=torch.float64), reduction=reduction, **kwargs)
+    if reduction == "none":
+        np.testing.assert_allclose(summary["loss"], loss.detach().numpy(), rtol=1e-13, atol=1e-300)
+    else:
+        assert summary["loss"] == pytest.approx(loss.item(), rel=1e-14)
+
+
+def test_float32_agrees_with_float64_to_float32_precision(runner):
+    low = summary_of(runner, LOGITS, "--targets", TARGETS, "--dtype", "float32")
+    high = summary_of(runner, LOGITS, "--targets", TARGETS)
+    assert low["dtype"] == "float32"
+    assert low["loss"] == pytest.approx(high["loss"], rel=1e-6)
+
+
+def test_large_logits_stay_finite_and_exact(runner, tmp_path):
+    # a confident right answer keeps its tiny loss e^-40; a confident wrong one costs |z|
+    z = write_table(tmp_path / "z.csv", [[-40.0, 1e300, -1e300]], ["a", "b", "c"])
+    t = write_table(tmp_path / "t.csv", [[0, 0, 0]], ["a", "b", "c"])
+    summary = summary_of(runner, z, "--targets", t, "--reduction", "none")
+    assert summary["loss"][0][0] == pytest.approx(math.exp(-40), rel=1e-15)
+    assert summary["loss"][0][1] == 1e300 and summary["loss"][0][2] == 0.0
+
+
+def test_csv_summary_has_the_multilabel_fields(runner):
+    result = run(runner, LOGITS, "--targets", TARGETS, "--format", "csv", "--pos-weight",
+                 "1,2,3,4")
+    rows = list(csv.DictReader(result.stdout.splitlines()))
+    assert len(rows) == 1
+    assert (rows[0]["criterion"], rows[0]["exact_match"], rows[0]["pos_weight"]) == (
+        "bce", "0.5", "1.0;2.0;3.0;4.0")
+    assert float(rows[0]["hamming_loss"]) == 4 / 24
+
+
+def test_npz_targets_and_npy_logits_read_like_csv(runner, tmp_path):
+    expected = summary_of(runner, LOGITS, "--targets", TARGETS)["loss"]
+    np.savez(tmp_path / "both.npz", logits=np.array(Z), targets=np.array(T, dtype=float))
+    assert summary_of(runner, tmp_path / "both.npz")["loss"] == expected
+    np.save(tmp_path / "z.npy", np.array(Z))
+    np.save(tmp_path / "t.npy", np.array(T, dtype=np.int64))  # integer multi-hot is fine
+    assert summary_of(runner, tmp_path / "z.npy", "--targets", tmp_path / "t.npy")["loss"] == expected
+
+
+# --- chunks change nothing ---------------------------------------------------------------------
+
+def _collect(source, options):
+    parts = []
+    summary = stream.evaluate(source, loss="bce", rows=parts.append, **options)
+    stack = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    assert all(p.labels is None and p.predictions is None for p in parts)  # the RowsOut contract
+    return summary, stack("per_sample"), stack("probs"), stack("grad")
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 40), k=st.integers(1, 12), chunk=st.integers(1, 17),
+       seed=st.integers(0, 2**32 - 1), reduction=st.sampled_from(["mean", "sum", "none"]),
+       weighted=st.booleans(), positive=st.booleans(), soft=st.booleans(),
+       dtype=st.sampled_from(["float64", "float32"]))
+def test_any_chunk_size_gives_the_one_piece_results(n, k, chunk, seed, reduction, weighted,
+                                                    positive, soft, dtype):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(scale=4, size=(n, k))
+    t = rng.random((n, k)) if soft else (rng.random((n, k)) < 0.4).astype(float)
+    loaded = data.EvalInput(
+        logits=z, labels=None, targets=t, class_names=tuple(f"c{c}" for c in range(k)),
+        source="z.csv", lines=tuple(range(2, n + 2)), target_source="t.csv", target_column=None,
+        target_lines=tuple(range(2, n + 2)))
+    weight = tuple(rng.uniform(0, 2, size=k)) if weighted else None
+    pos_weight = tuple(rng.uniform(0.2, 5, size=k)) if positive else None
+    options = dict(weight=weight, pos_weight=pos_weight, reduction=reduction, dtype=dtype, show=2)
+    reference = bce.binary_cross_entropy(z, t, weight=weight, pos_weight=pos_weight,
+                                         reduction=reduction, dtype=dtype)
+    summary, per_sample, probs, grad = _collect(stream._in_memory(loaded, chunk), options)
+    # row-wise results do not see the chunks: bit for bit
+    assert np.array_equal(per_sample, reference.per_sample)
+    assert np.array_equal(probs, reference.probs)
+    assert np.array_equal(grad, reference.grad)
+    # the total is the sum of every element, rounded once, whatever the chunks
+    one_piece = stream.evaluate(stream._in_memory(loaded, n), loss="bce", **options)
+    assert summary.total == one_piece.total
+    assert math.isclose(summary.total, reference.total, rel_tol=1e-6 if dtype == "float32" else 1e-13,
+                        abs_tol=1e-30)
+    assert summary.divisor == n * k
+    if reduction != "none":
+        assert math.isclose(summary.loss, reference.loss, rel_tol=1e-6 if dtype == "float32" else 1e-13,
+                            abs_tol=1e-30)
+    else:
+        assert np.array_equal(summary.elements, reference.elements)
+    assert summary.exact_match == bce.exact_match(z, t)
+    assert summary.hamming_loss == bce.hamming_loss(z, t)
+    for worked, i in zip(summary.worked, range(2)):
+        assert np.array_equal(worked.grad, reference.grad[i])
+        assert worked.loss == reference.per_sample[i]
+        assert np.array_equal(worked.sigma, reference.probs[i])
+
+
+def test_fast_reader_setting_changes_nothing(runner, tmp_path, monkeypatch):
+    rng = np.random.default_rng(11)
+    z = write_table(tmp_path / "z.csv", rng.normal(scale=3, size=(200, 5)).tolist(), list("abcde"))
+    t = write_table(tmp_path / "t.csv", (rng.random((200, 5)) < 0.3).astype(int).tolist(),
+                    list("abcde"))
+    outputs = {}
+    for name, threshold in (("strict", 1 << 60), ("fast", 0)):
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        monkeypatch.setattr(stream, "BLOCK_BYTES", 500)
+        monkeypatch.setattr(stream, "CHUNK_ROWS", 23)
+        outputs[name] = run(runner, z, "--targets", t, "--format", "json",
+                            "--pos-weight", "1,2,3,4,5").stdout
+    assert outputs["fast"] == outputs["strict"]
+
+
+# --- bad input: one line naming file, line and column; exit 2; no output file -----------------
+
+Z2 = "a,b\n1,2\n3,4\n"
+BCE = ["--loss", "bce"]
+BAD_INPUTS = [
+    ("target-above-1", {"z.csv": Z2, "t.csv": "a,b\n1,0\n0,1.5\n"}, ["z.csv", "--targets", "t.csv", *BCE],
+     "t.csv, line 3, column 'b': target is outside [0, 1]"),
+    ("target-negative", {"z.csv": Z2, "t.csv": "a,b\n1,-0.5\n0,1\n"}, ["z.csv", "--targets", "t.csv", *BCE],
+     "t.csv, line 2, column 'b': target probability -0.5 is negative"),
+    ("target-not-a-number", {"z.csv": Z2, "t.csv": "a,b\n1,yes\n0,1\n"}, ["z.csv", "--targets", "t.csv", *BCE],
+     "t.csv, line 2, column 'b': probability 'yes' is not a number"),
+    ("ragged-targets", {"z.csv": Z2, "t.csv": "a,b\n1,0\n0\n"}, ["z.csv", "--targets", "t.csv", *BCE],
+     "t.csv, line 3: row has 1 cells, the header has 2"),
+    ("target-columns", {"z.csv": Z2, "t.csv": "a,b,c\n1,0,0\n0,1,0\n"}, ["z.csv", "--targets", "t.csv", *BCE],
+     "t.csv, line 1: has 3 target columns, the logits have 2 classes"),
+    ("target-rows", {"z.csv": Z2, "t.csv": "a,b\n1,0\n"}, ["z.csv", "--targets", "t.csv", *BCE],
+     "z.csv, line 3: this sample has no partner: t.csv has only 1 target rows for 2 rows"),
+    ("masked-logit", {"z.csv": "a,b\n1,-inf\n", "t.csv": "a,b\n1,0\n"}, ["z.csv", "--targets", "t.csv", *BCE],
+     "z.csv, line 2, column 'b': logit is not a finite number; binary cross-entropy needs finite"),
+    ("float32-overflow", {"z.csv": "a,b\n1,1e39\n", "t.csv": "a,b\n1,0\n"},
+     ["z.csv", "--targets", "t.csv", "--dtype", "float32", *BCE],
+     "z.csv, line 2, column 'b': logit does not fit in float32"),
+    ("labels", {"z.csv": Z2, "y.csv": "0\n1\n"}, ["z.csv", "--labels", "y.csv", *BCE],
+     "--labels does not apply to --loss bce"),
+    ("label-smoothing", {"z.csv": Z2, "t.csv": "a,b\n1,0\n0,1\n"},
+     ["z.csv", "--targets", "t.csv", "--label-smoothing", "0.1", *BCE],
+     "--label-smoothing does not apply to --loss bce"),
+    ("ignore-index", {"z.csv": Z2, "t.csv": "a,b\n1,0\n0,1\n"},
+     ["z.csv", "--targets", "t.csv", "--ignore-index", "0", *BCE], "--ignore-index does not apply to --loss bce"),
+    ("no-targets", {"z.csv": "a,b,label\n1,2,0\n"}, ["z.csv", *BCE], "--loss bce needs --targets FILE"),
+    ("npz-labels", {}, ["labels.npz", *BCE], "labels.npz: binary cross-entropy needs a target per class"),
+    ("pos-weight-with-ce", {"z.csv": "a,b,label\n1,2,0\n"}, ["z.csv", "--pos-weight", "1,2"],
+     "--pos-weight applies to --loss bce only"),
+    ("pos-weight-length", {"z.csv": Z2, "t.csv": "a,b\n1,0\n0,1\n"},
+     ["z.csv", "--targets", "t.csv", "--pos-weight", "1,2,3", *BCE],
+     "--pos-weight has 3 entries; the logits have 2 classes"),
+    ("pos-weight-negative", {"z.csv": Z2, "t.csv": "a,b\n1,0\n0,1\n"},
+     ["z.csv", "--targets", "t.csv", "--pos-weight", "1,-2", *BCE], "--pos-weight entry 1 (class 1): -2 is negative"),
+    ("weight-length", {"z.csv": Z2, "t.csv": "a,b\n1,0\n0,1\n"},
+     ["z.csv", "--targets", "t.csv", "--weight", "1", *BCE], "--weight has 1 entries"),
+]
+
+
+@pytest.mark.parametrize("name, files, arguments, fragment", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_no_output(runner, tmp_path, monkeypatch, name, files,
+                                                    arguments, fragment):
+    if name == "npz-labels":
+        np.savez(tmp_path / "labels.npz", logits=np.zeros((2, 2)), labels=np.array([0, 1]))
+    assert_bad_input_fails_cleanly(runner, tmp_path, monkeypatch, files, arguments, fragment)
+
+
+def test_a_bad_target_in_a_later_chunk_names_its_own_line(runner, tmp_path, monkeypatch):
+    monkeypatch.setattr(stream, "CHUNK_ROWS", 3)
+    z = write_table(tmp_path / "z.csv", [[0.0, 1.0]] * 10, ["a", "b"])
+    t = write_table(tmp_path / "t.csv", [[0.0, 1.0]] * 7 + [[2.0, 0.0]] + [[0.0, 1.0]] * 2, ["a", "b"])
+    result = runner.invoke(app, ["eval", z, "--targets", t, "--loss", "bce"])
+    assert result.exit_code == 2
+    assert f"{t}, line 9, column 'a': target is outside [0, 1]" in result.stderr

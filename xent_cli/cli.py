@@ -184,7 +184,8 @@ def eval_command(
     output: Annotated[Optional[str], typer.Option(
         metavar="PATH",
         help="Write a per-sample CSV (label, pred, loss, prob_c, grad_c) to this path, atomically; "
-             "for --loss bce, loss is the sample's sum over classes and prob_c = σ(z_c).")] = None,
+             "for --loss bce, loss is the sample's sum over classes and prob_c = σ(z_c). "
+             "A .npy or .parquet path writes that binary format instead (several times faster).")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="Hide the progress bar (it shows only when stderr is a terminal).")] = False,
 ) -> None:
@@ -232,15 +233,9 @@ def eval_command(
             if output is None:
                 summary = stream.evaluate(source, progress=progress, **options)
             else:
-                with data.atomic_writer(output, [logits, labels, targets]) as file:
-                    def write(rows: stream.RowsOut) -> None:
-                        if rows.start == 0:
-                            file.seek(0)
-                            file.truncate()  # a second pass, or the strict reader, starts over
-                            file.write(render.per_sample_header(len(source.class_names),
-                                                                source.has_labels))
-                        file.write(render.per_sample_rows(rows))
+                from xent_cli import rows_file
 
+                with rows_file.writer(output, [logits, labels, targets]) as write:
                     summary = stream.evaluate(source, progress=progress, rows=write, **options)
     console = stdout()
     if output_format is EvalFormat.json:

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from xent_cli.data import WorkedSample
-from xent_cli.stream import BinaryWorkedSample, RowsOut, Summary
+from xent_cli.stream import BinaryWorkedSample, Summary
 
 
 def _g(x: float) -> str:
@@ -266,27 +266,3 @@ def to_csv(summary: Summary) -> str:
     writer.writerow(fields)
     writer.writerow("" if value is None else value for value in fields.values())
     return buffer.getvalue()
-
-
-def per_sample_header(k: int, has_labels: bool) -> str:
-    """Returns the header of the per-sample file: sample, line, label, pred, loss, prob_c, grad_c.
-
-    loss is PyTorch's reduction='none' value; grad_c is d(reported loss)/dz_c.
-    """
-    header = ["sample", "line"] + (["label"] if has_labels else []) + ["pred", "loss"]
-    header += [f"prob_{c}" for c in range(k)] + [f"grad_{c}" for c in range(k)]
-    return ",".join(header) + "\n"
-
-
-def per_sample_rows(rows: RowsOut) -> str:
-    """Returns one chunk's rows of the per-sample file, floats in repr (they round-trip)."""
-    probs = [",".join(map(repr, row)) for row in rows.probs.tolist()]
-    grad = [",".join(map(repr, row)) for row in rows.grad.tolist()]
-    losses = map(repr, rows.per_sample.tolist())
-    labels = ([f"{label}," for label in rows.labels.tolist()] if rows.labels is not None
-              else [""] * len(probs))
-    return "".join(
-        f"{i},{line},{label}{pred},{loss},{p},{g}\n"
-        for i, line, label, pred, loss, p, g in zip(
-            range(rows.start, rows.start + len(probs)), rows.lines, labels,
-            rows.predictions.tolist(), losses, probs, grad))

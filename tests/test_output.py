@@ -1,0 +1,207 @@
+"""`xent eval --output`: CSV, .npy and .parquet files that read back bit for bit, from either reader."""
+
+from __future__ import annotations
+
+import csv
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from xent_cli import bce, losses, rows_file, stream
+from xent_cli.cli import app
+
+pl = pytest.importorskip("polars")
+
+# Floats whose spelling is easy to get wrong: signed zero, the smallest subnormal, huge and tiny
+# magnitudes, the edges where notation switches, the largest float, and a float32's float64.
+EDGES = [0.0, -0.0, 5e-324, -5e-324, 2.2250738585072014e-308, 1e-300, 1e-7, 1e-5, 2.5e-5,
+         9.999999999999999e-05, 1e-4, 0.1, 1 / 3, 1.0, 1e15, 9999999999999998.0, 1e16, 1e22,
+         1.7976931348623157e308, float(np.float32(0.1)), 2.0**53 + 2, float("inf"), float("-inf")]
+
+
+def _bits(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64).view(np.uint64)
+
+
+def _table(z, y) -> str:
+    k = z.shape[1]
+    rows = [",".join(map(repr, row)) + f",{label}" for row, label in zip(z.tolist(), y.tolist())]
+    return ",".join(f"z{c}" for c in range(k)) + ",label\n" + "\n".join(rows) + "\n"
+
+
+def _read(path) -> dict[str, np.ndarray]:
+    """Reads a per-sample file of any format into columns: floats parsed by Python's float()."""
+    if path.suffix == ".npy":
+        records = np.load(path)
+        columns = {name: records[name] for name in records.dtype.names if name not in ("prob", "grad")}
+        columns["probs"], columns["grad"] = records["prob"], records["grad"]
+        return columns
+    if path.suffix == ".parquet":
+        frame = pl.read_parquet(path).to_dict()
+    else:
+        with open(path, newline="", encoding="utf-8") as file:
+            cells = list(csv.reader(file))
+        frame = {name: [row[c] for row in cells[1:]] for c, name in enumerate(cells[0])}
+        frame = {name: np.array([int(v) for v in values]) if name in ("sample", "line", "label", "pred")
+                 else np.array([float(v) for v in values]) for name, values in frame.items()}
+    k = sum(1 for name in frame if name.startswith("grad_"))
+    columns = {name: np.asarray(frame[name]) for name in ("sample", "line", "label", "pred", "loss")
+               if name in frame}
+    columns["probs"] = np.column_stack([np.asarray(frame[f"prob_{c}"]) for c in range(k)])
+    columns["grad"] = np.column_stack([np.asarray(frame[f"grad_{c}"]) for c in range(k)])
+    return columns
+
+
+@pytest.fixture(params=["strict", "fast"])
+def reader(request, monkeypatch):
+    """Runs each test through the strict reader and through the fast one, with small blocks."""
+    monkeypatch.setattr(stream, "FAST_CSV_BYTES", 1 << 60 if request.param == "strict" else 0)
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 2000)
+    monkeypatch.setattr(stream, "CHUNK_ROWS", 37)
+    return request.param
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy", ".parquet"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_every_float_reads_back_bit_for_bit(runner, tmp_path, reader, suffix, reduction):
+    rng = np.random.default_rng(11)
+    z = rng.normal(scale=6, size=(200, 4))
+    z[0] = [80.0, -80.0, 0.0, 1e-3]  # probabilities near 1e-70 and gradients near 5e-324 scaled
+    y = rng.integers(0, 4, size=200)
+    (tmp_path / "z.csv").write_text(_table(z, y))
+    out = tmp_path / f"o{suffix}"
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--reduction", reduction,
+                                 "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    got = _read(out)
+    reference = losses.cross_entropy(z, y, reduction=reduction)
+    assert np.array_equal(got["sample"], np.arange(200)) and np.array_equal(got["line"], np.arange(2, 202))
+    assert np.array_equal(got["label"], y) and np.array_equal(got["pred"], z.argmax(axis=1))
+    for name, expected in (("loss", reference.per_sample), ("probs", reference.probs),
+                           ("grad", reference.grad)):
+        assert np.array_equal(_bits(got[name]), _bits(expected)), name
+    # and the gradient is the true one: softmax(z) - onehot(y), scaled by the reduction
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    divisor = 200 if reduction == "mean" else 1
+    np.testing.assert_allclose(got["grad"], (p - np.eye(4)[y]) / divisor, rtol=1e-12,
+                               atol=1e-15 / divisor)  # p - 1 cancels digits near p = 1
+
+
+def test_python_and_polars_spell_every_float_alike():
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 2**64 - 1, size=200_000, dtype=np.uint64, endpoint=True)
+    scaled = rng.random(50_000) * 10.0 ** rng.integers(-320, 308, size=50_000)
+    values = np.concatenate([bits.view(np.float64), scaled, -scaled, EDGES, np.negative(EDGES)])
+    polars_text = pl.DataFrame({"x": values}).write_csv(include_header=False).split("\n")[:-1]
+    python_text = [rows_file._spell(x) for x in values.tolist()]
+    assert python_text == polars_text
+    finite = np.isfinite(values) | np.isinf(values)
+    assert np.array_equal(_bits([float(s) for s in np.array(python_text)[finite]]), _bits(values[finite]))
+    assert rows_file._spell(float("nan")) == "NaN" and float("NaN") != float("NaN")
+
+
+def test_edge_floats_spelling_by_hand():
+    spelled = {x: rows_file._spell(x) for x in (-0.0, 5e-324, 1e22, 2.5e-5, 1e-7, 1e16, 1e15)}
+    assert spelled == {-0.0: "-0.0", 5e-324: "5e-324", 1e22: "1e+22", 2.5e-5: "0.000025",
+                       1e-7: "1e-7", 1e16: "1e+16", 1e15: "1000000000000000.0"}
+    assert struct.pack("<d", float(spelled[-0.0])) == struct.pack("<d", -0.0)
+
+
+def test_small_and_large_blocks_write_identical_bytes(runner, tmp_path, monkeypatch, reader):
+    rng = np.random.default_rng(2)
+    z = rng.normal(scale=30, size=(300, 5)) * 10.0 ** rng.integers(-6, 3, size=(300, 1))
+    (tmp_path / "z.csv").write_text(_table(z, rng.integers(0, 5, size=300)))
+    texts = {}
+    for name, threshold in (("python", 1 << 60), ("polars", 0)):
+        monkeypatch.setattr(rows_file, "_PYTHON_FLOATS", threshold)
+        out = tmp_path / f"{name}.csv"
+        result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--dtype", "float32",
+                                     "--output", str(out)])
+        assert result.exit_code == 0, result.output
+        texts[name] = out.read_bytes()
+    assert texts["python"] == texts["polars"]
+    assert b"e-" in texts["python"]  # the tiny gradients went through the exponent spelling
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".parquet"])
+def test_binary_formats_keep_float32(runner, tmp_path, suffix):
+    (tmp_path / "z.csv").write_text("a,b,c,label\n1,2,3,0\n0.5,0.1,-1,2\n")
+    out = tmp_path / f"o{suffix}"
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--dtype", "float32", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    got = _read(out)
+    assert got["grad"].dtype == np.float32 and got["loss"].dtype == np.float32
+    z = np.array([[1, 2, 3], [0.5, 0.1, -1]], dtype=np.float32)
+    assert np.array_equal(got["grad"], losses.cross_entropy(z, np.array([0, 2]), dtype=np.float32).grad)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy", ".parquet"])
+def test_binary_cross_entropy_has_neither_label_nor_pred(runner, tmp_path, suffix):
+    z = np.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
+    t = np.array([[1, 0, 1], [0, 1, 0]])
+    (tmp_path / "z.csv").write_text("a,b,c\n" + "\n".join(",".join(map(repr, r)) for r in z.tolist()) + "\n")
+    (tmp_path / "t.csv").write_text("a,b,c\n" + "\n".join(",".join(map(str, r)) for r in t.tolist()) + "\n")
+    out = tmp_path / f"o{suffix}"
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--loss", "bce", "--targets",
+                                 str(tmp_path / "t.csv"), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    got = _read(out)
+    assert set(got) == {"sample", "line", "loss", "probs", "grad"}
+    if suffix == ".csv":
+        assert out.read_text().splitlines()[0] == ("sample,line,loss,prob_0,prob_1,prob_2,"
+                                                   "grad_0,grad_1,grad_2")
+    sigma = 1 / (1 + np.exp(-z))
+    np.testing.assert_allclose(got["probs"], sigma, rtol=1e-15)
+    np.testing.assert_allclose(got["grad"], (sigma - t) / 6, rtol=1e-14)  # 'mean' over N × k
+    expected = bce.binary_cross_entropy(z, t, reduction="mean")
+    assert np.array_equal(_bits(got["grad"]), _bits(expected.grad))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".parquet"])
+def test_a_restart_leaves_only_the_last_run(runner, tmp_path, monkeypatch, suffix):
+    monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0)
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 64)
+    # a masked logit deep in the file sends the fast reader back to the strict one
+    rows = [f"{i % 3},{-i},1" for i in range(60)] + ["3,-inf,0"]
+    (tmp_path / "z.csv").write_text("a,b,label\n" + "\n".join(rows) + "\n")
+    out = tmp_path / f"o{suffix}"
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    got = _read(out)
+    assert np.array_equal(got["sample"], np.arange(61)) and np.array_equal(got["line"], np.arange(2, 63))
+    assert got["probs"][-1].tolist() == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy", ".parquet"])
+def test_a_failure_leaves_no_file(runner, tmp_path, monkeypatch, suffix):
+    monkeypatch.setattr(stream, "CHUNK_ROWS", 2)
+    (tmp_path / "z.csv").write_text("a,b,label\n1,2,0\n3,4,1\n5,6,1\n7,8,9\n")  # label 9 out of range
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--reduction", "sum",
+                                 "--output", str(tmp_path / f"o{suffix}")])
+    assert result.exit_code == 2 and "line 5" in result.stderr, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.csv"]
+
+
+def test_npy_header_grows_with_wide_records(tmp_path):
+    k = 400  # a description far longer than the reserved header
+    rows = stream.RowsOut(start=0, lines=range(2, 5), labels=np.array([0, 1, 2]),
+                          predictions=np.array([1, 1, 1]), per_sample=np.ones(3),
+                          probs=np.full((3, k), 1 / k), grad=np.zeros((3, k)))
+    with rows_file.writer(str(tmp_path / "o.npy")) as write:
+        write(rows)
+    records = np.load(tmp_path / "o.npy")
+    assert records.shape == (3,) and records["prob"].shape == (3, k)
+    assert np.array_equal(records["line"], [2, 3, 4])
+
+
+def test_small_file_output_needs_no_polars(tmp_path):
+    (tmp_path / "z.csv").write_text("a,b,label\n1,2,0\n")
+    code = ("import sys\nfrom xent_cli.cli import app\n"
+            f"app(['eval', {str(tmp_path / 'z.csv')!r}, '--output', {str(tmp_path / 'o.csv')!r}],"
+            " standalone_mode=False)\nprint('polars' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False"

@@ -276,19 +276,82 @@ def test_any_chunk_size_gives_the_one_piece_results(n, k, chunk, seed, reduction
         assert np.array_equal(worked.sigma, reference.probs[i])
 
 
-def test_fast_reader_setting_changes_nothing(runner, tmp_path, monkeypatch):
-    rng = np.random.default_rng(11)
-    z = write_table(tmp_path / "z.csv", rng.normal(scale=3, size=(200, 5)).tolist(), list("abcde"))
-    t = write_table(tmp_path / "t.csv", (rng.random((200, 5)) < 0.3).astype(int).tolist(),
-                    list("abcde"))
+@pytest.fixture
+def fast(monkeypatch):
+    """Forces the fast block reader on every CSV, with blocks of a few lines."""
+    monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0)
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 64)
+
+
+def _pair(tmp_path, n=200, k=5, seed=11, soft=False):
+    rng = np.random.default_rng(seed)
+    names = [f"c{c}" for c in range(k)]
+    targets = (rng.dirichlet(np.ones(k), size=n) if soft
+               else (rng.random((n, k)) < 0.3).astype(int)).tolist()
+    return (write_table(tmp_path / "z.csv", rng.normal(scale=3, size=(n, k)).tolist(), names),
+            write_table(tmp_path / "t.csv", targets, names))
+
+
+@pytest.mark.parametrize("loss, extra", [
+    ("bce", []), ("bce", ["--pos-weight", "1,2,3,4,5", "--weight", "0.5,1,1,2,0"]),
+    ("bce", ["--reduction", "none", "--dtype", "float32"]), ("bce", ["--reduction", "sum"]),
+    ("ce", []), ("ce", ["--label-smoothing", "0.1", "--reduction", "none"]),
+])
+def test_the_fast_reader_reads_targets_as_the_strict_one(runner, tmp_path, monkeypatch, loss, extra):
+    # the targets' lines are shorter than the logits', so their blocks hold other row counts
+    z, t = _pair(tmp_path, soft=loss == "ce")
     outputs = {}
     for name, threshold in (("strict", 1 << 60), ("fast", 0)):
         monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
         monkeypatch.setattr(stream, "BLOCK_BYTES", 500)
         monkeypatch.setattr(stream, "CHUNK_ROWS", 23)
-        outputs[name] = run(runner, z, "--targets", t, "--format", "json",
-                            "--pos-weight", "1,2,3,4,5").stdout
+        assert stream.open_source(z, targets_path=t).unit == ("rows" if name == "strict" else "bytes")
+        result = runner.invoke(app, ["eval", z, "--targets", t, "--loss", loss, "--format", "json",
+                                     *extra])
+        assert result.exit_code == 0, result.output
+        outputs[name] = result.stdout
     assert outputs["fast"] == outputs["strict"]
+
+
+def test_fast_chunks_give_the_one_piece_rows_bit_for_bit(tmp_path, fast):
+    z, t = _pair(tmp_path, n=60, k=9)
+    source = stream.open_source(z, targets_path=t)
+    assert source.unit == "bytes"
+    summary, per_sample, probs, grad = _collect(source, dict(pos_weight=(2.0,) * 9))
+    loaded = data.read_eval_input(z, targets_path=t)
+    reference = bce.binary_cross_entropy(loaded.logits, loaded.targets, pos_weight=(2.0,) * 9)
+    assert np.array_equal(per_sample, reference.per_sample)
+    assert np.array_equal(probs, reference.probs)
+    assert np.array_equal(grad, reference.grad)
+    assert summary.total == math.fsum(reference.elements.ravel().tolist())
+
+
+@pytest.mark.parametrize("logits, targets, fragment", [
+    ("a,b\n1,2\n3,4\n5,6\n7,8\n", "a,b\n1,0\n0,1\n1,1\n0,1.5\n", "t.csv, line 5, column 'b': target is outside"),
+    ("a,b\n1,2\n3,4\n5,6\n7,8\n", "a,b\n1,0\n0,1\n1,1\n", "z.csv, line 5: this sample has no partner"),
+    ("a,b\n1,2\n3,4\n", "a,b\n1,0\n0,1\n1,1\n", "t.csv, line 4: t.csv has 3 target rows"),
+    ("a,b\n1,2\n3,4\n", "a,b\n1,0\n\n0,-1\n", "t.csv, line 4, column 'b': target probability -1 is negative"),
+    ("a,b\n1,2\n3,4\n", "a,b\n1,0\n0,\n", "t.csv, line 3, column 'b': probability is missing"),
+    ("a,b\n1,2\n3,-inf\n", "a,b\n1,0\n0,1\n", "z.csv, line 3, column 'b': logit is not a finite number"),
+    ("a,b,label\n1,2,0\n", "a,b\n1,0\n", "z.csv, line 1: has a column 'label'"),
+])
+def test_bad_inputs_read_the_same_on_the_fast_path(runner, tmp_path, monkeypatch, fast, logits, targets,
+                                                   fragment):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "z.csv").write_text(logits)
+    (tmp_path / "t.csv").write_text(targets)
+    result = runner.invoke(app, ["eval", "z.csv", "--targets", "t.csv", "--loss", "bce"])
+    assert result.exit_code == 2 and fragment in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_blank_lines_in_the_targets_fall_back_and_keep_the_samples_paired(runner, tmp_path, fast):
+    (tmp_path / "z.csv").write_text("a,b\n0,0\n0,0\n")
+    (tmp_path / "t.csv").write_text("a,b\n\n1,1\n\n0,0\n")
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--targets", str(tmp_path / "t.csv"),
+                                 "--loss", "bce", "--format", "json", "--reduction", "sum"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["loss"] == pytest.approx(4 * math.log(2), rel=1e-15)
 
 
 # --- bad input: one line naming file, line and column; exit 2; no output file -----------------

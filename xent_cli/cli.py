@@ -228,6 +228,7 @@ def eval_command(
                        ignore_index=ignore_index, label_smoothing=label_smoothing,
                        reduction=reduction.value, dtype=dtype.value, show=show,
                        fallback=lambda: stream.strict_source(logits, label_col=label_col,
+                                                             targets_path=targets,
                                                              delimiter=delimiter))
         with _eval_progress(source, quiet) as progress:
             if output is None:

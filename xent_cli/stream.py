@@ -18,6 +18,7 @@ exact match and Hamming loss count integers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import math
@@ -128,10 +129,11 @@ def open_source(path: str, *, label_col: str = "label", labels_path: str | None 
     if suffix in (".npy", ".npz", ".parquet"):
         loaded = _read_array_input(path, suffix, label_col, labels_path, targets_path, delimiter)
         return _in_memory(loaded, chunk_rows)
-    if labels_path is None and targets_path is None and path != data.STDIN:
+    if labels_path is None and path != data.STDIN and targets_path != data.STDIN:
         size = os.path.getsize(path) if os.path.isfile(path) else -1  # else the strict reader says why
         if size >= max(FAST_CSV_BYTES, 1):
-            fast = _fast_csv(path, label_col, delimiter, size)
+            fast = (_fast_csv(path, label_col, delimiter, size) if targets_path is None
+                    else _fast_csv_targets(path, targets_path, label_col, delimiter, size))
             if fast is not None:
                 return fast
     loaded = data.read_eval_input(path, label_col=label_col, labels_path=labels_path,
@@ -139,10 +141,11 @@ def open_source(path: str, *, label_col: str = "label", labels_path: str | None 
     return _in_memory(loaded, chunk_rows)
 
 
-def strict_source(path: str, *, label_col: str = "label", delimiter: str | None = None,
-                  chunk_rows: int = CHUNK_ROWS) -> Source:
-    """Opens a CSV with the strict reader, whatever its size."""
-    loaded = data.read_eval_input(path, label_col=label_col, delimiter=delimiter)
+def strict_source(path: str, *, label_col: str = "label", targets_path: str | None = None,
+                  delimiter: str | None = None, chunk_rows: int = CHUNK_ROWS) -> Source:
+    """Opens a CSV (and its targets file, if any) with the strict reader, whatever its size."""
+    loaded = data.read_eval_input(path, label_col=label_col, targets_path=targets_path,
+                                  delimiter=delimiter)
     return _in_memory(loaded, chunk_rows)
 
 
@@ -175,18 +178,10 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
         import polars  # noqa: F401  (only large files pay its import)
     except ImportError:
         return None
-    if delimiter is None:
-        delimiter = "\t" if path.lower().endswith(".tsv") else ","
-    with open(path, "rb") as file:
-        first = file.readline()
-    try:
-        header = tuple(cell.strip() for cell in first.decode("utf-8-sig").strip("\r\n")
-                       .split(delimiter))
-    except UnicodeDecodeError:
-        return None
-    if (label_col not in header or len(set(header)) != len(header) or not all(header)
-            or len(header) < 3 or '"' in first.decode("utf-8-sig")):
-        return None  # the strict reader explains, or reads quoted headers properly
+    delimiter = _delimiter_of(path, delimiter)
+    header, offset = _plain_header(path, delimiter)
+    if label_col not in header or len(header) < 3:
+        return None  # the strict reader explains
     label = header.index(label_col)
     logit_columns = [c for c in range(len(header)) if c != label]
     class_names = tuple(header[c] for c in logit_columns)
@@ -198,7 +193,7 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
 
     def chunks() -> Iterator[Chunk]:
         start, line = 0, 2  # the header is line 1
-        for table, done in _prefetched(_parsed_blocks(path, len(first), len(header), delimiter)):
+        for table, done in _prefetched(_parsed_blocks(path, offset, len(header), delimiter)):
             n = table.shape[0]
             logits = table[:, logit_slice]
             raw_labels = table[:, label]
@@ -222,6 +217,103 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
 
     return Source(name=path, class_names=class_names, has_labels=True, target_source=path,
                   size=size, unit="bytes", chunks=chunks)
+
+
+def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: str | None,
+                      size: int) -> Source | None:
+    """Returns a fast source for a large CSV of logits and its CSV of per-class targets.
+
+    Both files are read in blocks at once; each block of logits takes as many target rows.
+    Anything the strict reader would refuse or skip (a blank line, an empty or negative cell,
+    unequal lengths) makes the fast reader hand over, and the strict reader says where.
+    """
+    try:
+        import polars  # noqa: F401  (only large files pay its import)
+    except ImportError:
+        return None
+    delimiter, target_delimiter = (_delimiter_of(path, delimiter),
+                                   _delimiter_of(targets_path, delimiter))
+    if not os.path.isfile(targets_path):
+        return None
+    header, offset = _plain_header(path, delimiter)
+    target_header, target_offset = _plain_header(targets_path, target_delimiter)
+    k = len(header)
+    if k < 2 or len(target_header) != k or label_col in header:
+        return None  # the strict reader explains
+
+    def chunks() -> Iterator[Chunk]:
+        start, line = 0, 2  # the header is line 1 in both files
+        blocks = _prefetched(table for table, _ in _parsed_blocks(
+            targets_path, target_offset, k, target_delimiter))
+        with contextlib.closing(blocks):
+            rows = _Rows(blocks)
+            for logits, done in _prefetched(_parsed_blocks(path, offset, k, delimiter)):
+                n = logits.shape[0]
+                targets = rows.take(n)
+                # nan and inf survive a sum: blank lines, empty cells and -inf go to the strict reader
+                for array in (logits, targets):
+                    if not np.isfinite(array.sum()) and not np.isfinite(array).all():
+                        raise _Unusual
+                if (targets < 0).any():
+                    raise _Unusual  # the strict reader names the cell
+                lines = range(line, line + n)
+                chunk = data.EvalInput(
+                    logits=logits, labels=None, targets=targets, class_names=header, source=path,
+                    lines=lines, target_source=targets_path, target_column=None,
+                    target_lines=lines)
+                yield Chunk(data=chunk, start=start, done=done)
+                start, line = start + n, line + n
+            if start == 0 or not rows.exhausted():
+                raise _Unusual  # no data rows, or more target rows than logits
+
+    return Source(name=path, class_names=header, has_labels=False, target_source=targets_path,
+                  size=size, unit="bytes", chunks=chunks)
+
+
+class _Rows:
+    """The rows of a stream of parsed blocks, taken n at a time whatever the blocks' sizes."""
+
+    def __init__(self, blocks: Iterator[np.ndarray]):
+        self.blocks, self.pending = blocks, []
+
+    def take(self, n: int) -> np.ndarray:
+        """Returns the next n rows; raises _Unusual when the stream has fewer."""
+        have = sum(len(block) for block in self.pending)
+        while have < n:
+            block = next(self.blocks, None)
+            if block is None:
+                raise _Unusual  # fewer targets than logits: the strict reader says where
+            self.pending.append(block)
+            have += len(block)
+        rows = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
+        self.pending = [rows[n:]] if len(rows) > n else []
+        return rows[:n]
+
+    def exhausted(self) -> bool:
+        """Returns whether every row has been taken."""
+        return not self.pending and next(self.blocks, None) is None
+
+
+def _delimiter_of(path: str, delimiter: str | None) -> str:
+    """Returns the delimiter the strict reader uses for a file: the given one, or by extension."""
+    if delimiter is not None:
+        return delimiter
+    return "\t" if path.lower().endswith(".tsv") else ","
+
+
+def _plain_header(path: str, delimiter: str) -> tuple[tuple[str, ...], int]:
+    """Returns a CSV's header names and its length in bytes; no names where the strict reader
+    must judge (undecodable, quoted, empty or repeated names)."""
+    with open(path, "rb") as file:
+        first = file.readline()
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return (), len(first)
+    header = tuple(cell.strip() for cell in text.strip("\r\n").split(delimiter))
+    if len(set(header)) != len(header) or not all(header) or '"' in text:
+        return (), len(first)  # the strict reader explains, or reads quoted headers properly
+    return header, len(first)
 
 
 def _parsed_blocks(path: str, offset: int, columns: int, delimiter: str) -> Iterator[tuple]:

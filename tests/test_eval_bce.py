@@ -159,6 +159,32 @@ def test_loss_follows_the_naive_formula(runner, case, reduction):
                                                          options.get("pos_weight"))
 
 
+def read_output(path):
+    with open(path, newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    k = sum(1 for name in rows[0] if name.startswith("grad_"))
+    assert list(rows[0])[:3] == ["sample", "line", "loss"]  # no label, no argmax prediction
+    column = lambda prefix: [[float(r[f"{prefix}_{c}"]) for c in range(k)] for r in rows]  # noqa: E731
+    return [float(r["loss"]) for r in rows], column("prob"), column("grad"), [int(r["line"]) for r in rows]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", CASES)
+def test_output_rows_follow_the_naive_formula(runner, tmp_path, case, reduction):
+    options = CASES[case]
+    out = tmp_path / "rows.csv"
+    run(runner, LOGITS, "--targets", TARGETS, "--reduction", reduction, "--output", out,
+        *options_of(options))
+    per_sample, probs, grad, lines = read_output(out)
+    assert lines == [2, 3, 4, 5, 6, 7]
+    assert per_sample == pytest.approx([sum(row) for row in naive_elements(Z, T, **options)],
+                                       rel=1e-14)
+    np.testing.assert_allclose(probs, [[1 / (1 + math.exp(-v)) for v in row] for row in Z],
+                               rtol=1e-15)
+    np.testing.assert_allclose(grad, naive_gradient(Z, T, reduction, **options), rtol=1e-14,
+                               atol=1e-300)
+
+
 def test_probability_targets_need_not_sum_to_1(runner, tmp_path):
     z = write_table(tmp_path / "z.csv", SOFT_Z, ["a", "b", "c"])
     t = write_table(tmp_path / "t.csv", SOFT_T, ["a", "b", "c"])
@@ -186,6 +212,44 @@ def test_matches_torch(runner, case, reduction):
         np.testing.assert_allclose(summary["loss"], loss.detach().numpy(), rtol=1e-13, atol=1e-300)
     else:
         assert summary["loss"] == pytest.approx(loss.item(), rel=1e-14)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", CASES)
+def test_output_gradient_is_torchs(runner, tmp_path, case, reduction):
+    torch = pytest.importorskip("torch")
+    functional = pytest.importorskip("torch.nn.functional")
+    options = CASES[case]
+    out = tmp_path / "rows.csv"
+    run(runner, LOGITS, "--targets", TARGETS, "--reduction", reduction, "--output", out,
+        *options_of(options))
+    per_sample, probs, grad, _ = read_output(out)
+    kwargs = {name: torch.tensor(value, dtype=torch.float64) for name, value in options.items()}
+    z = torch.tensor(Z, dtype=torch.float64, requires_grad=True)
+    loss = functional.binary_cross_entropy_with_logits(
+        z, torch.tensor(T, dtype=torch.float64), reduction=reduction, **kwargs)
+    # 'none': each element's own derivative, what backward() of the summed elements gives
+    (loss.sum() if reduction == "none" else loss).backward()
+    np.testing.assert_allclose(grad, z.grad.numpy(), rtol=1e-13, atol=1e-300)
+    np.testing.assert_allclose(probs, torch.sigmoid(z).detach().numpy(), rtol=1e-15)
+    elements = functional.binary_cross_entropy_with_logits(
+        z, torch.tensor(T, dtype=torch.float64), reduction="none", **kwargs)
+    np.testing.assert_allclose(per_sample, elements.sum(dim=1).detach().numpy(), rtol=1e-14)
+
+
+def test_output_in_small_chunks_is_the_one_piece_file(runner, tmp_path, monkeypatch):
+    # 'mean' reads twice: its gradient rows divide by N × k of the whole file
+    z, t = _pair(tmp_path, n=50, k=6, seed=3)
+    files = {}
+    for chunk in (50, 7):
+        monkeypatch.setattr(stream, "CHUNK_ROWS", chunk)
+        out = tmp_path / f"rows{chunk}.csv"
+        result = run(runner, z, "--targets", t, "--output", out, "--format", "json")
+        files[chunk] = (result.stdout, out.read_bytes())
+    assert files[7] == files[50]
+    _, _, grad, _ = read_output(tmp_path / "rows7.csv")
+    loaded = data.read_eval_input(z, targets_path=t)
+    assert np.array_equal(grad, bce.binary_cross_entropy(loaded.logits, loaded.targets).grad)
 
 
 def test_float32_agrees_with_float64_to_float32_precision(runner):
@@ -306,11 +370,13 @@ def test_the_fast_reader_reads_targets_as_the_strict_one(runner, tmp_path, monke
         monkeypatch.setattr(stream, "BLOCK_BYTES", 500)
         monkeypatch.setattr(stream, "CHUNK_ROWS", 23)
         assert stream.open_source(z, targets_path=t).unit == ("rows" if name == "strict" else "bytes")
+        out = tmp_path / f"{name}.csv"
         result = runner.invoke(app, ["eval", z, "--targets", t, "--loss", loss, "--format", "json",
-                                     *extra])
+                                     "--output", str(out), *extra])
         assert result.exit_code == 0, result.output
-        outputs[name] = result.stdout
+        outputs[name] = (result.stdout, out.read_bytes())
     assert outputs["fast"] == outputs["strict"]
+    assert outputs["fast"][1].count(b"\n") == 201  # a header and every sample
 
 
 def test_fast_chunks_give_the_one_piece_rows_bit_for_bit(tmp_path, fast):

@@ -5,6 +5,8 @@ import csv
 import json
 import math
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -120,6 +122,20 @@ def test_help_shows_the_bce_example_and_the_options(runner):
     assert result.exit_code == 0
     assert "--loss bce --targets examples/multilabel_targets.csv" in result.stdout
     assert "--pos-weight" in result.stdout
+
+
+def test_eval_bce_imports_neither_sympy_nor_dataframe_engines():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from xent_cli.cli import app\n"
+        f"result = CliRunner().invoke(app, ['eval', {str(LOGITS)!r}, '--loss', 'bce', '--targets', "
+        f"{str(TARGETS)!r}])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(sorted(m for m in ('sympy', 'polars', 'pandas', 'torch') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 # --- PyTorch's semantics: the naive formula and torch itself, every reduction ------------------

@@ -552,6 +552,8 @@ def evaluate(source: Source, *, loss: str = "ce", weight=None, pos_weight=None,
                          "probabilities), not class labels", source=source.target_source)
     if loss == "ce" and pos_weight is not None:
         raise InputError("pos_weight applies to binary cross-entropy only")
+    if loss == "bce" and (ignore_index != -100 or label_smoothing):
+        raise InputError("ignore_index and label_smoothing apply to softmax cross-entropy only")
     options = dict(loss=loss, weight=weight, pos_weight=pos_weight, ignore_index=ignore_index,
                    label_smoothing=label_smoothing, dtype=dtype)
     passes = 2 if rows is not None and reduction == "mean" else 1

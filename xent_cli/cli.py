@@ -39,7 +39,7 @@ class OneLineErrors(TyperGroup):
         except click_errors.ClickException as error:
             error.show()
             code = error.exit_code
-        except click_errors.Abort:
+        except typer.Abort:  # Typer's own class: its vendored Click has no Abort
             code = ExitStatus.INTERRUPTED
         if not standalone_mode:
             return code

@@ -30,8 +30,9 @@ from xent_cli.errors import InputError
 
 STDIN = "-"
 
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_INTEGER = re.compile(r"[+-]?\d+")
+# ASCII digits only: Python's float() also reads '١' and '１', which no CSV writer means as numbers.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
         raise InputError(f"has a column {label_col!r} and labels come from "
                          f"{labels_path or targets_path}; remove one of them",
                          source=logits_path, line=table.header_line)
+    _check_delimiter(table, delimiter)
     if not (labels_path or targets_path or has_label_col):
         raise InputError(f"there is no column {label_col!r}; name the label column with "
                          f"--label-col, or give --labels or --targets", source=logits_path,
@@ -231,6 +233,17 @@ def _read_text(path: str) -> str:
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
         raise InputError(f"is not UTF-8 text (byte {error.start})", source=path, line=line) from None
+
+
+def _check_delimiter(table: Table, delimiter: str | None) -> None:
+    """Raises InputError when a one-column header holds another delimiter: the wrong one was used."""
+    if len(table.header) != 1:
+        return
+    for other, option in ((";", "';'"), ("\t", "'\\t'"), (",", "','"), ("|", "'|'")):
+        if other != delimiter and other in table.header[0]:
+            raise InputError(f"the header is one column {table.header[0]!r}; the cells seem to "
+                             f"be separated by {option}: give --delimiter {option}",
+                             source=table.source, line=table.header_line)
 
 
 def _header(cells: tuple[str, ...], path: str, line: int) -> tuple[str, ...]:
@@ -460,7 +473,10 @@ def atomic_writer(path: str, inputs=()) -> Iterator[io.TextIOBase]:
     """
     check_output_path(path, inputs)
     directory = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(prefix=".xent-", suffix=".tmp", dir=directory)
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=".xent-", suffix=".tmp", dir=directory)
+    except OSError as error:  # an unwritable or read-only directory
+        raise InputError(f"cannot be written: {error.strerror or error}", source=path) from None
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8", newline="",
                        buffering=1 << 20) as file:

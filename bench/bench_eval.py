@@ -77,18 +77,36 @@ def make_csv(path: pathlib.Path, rows: int, seed: int = 0) -> pathlib.Path:
     return path
 
 
-def measure(argv: list[str], repeat: int = 1) -> dict:
-    """Returns the best wall time and the peak RSS (MB) of a command run as a whole process."""
-    best = None
+def measure(argv: list[str], remove: pathlib.Path | None = None) -> dict:
+    """Returns the wall time and the peak RSS (MB) of one run of a command as a whole process.
+
+    remove is a file the command writes: deleted before the run (so no run pays for freeing
+    the last one's pages) and after it.
+    """
+    if remove is not None:
+        remove.unlink(missing_ok=True)
+    out = subprocess.run([sys.executable, "-c", WRAPPER, *argv], capture_output=True,
+                         text=True, check=True).stdout.split()
+    if remove is not None:
+        remove.unlink(missing_ok=True)
+    seconds, rss_kib, code = float(out[0]), int(out[1]), int(out[2])
+    if code != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {code}")
+    return {"seconds": seconds, "peak_mb": rss_kib / 1024}
+
+
+def best_of(commands: dict[str, list[str]], repeat: int = 3,
+            removes: dict[str, pathlib.Path] | None = None) -> dict[str, dict]:
+    """Returns each command's best run of repeat, the commands taking turns round by round.
+
+    Taking turns spreads the load of a shared machine over every command alike, so the ratios
+    between them hold better than their times.
+    """
+    runs: dict[str, list[dict]] = {name: [] for name in commands}
     for _ in range(repeat):
-        out = subprocess.run([sys.executable, "-c", WRAPPER, *argv], capture_output=True,
-                             text=True, check=True).stdout.split()
-        seconds, rss_kib, code = float(out[0]), int(out[1]), int(out[2])
-        if code != 0:
-            raise RuntimeError(f"{' '.join(argv)} exited {code}")
-        if best is None or seconds < best["seconds"]:
-            best = {"seconds": seconds, "peak_mb": rss_kib / 1024}
-    return best
+        for name, argv in commands.items():
+            runs[name].append(measure(argv, (removes or {}).get(name)))
+    return {name: min(figures, key=lambda figure: figure["seconds"]) for name, figures in runs.items()}
 
 
 def xent(*arguments: str) -> list[str]:
@@ -104,8 +122,8 @@ def _has(module: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-def run(quick: bool = False) -> list[dict]:
-    """Runs every eval comparison; returns rows with their figures, ratios and targets."""
+def run(quick: bool = False, repeat: int = 3) -> list[dict]:
+    """Runs every eval comparison, best of repeat; returns rows with figures, ratios and targets."""
     big_rows = 850_000 if quick else 8_500_000
     big = make_csv(DATA / f"logits_{big_rows}.csv", big_rows)
     small = make_csv(DATA / f"logits_{big_rows // 10}.csv", big_rows // 10, seed=1)
@@ -120,59 +138,74 @@ def run(quick: bool = False) -> list[dict]:
                      "baseline_seconds": None if baseline is None else baseline["seconds"],
                      "ratio": ratio, "target": target, "note": note})
 
-    # The parsers, as whole processes on the big file; the fastest is the reference.
-    parsers = {"polars scan_csv streaming": measure(python(POLARS_PARSE, str(big)))}
+    # The parsers and xent on the big file, taking turns; the fastest parser is the reference.
+    big_runs = {"polars scan_csv streaming": python(POLARS_PARSE, str(big))}
     if _has("pandas"):
-        parsers["pandas read_csv C chunks"] = measure(python(PANDAS_PARSE, str(big)))
-    parser_name = min(parsers, key=lambda name: parsers[name]["seconds"])
-    parser = parsers[parser_name]
-    for name, figure in parsers.items():
+        big_runs["pandas read_csv C chunks"] = python(PANDAS_PARSE, str(big))
+    big_runs["xent"] = xent("eval", str(big), "--show", "0", "--format", "json", "--quiet")
+    figures = best_of(big_runs, repeat)
+    summary = figures.pop("xent")
+    parser_name = min(figures, key=lambda name: figures[name]["seconds"])
+    parser = figures[parser_name]
+    for name, figure in figures.items():
         add(f"{name} ({megabytes:.0f} MB)", figure, note=f"{megabytes / figure['seconds']:.0f} MB/s")
-
-    summary = measure(xent("eval", str(big), "--show", "0", "--format", "json", "--quiet"))
     add(f"xent eval summary ({megabytes:.0f} MB)", summary, parser_name, parser,
         parser["seconds"] / summary["seconds"], 0.8,
         f"{megabytes / summary['seconds']:.0f} MB/s")
-    small_summary = measure(xent("eval", str(small), "--show", "0", "--format", "json", "--quiet"))
+
+    # On the small file: the RSS reference, numpy.loadtxt (a tenth of the speed, so compared in
+    # MB/s), and --output against the parser on the same file. 'mean' (the default) reads the
+    # input twice, the gradient's divisor being known only at the end; 'sum' reads it once.
+    small_runs = {"summary": xent("eval", str(small), "--show", "0", "--format", "json", "--quiet"),
+                  "loadtxt": python(LOADTXT_LOSS, str(small)),
+                  "parser": python(POLARS_PARSE, str(small))}
+    outputs, removes = [], {}
+    for suffix, reduction in ((".csv", "mean"), (".npy", "mean"), (".parquet", "mean"),
+                              (".csv", "sum"), (".npy", "sum")):
+        name = f"--output {suffix} {reduction}"
+        removes[name] = DATA / f"per_sample{suffix}"
+        small_runs[name] = xent("eval", str(small), "--show", "0", "--quiet", "--reduction", reduction,
+                                "--output", str(removes[name]))
+        outputs.append(name)
+    figures = best_of(small_runs, repeat, removes)
+    small_summary = figures["summary"]
     add(f"xent eval summary ({small_megabytes:.0f} MB)", small_summary,
         note=f"peak RSS ratio big/small {summary['peak_mb'] / small_summary['peak_mb']:.2f} "
              f"(target <= 1.2); big <= 300 MB: {'met' if summary['peak_mb'] <= 300 else 'MISSED'}")
-
-    # numpy.loadtxt parses at a tenth of the speed: measured on the small file, compared in MB/s.
-    loadtxt = measure(python(LOADTXT_LOSS, str(small)))
+    loadtxt = figures["loadtxt"]
     add(f"numpy.loadtxt + loss ({small_megabytes:.0f} MB)", loadtxt,
         note=f"{small_megabytes / loadtxt['seconds']:.0f} MB/s")
     ratio = (megabytes / summary["seconds"]) / (small_megabytes / loadtxt["seconds"])
     add("xent eval vs loadtxt (MB/s)", summary, "numpy.loadtxt + loss", loadtxt, ratio, 3.0)
+    small_parser = figures["parser"]
+    add(f"polars scan_csv streaming ({small_megabytes:.0f} MB)", small_parser,
+        note=f"{small_megabytes / small_parser['seconds']:.0f} MB/s")
+    for name in outputs:
+        add(f"xent eval {name} ({small_megabytes:.0f} MB)", figures[name],
+            "polars scan_csv streaming (same file)", small_parser,
+            small_parser["seconds"] / figures[name]["seconds"], 0.5,
+            f"{small_megabytes / figures[name]['seconds']:.0f} MB/s in")
 
-    output = DATA / "per_sample.csv"
-    with_output = measure(xent("eval", str(small), "--show", "0", "--quiet", "--output", str(output)))
-    output.unlink(missing_ok=True)
-    parser_speed = megabytes / parser["seconds"]
-    add(f"xent eval --output ({small_megabytes:.0f} MB)", with_output, parser_name, parser,
-        (small_megabytes / with_output["seconds"]) / parser_speed, 0.5,
-        f"{small_megabytes / with_output['seconds']:.0f} MB/s in")
-
-    help_time = measure(xent("--help"), repeat=5)
-    imports = measure(python("import typer, rich"), repeat=5)
-    add("xent --help", help_time, "python -c 'import typer, rich'", imports,
-        imports["seconds"] * 2 / help_time["seconds"], 1.0, "ratio = 2x baseline / xent")
-    eval_tiny = measure(xent("eval", str(tiny)), repeat=5)
-    imports = measure(python("import numpy, typer, rich"), repeat=5)
-    add("xent eval (3 rows)", eval_tiny, "python -c 'import numpy, typer, rich'", imports,
-        imports["seconds"] * 2 / eval_tiny["seconds"], 1.0, "ratio = 2x baseline / xent")
+    figures = best_of({"help": xent("--help"), "imports": python("import typer, rich")}, 5)
+    add("xent --help", figures["help"], "python -c 'import typer, rich'", figures["imports"],
+        figures["imports"]["seconds"] * 2 / figures["help"]["seconds"], 1.0,
+        "ratio = 2x baseline / xent")
+    figures = best_of({"eval": xent("eval", str(tiny)), "imports": python("import numpy, typer, rich")}, 5)
+    add("xent eval (3 rows)", figures["eval"], "python -c 'import numpy, typer, rich'",
+        figures["imports"], figures["imports"]["seconds"] * 2 / figures["eval"]["seconds"], 1.0,
+        "ratio = 2x baseline / xent")
     return rows
 
 
 def table(rows: list[dict]) -> str:
     """Returns the rows as a fixed-width text table."""
-    lines = [f"{'case':<34} {'s':>7} {'peak MB':>8} {'ratio':>6} {'target':>7}  note"]
+    lines = [f"{'case':<36} {'s':>7} {'peak MB':>8} {'ratio':>6} {'target':>7}  note"]
     for row in rows:
         ratio = "" if row["ratio"] is None else f"{row['ratio']:6.2f}"
         verdict = ""
         if row["target"] is not None:
             verdict = f">= {row['target']:<3} " + ("met" if row["ratio"] >= row["target"] else "MISSED")
-        lines.append(f"{row['name']:<34} {row['seconds']:7.2f} {row['peak_mb']:8.0f} {ratio:>6} "
+        lines.append(f"{row['name']:<36} {row['seconds']:7.2f} {row['peak_mb']:8.0f} {ratio:>6} "
                      f"{verdict:<14} {row['note']}")
     return "\n".join(lines)
 

@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 
     from xent_cli.stream import RowsOut
 
-# Blocks with fewer probabilities than this are spelled in Python: a small file needs no Polars
-# import (160 ms, as long as Python takes to spell some 200,000 floats).
+# The first probabilities of a file, up to this many, are spelled in Python and the rest by
+# Polars: a small file needs no Polars import (160 ms, as long as Python takes to spell some
+# 200,000 floats), a large one pays it once.
 _PYTHON_FLOATS = 1 << 16
 # Room for the .npy header of any length below 10**19 samples, in whole 64-byte units as NumPy aligns.
 _NPY_HEADER_BYTES = 256
@@ -92,6 +93,7 @@ class _Csv:
 
     def __init__(self, file: BinaryIO):
         self.file = file
+        self.spelled = 0  # probabilities written so far, over every run
 
     def write(self, rows: RowsOut) -> None:
         if rows.start == 0:
@@ -100,7 +102,8 @@ class _Csv:
             names = column_names(rows.probs.shape[1], rows.labels is not None,
                                  rows.predictions is not None)
             self.file.write((",".join(names) + "\n").encode())
-        if rows.probs.size < _PYTHON_FLOATS:
+        self.spelled += rows.probs.size
+        if self.spelled <= _PYTHON_FLOATS:
             self.file.write(_csv_rows(rows).encode())
         else:  # float64 always: a float32 spelled as float32 would read back as another float64
             frame(rows, np.float64).write_csv(self.file, include_header=False)

@@ -328,10 +328,12 @@ def check_command(
         help="A CSV of logits read exactly as 'xent eval' reads it; without it, random inputs "
              "(--random, --k, --seed).", show_default=False)] = None,
     *,
+    loss: Annotated[Loss, typer.Option(help=LOSS_HELP)] = Loss.ce,
     grad_fn: Annotated[Optional[str], typer.Option(
         metavar="FILE.py:NAME",
         help="Your gradient: NAME(z, y) -> (N, k) array, row i the gradient of sample i's loss; "
-             "z is (N, k) float, y (N,) int labels or (N, k) soft targets.")] = None,
+             "z is (N, k) float, y (N,) int labels or (N, k) soft targets (--loss bce: (N, k) "
+             "targets in [0, 1]).")] = None,
     loss_fn: Annotated[Optional[str], typer.Option(
         metavar="FILE.py:NAME",
         help="Your loss: NAME(z, y) -> (N,) per-sample losses; compared with xent's, then "
@@ -353,6 +355,10 @@ def check_command(
         metavar="CHAR", help="The cell delimiter ('\\t' for tab).")] = None,
     weight: Annotated[Optional[str], typer.Option(
         metavar="W0,W1,...", help="Per-class weights, as PyTorch's weight=.")] = None,
+    pos_weight: Annotated[Optional[str], typer.Option(
+        metavar="W0,W1,...",
+        help="--loss bce only: per-class weights of the positive term, as PyTorch's "
+             "pos_weight=.")] = None,
     ignore_index: Annotated[int, typer.Option(
         metavar="N", help="Samples with this label have loss and gradient 0.")] = -100,
     label_smoothing: Annotated[float, typer.Option(
@@ -377,8 +383,9 @@ def check_command(
         help="Absolute tolerance. Default central 1e-8/1e-3, complex 1e-12/1e-5, "
              "richardson 1e-10/1e-3.")] = None,
     hessian: Annotated[bool, typer.Option(
-        "--hessian", help="Also check the per-sample Hessian S·(diag(p) − ppᵀ), or --hess-fn, "
-                          "against finite differences of the gradient.")] = False,
+        "--hessian", help="Also check the per-sample Hessian S·(diag(p) − ppᵀ) (--loss bce: "
+                          "diagonal, S·σ(1 − σ)), or --hess-fn, against finite differences of "
+                          "the gradient.")] = False,
     hess_fn: Annotated[Optional[str], typer.Option(
         metavar="FILE.py:NAME", help="Your Hessian: NAME(z, y) -> (N, k, k); implies --hessian.")]
         = None,
@@ -409,6 +416,10 @@ def check_command(
     reduction), so row i of a gradient is sample i's. Exit 0: right; 1: wrong (a table names
     each failing entry: sample, class, analytic and numeric value); 2: the check cannot run.
 
+    --loss bce checks the sigmoid binary cross-entropy, each sample's loss summed over its
+    classes (gradient σ(z) − y, with --weight and --pos-weight as PyTorch's): random inputs
+    get multi-hot targets, a file its targets from --targets; in --expr, p means σ(z).
+
     \b
     Examples:
       xent check
@@ -416,6 +427,12 @@ def check_command(
       xent check --grad-fn examples/my_grad.py:seed_grad --random 4 --k 3
       xent check examples/logits_k3.csv --expr "p - y" --hessian
       xent check --sweep --plot sweep.png
+
+    \b
+    Binary cross-entropy:
+      xent check --loss bce --grad-fn examples/my_bce_grad.py:grad --hessian
+      xent check --loss bce --grad-fn examples/my_bce_grad.py:softmax_grad
+      xent check examples/multilabel_logits.csv --loss bce --targets examples/multilabel_targets.csv --expr "p - y"
     """
     from xent_cli import data, gradcheck, usercode
     from xent_cli.render import check as render
@@ -425,6 +442,10 @@ def check_command(
             raise XentError("--grad-fn and --expr exclude each other: give one")
         if labels is not None and targets is not None:
             raise XentError("--labels and --targets exclude each other: give one")
+        # random inputs draw their own targets, so only a file needs --targets
+        _check_loss_options(loss, logits or "", labels,
+                            targets if logits is not None else "random", pos_weight, ignore_index,
+                            label_smoothing)
         if eps == 0:
             raise XentError("--eps must be greater than 0: a step of 0 divides by 0")
         if plot is not None:
@@ -432,16 +453,20 @@ def check_command(
         if sweep and directional:
             raise XentError("--sweep and --directional exclude each other: the sweep needs every "
                             "entry")
-        options = dict(ignore_index=ignore_index, label_smoothing=label_smoothing,
-                       dtype=dtype.value)
+        options = dict(loss=loss.value, ignore_index=ignore_index,
+                       label_smoothing=label_smoothing, dtype=dtype.value)
         if logits is not None:
             loaded = data.read_eval_input(logits, label_col=label_col, labels_path=labels,
                                           targets_path=targets, delimiter=_delimiter(delimiter))
-            weights = None if weight is None else data.parse_weights(weight, len(loaded.class_names))
-            problem = gradcheck.file_problem(loaded, weight=weights, **options)
+            classes = len(loaded.class_names)
+            weights = None if weight is None else data.parse_weights(weight, classes)
+            problem = gradcheck.file_problem(loaded, weight=weights,
+                                             pos_weight=_pos_weights(pos_weight, classes),
+                                             **options)
         else:
             weights = None if weight is None else data.parse_weights(weight, k)
-            problem = gradcheck.random_problem(random, k, seed, weight=weights, **options)
+            problem = gradcheck.random_problem(random, k, seed, weight=weights,
+                                               pos_weight=_pos_weights(pos_weight, k), **options)
         functions = {name: None if spec is None else usercode.load(spec, option)
                      for name, spec, option in (("grad", grad_fn, "--grad-fn"),
                                                 ("loss", loss_fn, "--loss-fn"),

@@ -1,5 +1,9 @@
 """Numeric verification of a cross-entropy gradient: finite differences, complex step, Richardson.
 
+Two losses share the machinery: the softmax cross-entropy ('ce') and the sigmoid binary
+cross-entropy summed over a sample's classes ('bce'); a Problem says which, and loss_function,
+gradient_function and xent_hessian pick the matching formulas.
+
 Per-sample losses are independent, so one derivative column serves every sample at once:
 perturbing column c of every row and evaluating the loss on the whole batch gives
 dloss_i/dz_ic for all i. A gradient of N x k entries costs 2k loss evaluations (central),
@@ -17,10 +21,12 @@ from typing import Callable
 
 import numpy as np
 
-from xent_cli import data, losses, usercode
+from xent_cli import bce, data, losses, usercode
 from xent_cli.errors import ExpressionError, InputError
 
 METHODS = ("central", "complex", "richardson")
+
+LOSSES = ("ce", "bce")
 
 # The step and tolerances each method needs to be both sound and sharp, per precision of the code
 # under test. central: h = cbrt(machine eps) balances truncation (h²) against round-off (eps/h);
@@ -68,16 +74,20 @@ def tolerance(method: str, precision: str = "float64", *, eps: float | None = No
 class Problem:
     """Logits and targets with the options of the loss whose gradient is checked.
 
-    ``a`` holds the coefficients of loss_i = -sum_c a_ic log softmax(z_i)_c (weights, smoothing
-    and ignored samples applied); ``grad`` is xent's analytic gradient, row i of sample i's loss.
+    For 'ce', ``a`` holds the coefficients of loss_i = -sum_c a_ic log softmax(z_i)_c (weights,
+    smoothing and ignored samples applied). For 'bce', loss_i = sum_c a_ic softplus(-z_ic) +
+    b_ic softplus(z_ic): ``a`` = w·p_w·t weighs -log σ(z), ``b`` = w·(1 - t) weighs -log(1 - σ(z)).
+    ``grad`` is xent's analytic gradient, row i of sample i's loss.
     """
 
     z: np.ndarray  # (N, k) float64
-    target: np.ndarray  # (N,) int labels or (N, k) soft targets
+    target: np.ndarray  # (N,) int labels or (N, k) soft targets ('bce': (N, k) in [0, 1])
     a: np.ndarray  # (N, k)
     grad: np.ndarray  # (N, k) xent's analytic gradient of the per-sample losses
     per_sample: np.ndarray  # (N,) xent's per-sample losses
     source: str  # where the inputs come from, for the report
+    loss: str = "ce"
+    b: np.ndarray | None = None  # (N, k), 'bce' only
 
     @property
     def n(self) -> int:
@@ -89,13 +99,22 @@ class Problem:
 
     @property
     def labels(self) -> np.ndarray | None:
-        """Returns the class labels, or None for soft targets."""
+        """Returns the class labels, or None for soft or per-class targets."""
         return self.target if self.target.ndim == 1 else None
 
 
-def problem(z, target, *, weight=None, ignore_index: int = -100, label_smoothing: float = 0.0,
-            dtype: str = "float64", source: str = "given logits") -> Problem:
+def problem(z, target, *, loss: str = "ce", weight=None, pos_weight=None, ignore_index: int = -100,
+            label_smoothing: float = 0.0, dtype: str = "float64",
+            source: str = "given logits") -> Problem:
     """Returns a Problem; the inputs are validated by xent's own loss (reduction 'sum')."""
+    if loss not in LOSSES:
+        raise InputError(f"loss {loss!r} is not one of {', '.join(LOSSES)}")
+    if loss == "bce":
+        if ignore_index != -100 or label_smoothing:
+            raise InputError("ignore_index and label_smoothing do not apply to binary cross-entropy")
+        return _bce_problem(z, target, weight, pos_weight, dtype, source)
+    if pos_weight is not None:
+        raise InputError("pos_weight applies to binary cross-entropy only")
     result = losses.cross_entropy(z, target, weight=weight, ignore_index=ignore_index,
                                   label_smoothing=label_smoothing, reduction="sum", dtype=dtype)
     z = np.asarray(z, dtype=np.float64)
@@ -110,19 +129,43 @@ def problem(z, target, *, weight=None, ignore_index: int = -100, label_smoothing
                    source=source)
 
 
-def random_problem(n: int, k: int, seed: int, **options) -> Problem:
-    """Returns N samples of k standard-normal logits (scale 2) with uniform random labels."""
+def _bce_problem(z, target, weight, pos_weight, dtype: str, source: str) -> Problem:
+    """Returns the Problem of the binary cross-entropy, each sample's loss summed over classes."""
+    result = bce.binary_cross_entropy(z, target, weight=weight, pos_weight=pos_weight,
+                                      reduction="sum", dtype=dtype)
+    z = np.asarray(z, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    k = z.shape[1]
+    w = np.ones(k) if weight is None else np.asarray(weight, dtype=np.float64)
+    positive = np.ones(k) if pos_weight is None else np.asarray(pos_weight, dtype=np.float64)
+    return Problem(z=z, target=t, a=w * positive * t, b=w * (1 - t), grad=result.grad,
+                   per_sample=result.per_sample, source=source, loss="bce")
+
+
+def random_problem(n: int, k: int, seed: int, *, loss: str = "ce", **options) -> Problem:
+    """Returns N samples of k standard-normal logits (scale 2) with random targets.
+
+    'ce': uniform random labels; 'bce': multi-hot targets, each class 0 or 1 with chance 1/2.
+    """
     rng = np.random.default_rng(seed)
     z = 2.0 * rng.standard_normal((n, k))
+    source = f"random: N={n}, k={k}, seed {seed}"
+    if loss == "bce":
+        targets = rng.integers(0, 2, size=(n, k)).astype(np.float64)
+        return problem(z, targets, loss=loss, source=f"{source}, multi-hot targets", **options)
     labels = rng.integers(0, k, size=n)
-    return problem(z, labels, source=f"random: N={n}, k={k}, seed {seed}", **options)
+    return problem(z, labels, loss=loss, source=source, **options)
 
 
-def file_problem(loaded: data.EvalInput, *, weight=None, ignore_index: int = -100, label_smoothing: float = 0.0,
+def file_problem(loaded: data.EvalInput, *, loss: str = "ce", weight=None, pos_weight=None,
+                 ignore_index: int = -100, label_smoothing: float = 0.0,
                  dtype: str = "float64") -> Problem:
     """Returns the Problem of logits read by data.read_eval_input, with errors placed in the file."""
-    options = dict(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                   dtype=dtype)
+    options = dict(loss=loss, weight=weight, pos_weight=pos_weight, ignore_index=ignore_index,
+                   label_smoothing=label_smoothing, dtype=dtype)
+    if loss == "bce" and loaded.targets is None:
+        raise InputError("binary cross-entropy needs a target per class: give --targets FILE",
+                         source=loaded.source)
     target = loaded.labels if loaded.labels is not None else loaded.targets
     try:
         return problem(loaded.logits, target, source=loaded.source, **options)
@@ -163,10 +206,63 @@ def xent_gradient(a: np.ndarray) -> Function:
 
 
 def xent_hessian(problem: Problem) -> np.ndarray:
-    """Returns the per-sample Hessians S_i (diag(p_i) − p_i p_iᵀ), shape (N, k, k)."""
+    """Returns the per-sample Hessians, shape (N, k, k).
+
+    'ce': S_i (diag(p_i) − p_i p_iᵀ); 'bce': diagonal, (a + b)·σ(z)(1 − σ(z)) per class, since a
+    class's loss depends on its own logit only.
+    """
+    if problem.loss == "bce":
+        # σ(−z) rather than 1 − σ(z): the subtraction would lose every digit for large z
+        curvature = (problem.a + problem.b) * bce.sigmoid(problem.z) * bce.sigmoid(-problem.z)
+        return curvature[:, :, None] * np.eye(problem.k)
     p = losses.softmax(problem.z)
     total = problem.a.sum(axis=1)[:, None, None]
     return total * (p[:, :, None] * np.eye(problem.k) - p[:, :, None] * p[:, None, :])
+
+
+def _sigmoid_halves(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns Re z >= 0, e = exp(−z) there and exp(z) elsewhere, and log(1 + e); complex-safe.
+
+    Re of the exponent is never positive, so e cannot overflow and softplus, σ(z) and σ(−z) all
+    follow from e without cancellation, as in bce.elements_and_gradient.
+    """
+    upper = z.real >= 0
+    e = np.exp(np.where(upper, -z, z))
+    return upper, e, np.log1p(e)
+
+
+def bce_loss(a: np.ndarray, b: np.ndarray) -> Function:
+    """Returns z -> per-sample loss_i = Σ_c a_ic softplus(−z_ic) + b_ic softplus(z_ic), real or complex z."""
+
+    def loss(z: np.ndarray) -> np.ndarray:
+        upper, _, log_term = _sigmoid_halves(z)
+        softplus = np.where(upper, z, 0) + log_term  # −log(1 − σ(z))
+        softplus_neg = np.where(upper, 0, -z) + log_term  # −log σ(z)
+        return (a * softplus_neg + b * softplus).sum(axis=1)
+
+    return loss
+
+
+def bce_gradient(a: np.ndarray, b: np.ndarray) -> Function:
+    """Returns z -> per-sample gradient b·σ(z) − a·σ(−z), real or complex z."""
+
+    def gradient(z: np.ndarray) -> np.ndarray:
+        upper, e, _ = _sigmoid_halves(z)
+        sigma = np.where(upper, 1 / (1 + e), e / (1 + e))
+        sigma_neg = np.where(upper, e / (1 + e), 1 / (1 + e))
+        return b * sigma - a * sigma_neg
+
+    return gradient
+
+
+def loss_function(problem: Problem) -> Function:
+    """Returns xent's complex-capable per-sample loss of the problem's kind."""
+    return bce_loss(problem.a, problem.b) if problem.loss == "bce" else xent_loss(problem.a)
+
+
+def gradient_function(problem: Problem) -> Function:
+    """Returns xent's complex-capable per-sample gradient of the problem's kind."""
+    return bce_gradient(problem.a, problem.b) if problem.loss == "bce" else xent_gradient(problem.a)
 
 
 # --- numeric derivatives ------------------------------------------------------------------------
@@ -315,6 +411,7 @@ class CheckReport:
     nonfinite: str | None = None  # NaN or inf in the analytic or numeric values, said plainly
     agreements: tuple[Agreement, ...] = ()
     sweep: tuple[SweepPoint, ...] = field(default=())
+    loss: str = "ce"  # the loss whose derivative this is: 'ce' or 'bce'
 
     @property
     def passed(self) -> bool:
@@ -355,7 +452,8 @@ def _nonfinite_note(values: np.ndarray, what: str) -> str | None:
 def compare(analytic: np.ndarray, numeric: np.ndarray, tol: Tolerance, *, quantity: str,
             analytic_source: str, numeric_source: str, source: str,
             estimate: np.ndarray | None = None, agreements: tuple[Agreement, ...] = (),
-            sweep: tuple[SweepPoint, ...] = (), labels: np.ndarray | None = None) -> CheckReport:
+            sweep: tuple[SweepPoint, ...] = (), labels: np.ndarray | None = None,
+            loss: str = "ce") -> CheckReport:
     """Returns the report of analytic against numeric, entry by entry.
 
     Entry e fails when |analytic − numeric| > atol + rtol·|numeric| (+ the error estimate);
@@ -391,7 +489,7 @@ def compare(analytic: np.ndarray, numeric: np.ndarray, tol: Tolerance, *, quanti
         max_rel_err=float(rel_err[finite].max(initial=0.0)),
         max_error_estimate=None if estimate is None else float(
             estimate[np.isfinite(estimate)].max(initial=0.0)),
-        nonfinite="; ".join(notes) or None, agreements=agreements, sweep=sweep)
+        nonfinite="; ".join(notes) or None, agreements=agreements, sweep=sweep, loss=loss)
 
 
 def _failure(index: tuple[int, ...], analytic, numeric, abs_err, rel_err,
@@ -420,7 +518,7 @@ def check_gradient(problem: Problem, analytic: np.ndarray, loss: Function, tol: 
     return compare(analytic, numeric, tol, quantity="gradient", analytic_source=analytic_source,
                    numeric_source=f"{method_name(tol.method)} of {loss_source}",
                    source=problem.source, estimate=estimate, agreements=agreements,
-                   sweep=points, labels=problem.labels)
+                   sweep=points, labels=problem.labels, loss=problem.loss)
 
 
 def check_directional(problem: Problem, analytic: np.ndarray, loss: Function, tol: Tolerance, *,
@@ -439,7 +537,8 @@ def check_directional(problem: Problem, analytic: np.ndarray, loss: Function, to
     return compare(projected, numeric, tol, quantity="directional derivative",
                    analytic_source=f"{analytic_source} · v",
                    numeric_source=f"{method_name(tol.method)} of {loss_source} along v",
-                   source=problem.source, agreements=agreements, labels=problem.labels)
+                   source=problem.source, agreements=agreements, labels=problem.labels,
+                   loss=problem.loss)
 
 
 def check_hessian(problem: Problem, analytic: np.ndarray, gradient: Function, tol: Tolerance, *,
@@ -448,7 +547,8 @@ def check_hessian(problem: Problem, analytic: np.ndarray, gradient: Function, to
     numeric, estimate = derivative(gradient, problem.z, tol.method, tol.eps)
     return compare(analytic, numeric, tol, quantity="Hessian", analytic_source=analytic_source,
                    numeric_source=f"{method_name(tol.method)} of {gradient_source}",
-                   source=problem.source, estimate=estimate, labels=problem.labels)
+                   source=problem.source, estimate=estimate, labels=problem.labels,
+                   loss=problem.loss)
 
 
 def sweep_steps(f: Function, z: np.ndarray, analytic: np.ndarray, method: str,
@@ -490,9 +590,12 @@ def loss_agreement(problem: Problem, values: np.ndarray, name: str,
 def expression_gradient(problem: Problem, text: str) -> np.ndarray:
     """Returns a gradient formula of the expression language evaluated on every sample, (N, k).
 
-    The formula is the gradient of -Σ_j y_j log p_j for one sample, with y the target
+    'ce': the formula is the gradient of -Σ_j y_j log p_j for one sample, with y the target
     distribution (smoothing applied; one-hot for a label); row i is scaled by the sample's
     total weight S_i = Σ_c a_ic (1 without weights, 0 for an ignored sample), as xent's is.
+    'bce': p is σ(z) and the formula is the derivative of -[y log p + (1 - y) log(1 - p)] for
+    each class; weights enter as y = a / (a + b) and the scale S = a + b per class (y = t and
+    S = 1 without weights), since b·σ − a·(1 − σ) = S·(σ − y).
     """
     from xent_cli import expressions  # the parser reads the text; nothing is evaluated as Python
 
@@ -505,8 +608,8 @@ def expression_gradient(problem: Problem, text: str) -> np.ndarray:
         labels = np.where((problem.labels >= 0) & (problem.labels < problem.k), problem.labels, 0)
     else:
         labels = problem.target.argmax(axis=1)
-    value = expressions.evaluate(node, z=problem.z, p=losses.softmax(problem.z), y=y,
-                                 labels=labels)
+    p = bce.sigmoid(problem.z) if problem.loss == "bce" else losses.softmax(problem.z)
+    value = expressions.evaluate(node, z=problem.z, p=p, y=y, labels=labels)
     with np.errstate(invalid="ignore"):
         return np.where(total > 0, total * value, 0.0)
 
@@ -516,8 +619,15 @@ SYMBOLIC_MAX_N = 1000  # by default: above it the user wants speed (SymPy takes 
 
 
 def _target_distribution(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
-    """Returns y = a / S (smoothing applied, one-hot for a label) and S = Σ_c a_ic, (N, 1)."""
-    total = problem.a.sum(axis=1, keepdims=True)
+    """Returns y = a / S and S: 'ce' S = Σ_c a_ic, (N, 1); 'bce' S = a + b, (N, k).
+
+    For 'ce', y is the target distribution (smoothing applied, one-hot for a label); for
+    'bce', each class's target (pos_weight folded in).
+    """
+    if problem.loss == "bce":
+        total = problem.a + problem.b
+    else:
+        total = problem.a.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         y = np.where(total > 0, problem.a / np.where(total > 0, total, 1.0), 0.0)
     return y, total
@@ -530,6 +640,9 @@ def symbolic_agreement(problem: Problem, analytic: np.ndarray,
     derive's soft-target derivation gives d/dz_j of -Σ_n y_n log p_n for any distribution y;
     row i is scaled by the sample's total weight S_i, as xent's loss is.
     """
+    if problem.loss == "bce":
+        raise InputError("the symbolic route covers the softmax cross-entropy only; drop "
+                         "--symbolic for --loss bce")
     if problem.k > SYMBOLIC_MAX_K:
         raise InputError(f"the symbolic route needs k <= {SYMBOLIC_MAX_K}, got {problem.k}")
     import sympy
@@ -577,6 +690,15 @@ class Outcome:
         return self.gradient.passed and (self.hessian is None or self.hessian.passed)
 
 
+# How a report names xent's own analytic gradient, loss, gradient function and Hessian.
+XENT_NAMES = {
+    "ce": ("xent's analytic gradient", "xent's loss", "xent's gradient",
+           "xent's Hessian S·(diag(p) − ppᵀ)"),
+    "bce": ("xent's analytic BCE gradient", "xent's BCE loss", "xent's BCE gradient",
+            "xent's Hessian diag(S·σ(1 − σ))"),
+}
+
+
 def run(problem: Problem, *, grad: usercode.UserFunction | None = None,
         loss: usercode.UserFunction | None = None, hess: usercode.UserFunction | None = None,
         expr: str | None = None,
@@ -588,8 +710,8 @@ def run(problem: Problem, *, grad: usercode.UserFunction | None = None,
 
     grad, loss and hess are the user's functions, when given. The tolerances follow the method and
     the precision: float32 when dtype is, or when the user's gradient comes back as float32.
-    symbolic None means: the route through 'xent derive' for xent's own gradient, for modest
-    sizes (N <= SYMBOLIC_MAX_N, k <= SYMBOLIC_MAX_K).
+    symbolic None means: the route through 'xent derive' for xent's own softmax gradient, for
+    modest sizes (N <= SYMBOLIC_MAX_N, k <= SYMBOLIC_MAX_K).
     """
     n, k, y = problem.n, problem.k, problem.target
     cast = dtype if dtype == "float32" else None
@@ -598,23 +720,24 @@ def run(problem: Problem, *, grad: usercode.UserFunction | None = None,
     elif expr is not None:
         analytic, analytic_source = expression_gradient(problem, expr), f"the expression {expr}"
     else:
-        analytic, analytic_source = problem.grad, f"xent's analytic gradient ({dtype})"
+        analytic, analytic_source = problem.grad, f"{XENT_NAMES[problem.loss][0]} ({dtype})"
     precision = _precision(dtype, analytic)
 
+    _, loss_source, gradient_source, hessian_source = XENT_NAMES[problem.loss]
     agreements = []
-    loss_function, loss_source = xent_loss(problem.a), "xent's loss"
+    loss_numeric = loss_function(problem)
     if loss is not None:
-        loss_function, loss_source = usercode.loss(loss, y, n, cast), loss.name
-        agreements.append(loss_agreement(problem, loss_function(problem.z), loss.name, precision))
+        loss_numeric, loss_source = usercode.loss(loss, y, n, cast), loss.name
+        agreements.append(loss_agreement(problem, loss_numeric(problem.z), loss.name, precision))
     if symbolic is None:
-        symbolic = n <= SYMBOLIC_MAX_N and k <= SYMBOLIC_MAX_K
+        symbolic = problem.loss == "ce" and n <= SYMBOLIC_MAX_N and k <= SYMBOLIC_MAX_K
     if symbolic and grad is None and expr is None:
         agreements.append(symbolic_agreement(problem, analytic, precision))
 
     tol = tolerance(method, precision, eps=eps, rtol=rtol, atol=atol)
     check = check_directional if directional else check_gradient
     extra = dict(seed=seed) if directional else dict(sweep=sweep)
-    report = check(problem, analytic, loss_function, tol, analytic_source=analytic_source,
+    report = check(problem, analytic, loss_numeric, tol, analytic_source=analytic_source,
                    loss_source=loss_source, agreements=tuple(agreements), **extra)
     if not (hessian or hess is not None):
         return Outcome(report)
@@ -623,11 +746,11 @@ def run(problem: Problem, *, grad: usercode.UserFunction | None = None,
         analytic_hessian = usercode.hessian(hess, y, n, k, cast)(problem.z)
         hessian_source = hess.name
     else:
-        analytic_hessian, hessian_source = xent_hessian(problem), "xent's Hessian S·(diag(p) − ppᵀ)"
+        analytic_hessian = xent_hessian(problem)
     if grad is not None:
         gradient, gradient_source = usercode.gradient(grad, y, n, k, cast), grad.name
     else:
-        gradient, gradient_source = xent_gradient(problem.a), "xent's gradient"
+        gradient = gradient_function(problem)
     hessian_tol = tolerance(method, _precision(precision, analytic_hessian), eps=eps, rtol=rtol,
                             atol=atol)
     return Outcome(report, check_hessian(problem, analytic_hessian, gradient, hessian_tol,

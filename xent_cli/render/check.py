@@ -55,6 +55,8 @@ def summary(report: CheckReport) -> Table:
     table.add_row("analytic", report.analytic_source)
     table.add_row("numeric", report.numeric_source)
     table.add_row("inputs", report.source)
+    if report.loss == "bce":
+        table.add_row("loss", "sigmoid binary cross-entropy, summed over each sample's classes")
     table.add_row("step h", f"{tol.eps:g}" + ("" if tol.method == "complex" else " × max(1, |z|)"))
     table.add_row("tolerance", f"|analytic − numeric| ≤ {tol.atol:g} + {tol.rtol:g}·|numeric|"
                   + (" + estimate" if report.max_error_estimate is not None else "")
@@ -147,6 +149,10 @@ def _first_failure(report: CheckReport) -> str:
     if report.failed_off_label == report.failed:
         text += (" Entries off the label fail too: the gradient of every class j carries p_j, "
                  "because the normaliser Σ exp(z) depends on every logit.")
+    if report.loss == "bce" and report.quantity == "gradient":
+        text += (" In binary cross-entropy each class is its own yes/no question: the derivative "
+                 "by z_c is σ(z_c) − y_c (times the weights), from its own logit only, with no "
+                 "softmax coupling the classes.")
     return text
 
 
@@ -160,6 +166,7 @@ def fields(report: CheckReport) -> dict:
     tol = report.tolerance
     return {
         "passed": report.passed,
+        "loss": report.loss,
         "quantity": report.quantity,
         "method": tol.method,
         "eps": tol.eps,

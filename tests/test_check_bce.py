@@ -1,0 +1,372 @@
+"""`xent check --loss bce`: the sigmoid binary cross-entropy's gradient and Hessian, verified.
+
+The oracles are written here from the definition: σ(z) = 1 / (1 + e^{-z}), a sample's loss the sum
+over its classes of -[y log σ + (1 - y) log(1 - σ)], its gradient σ(z) - y, its Hessian diagonal.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from xent_cli import gradcheck
+from xent_cli.cli import app
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MY_BCE = str(ROOT / "examples" / "my_bce_grad.py")
+MULTILABEL = str(ROOT / "examples" / "multilabel_logits.csv")
+MULTILABEL_TARGETS = str(ROOT / "examples" / "multilabel_targets.csv")
+
+
+def check(runner, *argv):
+    return runner.invoke(app, ["check", "--loss", "bce", *argv])
+
+
+def as_json(result):
+    return json.loads(result.stdout)
+
+
+def random_inputs(n, k, seed=0):
+    """Returns the random inputs of 'check --loss bce': 2·N(0, 1) logits, then 0/1 targets."""
+    rng = np.random.default_rng(seed)
+    z = 2.0 * rng.standard_normal((n, k))
+    return z, rng.integers(0, 2, size=(n, k)).astype(float)
+
+
+def naive_sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def write_user_code(tmp_path, body, name="user.py"):
+    path = tmp_path / name
+    path.write_text("import numpy as np\n\n" + body)
+    return str(path)
+
+
+# --- xent's own gradient, three methods --------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["central", "complex", "richardson"])
+def test_xents_bce_gradient_passes_with_every_method(runner, method):
+    result = check(runner, "--method", method, "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = as_json(result)
+    assert report["passed"] and report["loss"] == "bce" and report["entries"] == 32
+    assert report["numeric"].endswith("of xent's BCE loss")
+    assert report["inputs"] == "random: N=8, k=4, seed 0, multi-hot targets"
+    assert report["cross_checks"] == []  # derive's symbolic route covers the softmax only
+
+
+def test_the_three_methods_agree_with_each_other_and_with_sigma_minus_y():
+    z, t = random_inputs(50, 6, seed=3)
+    problem = gradcheck.problem(z, t, loss="bce")
+    oracle = naive_sigmoid(z) - t
+    loss = gradcheck.loss_function(problem)
+    numeric = {method: gradcheck.derivative(loss, z, method, gradcheck.tolerance(method).eps)[0]
+               for method in gradcheck.METHODS}
+    assert np.abs(numeric["complex"] - oracle).max() < 1e-14
+    assert np.abs(numeric["richardson"] - oracle).max() < 1e-9
+    assert np.abs(numeric["central"] - oracle).max() < 1e-8
+    assert np.abs(numeric["central"] - numeric["richardson"]).max() < 1e-8
+    assert np.array_equal(problem.grad, gradcheck.gradient_function(problem)(z))
+    assert np.abs(problem.grad - oracle).max() < 1e-15
+
+
+# --- the user's gradient ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["central", "complex", "richardson"])
+def test_a_correct_user_gradient_passes(runner, method):
+    result = check(runner, "--grad-fn", f"{MY_BCE}:grad", "--loss-fn", f"{MY_BCE}:loss",
+                   "--method", method, "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = as_json(result)
+    assert report["passed"] and report["failures"] == []
+    assert report["cross_checks"][0]["passed"]  # the user's loss equals xent's
+
+
+def test_one_wrong_entry_fails_and_is_named_with_both_values(runner, tmp_path):
+    code = write_user_code(tmp_path, (
+        "def grad(z, y):\n"
+        "    g = 1 / (1 + np.exp(-z)) - y\n"
+        "    g[1, 2] += 1e-3\n"
+        "    return g\n"))
+    result = check(runner, "--grad-fn", f"{code}:grad", "--method", "complex")
+    assert result.exit_code == 1, result.output
+    z, t = random_inputs(8, 4)
+    right = naive_sigmoid(z[1, 2]) - t[1, 2]
+    first = " ".join(result.stdout.split()).split("First failure: ")[1]
+    assert first.startswith(f"sample 1, class 2: analytic {right + 1e-3:.10g}, numeric "
+                            f"{right:.10g}")
+    report = as_json(check(runner, "--grad-fn", f"{code}:grad", "--method", "complex",
+                           "--format", "json"))
+    assert report["failed"] == 1 and report["failed_off_label"] is None
+    (failure,) = report["failures"]
+    assert (failure["sample"], failure["class"], failure["label"]) == (1, 2, None)
+    assert failure["analytic"] == pytest.approx(right + 1e-3, abs=1e-15)
+    assert failure["numeric"] == pytest.approx(right, abs=1e-15)
+
+
+def test_a_softmax_in_place_of_the_sigmoid_fails_on_every_entry(runner):
+    result = check(runner, "--grad-fn", f"{MY_BCE}:softmax_grad", "--format", "json")
+    assert result.exit_code == 1, result.output
+    report = as_json(result)
+    z, t = random_inputs(8, 4)
+    e = np.exp(z)
+    softmax = e / e.sum(axis=1, keepdims=True)
+    for failure in report["failures"]:
+        i, c = failure["sample"], failure["class"]
+        assert failure["analytic"] == pytest.approx(softmax[i, c] - t[i, c], rel=1e-12)
+        assert failure["numeric"] == pytest.approx(naive_sigmoid(z[i, c]) - t[i, c], rel=1e-7)
+    # σ and softmax differ at every entry of these inputs
+    assert report["failed"] == 32
+    text = " ".join(check(runner, "--grad-fn", f"{MY_BCE}:softmax_grad").stdout.split())
+    assert "its own yes/no question" in text and "sigmoid binary cross-entropy" in text
+
+
+def test_golden_report_of_a_softmax_gradient(runner, golden):
+    result = check(runner, "--grad-fn", f"{MY_BCE}:softmax_grad", "--random", "3", "--k", "3")
+    assert result.exit_code == 1, result.output
+    golden("check_bce_softmax_grad.txt", result.stdout)
+
+
+def test_the_users_function_gets_the_n_by_k_targets(runner, tmp_path):
+    code = write_user_code(tmp_path, (
+        "def grad(z, y):\n"
+        "    assert y.shape == z.shape and y.dtype.kind == 'f'\n"
+        "    assert set(np.unique(y)) <= {0.0, 1.0}\n"
+        "    return 1 / (1 + np.exp(-z)) - y\n"))
+    result = check(runner, "--grad-fn", f"{code}:grad", "--random", "5", "--k", "7")
+    assert result.exit_code == 0, result.output
+
+
+# --- weights --------------------------------------------------------------------------------------
+
+WEIGHTED = ["--weight", "1,2,0.5,0", "--pos-weight", "3,1,0.25,2"]
+
+
+def test_weights_and_pos_weight_follow_pytorchs_formula(runner, tmp_path):
+    code = write_user_code(tmp_path, (
+        "W = np.array([1, 2, 0.5, 0])\n"
+        "P = np.array([3, 1, 0.25, 2])\n"
+        "def grad(z, y):\n"
+        "    s = 1 / (1 + np.exp(-z))\n"
+        "    return W * ((1 - y) * s - P * y * (1 - s))\n"))
+    for argv in ([], ["--grad-fn", f"{code}:grad"], ["--expr", "p - y"]):
+        result = check(runner, *WEIGHTED, "--method", "complex", "--hessian", *argv)
+        assert result.exit_code == 0, (argv, result.output)
+    # the unweighted σ(z) − y is not the gradient of the weighted loss
+    wrong = check(runner, *WEIGHTED, "--grad-fn", f"{MY_BCE}:grad")
+    assert wrong.exit_code == 1, wrong.output
+
+
+def test_xents_weighted_loss_and_gradient_match_torch():
+    torch = pytest.importorskip("torch")
+    z, t = random_inputs(6, 4, seed=5)
+    weight, pos_weight = np.array([1, 2, 0.5, 0]), np.array([3, 1, 0.25, 2])
+    problem = gradcheck.problem(z, t, loss="bce", weight=weight, pos_weight=pos_weight)
+    logits = torch.tensor(z, requires_grad=True)
+    elements = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.tensor(t), weight=torch.tensor(weight), pos_weight=torch.tensor(pos_weight),
+        reduction="none")
+    elements.sum().backward()
+    assert np.allclose(problem.per_sample, elements.sum(dim=1).detach().numpy(), rtol=1e-12)
+    assert np.allclose(problem.grad, logits.grad.numpy(), rtol=1e-12, atol=1e-15)
+    loss = gradcheck.loss_function(problem)
+    assert np.allclose(loss(z), problem.per_sample, rtol=1e-14)
+
+
+# --- the Hessian ----------------------------------------------------------------------------------
+
+def test_xents_hessian_is_diagonal_sigma_times_one_minus_sigma():
+    z, t = random_inputs(5, 4, seed=1)
+    weight, pos_weight = np.array([1, 2, 0.5, 1]), np.array([3, 1, 1, 0.5])
+    problem = gradcheck.problem(z, t, loss="bce", weight=weight, pos_weight=pos_weight)
+    hessian = gradcheck.xent_hessian(problem)
+    assert hessian.shape == (5, 4, 4)
+    off_diagonal = hessian * (1 - np.eye(4))
+    assert not off_diagonal.any()
+    s = naive_sigmoid(z)
+    # d/dz of w[(1 − t)σ − p_w t (1 − σ)] = w (1 − t + p_w t) σ(1 − σ)
+    expected = weight * (1 - t + pos_weight * t) * s * (1 - s)
+    assert np.allclose(np.diagonal(hessian, axis1=1, axis2=2), expected, rtol=1e-13)
+
+
+def test_the_hessian_check_passes_for_the_diagonal_and_fails_for_the_softmax_one(runner, tmp_path):
+    right = check(runner, "--hessian", "--format", "json")
+    assert right.exit_code == 0, right.output
+    assert as_json(right)["hessian"]["entries"] == 8 * 16
+    assert as_json(right)["hessian"]["analytic"] == "xent's Hessian diag(S·σ(1 − σ))"
+    mine = check(runner, "--grad-fn", f"{MY_BCE}:grad", "--hess-fn", f"{MY_BCE}:hessian",
+                 "--method", "complex")
+    assert mine.exit_code == 0, mine.output
+    code = write_user_code(tmp_path, (
+        "def hessian(z, y):\n"
+        "    e = np.exp(z - z.max(axis=1, keepdims=True))\n"
+        "    p = e / e.sum(axis=1, keepdims=True)\n"
+        "    return p[:, :, None] * np.eye(z.shape[1]) - p[:, :, None] * p[:, None, :]\n"))
+    wrong = check(runner, "--hess-fn", f"{code}:hessian", "--format", "json")
+    assert wrong.exit_code == 1, wrong.output
+    report = as_json(wrong)
+    assert report["passed"] is False and report["failures"] == []
+    failures = report["hessian"]["failures"]
+    # the softmax Hessian's off-diagonal −p_c p_d is wrong everywhere: bce's is 0 there
+    off = [f for f in failures if f["class"] != f["column"]]
+    assert off and all(f["numeric"] == pytest.approx(0, abs=1e-9) for f in off)
+
+
+# --- the expression language ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("formula, passes", [
+    ("p - y", True),
+    ("1 / (1 + exp(-z)) - y", True),
+    ("p * (1 - y) - (1 - p) * y", True),
+    ("exp(z) / sum(exp(z)) - y", False),  # the softmax: couples the classes
+    ("p", False),
+])
+def test_in_an_expression_p_means_the_sigmoid(runner, formula, passes):
+    result = check(runner, "--expr", formula, "--method", "complex", "--format", "json")
+    assert result.exit_code == (0 if passes else 1), result.output
+    assert as_json(result)["analytic"] == f"the expression {formula}"
+
+
+def test_the_expression_p_fails_exactly_where_the_target_is_1(runner):
+    result = check(runner, "--expr", "p", "--method", "complex", "--format", "json")
+    assert result.exit_code == 1, result.output
+    z, t = random_inputs(8, 4)
+    report = as_json(result)
+    named = {(f["sample"], f["class"]) for f in report["failures"]}
+    assert named == {(int(i), int(c)) for i, c in np.argwhere(t == 1)}
+    for failure in report["failures"]:
+        i, c = failure["sample"], failure["class"]
+        assert failure["analytic"] == pytest.approx(naive_sigmoid(z[i, c]), rel=1e-12)
+        assert failure["numeric"] == pytest.approx(naive_sigmoid(z[i, c]) - 1, rel=1e-9)
+    text = check(runner, "--expr", "p").stdout
+    assert "First failure: sample 0, class" in text
+
+
+# --- files ------------------------------------------------------------------------------------------
+
+def test_a_file_with_targets_is_read_as_eval_reads_it(runner):
+    argv = [MULTILABEL, "--targets", MULTILABEL_TARGETS, "--format", "json"]
+    result = check(runner, *argv, "--grad-fn", f"{MY_BCE}:grad", "--method", "complex")
+    assert result.exit_code == 0, result.output
+    report = as_json(result)
+    assert report["inputs"] == MULTILABEL and report["entries"] == 24 and report["k"] == 4
+    assert check(runner, *argv, "--grad-fn", f"{MY_BCE}:softmax_grad").exit_code == 1
+
+
+def test_probability_targets_need_not_sum_to_1(runner, tmp_path):
+    logits, targets = tmp_path / "z.csv", tmp_path / "t.csv"
+    logits.write_text("a,b,c\n1,2,0.5\n-1,0,3\n30,-30,0\n")
+    targets.write_text("a,b,c\n0.9,0.8,0.7\n0,0,0\n1,0.5,1\n")
+    for argv in ([], ["--grad-fn", f"{MY_BCE}:grad"], ["--expr", "p - y"], ["--hessian"],
+                 ["--method", "richardson"], ["--directional"]):
+        result = check(runner, str(logits), "--targets", str(targets), *argv)
+        assert result.exit_code == 0, (argv, result.output)
+
+
+def test_large_logits_keep_the_check_exact(runner, tmp_path):
+    logits, targets = tmp_path / "z.csv", tmp_path / "t.csv"
+    logits.write_text("a,b,c,d\n-40,40,700,-700\n")
+    targets.write_text("a,b,c,d\n0,1,0.3,0.7\n")
+    for method in ("central", "complex", "richardson"):
+        result = check(runner, str(logits), "--targets", str(targets), "--method", method,
+                       "--grad-fn", f"{MY_BCE}:grad", "--hessian", "--format", "json")
+        assert result.exit_code == 0, (method, result.output)
+
+
+# --- the rest of check's options ----------------------------------------------------------------------
+
+def test_sweep_and_directional_work_for_bce(runner):
+    sweep = as_json(check(runner, "--sweep", "--format", "json"))
+    assert sweep["passed"] and len(sweep["sweep"]) == 13 and 1e-8 <= sweep["best_h"] <= 1e-3
+    right = check(runner, "--directional", "--random", "5000", "--k", "20", "--format", "json")
+    assert right.exit_code == 0, right.output
+    wrong = check(runner, "--directional", "--random", "5000", "--k", "20", "--show", "0",
+                  "--grad-fn", f"{MY_BCE}:softmax_grad")
+    assert wrong.exit_code == 1
+
+
+def test_float32_implementations_pass_at_float32_defaults(runner, tmp_path):
+    code = write_user_code(tmp_path, (
+        "def grad(z, y):\n"
+        "    z = z.astype(np.float32)\n"
+        "    return (1 / (1 + np.exp(-z)) - y).astype(np.float32)\n"))
+    for argv in (["--grad-fn", f"{code}:grad"], ["--dtype", "float32"]):
+        result = check(runner, *argv, "--format", "json")
+        assert result.exit_code == 0, result.output
+        assert as_json(result)["precision"] == "float32"
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([MULTILABEL], "--loss bce needs --targets FILE"),
+    (["--labels", "labels.csv"], "--labels does not apply to --loss bce"),
+    (["--ignore-index", "0"], "--ignore-index does not apply to --loss bce"),
+    (["--label-smoothing", "0.1"], "--label-smoothing does not apply to --loss bce"),
+    (["--pos-weight", "1,2"], "--pos-weight has 2 entries; the logits have 4 classes"),
+    (["--pos-weight", "1,x,1,1"], "--pos-weight"),
+    (["--symbolic"], "the symbolic route covers the softmax cross-entropy only"),
+    (["--grad-fn", f"{MY_BCE}:loss"],
+     "my_bce_grad.py:loss returned shape (8,); the gradient must have shape (8, 4)"),
+    (["--loss", "mse"], "Invalid value for '--loss'"),
+], ids=lambda x: x if isinstance(x, str) else None)
+def test_a_check_that_cannot_run_says_why_in_one_line_and_exits_2(runner, argv, message):
+    result = check(runner, *argv)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert result.stdout == ""
+
+
+def test_pos_weight_is_refused_for_the_softmax(runner):
+    result = runner.invoke(app, ["check", "--pos-weight", "1,1,1,1"])
+    assert result.exit_code == 2 and "--pos-weight applies to --loss bce only" in result.stderr
+
+
+@pytest.mark.parametrize("logits_text, targets_text, message", [
+    ("a,b\n1,2\n3,4\n", "a,b\n0,1\n1,1.5\n", "t.csv, line 3, column 'b': target is outside [0, 1]"),
+    ("a,b\n1,2\n3,abc\n", "a,b\n0,1\n1,1\n", "z.csv, line 3, column 'b': logit 'abc' is not a number"),
+    ("a,b\n1,2\n3,inf\n", "a,b\n0,1\n1,1\n", "z.csv, line 3, column 'b': logit 'inf' is not a finite number"),
+    ("a,b\n1,2\n", "a,b\n0,1\n1,1\n", "t.csv"),
+    ("a,b\n1,2\n", "a,b,c\n0,1,1\n", "has 3 target columns, the logits have 2 classes"),
+])
+def test_bad_files_are_named_at_their_line(runner, tmp_path, logits_text, targets_text, message):
+    logits, targets = tmp_path / "z.csv", tmp_path / "t.csv"
+    logits.write_text(logits_text)
+    targets.write_text(targets_text)
+    result = check(runner, str(logits), "--targets", str(targets))
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and result.stdout == ""
+
+
+def test_help_documents_bce_and_its_examples_run(runner, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    help_text = runner.invoke(app, ["check", "--help"]).stdout
+    assert "--loss" in help_text and "--pos-weight" in help_text
+    examples = [line.strip() for line in help_text.split("Binary cross-entropy:")[1]
+                .split("\n\n")[0].splitlines() if line.strip()]
+    assert len(examples) == 3
+    for line in examples:
+        argv = [arg.strip('"') for arg in line.replace('"p - y"', "P_MINUS_Y").split()[2:]]
+        argv = ["p - y" if arg == "P_MINUS_Y" else arg for arg in argv]
+        result = runner.invoke(app, ["check", *argv])
+        assert result.exit_code == (1 if "softmax_grad" in line else 0), (line, result.output)
+
+
+# --- properties -----------------------------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(z=hnp.arrays(np.float64, (3, 4), elements=st.floats(-60, 60)),
+       t=hnp.arrays(np.float64, (3, 4), elements=st.floats(0, 1)))
+def test_the_complex_step_of_xents_bce_loss_is_its_gradient(z, t):
+    problem = gradcheck.problem(z, t, loss="bce")
+    numeric, _ = gradcheck.derivative(gradcheck.loss_function(problem), z, "complex", 1e-20)
+    # σ(z) − t cancels near σ(z) = t: both sides then carry round-off of the size of eps
+    assert np.allclose(numeric, problem.grad, rtol=1e-12, atol=1e-15)
+    assert np.allclose(gradcheck.loss_function(problem)(z), problem.per_sample, rtol=1e-13,
+                       atol=1e-300)
+    hessian, _ = gradcheck.derivative(gradcheck.gradient_function(problem), z, "complex", 1e-20)
+    assert np.allclose(hessian, gradcheck.xent_hessian(problem), rtol=1e-12, atol=1e-300)

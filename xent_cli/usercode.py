@@ -4,7 +4,8 @@ Running the user's file is the point of `xent check --grad-fn`: the user names t
 Every way it can go wrong (no file, no such name, not callable, an exception, a wrong shape or
 dtype, a loss that is not complex-safe) is a UserCodeError that names the function and the fix.
 
-The contract, for z an (N, k) float array and y the targets ((N,) int labels or (N, k) soft):
+The contract, for z an (N, k) float array and y the targets ((N,) int labels or (N, k) soft;
+for binary cross-entropy, (N, k) in [0, 1]):
 
 - gradient ``f(z, y) -> (N, k)``: row i is the gradient of sample i's loss;
 - loss ``f(z, y) -> (N,)``: sample i's loss (PyTorch's reduction='none');

@@ -98,13 +98,14 @@ def test_one_wrong_entry_fails_and_is_named_with_both_values(runner, tmp_path):
     z, t = random_inputs(8, 4)
     right = naive_sigmoid(z[1, 2]) - t[1, 2]
     first = " ".join(result.stdout.split()).split("First failure: ")[1]
-    assert first.startswith(f"sample 1, class 2: analytic {right + 1e-3:.10g}, numeric "
-                            f"{right:.10g}")
+    assert first.startswith(f"sample 1, class 2 (target {t[1, 2]:g}): analytic "
+                            f"{right + 1e-3:.10g}, numeric {right:.10g}")
     report = as_json(check(runner, "--grad-fn", f"{code}:grad", "--method", "complex",
                            "--format", "json"))
     assert report["failed"] == 1 and report["failed_off_label"] is None
     (failure,) = report["failures"]
     assert (failure["sample"], failure["class"], failure["label"]) == (1, 2, None)
+    assert failure["target"] == t[1, 2]
     assert failure["analytic"] == pytest.approx(right + 1e-3, abs=1e-15)
     assert failure["numeric"] == pytest.approx(right, abs=1e-15)
 
@@ -239,6 +240,7 @@ def test_the_expression_p_fails_exactly_where_the_target_is_1(runner):
     report = as_json(result)
     named = {(f["sample"], f["class"]) for f in report["failures"]}
     assert named == {(int(i), int(c)) for i, c in np.argwhere(t == 1)}
+    assert {f["target"] for f in report["failures"]} == {1.0}
     for failure in report["failures"]:
         i, c = failure["sample"], failure["class"]
         assert failure["analytic"] == pytest.approx(naive_sigmoid(z[i, c]), rel=1e-12)

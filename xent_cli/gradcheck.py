@@ -102,6 +102,11 @@ class Problem:
         """Returns the class labels, or None for soft or per-class targets."""
         return self.target if self.target.ndim == 1 else None
 
+    @property
+    def class_targets(self) -> np.ndarray | None:
+        """Returns the (N, k) targets of binary cross-entropy, one per class, else None."""
+        return self.target if self.loss == "bce" else None
+
 
 def problem(z, target, *, loss: str = "ce", weight=None, pos_weight=None, ignore_index: int = -100,
             label_smoothing: float = 0.0, dtype: str = "float64",
@@ -359,6 +364,7 @@ class Failure:
     rel_err: float
     column: int | None = None  # the second class of a Hessian entry d²loss / dz_cls dz_column
     label: int | None = None  # the sample's label, when the targets are labels
+    target: float | None = None  # the entry's own target, for binary cross-entropy
 
     def describe(self) -> str:
         """Names the entry and both values, saying which is which."""
@@ -366,6 +372,8 @@ class Failure:
         if self.cls is not None:
             where += f", class {self.cls}" if self.column is None else \
                 f", classes ({self.cls}, {self.column})"
+        if self.target is not None:
+            where += f" (target {self.target:g})"
         return (f"{where}: analytic {self.analytic:.10g}, numeric {self.numeric:.10g} "
                 f"(abs error {self.abs_err:.3g}, rel error {self.rel_err:.3g})")
 
@@ -453,11 +461,12 @@ def compare(analytic: np.ndarray, numeric: np.ndarray, tol: Tolerance, *, quanti
             analytic_source: str, numeric_source: str, source: str,
             estimate: np.ndarray | None = None, agreements: tuple[Agreement, ...] = (),
             sweep: tuple[SweepPoint, ...] = (), labels: np.ndarray | None = None,
-            loss: str = "ce") -> CheckReport:
+            loss: str = "ce", targets: np.ndarray | None = None) -> CheckReport:
     """Returns the report of analytic against numeric, entry by entry.
 
     Entry e fails when |analytic − numeric| > atol + rtol·|numeric| (+ the error estimate);
-    a NaN or infinite value on either side fails and is named in the report.
+    a NaN or infinite value on either side fails and is named in the report. labels (N,) or
+    per-class targets (N, k) are shown beside a failing gradient entry.
     """
     analytic = np.asarray(analytic, dtype=np.float64)
     numeric = np.asarray(numeric, dtype=np.float64)
@@ -470,7 +479,7 @@ def compare(analytic: np.ndarray, numeric: np.ndarray, tol: Tolerance, *, quanti
     failing = ~finite | (abs_err > allowed)
     rel_err = _relative(abs_err, analytic, numeric)
     failures = tuple(_failure(tuple(int(x) for x in index), analytic, numeric, abs_err, rel_err,
-                              labels) for index in np.argwhere(failing)[:FAILURES_KEPT])
+                              labels, targets) for index in np.argwhere(failing)[:FAILURES_KEPT])
     off_label = None
     if labels is not None and failing.ndim == 2:
         on_label = np.zeros_like(failing)
@@ -493,9 +502,11 @@ def compare(analytic: np.ndarray, numeric: np.ndarray, tol: Tolerance, *, quanti
 
 
 def _failure(index: tuple[int, ...], analytic, numeric, abs_err, rel_err,
-             labels: np.ndarray | None) -> Failure:
+             labels: np.ndarray | None, targets: np.ndarray | None = None) -> Failure:
     return Failure(sample=index[0], cls=index[1] if len(index) > 1 else None,
                    label=None if labels is None else int(labels[index[0]]),
+                   target=float(targets[index]) if targets is not None and len(index) == 2
+                   else None,
                    column=index[2] if len(index) > 2 else None,
                    analytic=float(analytic[index]), numeric=float(numeric[index]),
                    abs_err=float(abs_err[index]), rel_err=float(rel_err[index]))
@@ -518,7 +529,8 @@ def check_gradient(problem: Problem, analytic: np.ndarray, loss: Function, tol: 
     return compare(analytic, numeric, tol, quantity="gradient", analytic_source=analytic_source,
                    numeric_source=f"{method_name(tol.method)} of {loss_source}",
                    source=problem.source, estimate=estimate, agreements=agreements,
-                   sweep=points, labels=problem.labels, loss=problem.loss)
+                   sweep=points, labels=problem.labels, loss=problem.loss,
+                   targets=problem.class_targets)
 
 
 def check_directional(problem: Problem, analytic: np.ndarray, loss: Function, tol: Tolerance, *,

@@ -92,6 +92,9 @@ def failures_table(report: CheckReport, limit: int = FAILURES_SHOWN) -> Table:
     if has_labels:
         table.add_column("label", justify="right")
     table.add_column("class" if report.quantity != "Hessian" else "classes", justify="right")
+    has_targets = any(f.target is not None for f in shown)
+    if has_targets:
+        table.add_column("target", justify="right")
     for name in ("analytic", "numeric", "abs error", "rel error"):
         table.add_column(name, justify="right", no_wrap=True)
     for failure in shown:
@@ -99,6 +102,8 @@ def failures_table(report: CheckReport, limit: int = FAILURES_SHOWN) -> Table:
         if has_labels:
             row.append(str(failure.label))
         row.append(_where(failure))
+        if has_targets:
+            row.append(_g(failure.target))
         row += [_g(failure.analytic), _g(failure.numeric), _e(failure.abs_err), _e(failure.rel_err)]
         table.add_row(*row)
     return table
@@ -190,6 +195,7 @@ def fields(report: CheckReport) -> dict:
                           "note": a.note} for a in report.agreements],
         "failures": [{"sample": f.sample, "class": f.cls, **({"column": f.column}
                       if f.column is not None else {}), "label": f.label,
+                      **({"target": f.target} if f.target is not None else {}),
                       "analytic": _finite(f.analytic), "numeric": _finite(f.numeric),
                       "abs_err": _finite(f.abs_err), "rel_err": _finite(f.rel_err)}
                      for f in report.failures],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import importlib
+import os
 import sys
 from typing import Annotated, Iterator, Optional
 
@@ -57,14 +58,28 @@ app = typer.Typer(
 )
 
 
+# Off a terminal, Rich renders at this width whatever COLUMNS says: piped or redirected output
+# is the same bytes everywhere (and the golden files' width).
+PIPE_WIDTH = 100
+
+
 def stdout() -> Console:
     """Returns the console for results."""
-    return Console(highlight=False)
+    return _console(stderr=False)
 
 
 def stderr() -> Console:
     """Returns the console for diagnostics and progress."""
-    return Console(stderr=True, highlight=False)
+    return _console(stderr=True)
+
+
+def _console(stderr: bool) -> Console:
+    """Returns a console without escape codes under NO_COLOR or TERM=dumb, even with FORCE_COLOR."""
+    plain = bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
+    console = Console(stderr=stderr, highlight=False, color_system=None if plain else "auto")
+    if not console.is_terminal:
+        console.width = PIPE_WIDTH
+    return console
 
 
 @contextlib.contextmanager

@@ -1,0 +1,141 @@
+"""Fuzzing the CSV readers (issue 6): random bytes and near-valid files through `xent eval`.
+
+Whatever the bytes, eval either computes (exit 0) or refuses in one stderr line that names the
+file (exit 2): never a traceback, never a hang. Both readers run every example: the strict one, and
+the fast block reader (forced on small files, with tiny blocks) that must hand anything unusual
+over to the strict one.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xent_cli import stream
+from xent_cli.cli import app
+
+VALID = "z0,z1,z2,label\n1.5,-2,0.25,0\n3,4e-3,-1,2\n0,0,0,1\n-7.5,2,1e2,1\n"
+TARGETS = "p0,p1,p2\n0.5,0.5,0\n0,0,1\n0.2,0.3,0.5\n1,0,0\n"
+LOGITS_ONLY = "z0,z1,z2\n1.5,-2,0.25\n3,4e-3,-1\n0,0,0\n-7.5,2,1e2\n"
+
+# What near-valid files get wrong: each a piece of text put somewhere in a valid file.
+NOISE = ["", ",", ",,", ";", "\t", '"', '""', "'", "\x00", "\r", "\n", "\r\n", " ", "\ufeff",
+         "1e400", "-1e400", "1e308", "9" * 400, "1_000", "0x1f", "nan", "-inf", "inf", "١", "１",
+         "٣.٥", "2.0", "-100", "1e-400", "+", "-", ".", "e5", "\u00a0", "\u2212" "1", "é", "\\",
+         "label", "z0", "#"]
+
+
+@pytest.fixture(params=["strict", "fast"])
+def reader(request, monkeypatch):
+    """Runs each example through one reader: the fast one forced, with blocks of a few lines."""
+    if request.param == "fast":
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0)
+        monkeypatch.setattr(stream, "BLOCK_BYTES", 32)
+    else:
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", 1 << 60)
+    return request.param
+
+
+def run_eval(runner, tmp_path, files: dict, arguments: list[str]):
+    """Runs eval on the files; asserts exit 0, or exit 2 with one line naming a file."""
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    out = tmp_path / "out.csv"
+    out.unlink(missing_ok=True)  # left by an earlier example
+    started = time.perf_counter()
+    result = runner.invoke(app, ["eval", *arguments, "--format", "json", "--output", str(out)])
+    elapsed = time.perf_counter() - started
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        f"{files!r}: {result.exception!r}"
+    assert "Traceback" not in result.output
+    assert elapsed < 5, f"{files!r} took {elapsed:.1f} s"
+    if result.exit_code == 0:
+        assert result.stdout.startswith("{") and out.exists()
+        return result
+    assert result.exit_code == 2, (files, result.output)
+    assert result.stdout == "" and not out.exists(), files
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, (files, result.stderr)
+    assert any(f"{tmp_path / name}" in result.stderr for name in files), (files, result.stderr)
+    return result
+
+
+@st.composite
+def mutated(draw, text: str = VALID) -> bytes:
+    """Returns a valid file with a few pieces cut out, repeated or inserted."""
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(text)))
+        action = draw(st.sampled_from(["insert", "delete", "replace-cell", "duplicate-line"]))
+        if action == "insert":
+            text = text[:at] + draw(st.sampled_from(NOISE)) + text[at:]
+        elif action == "delete":
+            text = text[:at] + text[at + draw(st.integers(1, 8)):]
+        elif action == "replace-cell":
+            cells = text.split(",")
+            c = draw(st.integers(0, len(cells) - 1))
+            end = "\n" if cells[c].endswith("\n") else ""
+            cells[c] = draw(st.sampled_from(NOISE)) + end
+            text = ",".join(cells)
+        elif text:
+            lines = text.splitlines(keepends=True)
+            i = draw(st.integers(0, len(lines) - 1))
+            lines.insert(i, lines[i])
+            text = "".join(lines)
+    encoding = draw(st.sampled_from(["utf-8", "utf-8", "utf-8-sig", "utf-16", "latin-1"]))
+    return text.encode(encoding, errors="replace")
+
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@given(raw=st.binary(max_size=300))
+def test_random_bytes_are_read_or_refused_in_one_line(runner, tmp_path, reader, raw):
+    run_eval(runner, tmp_path, {"z.csv": raw}, [str(tmp_path / "z.csv")])
+
+
+@FUZZ
+@given(pieces=st.lists(st.sampled_from(list("0123456789,.-+e\n\r\"; ") + ["label", "z0", "nan"]),
+                      max_size=60))
+def test_random_csv_like_text_is_read_or_refused_in_one_line(runner, tmp_path, reader, pieces):
+    body = "z0,z1,label\n" + "".join(pieces)
+    run_eval(runner, tmp_path, {"z.csv": body.encode()}, [str(tmp_path / "z.csv")])
+
+
+@FUZZ
+@given(raw=mutated())
+def test_near_valid_logits_are_read_or_refused_in_one_line(runner, tmp_path, reader, raw):
+    run_eval(runner, tmp_path, {"z.csv": raw}, [str(tmp_path / "z.csv")])
+
+
+@FUZZ
+@given(raw=mutated(TARGETS))
+def test_near_valid_soft_targets_are_read_or_refused_in_one_line(runner, tmp_path, reader, raw):
+    run_eval(runner, tmp_path, {"z.csv": LOGITS_ONLY.encode(), "t.csv": raw},
+             [str(tmp_path / "z.csv"), "--targets", str(tmp_path / "t.csv")])
+
+
+@FUZZ
+@given(raw=mutated("label\n0\n2\n1\n1\n"))
+def test_near_valid_labels_files_are_read_or_refused_in_one_line(runner, tmp_path, reader, raw):
+    run_eval(runner, tmp_path, {"z.csv": LOGITS_ONLY.encode(), "y.csv": raw},
+             [str(tmp_path / "z.csv"), "--labels", str(tmp_path / "y.csv")])
+
+
+@pytest.mark.parametrize("cell", ["1e400", "١", "\ufeff1", "1\x00", "9" * 400, "0x1f", "\u2212" "1"])
+def test_both_readers_refuse_the_same_cells_with_the_same_line(runner, tmp_path, monkeypatch, cell):
+    errors = set()
+    for threshold in (1 << 60, 0):
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        monkeypatch.setattr(stream, "BLOCK_BYTES", 32)
+        body = VALID.replace("3,4e-3", f"3,{cell}").encode()
+        errors.add(run_eval(runner, tmp_path, {"z.csv": body}, [str(tmp_path / "z.csv")]).stderr)
+    assert len(errors) == 1 and "Error: " in errors.pop()
+
+
+def test_a_huge_number_of_digits_is_read_not_hung_on(runner, tmp_path, reader):
+    body = f"z0,z1,label\n0.{'1' * 100_000},2,0\n".encode()
+    result = run_eval(runner, tmp_path, {"z.csv": body}, [str(tmp_path / "z.csv")])
+    assert result.exit_code == 0

@@ -519,14 +519,19 @@ class DeriveFormat(str, enum.Enum):
 def derive_command(
     *,
     k: Annotated[int, typer.Option("--k", metavar="K", help="The number of classes (2..500, soft "
-                                   "targets too; 60 with --hessian).")] = 3,
-    label: Annotated[int, typer.Option(metavar="L", help="The true class ℓ, 1-based.")] = 1,
-    soft: Annotated[bool, typer.Option("--soft", help="General targets y1…yK with Σy = 1.")] = False,
-    hessian: Annotated[bool, typer.Option("--hessian", help="Also the Hessian diag(p) − p pᵀ.")] = False,
+                                   "targets too; 60 with --hessian; bce from 1).")] = 3,
+    loss: Annotated[Loss, typer.Option(help=LOSS_HELP)] = Loss.ce,
+    label: Annotated[Optional[int], typer.Option(
+        metavar="L", help="The true class ℓ, 1-based (default 1; ce only).", show_default=False)] = None,
+    soft: Annotated[bool, typer.Option("--soft", help="General targets y1…yK with Σy = 1 (ce only; "
+                                       "bce's targets are always general).")] = False,
+    hessian: Annotated[bool, typer.Option(
+        "--hessian", help="Also the Hessian: diag(p) − p pᵀ; for bce diag(σ(z)(1 − σ(z))).")] = False,
     at: Annotated[Optional[str], typer.Option(
         metavar="Z1,Z2,...", help="Also evaluate every step at these K logits.")] = None,
     claim: Annotated[Optional[str], typer.Option(
-        metavar="EXPR", help="Check a claimed formula for dCE/dz_j instead (exit 1 if false).")] = None,
+        metavar="EXPR", help="Check a claimed formula for dCE/dz_j instead (exit 1 if false; "
+                             "ce only).")] = None,
     full: Annotated[bool, typer.Option("--full", help="Show every row and whole expressions.")] = False,
     output_format: Annotated[DeriveFormat, typer.Option(
         "--format", help="rich, markdown, latex or json.")] = DeriveFormat.rich,
@@ -536,12 +541,17 @@ def derive_command(
     Symbols are z1…zK, S = Σ exp(z_n) and p_n = exp(z_n)/S. The gradient is p − y; the seed
     blog's Case 1 (dCE/dz_j = 0 for j ≠ ℓ) is checked and shown failing.
 
+    --loss bce derives the sigmoid binary cross-entropy, p_n = σ(z_n), each target y_n in
+    [0, 1] on its own: gradient σ(z) − y, a diagonal Hessian, how it differs from softmax, and
+    softmax's gradient carried over, shown failing.
+
     \b
     Examples:
       xent derive --k 3
       xent derive --k 4 --label 2 --at 1,0,-1,2 --format markdown
       xent derive --k 3 --soft --hessian --format json
       xent derive --k 3 --claim "p_j - y_j"
+      xent derive --loss bce --k 3 --hessian --at 1,0,-1
     """
     import json
 
@@ -550,15 +560,30 @@ def derive_command(
 
     console = stdout()
     with user_errors():
-        core.check_size(k, label, hessian, soft)
-        if claim is not None:
-            from xent_cli.claims import check_claim
-            from xent_cli.render import claim as claim_render
+        if loss is Loss.bce:
+            from xent_cli import derivation_bce
 
-            verdict = check_claim(claim, k=k, label=label, soft=soft)
-        else:
+            for given, option in ((label is not None, "--label"), (soft, "--soft"),
+                                  (claim is not None, "--claim")):
+                if given:
+                    raise XentError(f"{option} applies to --loss ce only: bce's targets are "
+                                    "y1…yK, each in [0, 1] on its own"
+                                    + ("; check a bce gradient with 'xent check --loss bce "
+                                       "--expr'" if option == "--claim" else ""))
+            derivation_bce.check_size(k, hessian)
             point = None if at is None else core.parse_at(at, k)
-            result = core.derive(k, label, soft=soft, hessian=hessian, at=point)
+            result = derivation_bce.derive_bce(k, hessian=hessian, at=point)
+        else:
+            label = 1 if label is None else label
+            core.check_size(k, label, hessian, soft)
+            if claim is not None:
+                from xent_cli.claims import check_claim
+                from xent_cli.render import claim as claim_render
+
+                verdict = check_claim(claim, k=k, label=label, soft=soft)
+            else:
+                point = None if at is None else core.parse_at(at, k)
+                result = core.derive(k, label, soft=soft, hessian=hessian, at=point)
     if claim is not None:
         if output_format is DeriveFormat.json:
             console.out(json.dumps(claim_render.claim_to_json(verdict), indent=2, ensure_ascii=False))

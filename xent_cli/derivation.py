@@ -44,6 +44,23 @@ RULES = {
     "y is constant": "H_ij = ∂(p_i − y_i)/∂z_j = ∂p_i/∂z_j, since y does not depend on z",
     "quotient rule": "∂(e^{z_i}/S)/∂z_j = (δ_ij e^{z_i} S − e^{z_i} e^{z_j})/S²",
     "seed's Case 1": "treats S = Σ_n e^{z_n} as constant in z_j, so ∂CE/∂z_j = 0 for j ≠ ℓ",
+    # Binary cross-entropy (xent_cli.derivation_bce), p_n = σ(z_n) = 1/(1 + e^{−z_n}):
+    "definition of binary cross-entropy":
+        "BCE = −Σ_n [y_n log p_n + (1 − y_n) log(1 − p_n)], with p_n = σ(z_n) = 1/(1 + e^{−z_n})",
+    "log of the complement": "log(1 − σ(z)) = −z + log σ(z), since 1 − σ(z) = e^{−z} σ(z)",
+    "collect": "y log σ + (1 − y)(−z + log σ) = log σ − (1 − y) z",
+    "softplus": "−log σ(z) = log(1 + e^{−z}) = softplus(−z)",
+    "differentiate BCE": "the quantity sought: the partial derivative of the last form of BCE",
+    "classes do not couple": "the n-th term involves z_n alone, so ∂/∂z_j keeps only the j-th term",
+    "derivative of softplus": "∂ log(1 + e^{−z})/∂z = −e^{−z}/(1 + e^{−z})",
+    "complement of the sigmoid": "e^{−z}/(1 + e^{−z}) = 1 − σ(z)",
+    "cancel": "(1 − y_j) − (1 − p_j) = p_j − y_j",
+    "every class alike": "each class's term has the same form: ∂BCE/∂z_j = σ(z_j) − y_j for every j, "
+                         "i.e. ∇BCE = σ(z) − y",
+    "derivative of the sigmoid": "∂σ(z)/∂z = e^{−z}/(1 + e^{−z})²",
+    "σ' = σ(1 − σ)": "e^{−z}/(1 + e^{−z})² = σ(z)(1 − σ(z))",
+    "no coupling": "p_i = σ(z_i) involves z_i alone, so ∂p_i/∂z_j = 0 for i ≠ j: the Hessian is diagonal",
+    "softmax carried over": "treats BCE like softmax cross-entropy: ∂BCE/∂z_j = softmax(z)_j − y_j",
 }
 
 
@@ -100,12 +117,14 @@ class Derivation:
     hessian_steps: tuple[Step, ...]
     pitfall: Optional[Step]
     at: Optional[tuple[float, ...]]
+    loss: str = "ce"  # "ce" (softmax) or "bce" (sigmoid, xent_cli.derivation_bce)
+    contrast: tuple = ()  # bce: derivation_bce.Contrast rows, how it differs from softmax
 
     @property
     def verified(self) -> bool:
         entries = list(self.gradient) + [e for row in self.hessian or () for e in row]
         return all(s.verification.ok for s in self.steps + self.hessian_steps) and all(
-            e.verification.ok for e in entries)
+            e.verification.ok for e in entries) and all(c.ok for c in self.contrast)
 
 
 class Symbols:
@@ -182,6 +201,13 @@ class Symbols:
 
         return expr.replace(lambda e: isinstance(e, sp.exp), lambda e: power(e.args[0]))
 
+    def is_zero(self, difference: sp.Expr) -> bool:
+        """Decides difference == 0 symbolically, or returns False when undecided."""
+        return _difference_is_zero(self, difference)
+
+    def random_point(self, rng: random.Random, free: set) -> dict:
+        return _random_point(self, rng, free)
+
 
 def terms_by_symbol(expr: sp.Expr) -> dict:
     """Maps each free symbol of a sum to the terms that contain it (built once, O(size))."""
@@ -245,22 +271,24 @@ def verify(symbols: Symbols, before: sp.Expr, after: sp.Expr, *,
     difference = before - after
     decided = False
     if targets_sum_to_one:
-        decided = _difference_is_zero(symbols, difference.xreplace({symbols.target_sum: 1}))
+        decided = symbols.is_zero(difference.xreplace({symbols.target_sum: 1}))
         if not decided:
             last = symbols.y[-1]
-            decided = _difference_is_zero(symbols, difference.xreplace(
-                {last: 1 - sp.Add(*symbols.y[:-1])}))
+            decided = symbols.is_zero(difference.xreplace({last: 1 - sp.Add(*symbols.y[:-1])}))
     else:
-        decided = _difference_is_zero(symbols, difference)
+        decided = symbols.is_zero(difference)
     if decided:
         return Verification("identity", "symbolic identity")
     rng = random.Random(seed)
     free = difference.free_symbols
     for _ in range(RANDOM_POINTS):
-        point = _random_point(symbols, rng, free)
+        point = symbols.random_point(rng, free)
         gap = difference.xreplace(point).evalf(DIGITS)
         if not gap.is_number or abs(gap) > sp.Float(10) ** (10 - DIGITS):
             z = ", ".join(str(point[zn]) for zn in symbols.z)
+            ys = [str(point[yn]) for yn in symbols.y if yn in point]  # symbols only
+            if ys:
+                z += f"), y = ({', '.join(ys)}"
             return Verification("failed", f"differs at z = ({z}): the steps give "
                                           f"{sp.N(before.xreplace(point), 6)} and "
                                           f"{sp.N(after.xreplace(point), 6)}")

@@ -17,13 +17,22 @@ MAX_TEXT = 160  # characters of a long expression shown without --full
 MARK = {True: "✓", False: "✗"}
 
 
-def _text(expr, full: bool) -> str:
-    text = sp.sstr(expr).replace("**", "^")
+def _printing(derivation: Derivation) -> dict:
+    """SymPy printer settings: BCE's sums print class by class, as built (and without the
+    sorting that costs seconds at large K); softmax's as SymPy orders them."""
+    return {"order": "none"} if derivation.loss == "bce" else {}
+
+
+def _text(expr, full: bool, printing: dict) -> str:
+    text = sp.sstr(expr, **printing).replace("**", "^")
     return text if full or len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
 def _lhs(step: Step) -> str:
-    return sp.sstr(step.lhs).replace("Derivative(CE, ", "dCE/d(").replace(", ", ",")
+    text = sp.sstr(step.lhs)
+    for loss in ("BCE", "CE"):
+        text = text.replace(f"Derivative({loss}, ", f"d{loss}/d(")
+    return text.replace(", ", ",")
 
 
 def _rows(items: list, full: bool) -> list:
@@ -34,12 +43,15 @@ def _rows(items: list, full: bool) -> list:
 
 
 def _header(derivation: Derivation) -> str:
+    if derivation.loss == "bce":
+        return (f"∂BCE/∂z for K = {derivation.k} classes, targets y1…yK each in [0, 1] on its own; "
+                "p_n = σ(z_n) = 1/(1 + exp(−z_n))")
     targets = "soft targets y1…yK with Σy = 1" if derivation.soft else f"one-hot target at ℓ = {derivation.label}"
     return (f"∂CE/∂z for K = {derivation.k} classes, {targets}; "
             "S = Σ_n exp(z_n), p_n = exp(z_n)/S")
 
 
-def _steps_table(title: str, steps, full: bool, at: bool) -> Table:
+def _steps_table(title: str, steps, full: bool, at: bool, printing: dict) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("", no_wrap=True)
     table.add_column("case", no_wrap=True)
@@ -50,7 +62,7 @@ def _steps_table(title: str, steps, full: bool, at: bool) -> Table:
     table.add_column("verified by")
     for step in steps:
         row = [MARK[step.verification.ok], step.case, step.rule,
-               f"{_lhs(step)} = {_text(step.expr, full)}"]
+               f"{_lhs(step)} = {_text(step.expr, full, printing)}"]
         if at:
             row.append(step.at or "")
         row.append(step.verification.method if step.verification.ok
@@ -59,7 +71,8 @@ def _steps_table(title: str, steps, full: bool, at: bool) -> Table:
     return table
 
 
-def _entries_table(title: str, entries: list[Entry], full: bool, at: bool) -> Table:
+def _entries_table(title: str, entries: list[Entry], full: bool, at: bool,
+                   printing: dict) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("", no_wrap=True)
     table.add_column("entry", no_wrap=True)
@@ -73,11 +86,39 @@ def _entries_table(title: str, entries: list[Entry], full: bool, at: bool) -> Ta
             table.add_row("…", "…", "…", "…", *(["…"] if at else []), "…")
             continue
         row = [MARK[entry.verification.ok], ",".join(map(str, entry.index)),
-               _text(entry.direct, full), _text(entry.closed, full)]
+               _text(entry.direct, full, printing), _text(entry.closed, full, printing)]
         if at:
             row.append("" if entry.at is None else f"{entry.at:.6g}")
         row.append(entry.verification.method)
         table.add_row(*row)
+    return table
+
+
+PITFALL = {"seed's Case 1": "the seed's Case 1",
+           "softmax carried over": "carrying softmax's gradient over"}
+
+
+def _pitfall_title(step: Step) -> str:
+    return f"why {PITFALL.get(step.rule, step.rule)} fails"
+
+
+def _hessian_title(derivation: Derivation) -> str:
+    return "diag(σ(z)(1 − σ(z)))" if derivation.loss == "bce" else "diag(p) − p pᵀ"
+
+
+def _verdict(derivation: Derivation) -> str:
+    verdict = "every step and entry verified" if derivation.verified else "SOME STEPS FAILED"
+    result = "∇BCE = σ(z) − y" if derivation.loss == "bce" else "∇CE = p − y"
+    return f"{result}: {verdict}"
+
+
+def _contrast_table(derivation: Derivation) -> Table:
+    table = Table(title="binary cross-entropy against softmax cross-entropy", title_justify="left")
+    table.add_column("", no_wrap=True)
+    for name in ("", "softmax cross-entropy", "binary cross-entropy", "shown here by"):
+        table.add_column(name)
+    for row in derivation.contrast:
+        table.add_row(MARK[row.ok], row.topic, row.softmax, row.bce, row.evidence)
     return table
 
 
@@ -92,18 +133,21 @@ def to_rich(derivation: Derivation, *, full: bool = False) -> Group:
     parts = [Text(_header(derivation))]
     if at:
         parts.append(Text("at z = (" + ", ".join(f"{v:g}" for v in derivation.at) + ")"))
-    parts.append(_steps_table("steps", derivation.steps, full, at))
+    printing = _printing(derivation)
+    parts.append(_steps_table("steps", derivation.steps, full, at, printing))
     if derivation.pitfall is not None:
         step = derivation.pitfall
-        parts.append(_steps_table("why the seed's Case 1 fails", [step], full, at))
+        parts.append(_steps_table(_pitfall_title(step), [step], full, at, printing))
     parts.append(_entries_table(f"gradient: {_count(derivation.gradient)}",
-                                list(derivation.gradient), full, at))
+                                list(derivation.gradient), full, at, printing))
     if derivation.hessian is not None:
-        parts.append(_steps_table("Hessian steps", derivation.hessian_steps, full, at))
+        parts.append(_steps_table("Hessian steps", derivation.hessian_steps, full, at, printing))
         entries = [e for row in derivation.hessian for e in row]
-        parts.append(_entries_table(f"Hessian diag(p) − p pᵀ: {_count(entries)}", entries, full, at))
-    verdict = "every step and entry verified" if derivation.verified else "SOME STEPS FAILED"
-    parts.append(Text(f"∇CE = p − y: {verdict}"))
+        parts.append(_entries_table(f"Hessian {_hessian_title(derivation)}: {_count(entries)}",
+                                    entries, full, at, printing))
+    if derivation.contrast:
+        parts.append(_contrast_table(derivation))
+    parts.append(Text(_verdict(derivation)))
     return Group(*parts)
 
 
@@ -111,17 +155,18 @@ def _latex_lhs(step: Step) -> str:
     return sp.latex(step.lhs)
 
 
-def _latex_lines(steps) -> list[str]:
+def _latex_lines(steps, printing: dict) -> list[str]:
     lines = []
     for step in steps:
         mark = r"\checkmark" if step.verification.ok else r"\text{FAILED}"
-        lines.append(f"{_latex_lhs(step)} &= {sp.latex(step.expr)} "
+        lines.append(f"{_latex_lhs(step)} &= {sp.latex(step.expr, **printing)} "
                      rf"&& \text{{{step.rule}, {step.case}}}\ {mark}")
     return lines
 
 
 def to_markdown(derivation: Derivation, *, full: bool = False) -> str:
     """Returns Markdown with $$…$$ LaTeX blocks, ready for a blog post."""
+    printing = _printing(derivation)
     out = [f"## {_header(derivation)}", ""]
     for step in derivation.steps:
         mark = "✓" if step.verification.ok else "✗ **failed**"
@@ -129,11 +174,12 @@ def to_markdown(derivation: Derivation, *, full: bool = False) -> str:
                 f"*Verified by {step.verification.method}*"
                 + ("" if step.verification.ok else f": {step.verification.detail}")
                 + (f"; at z: {step.at}" if step.at else "") + ".", "",
-                f"$$ {_latex_lhs(step)} = {sp.latex(step.expr)} $$", ""]
+                f"$$ {_latex_lhs(step)} = {sp.latex(step.expr, **printing)} $$", ""]
     if derivation.pitfall is not None:
         step = derivation.pitfall
-        out += ["### Why the seed's Case 1 fails", "",
-                f"$$ {_latex_lhs(step)} \\overset{{?}}{{=}} {sp.latex(step.expr)} $$", "",
+        title = _pitfall_title(step)
+        out += [f"### {title[0].upper()}{title[1:]}", "",
+                f"$$ {_latex_lhs(step)} \\overset{{?}}{{=}} {sp.latex(step.expr, **printing)} $$", "",
                 f"✗ **failed**: {step.verification.detail}.", ""]
     out += [f"### Gradient ({_count(derivation.gradient)})", "",
             "| | j | SymPy's direct derivative | closed form |", "|---|---|---|---|"]
@@ -142,62 +188,87 @@ def to_markdown(derivation: Derivation, *, full: bool = False) -> str:
             out.append("| … | … | … | … |")
             continue
         out.append(f"| {MARK[entry.verification.ok]} | {entry.index[0]} | "
-                   f"${sp.latex(entry.direct)}$ | ${sp.latex(entry.closed)}$ |")
+                   f"${sp.latex(entry.direct, **printing)}$ | ${sp.latex(entry.closed, **printing)}$ |")
     if derivation.hessian is not None:
         entries = [e for row in derivation.hessian for e in row]
-        out += ["", f"### Hessian diag(p) − p pᵀ ({_count(entries)})", "", "$$ \\begin{aligned}"]
-        out += [line + r" \\" for line in _latex_lines(derivation.hessian_steps)]
+        out += ["", f"### Hessian {_hessian_title(derivation)} ({_count(entries)})", "",
+                "$$ \\begin{aligned}"]
+        out += [line + r" \\" for line in _latex_lines(derivation.hessian_steps, printing)]
         out += ["\\end{aligned} $$"]
+    if derivation.contrast:
+        out += ["", "### Binary cross-entropy against softmax cross-entropy", "",
+                "| | | softmax cross-entropy | binary cross-entropy | shown here by |",
+                "|---|---|---|---|---|"]
+        out += [f"| {MARK[row.ok]} | {row.topic} | {row.softmax} | {row.bce} | {row.evidence} |"
+                for row in derivation.contrast]
     return "\n".join(out) + "\n"
 
 
 def to_latex(derivation: Derivation, *, full: bool = False) -> str:
     """Returns an align* fragment (needs amsmath and amssymb)."""
     steps = list(derivation.steps) + list(derivation.hessian_steps)
-    lines = _latex_lines(steps)
+    printing = _printing(derivation)
+    lines = _latex_lines(steps, printing)
     body = " \\\\\n".join(lines)
     out = [f"% {_header(derivation)}", "\\begin{align*}", body, "\\end{align*}"]
     if derivation.pitfall is not None:
         step = derivation.pitfall
-        out += ["% the seed's Case 1, checked and failed: " + step.verification.detail,
+        out += [f"% {PITFALL.get(step.rule, step.rule)}, checked and failed: "
+                + step.verification.detail,
                 "\\begin{align*}",
-                f"{_latex_lhs(step)} &\\neq {sp.latex(step.expr)} && \\text{{seed's Case 1: FAILED}}",
+                f"{_latex_lhs(step)} &\\neq {sp.latex(step.expr, **printing)} "
+                f"&& \\text{{{step.rule}: FAILED}}",
                 "\\end{align*}"]
+    out += [f"% {row.topic}: softmax {row.softmax}; binary {row.bce} ({row.evidence})"
+            for row in derivation.contrast]
     return "\n".join(out) + "\n"
 
 
-def _step_json(step: Step) -> dict:
-    return {"rule": step.rule, "case": step.case, "lhs": sp.sstr(step.lhs), "expr": sp.sstr(step.expr),
-            "value": sp.sstr(step.value), "verified": step.verification.ok,
+def _step_json(step: Step, printing: dict) -> dict:
+    return {"rule": step.rule, "case": step.case, "lhs": sp.sstr(step.lhs),
+            "expr": sp.sstr(step.expr, **printing), "value": sp.sstr(step.value, **printing),
+            "verified": step.verification.ok,
             "verification": step.verification.method, "detail": step.verification.detail,
             "at": step.at}
 
 
 def to_json(derivation: Derivation) -> str:
-    """Returns one JSON object: k, label, gradient (strings in z and y), hessian, steps."""
+    """Returns one JSON object: loss, k, label, gradient (strings in z and y), hessian, steps;
+    for bce (label null, p_n = σ(z_n)) also contrast, how it differs from softmax."""
     z = sp.symbols(f"z1:{derivation.k + 1}", real=True)
     p = sp.symbols(f"p1:{derivation.k + 1}", positive=True)
     # A placeholder printed once as the K-term sum: printing the sum inside every entry
     # would cost O(K log K) per entry.
     placeholder = sp.Symbol("NORMALISER_", positive=True)
-    normaliser = "(" + sp.sstr(sp.Add(*(sp.exp(zn) for zn in z))) + ")"
-    softmax = {pn: sp.exp(zn) / placeholder for pn, zn in zip(p, z)}
+    printing = _printing(derivation)
+    if derivation.loss == "bce":
+        normaliser = ""
+        softmax = {pn: 1 / (1 + sp.exp(-zn)) for pn, zn in zip(p, z)}  # p_n = σ(z_n)
+    else:
+        normaliser = "(" + sp.sstr(sp.Add(*(sp.exp(zn) for zn in z))) + ")"
+        softmax = {pn: sp.exp(zn) / placeholder for pn, zn in zip(p, z)}
 
     def concrete(entry: Entry) -> str:
         # In z (and y) only, so that sympy.sympify reads it without our definitions of p and S.
         return sp.sstr(entry.closed.xreplace(softmax)).replace(placeholder.name, normaliser)
 
     data = {
+        "loss": derivation.loss,
         "k": derivation.k, "label": derivation.label, "soft": derivation.soft,
         "verified": derivation.verified,
         "at": list(derivation.at) if derivation.at is not None else None,
         "gradient": [concrete(e) for e in derivation.gradient],
         "gradient_verified": [e.verification.ok for e in derivation.gradient],
-        "steps": [_step_json(s) for s in derivation.steps],
-        "pitfall": _step_json(derivation.pitfall) if derivation.pitfall is not None else None,
+        "steps": [_step_json(s, printing) for s in derivation.steps],
+        "pitfall": (_step_json(derivation.pitfall, printing) if derivation.pitfall is not None
+                    else None),
     }
     if derivation.hessian is not None:
         data["hessian"] = [[concrete(e) for e in row] for row in derivation.hessian]
         data["hessian_verified"] = [[e.verification.ok for e in row] for row in derivation.hessian]
-        data["hessian_steps"] = [_step_json(s) for s in derivation.hessian_steps]
+        data["hessian_steps"] = [_step_json(s, printing) for s in derivation.hessian_steps]
+    if derivation.contrast:
+        data["contrast"] = [{"topic": row.topic, "softmax": row.softmax, "bce": row.bce,
+                             "evidence": row.evidence, "verified": row.ok}
+                            for row in derivation.contrast]
     return json.dumps(data, indent=2, ensure_ascii=False)

@@ -24,6 +24,7 @@ import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))  # xent_cli itself, should its install be missing
 
 import bench_eval  # noqa: E402  (lives beside this file)
 

@@ -186,8 +186,8 @@ def test_a_failure_leaves_no_file(runner, tmp_path, monkeypatch, suffix):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z.csv"]
 
 
-def test_npy_header_grows_with_wide_records(tmp_path):
-    k = 400  # a description far longer than the reserved header
+def test_npy_header_is_rewritten_in_place_for_any_length(tmp_path):
+    k = 400
     rows = stream.RowsOut(start=0, lines=range(2, 5), labels=np.array([0, 1, 2]),
                           predictions=np.array([1, 1, 1]), per_sample=np.ones(3),
                           probs=np.full((3, k), 1 / k), grad=np.zeros((3, k)))
@@ -196,6 +196,8 @@ def test_npy_header_grows_with_wide_records(tmp_path):
     records = np.load(tmp_path / "o.npy")
     assert records.shape == (3,) and records["prob"].shape == (3, k)
     assert np.array_equal(records["line"], [2, 3, 4])
+    header = rows_file._npy_header(records.dtype, 0)
+    assert len(header) % 64 == 0 and len(header) == len(rows_file._npy_header(records.dtype, 2**63 - 1))
 
 
 def test_small_file_output_needs_no_polars(tmp_path):

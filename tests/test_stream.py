@@ -267,7 +267,10 @@ def test_ctrl_c_exits_130_and_leaves_no_file(tmp_path):
     out = tmp_path / "o.csv"
     process = subprocess.Popen([sys.executable, "-m", "xent_cli", "eval", str(tmp_path / "z.csv"),
                                 "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.5)
+    deadline = time.monotonic() + 30  # interrupt while the output is written, well before the end
+    while not any(name.startswith(".xent-") for name in os.listdir(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
     if process.returncode == 0:

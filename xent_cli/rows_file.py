@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 # Polars: a small file needs no Polars import (160 ms, as long as Python takes to spell some
 # 200,000 floats), a large one pays it once.
 _PYTHON_FLOATS = 1 << 16
-# Room for the .npy header of any length below 10**19 samples, in whole 64-byte units as NumPy aligns.
-_NPY_HEADER_BYTES = 256
 
 
 def kind(path: str) -> str:
@@ -178,13 +176,18 @@ class _Npy:
 
 
 def _npy_header(dtype: np.dtype, n: int) -> bytes:
-    """Returns a .npy version 1.0 header of _NPY_HEADER_BYTES for n records of dtype."""
-    described = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n,)}
-    text = repr(described).encode("latin1")
-    size = _NPY_HEADER_BYTES
-    while len(text) + 11 > size:  # a wide record (large k) needs a longer description
-        size += 64
-    return b"\x93NUMPY\x01\x00" + (size - 10).to_bytes(2, "little") + text.ljust(size - 11) + b"\n"
+    """Returns a .npy version 1.0 header for n records of dtype.
+
+    Its size does not depend on n (it has room for any int64), so the header written first
+    with n = 0 is overwritten in place at the end; NumPy aligns it to 64 bytes.
+    """
+    def text(length: int) -> bytes:
+        described = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                     "shape": (length,)}
+        return repr(described).encode("latin1")
+
+    size = -(-(len(text(2**63)) + 11) // 64) * 64  # magic, version, length, text, newline
+    return b"\x93NUMPY\x01\x00" + (size - 10).to_bytes(2, "little") + text(n).ljust(size - 11) + b"\n"
 
 
 class _Parquet:
@@ -195,12 +198,13 @@ class _Parquet:
         self.sink: _Sink | None = None
 
     def write(self, rows: RowsOut) -> None:
+        block = frame(rows)
         if rows.start == 0:
             self.close()
             self.file.seek(0)
             self.file.truncate()
-            self.sink = _Sink(self.file, frame(rows).schema)
-        self.sink.put(frame(rows))
+            self.sink = _Sink(self.file, block.schema)
+        self.sink.put(block)
 
     def close(self) -> None:
         if self.sink is not None:
@@ -220,19 +224,20 @@ class _Sink:
 
         self.queue: queue.Queue = queue.Queue(maxsize=2)  # bounded: memory stays a few blocks
         self.error: BaseException | None = None
-        self.end = object()
+        self.end, self.ended = object(), False
 
         def blocks(*_) -> Iterator[pl.DataFrame]:
             while (block := self.queue.get()) is not self.end:
                 yield block
+            self.ended = True
 
         def run() -> None:
             try:
                 register_io_source(blocks, schema=schema).sink_parquet(file)
             except BaseException as error:  # noqa: BLE001 - handed to the writing thread
                 self.error = error
-                while self.queue.get() is not self.end:  # free a writer waiting on a full queue
-                    pass
+                while not self.ended and self.queue.get() is not self.end:
+                    pass  # take what the writer still puts, so it never waits on a full queue
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()

@@ -181,6 +181,9 @@ CASES = {
                              "y.csv: is an input file", files={"z.csv": TWO, "y.csv": "0\n1\n"}),
     "ctrl-c": Case("Ctrl-C during the evaluation", ("eval", "z.csv", "--output", "out.csv"),
                    "Interrupted.", exit=130, interrupt=True),
+    "ctrl-c-existing-output": Case("Ctrl-C with an --output file already there: it keeps its content",
+                                   ("eval", "z.csv", "--output", "out.csv"), "Interrupted.", exit=130,
+                                   interrupt=True, files={"z.csv": K3, "out.csv": "previous\n"}),
     # --- usage errors (any command)
     "unknown-option": Case("an unknown option", ("eval", "z.csv", "--bogus"),
                            "No such option: --bogus"),
@@ -383,3 +386,42 @@ def test_derive_and_check_off_a_terminal_are_the_same_bytes_at_any_width(tmp_pat
     outputs = {CliRunner(env={"COLUMNS": columns, "NO_COLOR": "1"}).invoke(app, COMMANDS[name]).stdout
                for columns in ("80", "200")}
     assert len(outputs) == 1
+
+
+# --- dialects ------------------------------------------------------------------------------------
+
+PLAIN = "z0,z1,z2,label\n1.5,-2,0.25,0\n3,0.004,-1,2\n"
+DIALECTS = {
+    "bom": (b"\xef\xbb\xbf" + PLAIN.encode(), "z.csv", []),
+    "crlf": (PLAIN.replace("\n", "\r\n").encode(), "z.csv", []),
+    "cr": (PLAIN.replace("\n", "\r").encode(), "z.csv", []),
+    "no-final-newline": (PLAIN.rstrip("\n").encode(), "z.csv", []),
+    "blank-lines": (PLAIN.replace("\n", "\n\n").encode(), "z.csv", []),
+    "quoted": ('"z0","z1","z2","label"\n"1.5","-2","0.25","0"\n"3","0.004","-1","2"\n'.encode(), "z.csv", []),
+    "spaces": (PLAIN.replace(",", " , ").encode(), "z.csv", []),
+    "labels-as-floats": (PLAIN.replace(",0\n", ",0.0\n").replace(",2\n", ",2.0\n").encode(), "z.csv", []),
+    "semicolon": (PLAIN.replace(",", ";").encode(), "z.csv", ["--delimiter", ";"]),
+    "tsv": (PLAIN.replace(",", "\t").encode(), "z.tsv", []),
+    "tab-option": (PLAIN.replace(",", "\t").encode(), "z.txt", ["--delimiter", "\\t"]),
+    "stdin": (PLAIN.encode(), "-", []),
+}
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["strict", "fast"])
+@pytest.mark.parametrize("name", list(DIALECTS))
+def test_every_dialect_reads_as_the_plain_file(runner, tmp_path, monkeypatch, name, fast):
+    from xent_cli import stream
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0 if fast else 1 << 60)
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 16)
+    (tmp_path / "plain.csv").write_text(PLAIN)
+    raw, path, options = DIALECTS[name]
+    if path != "-":
+        (tmp_path / path).write_bytes(raw)
+    arguments = ["--format", "json", "--reduction", "none", "--show", "0"]
+    expected = runner.invoke(app, ["eval", "plain.csv", *arguments])
+    result = runner.invoke(app, ["eval", path, *options, *arguments],
+                           input=raw if path == "-" else None)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.replace(path, "plain.csv", 1) == expected.stdout

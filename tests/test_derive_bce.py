@@ -214,6 +214,36 @@ def test_at_evaluates_steps_and_the_hessian(runner):
         naive_bce([1.0, 0.0, -1.0], targets), rel=1e-5)
 
 
+def test_at_with_targets_gives_numbers(runner):
+    z, y = [1.5, -0.5, 0.0], [1.0, 0.25, 0.0]
+    result = runner.invoke(app, ["derive", "--loss", "bce", "--k", "3", "--at", "1.5,-0.5,0",
+                                 "--y", "1,0.25,0", "--hessian", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["at_targets"] == y
+    for step in data["steps"]:
+        if step["case"] == "loss":
+            assert float(step["at"]) == pytest.approx(naive_bce(z, y), rel=1e-5)
+    derivation = derive_bce(3, hessian=True, at=tuple(z), at_targets=tuple(y))
+    assert [e.at for e in derivation.gradient] == pytest.approx(finite_difference_gradient(z, y),
+                                                                abs=1e-7)
+    sigma = 1 / (1 + np.exp(-np.array(z)))
+    assert [derivation.hessian[n][n].at for n in range(3)] == pytest.approx(sigma * (1 - sigma))
+
+
+@pytest.mark.parametrize("argv", [
+    ["--k", "2", "--y", "1,0"], ["--k", "2", "--at", "0,0", "--y", "1"],
+    ["--k", "2", "--at", "0,0", "--y", "1,1.5"], ["--k", "2", "--at", "0,0", "--y", "1,nan"],
+    ["--k", "2", "--at", "0,0", "--y", "1,x"],
+])
+def test_bad_targets_are_one_line_and_exit_2(argv, runner):
+    result = runner.invoke(app, ["derive", "--loss", "bce", *argv])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+    softmax = runner.invoke(app, ["derive", "--k", "2", "--at", "0,0", "--y", "1,0"])
+    assert softmax.exit_code == 2 and "--loss bce only" in softmax.stderr
+
+
 @pytest.mark.parametrize("argv", [
     ["--k", "0"], ["--k", "501"], ["--k", "61", "--hessian"], ["--k", "3", "--label", "2"],
     ["--k", "3", "--soft"], ["--k", "3", "--claim", "p_j - y_j"], ["--k", "3", "--at", "1,2"],

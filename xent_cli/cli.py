@@ -529,6 +529,10 @@ def derive_command(
         "--hessian", help="Also the Hessian: diag(p) − p pᵀ; for bce diag(σ(z)(1 − σ(z))).")] = False,
     at: Annotated[Optional[str], typer.Option(
         metavar="Z1,Z2,...", help="Also evaluate every step at these K logits.")] = None,
+    y: Annotated[Optional[str], typer.Option(
+        "--y", metavar="Y1,Y2,...",
+        help="bce with --at: the K targets, each in [0, 1], to evaluate at (else y stays a "
+             "symbol).")] = None,
     claim: Annotated[Optional[str], typer.Option(
         metavar="EXPR", help="Check a claimed formula for dCE/dz_j instead (exit 1 if false; "
                              "ce only).")] = None,
@@ -551,7 +555,7 @@ def derive_command(
       xent derive --k 4 --label 2 --at 1,0,-1,2 --format markdown
       xent derive --k 3 --soft --hessian --format json
       xent derive --k 3 --claim "p_j - y_j"
-      xent derive --loss bce --k 3 --hessian --at 1,0,-1
+      xent derive --loss bce --k 3 --hessian --at 1,0,-1 --y 1,0,0.5
     """
     import json
 
@@ -572,8 +576,14 @@ def derive_command(
                                        "--expr'" if option == "--claim" else ""))
             derivation_bce.check_size(k, hessian)
             point = None if at is None else core.parse_at(at, k)
-            result = derivation_bce.derive_bce(k, hessian=hessian, at=point)
+            if y is not None and at is None:
+                raise XentError("--y gives the targets at --at: give --at too")
+            targets = None if y is None else derivation_bce.parse_targets(y, k)
+            result = derivation_bce.derive_bce(k, hessian=hessian, at=point, at_targets=targets)
         else:
+            if y is not None:
+                raise XentError("--y applies to --loss bce only: softmax's target is --label "
+                                "(or --soft)")
             label = 1 if label is None else label
             core.check_size(k, label, hessian, soft)
             if claim is not None:

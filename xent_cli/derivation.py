@@ -119,6 +119,7 @@ class Derivation:
     at: Optional[tuple[float, ...]]
     loss: str = "ce"  # "ce" (softmax) or "bce" (sigmoid, xent_cli.derivation_bce)
     contrast: tuple = ()  # bce: derivation_bce.Contrast rows, how it differs from softmax
+    at_targets: Optional[tuple[float, ...]] = None  # bce: y at --at (else y stays a symbol)
 
     @property
     def verified(self) -> bool:

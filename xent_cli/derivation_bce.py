@@ -148,16 +148,26 @@ def check_size(k: int, hessian: bool) -> None:
                          + ("with --hessian" if hessian else "for derive"))
 
 
-def derive_bce(k: int, hessian: bool = False,
-               at: Optional[tuple[float, ...]] = None) -> Derivation:
-    """Derives ∂BCE/∂z_j for every j (and the Hessian) with every step verified."""
+def derive_bce(k: int, hessian: bool = False, at: Optional[tuple[float, ...]] = None,
+               at_targets: Optional[tuple[float, ...]] = None) -> Derivation:
+    """Derives ∂BCE/∂z_j for every j (and the Hessian) with every step verified.
+
+    With at, every step is also evaluated at those logits; y stays a symbol unless at_targets
+    gives its values too.
+    """
+    from xent_cli.errors import InputError
+
     check_size(k, hessian)
     if at is not None and len(at) != k:
-        from xent_cli.errors import InputError
         raise InputError(f"--at has {len(at)} values; --k is {k}")
+    if at_targets is not None and (at is None or len(at_targets) != k):
+        raise InputError("--y needs --at, and one target per class" if at is None else
+                         f"--y has {len(at_targets)} values; --k is {k}")
     s = BinarySymbols(k)
     z, p, y = s.z, s.p, s.y
     at_point = None if at is None else {zn: sp.Float(v, 30) for zn, v in zip(z, at)}
+    if at_targets is not None:
+        at_point.update({yn: sp.Float(v, 30) for yn, v in zip(y, at_targets)})
     build = _Builder(s, at_point)
     BCE = sp.Symbol("BCE")
 
@@ -226,7 +236,28 @@ def derive_bce(k: int, hessian: bool = False,
         hessian_steps, hessian_rows = _hessian(s, at_point, gradient)
     contrast = _contrast(s, tuple(build.steps), gradient, hessian_rows)
     return Derivation(k, None, True, tuple(build.steps), tuple(gradient), hessian_rows,
-                      hessian_steps, pitfall, at, loss="bce", contrast=contrast)
+                      hessian_steps, pitfall, at, loss="bce", contrast=contrast,
+                      at_targets=at_targets)
+
+
+def parse_targets(text: str, k: int) -> tuple[float, ...]:
+    """Reads --y: exactly k comma-separated numbers in [0, 1] (never evaluated as an expression)."""
+    from xent_cli.errors import InputError
+
+    items = [item.strip() for item in text.split(",")]
+    if len(items) != k:
+        raise InputError(f"--y has {len(items)} value(s); --k is {k}: give one target in [0, 1] "
+                         "per class")
+    values = []
+    for position, item in enumerate(items, start=1):
+        try:
+            value = float(item)
+        except ValueError:
+            raise InputError(f"--y value {position} (y{position}): {item!r} is not a number") from None
+        if not 0 <= value <= 1:  # also refuses nan
+            raise InputError(f"--y value {position} (y{position}): {item!r} is not in [0, 1]")
+        values.append(value)
+    return tuple(values)
 
 
 PER_CLASS = "; on class 1's term, which every class's term repeats in its own z_n, y_n"

@@ -132,7 +132,9 @@ def to_rich(derivation: Derivation, *, full: bool = False) -> Group:
     at = derivation.at is not None
     parts = [Text(_header(derivation))]
     if at:
-        parts.append(Text("at z = (" + ", ".join(f"{v:g}" for v in derivation.at) + ")"))
+        parts.append(Text("at z = (" + ", ".join(f"{v:g}" for v in derivation.at) + ")"
+                          + ("" if derivation.at_targets is None else
+                             ", y = (" + ", ".join(f"{v:g}" for v in derivation.at_targets) + ")")))
     printing = _printing(derivation)
     parts.append(_steps_table("steps", derivation.steps, full, at, printing))
     if derivation.pitfall is not None:
@@ -257,6 +259,8 @@ def to_json(derivation: Derivation) -> str:
         "k": derivation.k, "label": derivation.label, "soft": derivation.soft,
         "verified": derivation.verified,
         "at": list(derivation.at) if derivation.at is not None else None,
+        **({"at_targets": None if derivation.at_targets is None else list(derivation.at_targets)}
+           if derivation.loss == "bce" else {}),
         "gradient": [concrete(e) for e in derivation.gradient],
         "gradient_verified": [e.verification.ok for e in derivation.gradient],
         "steps": [_step_json(s, printing) for s in derivation.steps],

@@ -36,7 +36,7 @@ class Case:
     says: str  # a fragment of the one stderr line (or, with exit 0, of stdout)
     exit: int = 2
     files: dict = field(default_factory=lambda: {"z.csv": K3})  # name -> text or bytes
-    links: dict = field(default_factory=dict)  # name -> ("symlink" | "hardlink", target)
+    links: dict = field(default_factory=dict)  # name -> ("symlink" | "hardlink" | "fifo", target)
     shown: str | None = None  # the command as the table shows it, when args are unreadable
     interrupt: bool = False  # Ctrl-C inside the evaluation
     needs: str | None = None  # "non-root": permissions do not bite root
@@ -177,6 +177,8 @@ CASES = {
                            "link.csv: is an input file", links={"link.csv": ("symlink", "z.csv")}),
     "output-hardlink": Case("--output a hard link to the input", ("eval", "z.csv", "--output", "same.csv"),
                             "same.csv: is an input file", links={"same.csv": ("hardlink", "z.csv")}),
+    "output-fifo": Case("--output a named pipe (or a device: /dev/null)", ("eval", "z.csv", "--output", "pipe"),
+                        "pipe: is a device, pipe or socket, not a file", links={"pipe": ("fifo", None)}),
     "output-is-labels": Case("--output equal to the --labels file", ("eval", "z.csv", "--labels", "y.csv", "--output", "y.csv"),
                              "y.csv: is an input file", files={"z.csv": TWO, "y.csv": "0\n1\n"}),
     "ctrl-c": Case("Ctrl-C during the evaluation", ("eval", "z.csv", "--output", "out.csv"),
@@ -275,7 +277,10 @@ def _make_files(root: pathlib.Path, case: Case) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
     for name, (kind, target) in case.links.items():
-        (os.symlink if kind == "symlink" else os.link)(target, root / name)
+        if kind == "fifo":
+            os.mkfifo(root / name)
+        else:
+            (os.symlink if kind == "symlink" else os.link)(target, root / name)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -311,6 +316,9 @@ def test_each_bad_input_fails_cleanly(runner, tmp_path, monkeypatch, name):
     assert case.says in result.stderr, result.stderr
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and os.access(p, os.R_OK)}
     assert after == before, "a failed run leaves the inputs untouched and no file behind"
+    assert all(not p.is_symlink() or p.resolve().is_file() for p in tmp_path.rglob("*"))
+    if case.links:
+        assert all((tmp_path / name).exists() for name in case.links), "a link or pipe was replaced"
 
 
 def test_an_unwritable_directory_is_one_line_even_as_root(runner, tmp_path, monkeypatch):
@@ -327,6 +335,19 @@ def test_an_unwritable_directory_is_one_line_even_as_root(runner, tmp_path, monk
     assert result.exit_code == 2, result.output
     assert result.stderr == "Error: out.csv: cannot be written: Permission denied\n"
     assert sorted(os.listdir(tmp_path)) == ["z.csv"]
+
+
+def test_output_through_a_symlink_replaces_its_target_and_keeps_the_link(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "z.csv").write_text(K3)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "real.csv").write_text("old\n")
+    os.symlink("results/real.csv", "out.csv")
+    result = runner.invoke(app, ["eval", "z.csv", "--output", "out.csv"])
+    assert result.exit_code == 0, result.output
+    assert os.readlink("out.csv") == "results/real.csv"
+    assert (tmp_path / "results" / "real.csv").read_text().startswith("sample,line,label,pred,loss")
+    assert sorted(os.listdir(tmp_path / "results")) == ["real.csv"]
 
 
 # --- non-terminal output ---------------------------------------------------------------------

@@ -448,6 +448,9 @@ def check_output_path(path: str, inputs=()) -> None:
     """Raises InputError when path cannot take an output file or would overwrite an input."""
     if os.path.isdir(path):
         raise InputError("is a directory; give a file name for the output", source=path)
+    if os.path.exists(path) and not os.path.isfile(path):  # renaming over /dev/null replaces it
+        raise InputError("is a device, pipe or socket, not a file; --output is written to a "
+                         "temporary file then renamed, so give a file name", source=path)
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise InputError(f"the directory {parent} does not exist", source=path)
@@ -469,10 +472,12 @@ def atomic_writer(path: str, inputs=()) -> Iterator[io.TextIOBase]:
     """Yields a text file that appears at path, all at once, only when the block succeeds.
 
     The text goes to a temporary file beside path, renamed over it at the end; a failure or
-    Ctrl-C leaves neither a partial file nor the temporary one behind.
+    Ctrl-C leaves neither a partial file nor the temporary one behind. A symbolic link is
+    followed: the file it points to is replaced, the link stays.
     """
     check_output_path(path, inputs)
-    directory = os.path.dirname(os.path.abspath(path))
+    target = os.path.realpath(path)
+    directory = os.path.dirname(target)
     try:
         descriptor, temporary = tempfile.mkstemp(prefix=".xent-", suffix=".tmp", dir=directory)
     except OSError as error:  # an unwritable or read-only directory
@@ -481,8 +486,8 @@ def atomic_writer(path: str, inputs=()) -> Iterator[io.TextIOBase]:
         with os.fdopen(descriptor, "w", encoding="utf-8", newline="",
                        buffering=1 << 20) as file:
             yield file
-        os.chmod(temporary, _file_mode(path))
-        os.replace(temporary, path)
+        os.chmod(temporary, _file_mode(target))
+        os.replace(temporary, target)
     except BaseException as error:
         os.unlink(temporary)
         if isinstance(error, OSError):

@@ -54,6 +54,8 @@ def eval_case(input, body, says, *extra, name="z.csv", **kwargs) -> Case:
 CASES = {
     # --- eval: the file itself
     "missing-file": Case("the file does not exist", ("eval", "nope.csv"), "nope.csv: no such file", files={}),
+    "empty-name": Case("an empty file name", ("eval", ""), "the file name is empty", files={}),
+    "empty-stdin": Case("nothing on stdin", ("eval", "-"), "-: the file is empty", files={}),
     "directory": Case("a directory instead of a file", ("eval", "d"), "d: is a directory", files={"d/x": "1"}),
     "unreadable": Case("a file without read permission", ("eval", "z.csv"),
                        "z.csv: cannot be read: permission denied", needs="non-root"),

@@ -211,6 +211,8 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
 
 def _read_text(path: str) -> str:
     """Returns a file's text (stdin for '-'); binary or undecodable input is an error."""
+    if not path:
+        raise InputError("the file name is empty ('' was given); name a CSV file, or '-' for stdin")
     try:
         if path == STDIN:
             stream = getattr(sys.stdin, "buffer", None)

@@ -76,7 +76,7 @@ def test_json_gradient_and_direct_derivatives_match_numpy_and_finite_differences
     result = runner.invoke(app, ["derive", "--loss", "bce", "--k", str(k), "--format", "json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["loss"] == "bce" and data["k"] == k and data["label"] is None
+    assert data["loss"] == "bce" and data["k"] == k and data["label"] is None and data["soft"] is None
     assert data["verified"] and all(data["gradient_verified"])
     derivation = derive_bce(k)  # its entries' direct derivatives, as the table shows them
     z_symbols, y_symbols = sp.symbols(f"z1:{k + 1}"), sp.symbols(f"y1:{k + 1}")  # as sympify reads

@@ -109,8 +109,8 @@ class Derivation:
     """The derivation of ∇CE (and the Hessian) for K classes, label ℓ (1-based)."""
 
     k: int
-    label: int
-    soft: bool
+    label: Optional[int]  # None for bce
+    soft: Optional[bool]  # None for bce, whose targets are each in [0, 1] on their own
     steps: tuple[Step, ...]
     gradient: tuple[Entry, ...]
     hessian: Optional[tuple[tuple[Entry, ...], ...]]

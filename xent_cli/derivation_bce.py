@@ -1,14 +1,20 @@
 """SymPy: the gradient (and Hessian) of the sigmoid binary cross-entropy as verified steps.
 
 BCE(z, y) = −Σ_n [y_n log σ(z_n) + (1 − y_n) log(1 − σ(z_n))], with p_n = σ(z_n) = 1/(1 + e^{−z_n})
-and each target y_n in [0, 1] on its own: nothing makes Σ y = 1. Steps, entries, their
-verification and the renderers are softmax's (``xent_cli.derivation``); what differs is the
-symbols. p_n means σ(z_n), and the difference of two steps is decided as a polynomial in z, y,
-u_n = e^{z_n} and atoms log f, f a polynomial in u with positive coefficients (a log of a sigmoid
-factors into z_n and log(1 + u_n)), else at random rational points. The classes do not couple:
-each term of the loss involves one z_n, so every gradient entry is O(1) SymPy work, and the
-off-diagonal Hessian entries are 0 by SymPy's own derivative. Caps: softmax's (K ≤ 500, ≤ 60
-with the Hessian); K = 1, a single binary classifier, is allowed.
+and each target y_n in [0, 1] on its own: nothing makes Σ y = 1. Steps, entries, ``verify`` and
+the renderers are softmax's (``xent_cli.derivation``); what differs is the symbols: p_n means
+σ(z_n), and the difference of two steps is decided as a polynomial in z, y, u_n = e^{z_n} and
+atoms log f, f a polynomial in u with positive coefficients (a log of a sigmoid factors into z_n
+and log(1 + u_n)), else at exact random rational points.
+
+The classes do not couple, and that keeps large K cheap (SymPy spends milliseconds on each
+log of a sigmoid, so nothing may cost that per class and step): a loss step is shown as the
+sum of every class's term but verified on class 1's term, which the others repeat in their own
+z_n, y_n (built by renaming, unevaluated). Every gradient entry, and every diagonal Hessian
+entry, is SymPy's own derivative of the definition's term checked against the closed form, each
+on its own up to FULL_CHECK_K classes; beyond, class 1's is checked and the others are its
+renaming. Off-diagonal Hessian entries are SymPy's derivative of entry i along z_j: 0 at once.
+Caps: softmax's (K ≤ 500, ≤ 60 with the Hessian); K = 1, one binary classifier, is allowed.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from sympy.core.parameters import evaluate
 from xent_cli.derivation import (MAX_K, MAX_K_HESSIAN, Derivation, Entry, Step, Symbols,
                                  Verification, _Builder, _log, _number, partial, terms_by_symbol,
                                  verify)
+
+FULL_CHECK_K = 12  # up to here every entry is differentiated and checked on its own (~30 ms each)
+PER_CLASS = "; on class 1's term, which every class's term repeats in its own z_n, y_n"
 
 
 @dataclass(frozen=True)
@@ -235,7 +244,8 @@ def derive_bce(k: int, hessian: bool = False, at: Optional[tuple[float, ...]] = 
     if hessian:
         hessian_steps, hessian_rows = _hessian(s, at_point, gradient)
     contrast = _contrast(s, tuple(build.steps), gradient, hessian_rows)
-    return Derivation(k, None, True, tuple(build.steps), tuple(gradient), hessian_rows,
+    # label and soft are softmax's: neither one-hot nor Σy = 1 applies
+    return Derivation(k, None, None, tuple(build.steps), tuple(gradient), hessian_rows,
                       hessian_steps, pitfall, at, loss="bce", contrast=contrast,
                       at_targets=at_targets)
 
@@ -258,10 +268,6 @@ def parse_targets(text: str, k: int) -> tuple[float, ...]:
             raise InputError(f"--y value {position} (y{position}): {item!r} is not in [0, 1]")
         values.append(value)
     return tuple(values)
-
-
-PER_CLASS = "; on class 1's term, which every class's term repeats in its own z_n, y_n"
-FULL_CHECK_K = 12  # up to here every entry is differentiated and checked on its own (~30 ms each)
 
 
 def _diagonal_entries(s: BinarySymbols, build: _Builder, direct_of, template: sp.Expr,

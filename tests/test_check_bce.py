@@ -47,17 +47,44 @@ def write_user_code(tmp_path, body, name="user.py"):
     return str(path)
 
 
+WEIGHTED = ["--weight", "1,2,0.5,0", "--pos-weight", "3,1,0.25,2"]
+
+
 # --- xent's own gradient, three methods --------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["central", "complex", "richardson"])
 def test_xents_bce_gradient_passes_with_every_method(runner, method):
-    result = check(runner, "--method", method, "--format", "json")
+    result = check(runner, "--method", method, "--no-symbolic", "--format", "json")
     assert result.exit_code == 0, result.output
     report = as_json(result)
     assert report["passed"] and report["loss"] == "bce" and report["entries"] == 32
     assert report["numeric"].endswith("of xent's BCE loss")
     assert report["inputs"] == "random: N=8, k=4, seed 0, multi-hot targets"
-    assert report["cross_checks"] == []  # derive's symbolic route covers the softmax only
+    assert report["cross_checks"] == []
+
+
+def test_three_routes_agree_numeric_analytic_and_derives_symbolic(runner):
+    result = check(runner, *WEIGHTED, "--format", "json")
+    assert result.exit_code == 0, result.output
+    (symbolic,) = as_json(result)["cross_checks"]
+    assert symbolic["first"] == "derive's symbolic gradient (verified)" and symbolic["passed"]
+    assert symbolic["max_abs_diff"] < 1e-13
+    large = as_json(check(runner, "--random", "2000", "--format", "json"))
+    assert large["cross_checks"] == []  # above 1000 samples only when asked
+
+
+def test_the_symbolic_route_holds_at_large_logits_and_sees_a_1e_9_error():
+    z = np.array([[-40.0, 40, 700, -700, 1e5, -1e5, 10, -10]])
+    t = np.array([[0, 1, 0.3, 0.7, 1, 0, 0.5, 0.5]])
+    problem = gradcheck.problem(z, t, loss="bce")
+    right = gradcheck.symbolic_agreement(problem, naive_sigmoid(np.clip(z, -700, 700)) - t)
+    assert right.passed and right.max_abs_diff < 1e-15
+    wrong = problem.grad.copy()
+    wrong[0, 6] += 1e-9  # at z = 10 the float64 form of derive's derivative would lose 4 digits
+    agreement = gradcheck.symbolic_agreement(problem, wrong)
+    assert not agreement.passed
+    assert agreement.note.startswith("sample 0, class 6: derive's symbolic gradient gives "
+                                     f"{naive_sigmoid(10) - 0.5:.10g}")
 
 
 def test_the_three_methods_agree_with_each_other_and_with_sigma_minus_y():
@@ -144,9 +171,6 @@ def test_the_users_function_gets_the_n_by_k_targets(runner, tmp_path):
 
 
 # --- weights --------------------------------------------------------------------------------------
-
-WEIGHTED = ["--weight", "1,2,0.5,0", "--pos-weight", "3,1,0.25,2"]
-
 
 def test_weights_and_pos_weight_follow_pytorchs_formula(runner, tmp_path):
     code = write_user_code(tmp_path, (
@@ -310,7 +334,7 @@ def test_float32_implementations_pass_at_float32_defaults(runner, tmp_path):
     (["--label-smoothing", "0.1"], "--label-smoothing does not apply to --loss bce"),
     (["--pos-weight", "1,2"], "--pos-weight has 2 entries; the logits have 4 classes"),
     (["--pos-weight", "1,x,1,1"], "--pos-weight"),
-    (["--symbolic"], "the symbolic route covers the softmax cross-entropy only"),
+    (["--k", "13", "--symbolic"], "the symbolic route needs k <= 12, got 13"),
     (["--grad-fn", f"{MY_BCE}:loss"],
      "my_bce_grad.py:loss returned shape (8,); the gradient must have shape (8, 4)"),
     (["--loss", "mse"], "Invalid value for '--loss'"),

@@ -649,29 +649,19 @@ def symbolic_agreement(problem: Problem, analytic: np.ndarray,
                        precision: str = "float64") -> Agreement:
     """Compares a gradient with the symbolic gradient of 'xent derive', lambdified for k.
 
-    derive's soft-target derivation gives d/dz_j of -Σ_n y_n log p_n for any distribution y;
-    row i is scaled by the sample's total weight S_i, as xent's loss is.
+    derive's soft-target derivation gives d/dz_j of -Σ_n y_n log p_n for any distribution y
+    (for 'bce', of -Σ_n [y_n log σ(z_n) + (1 - y_n) log(1 - σ(z_n))], y_n in [0, 1]); entries
+    are scaled by S as xent's loss is (see _target_distribution).
     """
-    if problem.loss == "bce":
-        raise InputError("the symbolic route covers the softmax cross-entropy only; drop "
-                         "--symbolic for --loss bce")
     if problem.k > SYMBOLIC_MAX_K:
         raise InputError(f"the symbolic route needs k <= {SYMBOLIC_MAX_K}, got {problem.k}")
-    import sympy
-
-    from xent_cli import derivation
-
-    derived = derivation.derive(problem.k, soft=True)
-    symbols = derivation.Symbols(problem.k, True, 1)
-    function = sympy.lambdify(symbols.z + symbols.y, [entry.direct for entry in derived.gradient],
-                              "numpy")
     y, total = _target_distribution(problem)
-    # softmax is unchanged by a shift of the row; the shift keeps exp() of large logits finite
-    z = problem.z - problem.z.max(axis=1, keepdims=True)
+    if problem.loss == "bce":
+        derivative, verified = _bce_symbolic_gradient(problem.z, y)
+    else:
+        derivative, verified = _ce_symbolic_gradient(problem.z, y)
     with np.errstate(invalid="ignore", over="ignore"):
-        columns = function(*z.T, *y.T)
-        symbolic = np.where(total > 0, total * np.column_stack(
-            [np.broadcast_to(c, (problem.n,)) for c in columns]), 0.0)
+        symbolic = np.where(total > 0, total * derivative, 0.0)
         diff = np.abs(symbolic - np.asarray(analytic, dtype=np.float64))
     tolerance = 1e-12 if precision == "float64" else 1e-6  # both sides are closed forms
     allowed = tolerance * (1 + np.abs(symbolic))
@@ -682,10 +672,62 @@ def symbolic_agreement(problem: Problem, analytic: np.ndarray,
         note = (f"sample {i}, class {c}: derive's symbolic gradient gives {symbolic[i, c]:.10g}, "
                 f"the analytic one {analytic[i, c]:.10g}")
     largest = float(diff.max(initial=0.0)) if np.isfinite(diff).all() else float("inf")
-    verified = "verified" if derived.verified else "NOT verified"
-    return Agreement(first=f"derive's symbolic gradient ({verified})",
+    word = "verified" if verified else "NOT verified"
+    return Agreement(first=f"derive's symbolic gradient ({word})",
                      second="the analytic gradient", max_abs_diff=largest, tolerance=tolerance,
-                     passed=not bad.any() and derived.verified, note=note)
+                     passed=not bad.any() and verified, note=note)
+
+
+def _ce_symbolic_gradient(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Returns derive's softmax gradient at every row (N, k), and whether derive verified it."""
+    import sympy
+
+    from xent_cli import derivation
+
+    n, k = z.shape
+    derived = derivation.derive(k, soft=True)
+    symbols = derivation.Symbols(k, True, 1)
+    function = sympy.lambdify(symbols.z + symbols.y, [entry.direct for entry in derived.gradient],
+                              "numpy")
+    # softmax is unchanged by a shift of the row; the shift keeps exp() of large logits finite
+    z = z - z.max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        columns = function(*z.T, *y.T)
+    return np.column_stack([np.broadcast_to(c, (n,)) for c in columns]), derived.verified
+
+
+# Where derive's BCE derivative, SymPy's derivative of the definition, can be evaluated in
+# float64: it divides by 1 − σ(z), which loses about |z|/ln 10 digits to cancellation, so beyond
+# |z| = 5 it is evaluated in decimal arithmetic with those digits added. σ(±700) differs from
+# 0 or 1 by under 1e-304, so logits are clipped there: the derivative moves by less than that.
+BCE_FLOAT_LIMIT = 5.0
+BCE_CLIP = 700.0
+
+
+def _bce_symbolic_gradient(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Returns derive's BCE gradient at every entry (N, k), and whether derive verified it."""
+    import mpmath
+    import sympy
+
+    from xent_cli import derivation_bce
+
+    n, k = z.shape
+    derived = derivation_bce.derive_bce(k)
+    symbols = derivation_bce.BinarySymbols(k)
+    z = np.clip(z, -BCE_CLIP, BCE_CLIP)
+    out = np.empty((n, k))
+    for c, entry in enumerate(derived.gradient):
+        direct = symbols.value(entry.direct)  # in z and y: p_n stands for σ(z_n)
+        arguments = symbols.z + symbols.y
+        fast = sympy.lambdify(arguments, direct, "numpy")
+        with np.errstate(all="ignore"):
+            out[:, c] = np.broadcast_to(fast(*z.T, *y.T), (n,))
+        exact = sympy.lambdify(arguments, direct, "mpmath")
+        for i in np.flatnonzero(np.abs(z[:, c]) > BCE_FLOAT_LIMIT):
+            with mpmath.workdps(20 + int(abs(z[i, c]) / np.log(10))):
+                values = [mpmath.mpf(float(v)) for v in (*z[i], *y[i])]
+                out[i, c] = float(exact(*values))
+    return out, derived.verified
 
 
 # --- the whole check ----------------------------------------------------------------------------
@@ -722,8 +764,8 @@ def run(problem: Problem, *, grad: usercode.UserFunction | None = None,
 
     grad, loss and hess are the user's functions, when given. The tolerances follow the method and
     the precision: float32 when dtype is, or when the user's gradient comes back as float32.
-    symbolic None means: the route through 'xent derive' for xent's own softmax gradient, for
-    modest sizes (N <= SYMBOLIC_MAX_N, k <= SYMBOLIC_MAX_K).
+    symbolic None means: the route through 'xent derive' for xent's own gradient, for modest
+    sizes (N <= SYMBOLIC_MAX_N, k <= SYMBOLIC_MAX_K).
     """
     n, k, y = problem.n, problem.k, problem.target
     cast = dtype if dtype == "float32" else None
@@ -742,7 +784,7 @@ def run(problem: Problem, *, grad: usercode.UserFunction | None = None,
         loss_numeric, loss_source = usercode.loss(loss, y, n, cast), loss.name
         agreements.append(loss_agreement(problem, loss_numeric(problem.z), loss.name, precision))
     if symbolic is None:
-        symbolic = problem.loss == "ce" and n <= SYMBOLIC_MAX_N and k <= SYMBOLIC_MAX_K
+        symbolic = n <= SYMBOLIC_MAX_N and k <= SYMBOLIC_MAX_K
     if symbolic and grad is None and expr is None:
         agreements.append(symbolic_agreement(problem, analytic, precision))
 

@@ -139,3 +139,46 @@ def test_a_huge_number_of_digits_is_read_not_hung_on(runner, tmp_path, reader):
     body = f"z0,z1,label\n0.{'1' * 100_000},2,0\n".encode()
     result = run_eval(runner, tmp_path, {"z.csv": body}, [str(tmp_path / "z.csv")])
     assert result.exit_code == 0
+
+
+# --- the binary formats: a corrupt file is bad input too -----------------------------------------
+
+def _binary_files(directory) -> dict[str, bytes]:
+    import numpy as np
+
+    z, y = np.arange(12, dtype=np.float64).reshape(4, 3), np.array([0, 2, 1, 1])
+    np.save(directory / "z.npy", z)
+    np.savez(directory / "z.npz", logits=z, labels=y)
+    np.savez_compressed(directory / "c.npz", logits=z, labels=y)
+    files = {name: (directory / name).read_bytes() for name in ("z.npy", "z.npz", "c.npz")}
+    try:
+        import polars as pl
+
+        pl.DataFrame({"a": z[:, 0], "b": z[:, 1], "label": y}).write_parquet(directory / "z.parquet")
+        files["z.parquet"] = (directory / "z.parquet").read_bytes()
+    except ImportError:
+        pass
+    return files
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_corrupt_npy_npz_and_parquet_files_are_refused_in_one_line(runner, tmp_path_factory, data):
+    directory = tmp_path_factory.mktemp("binary")
+    files = _binary_files(directory)
+    name = data.draw(st.sampled_from(sorted(files)))
+    raw = bytearray(files[name])
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        action = data.draw(st.sampled_from(["flip", "cut", "zero"]))
+        if action == "flip":
+            raw[at] ^= data.draw(st.integers(1, 255))
+        elif action == "cut":
+            del raw[at:]
+            if not raw:
+                break
+        else:
+            raw[at:at + 16] = bytes(len(raw[at:at + 16]))
+    arguments = [str(directory / name)] + (["--labels", str(directory / "y.csv")] if name.endswith(".npy") else [])
+    files = {name: bytes(raw), "y.csv": b"0\n2\n1\n1\n"}
+    run_eval(runner, directory, files, arguments)

@@ -91,7 +91,9 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except XentError as error:
-        stderr().print(f"Error: {error}", markup=False, soft_wrap=True)
+        # one line even when the message quotes a library's multi-line text (Polars, NumPy)
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        stderr().print(f"Error: {message}", markup=False, soft_wrap=True)
         raise typer.Exit(ExitStatus.USAGE) from None
     except KeyboardInterrupt:
         stderr().print("Interrupted.", markup=False)

@@ -485,7 +485,7 @@ def _load_npy(path: str) -> np.ndarray:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise InputError("no such file", source=path) from None
-    except (OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - a corrupt header raises SyntaxError, TokenError, ...
         raise InputError(f"is not a readable .npy array: {error}", source=path) from None
 
 
@@ -495,7 +495,7 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
             return {name: archive[name] for name in archive.files}
     except FileNotFoundError:
         raise InputError("no such file", source=path) from None
-    except (OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - corrupt bytes raise anything from zipfile to tokenize
         raise InputError(f"is not a readable .npz archive: {error}", source=path) from None
 
 
@@ -509,7 +509,10 @@ def _read_parquet(path: str, label_col: str):
         frame = pl.read_parquet(path)
     except FileNotFoundError:
         raise InputError("no such file", source=path) from None
-    except Exception as error:  # noqa: BLE001 - Polars has many error types; all mean 'unreadable'
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:  # noqa: BLE001 - Polars has many error types, and on corrupt
+        # bytes its Rust code may panic: a PanicException, which is a BaseException
         raise InputError(f"is not a readable Parquet file: {error}", source=path) from None
     names = tuple(frame.columns)
     logit_names = tuple(name for name in names if name != label_col)

@@ -54,10 +54,8 @@ class BinarySymbols(Symbols):
 
     def __init__(self, k: int):
         super().__init__(k, soft=True, label=1)
-        self._p_to_sigmoid = {pn: sigmoid(zn) for pn, zn in zip(self.p, self.z)}
+        self._p_index = {pn: n for n, pn in enumerate(self.p)}
         self._u_index = {un: n for n, un in enumerate(self.u)}
-        self._exp_to_u = {sp.exp(zn): un for zn, un in zip(self.z, self.u)} | {
-            sp.exp(-zn): 1 / un for zn, un in zip(self.z, self.u)}
         self._logs: dict = {}  # log(argument in u) → its split form, shared by every step
         self._atoms: dict = {}  # positive factor f → the symbol standing for log f
 
@@ -80,14 +78,23 @@ class BinarySymbols(Symbols):
 
     def value(self, expr: sp.Expr) -> sp.Expr:
         """Replaces p_n by σ(z_n) and carries out any derivative: the expression in z and y."""
-        expr = expr.xreplace(self._p_to_sigmoid)
+        # only the p_n present: building σ(z_n) for all K costs more than most steps
+        expr = expr.xreplace({pn: sigmoid(self.z[self._p_index[pn]])
+                              for pn in expr.free_symbols if pn in self._p_index})
         if not expr.has(sp.Derivative):
             return expr
         return expr.replace(lambda e: isinstance(e, sp.Derivative), lambda e: e.doit())
 
     def to_u(self, expr: sp.Expr) -> sp.Expr:
         """Writes e^{a} in u_n = e^{z_n}, and each log as z_n and atoms where it factors."""
-        expr = expr.xreplace(self._exp_to_u)
+        exps = {}
+        for power in expr.atoms(sp.exp):
+            argument = power.args[0]
+            if argument in self._z_index:
+                exps[power] = self.u[self._z_index[argument]]
+            elif -argument in self._z_index:
+                exps[power] = 1 / self.u[self._z_index[-argument]]
+        expr = expr.xreplace(exps)
         if expr.has(sp.exp):
             expr = super().to_u(expr)
         return expr.replace(lambda e: isinstance(e, sp.log), self._split_log)
@@ -198,8 +205,9 @@ def derive_bce(k: int, hessian: bool = False, at: Optional[tuple[float, ...]] = 
             if verification.ok:
                 verification = Verification(verification.method, verification.detail + PER_CLASS)
         previous = value
-        whole = s.every_class(value)
-        build.steps.append(Step(rule, "loss", BCE, s.every_class(term), whole, verification,
+        shown = s.every_class(term)
+        whole = shown if value == term else s.every_class(value)
+        build.steps.append(Step(rule, "loss", BCE, shown, whole, verification,
                                 build.value_at(whole) if at_point is not None else None))
     definition_term = s.value(terms[0])
     loss = build.steps[-1]

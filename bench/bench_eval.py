@@ -19,13 +19,15 @@ HERE = pathlib.Path(__file__).resolve().parent
 DATA = HERE / "data"
 K = 10
 
-# A child that runs a command and prints its wall time and the peak RSS of its children (KiB).
+# A child that runs a command and prints its wall time, the peak RSS of its children (KiB) and
+# their CPU time (user + system), which the load of a shared machine moves far less than wall time.
 WRAPPER = (
     "import resource, subprocess, sys, time\n"
     "start = time.perf_counter()\n"
     "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
     "seconds = time.perf_counter() - start\n"
-    "print(seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)\n"
+    "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "print(seconds, usage.ru_maxrss, code, usage.ru_utime + usage.ru_stime)\n"
 )
 
 # The fastest plain parser we found, run as a whole process: Polars parsing every cell and
@@ -89,10 +91,10 @@ def measure(argv: list[str], remove: pathlib.Path | None = None) -> dict:
                          text=True, check=True).stdout.split()
     if remove is not None:
         remove.unlink(missing_ok=True)
-    seconds, rss_kib, code = float(out[0]), int(out[1]), int(out[2])
+    seconds, rss_kib, code, cpu = float(out[0]), int(out[1]), int(out[2]), float(out[3])
     if code != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {code}")
-    return {"seconds": seconds, "peak_mb": rss_kib / 1024}
+    return {"seconds": seconds, "peak_mb": rss_kib / 1024, "cpu_seconds": cpu}
 
 
 def best_of(commands: dict[str, list[str]], repeat: int = 3,
@@ -155,9 +157,12 @@ def run(quick: bool = False, repeat: int = 3) -> list[dict]:
         add(f"{name} ({megabytes:.0f} MB)", figure, note=f"{megabytes / figure['seconds']:.0f} MB/s")
     add(f"xent eval summary ({megabytes:.0f} MB)", summary, parser_name, parser,
         parser["seconds"] / summary["seconds"], 0.8,
-        f"{megabytes / summary['seconds']:.0f} MB/s")
+        f"{megabytes / summary['seconds']:.0f} MB/s; CPU s {summary['cpu_seconds']:.2f} vs "
+        f"{parser['cpu_seconds']:.2f}, ratio {parser['cpu_seconds'] / summary['cpu_seconds']:.2f}")
     add(f"xent eval --output .npy sum ({megabytes:.0f} MB)", big_npy, parser_name, parser,
-        parser["seconds"] / big_npy["seconds"], 0.5, f"{megabytes / big_npy['seconds']:.0f} MB/s in")
+        parser["seconds"] / big_npy["seconds"], 0.5,
+        f"{megabytes / big_npy['seconds']:.0f} MB/s in; CPU ratio "
+        f"{parser['cpu_seconds'] / big_npy['cpu_seconds']:.2f}")
 
     # On the small file: the RSS reference, numpy.loadtxt (a tenth of the speed, so compared in
     # MB/s), and --output against the parser on the same file. 'mean' (the default) reads the
@@ -190,7 +195,8 @@ def run(quick: bool = False, repeat: int = 3) -> list[dict]:
         add(f"xent eval {name} ({small_megabytes:.0f} MB)", figures[name],
             "polars scan_csv streaming (same file)", small_parser,
             small_parser["seconds"] / figures[name]["seconds"], 0.5,
-            f"{small_megabytes / figures[name]['seconds']:.0f} MB/s in")
+            f"{small_megabytes / figures[name]['seconds']:.0f} MB/s in; CPU ratio "
+            f"{small_parser['cpu_seconds'] / figures[name]['cpu_seconds']:.2f}")
 
     figures = best_of({"help": xent("--help"), "imports": python("import typer, rich")}, 5)
     add("xent --help", figures["help"], "python -c 'import typer, rich'", figures["imports"],
@@ -205,13 +211,14 @@ def run(quick: bool = False, repeat: int = 3) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     """Returns the rows as a fixed-width text table."""
-    lines = [f"{'case':<36} {'s':>7} {'peak MB':>8} {'ratio':>6} {'target':>7}  note"]
+    lines = [f"{'case':<36} {'s':>7} {'cpu s':>6} {'peak MB':>8} {'ratio':>6} {'target':>7}  note"]
     for row in rows:
         ratio = "" if row["ratio"] is None else f"{row['ratio']:6.2f}"
         verdict = ""
         if row["target"] is not None:
             verdict = f">= {row['target']:<3} " + ("met" if row["ratio"] >= row["target"] else "MISSED")
-        lines.append(f"{row['name']:<36} {row['seconds']:7.2f} {row['peak_mb']:8.0f} {ratio:>6} "
+        lines.append(f"{row['name']:<36} {row['seconds']:7.2f} {row['cpu_seconds']:6.2f} "
+                     f"{row['peak_mb']:8.0f} {ratio:>6} "
                      f"{verdict:<14} {row['note']}")
     return "\n".join(lines)
 

@@ -74,6 +74,13 @@ CASES = {
                             "to be separated by '\\t'"),
     "delimiter-option": Case("--delimiter longer than one character", ("eval", "z.csv", "--delimiter", ";;"),
                              "--delimiter must be one character, got ';;'"),
+    "npz-not-zip": Case("a .npz that is not a zip archive", ("eval", "z.npz"),
+                        "z.npz: is not a readable .npz archive: File is not a zip file",
+                        files={"z.npz": b"PK\x03\x04 cut short"}),
+    "npy-not-npy": Case("a .npy that is not NumPy's format", ("eval", "z.npy", "--labels", "y.csv"),
+                        "z.npy: is not a readable .npy array", files={"z.npy": K3, "y.csv": "0\n1\n"}),
+    "parquet-corrupt": Case("a corrupt .parquet file", ("eval", "z.parquet"),
+                            "z.parquet: is not a readable Parquet file", files={"z.parquet": b"PAR1 cut short"}),
     # --- eval: the header
     "duplicate-header": eval_case("a column name twice", "a,a,label\n1,2,0\n", "z.csv, line 1: column name 'a' appears twice"),
     "empty-header-name": eval_case("a header cell without a name", "a,,label\n1,2,0\n",

@@ -365,15 +365,17 @@ def _contrast(s: BinarySymbols, steps, gradient, hessian_rows) -> tuple:
     else:
         diagonal = uncoupled and all(entry.direct == 0 for a, row in enumerate(hessian_rows)
                                      for b, entry in enumerate(row) if a != b)
-        hessian_evidence = (f"each of the {k * (k - 1)} off-diagonal entries of SymPy's direct "
-                            "Hessian is 0")
+        hessian_evidence = ("k = 1: the Hessian is 1 × 1, nothing is off its diagonal" if k == 1
+                            else f"SymPy's direct ∂²BCE/∂z_i∂z_j is 0 for all {k * (k - 1)} "
+                                 "pairs i ≠ j")
     all_verified = all(step.verification.ok for step in steps) and all(
         entry.verification.ok for entry in gradient)
     return (
         Contrast("coupling",
                  "∂CE/∂z_j = p_j − y_j with p_j = e^{z_j}/Σ_n e^{z_n}: every z_n enters",
                  "∂BCE/∂z_j = σ(z_j) − y_j: z_j and y_j alone",
-                 f"each of the {k} direct derivatives has free symbols z_j and y_j only",
+                 f"SymPy's direct ∂BCE/∂z_j has free symbols z_j and y_j only, for every "
+                 f"j = 1…{k}",
                  uncoupled),
         Contrast("Hessian", "diag(p) − p pᵀ: off-diagonal entries −p_i p_j ≠ 0",
                  "diag(σ(z)(1 − σ(z))): off-diagonal entries 0", hessian_evidence, diagonal),

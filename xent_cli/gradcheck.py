@@ -706,7 +706,6 @@ BCE_CLIP = 700.0
 
 def _bce_symbolic_gradient(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, bool]:
     """Returns derive's BCE gradient at every entry (N, k), and whether derive verified it."""
-    import mpmath
     import sympy
 
     from xent_cli import derivation_bce
@@ -720,13 +719,16 @@ def _bce_symbolic_gradient(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, bo
         direct = symbols.value(entry.direct)  # in z and y: p_n stands for σ(z_n)
         arguments = symbols.z + symbols.y
         fast = sympy.lambdify(arguments, direct, "numpy")
+        free = direct.free_symbols
         with np.errstate(all="ignore"):
             out[:, c] = np.broadcast_to(fast(*z.T, *y.T), (n,))
-        exact = sympy.lambdify(arguments, direct, "mpmath")
         for i in np.flatnonzero(np.abs(z[:, c]) > BCE_FLOAT_LIMIT):
-            with mpmath.workdps(20 + int(abs(z[i, c]) / np.log(10))):
-                values = [mpmath.mpf(float(v)) for v in (*z[i], *y[i])]
-                out[i, c] = float(exact(*values))
+            digits = 20 + int(abs(z[i, c]) / np.log(10))
+            # Floats of the exact binary values at that precision; evalf's own subs= gives up
+            # silently on the cancellation at |z| = 700
+            point = {symbol: sympy.Float(float(v), digits)
+                     for symbol, v in zip(arguments, (*z[i], *y[i])) if symbol in free}
+            out[i, c] = float(direct.xreplace(point).evalf(digits))
     return out, derived.verified
 
 

@@ -396,3 +396,19 @@ def test_the_complex_step_of_xents_bce_loss_is_its_gradient(z, t):
                        atol=1e-300)
     hessian, _ = gradcheck.derivative(gradcheck.gradient_function(problem), z, "complex", 1e-20)
     assert np.allclose(hessian, gradcheck.xent_hessian(problem), rtol=1e-12, atol=1e-300)
+
+
+@settings(max_examples=40, deadline=None)
+@given(z=hnp.arrays(np.float64, (3, 4), elements=st.floats(-30, 30)),
+       t=hnp.arrays(np.float64, (3, 4), elements=st.floats(0, 1)),
+       weight=hnp.arrays(np.float64, 4, elements=st.floats(0, 5)),
+       pos_weight=hnp.arrays(np.float64, 4, elements=st.floats(0.01, 5)))
+def test_p_minus_y_is_the_weighted_gradient_as_documented(z, t, weight, pos_weight):
+    problem = gradcheck.problem(z, t, loss="bce", weight=weight, pos_weight=pos_weight)
+    s = naive_sigmoid(z)
+    oracle = weight * ((1 - t) * s - pos_weight * t * (1 - s))  # PyTorch's formula, by hand
+    scale = weight * (1 + pos_weight)  # bounds |oracle| and the round-off of either side
+    assert np.all(np.abs(problem.grad - oracle) <= 1e-14 * scale + 1e-300)
+    via_expression = gradcheck.expression_gradient(problem, "p - y")
+    assert np.all(np.abs(via_expression - oracle) <= 1e-14 * scale + 1e-300)
+    assert np.all(np.abs(gradcheck.gradient_function(problem)(z) - oracle) <= 1e-14 * scale + 1e-300)

@@ -122,6 +122,15 @@ def _contrast_table(derivation: Derivation) -> Table:
     return table
 
 
+def _point(derivation: Derivation) -> str:
+    """The --at line: the logits, and the targets when they were given (bce's --y)."""
+    def vector(values) -> str:
+        return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+    text = f"at z = {vector(derivation.at)}"
+    return text if derivation.at_targets is None else f"{text}, y = {vector(derivation.at_targets)}"
+
+
 def _count(entries) -> str:
     good = sum(e.verification.ok for e in entries)
     return f"{good} of {len(entries)} entries verified"
@@ -132,9 +141,7 @@ def to_rich(derivation: Derivation, *, full: bool = False) -> Group:
     at = derivation.at is not None
     parts = [Text(_header(derivation))]
     if at:
-        parts.append(Text("at z = (" + ", ".join(f"{v:g}" for v in derivation.at) + ")"
-                          + ("" if derivation.at_targets is None else
-                             ", y = (" + ", ".join(f"{v:g}" for v in derivation.at_targets) + ")")))
+        parts.append(Text(_point(derivation)))
     printing = _printing(derivation)
     parts.append(_steps_table("steps", derivation.steps, full, at, printing))
     if derivation.pitfall is not None:

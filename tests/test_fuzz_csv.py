@@ -124,7 +124,8 @@ def test_near_valid_labels_files_are_read_or_refused_in_one_line(runner, tmp_pat
              [str(tmp_path / "z.csv"), "--labels", str(tmp_path / "y.csv")])
 
 
-@pytest.mark.parametrize("cell", ["1e400", "١", "\ufeff1", "1\x00", "9" * 400, "0x1f", "\u2212" "1"])
+@pytest.mark.parametrize("cell", ["1e400", "١", "\ufeff1", "1\x00", "9" * 400, "0x1f", "\u2212" "1", '"1',
+                                  '"1\n"'])
 def test_both_readers_refuse_the_same_cells_with_the_same_line(runner, tmp_path, monkeypatch, cell):
     errors = set()
     for threshold in (1 << 60, 0):

@@ -134,8 +134,13 @@ def read_table(path: str, delimiter: str | None = None, *, require_rows: bool = 
         delimiter = "\t" if path.lower().endswith(".tsv") else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True)
     header, header_line, rows, lines = None, 1, [], []
+    end = 0  # the line the previous row ended on
     try:
         for row in reader:
+            start, end = end + 1, reader.line_num
+            if any("\n" in cell or "\r" in cell for cell in row):
+                raise InputError(f"a quoted cell runs over lines {start}-{end}; is a quote not "
+                                 "closed? A cell holds one number", source=path, line=start)
             cells = tuple(cell.strip() for cell in row)
             if not any(cells):
                 continue  # blank line

@@ -179,6 +179,18 @@ def test_wrong_closed_forms_fail_the_check():
         assert not verification.ok and "differs at z" in verification.detail
 
 
+@settings(max_examples=15, deadline=None)
+@given(st.fractions(-5, 5).filter(lambda c: c != 0), st.fractions(-3, 3).filter(lambda a: a != 1))
+def test_the_verifier_refuses_every_perturbed_gradient(shift, scale):
+    s = BinarySymbols(2)
+    z1, y1, p1 = s.z[0], s.y[0], s.p[0]
+    direct = sp.diff(s.value(-(y1 * sp.log(p1) + (1 - y1) * sp.log(1 - p1))), z1)
+    shift, scale = sp.Rational(shift.numerator, shift.denominator), sp.Rational(scale.numerator,
+                                                                               scale.denominator)
+    for wrong in (p1 - y1 + shift, scale * p1 - y1):
+        assert not verify(s, direct, s.value(wrong)).ok, wrong
+
+
 _DERIVATIONS = {}
 
 

@@ -131,6 +131,10 @@ def test_plus_minus_1e300_give_their_exact_loss(problem):
     np.testing.assert_allclose(r.per_sample, naive_cross_entropy(z, a), rtol=1e-12)
 
 
+def _table(header: list[str], rows: np.ndarray) -> str:
+    return ",".join(header) + "\n" + "".join(",".join(map(repr, row)) + "\n" for row in rows.tolist())
+
+
 def _csv(z: np.ndarray, y: np.ndarray) -> str:
     header = ",".join(f"z{c}" for c in range(z.shape[1])) + ",label\n"
     return header + "".join(",".join(map(repr, row)) + f",{label}\n"
@@ -140,26 +144,32 @@ def _csv(z: np.ndarray, y: np.ndarray) -> str:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 60), k=st.integers(2, 5), seed=st.integers(0, 2**32 - 1),
        block=st.integers(16, 600), chunk=st.integers(1, 40), reduction=st.sampled_from(REDUCTIONS),
-       fast=st.booleans())
+       fast=st.booleans(), soft=st.booleans())
 def test_streaming_agrees_with_in_memory_for_any_chunk_size(runner, tmp_path, monkeypatch, n, k, seed,
-                                                            block, chunk, reduction, fast):
+                                                            block, chunk, reduction, fast, soft):
     rng = np.random.default_rng(seed)
     z, y = rng.normal(scale=5, size=(n, k)), rng.integers(0, k, size=n)
-    path, out = tmp_path / "z.csv", tmp_path / "o.csv"
-    path.write_text(_csv(z, y))
+    path, out, targets = tmp_path / "z.csv", tmp_path / "o.csv", tmp_path / "t.csv"
+    a = rng.dirichlet(np.ones(k), size=n) if soft else np.eye(k)[y]
+    if soft:  # logits alone, and a file of soft targets read alongside, block by block
+        path.write_text(_table([f"z{c}" for c in range(k)], z))
+        targets.write_text(_table([f"p{c}" for c in range(k)], a))
+    else:
+        path.write_text(_csv(z, y))
     monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0 if fast else 1 << 60)
     monkeypatch.setattr(stream, "BLOCK_BYTES", block)
     monkeypatch.setattr(stream, "CHUNK_ROWS", chunk)
     result = runner.invoke(app, ["eval", str(path), "--reduction", reduction, "--format", "json",
-                                 "--output", str(out)])
+                                 "--output", str(out), *(["--targets", str(targets)] if soft else [])])
     assert result.exit_code == 0, result.output
-    per_sample = naive_cross_entropy(z, np.eye(k)[y])
-    expected = {"mean": per_sample.mean(), "sum": per_sample.sum(), "none": per_sample.sum()}
-    assert json.loads(result.stdout)["loss_sum"] == pytest.approx(per_sample.sum(), rel=1e-12)
+    per_sample = naive_cross_entropy(z, a)
+    summary = json.loads(result.stdout)
+    assert summary["loss_sum"] == pytest.approx(per_sample.sum(), rel=1e-12)
     if reduction != "none":
-        assert json.loads(result.stdout)["loss"] == pytest.approx(expected[reduction], rel=1e-12)
+        expected = per_sample.mean() if reduction == "mean" else per_sample.sum()
+        assert summary["loss"] == pytest.approx(expected, rel=1e-12)
     rows = np.loadtxt(out, delimiter=",", skiprows=1, ndmin=2)
-    loss_column = 4  # sample, line, label, pred, loss, prob_c..., grad_c...
+    loss_column = 3 if soft else 4  # sample, line, (label), pred, loss, prob_c..., grad_c...
     np.testing.assert_allclose(rows[:, loss_column], per_sample, rtol=1e-12, atol=1e-15)
 
 

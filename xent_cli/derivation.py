@@ -106,7 +106,7 @@ class Entry:
 
 @dataclass(frozen=True)
 class Derivation:
-    """The derivation of ∇CE (and the Hessian) for K classes, label ℓ (1-based)."""
+    """The derivation of ∇CE (and the Hessian) for K classes, label ℓ (1-based), or of ∇BCE."""
 
     k: int
     label: Optional[int]  # None for bce
@@ -286,11 +286,11 @@ def verify(symbols: Symbols, before: sp.Expr, after: sp.Expr, *,
         point = symbols.random_point(rng, free)
         gap = difference.xreplace(point).evalf(DIGITS)
         if not gap.is_number or abs(gap) > sp.Float(10) ** (10 - DIGITS):
-            z = ", ".join(str(point[zn]) for zn in symbols.z)
+            where = "z = (" + ", ".join(str(point[zn]) for zn in symbols.z) + ")"
             ys = [str(point[yn]) for yn in symbols.y if yn in point]  # symbols only
             if ys:
-                z += f"), y = ({', '.join(ys)}"
-            return Verification("failed", f"differs at z = ({z}): the steps give "
+                where += ", y = (" + ", ".join(ys) + ")"
+            return Verification("failed", f"differs at {where}: the steps give "
                                           f"{sp.N(before.xreplace(point), 6)} and "
                                           f"{sp.N(after.xreplace(point), 6)}")
     return Verification("random-points", f"equal at {RANDOM_POINTS} random rational points "

@@ -39,6 +39,7 @@ class Case:
     links: dict = field(default_factory=dict)  # name -> ("symlink" | "hardlink" | "fifo", target)
     shown: str | None = None  # the command as the table shows it, when args are unreadable
     interrupt: bool = False  # Ctrl-C inside the evaluation
+    modes: dict = field(default_factory=dict)  # name -> permission bits set after writing
     needs: str | None = None  # "non-root": permissions do not bite root
 
     @property
@@ -58,7 +59,7 @@ CASES = {
     "empty-stdin": Case("nothing on stdin", ("eval", "-"), "-: the file is empty", files={}),
     "directory": Case("a directory instead of a file", ("eval", "d"), "d: is a directory", files={"d/x": "1"}),
     "unreadable": Case("a file without read permission", ("eval", "z.csv"),
-                       "z.csv: cannot be read: permission denied", needs="non-root"),
+                       "z.csv: cannot be read: permission denied", modes={"z.csv": 0}, needs="non-root"),
     "empty": eval_case("an empty file", "", "z.csv: the file is empty"),
     "header-only": eval_case("a header and no data rows", "z0,z1,label\n", "z.csv: the file has a header but no data rows"),
     "binary": eval_case("a binary file (a PNG)", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "z.csv: is binary, not CSV text"),
@@ -180,7 +181,7 @@ CASES = {
                                      "no/out.csv: the directory", files={"z.csv": K3}),
     "output-unwritable": Case("--output into a read-only directory", ("eval", "z.csv", "--output", "ro/out.csv"),
                               "ro/out.csv: cannot be written: Permission denied", files={"z.csv": K3, "ro/x": "1"},
-                              needs="non-root"),
+                              modes={"ro": 0o500}, needs="non-root"),
     "output-is-input": Case("--output equal to the input", ("eval", "z.csv", "--output", "z.csv"),
                             "z.csv: is an input file; refusing to overwrite it"),
     "output-symlink": Case("--output a symlink to the input", ("eval", "z.csv", "--output", "link.csv"),
@@ -300,18 +301,19 @@ def test_each_bad_input_fails_cleanly(runner, tmp_path, monkeypatch, name):
         pytest.skip("permissions do not bite root")
     monkeypatch.chdir(tmp_path)
     _make_files(tmp_path, case)
-    if name == "unreadable":
-        os.chmod("z.csv", 0)
-    if name == "output-unwritable":
-        os.chmod("ro", 0o500)
+    for path, mode in case.modes.items():
+        os.chmod(path, mode)
     if case.interrupt:
         def interrupted(*args, **kwargs):
             raise KeyboardInterrupt
         monkeypatch.setattr(losses, "cross_entropy", interrupted)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and os.access(p, os.R_OK)}
 
+    arguments = list(case.args)
+    if arguments[0] == "eval" and "--output" not in arguments and case.exit:
+        arguments += ["--output", "out.csv"]  # to see that a refusal writes nothing
     started = time.perf_counter()
-    result = runner.invoke(app, list(case.args))
+    result = runner.invoke(app, arguments)
     elapsed = time.perf_counter() - started
 
     assert result.exit_code == case.exit, result.output

@@ -55,6 +55,8 @@ def eval_case(input, body, says, *extra, name="z.csv", **kwargs) -> Case:
 CASES = {
     # --- eval: the file itself
     "missing-file": Case("the file does not exist", ("eval", "nope.csv"), "nope.csv: no such file", files={}),
+    "name-like-markup": Case("a file name that looks like Rich markup or an emoji code",
+                             ("eval", ":smile:[bold]x[/].csv"), ":smile:[bold]x[/].csv: no such file", files={}),
     "empty-name": Case("an empty file name", ("eval", ""), "the file name is empty", files={}),
     "empty-stdin": Case("nothing on stdin", ("eval", "-"), "-: the file is empty", files={}),
     "directory": Case("a directory instead of a file", ("eval", "d"), "d: is a directory", files={"d/x": "1"}),

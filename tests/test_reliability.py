@@ -59,6 +59,8 @@ CASES = {
                              ("eval", ":smile:[bold]x[/].csv"), ":smile:[bold]x[/].csv: no such file", files={}),
     "empty-name": Case("an empty file name", ("eval", ""), "the file name is empty", files={}),
     "empty-stdin": Case("nothing on stdin", ("eval", "-"), "-: the file is empty", files={}),
+    "stdin-twice": Case("stdin for both the logits and the labels", ("eval", "-", "--labels", "-"),
+                        "stdin ('-') can be read once", files={}),
     "directory": Case("a directory instead of a file", ("eval", "d"), "d: is a directory", files={"d/x": "1"}),
     "unreadable": Case("a file without read permission", ("eval", "z.csv"),
                        "z.csv: cannot be read: permission denied", modes={"z.csv": 0}, needs="non-root"),

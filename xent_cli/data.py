@@ -167,6 +167,9 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
     """Reads logits with labels from their own column, a labels file, or a soft-targets file."""
     if labels_path is not None and targets_path is not None:
         raise InputError("give either labels or soft targets, not both")
+    if [logits_path, labels_path, targets_path].count(STDIN) > 1:
+        raise InputError("stdin ('-') can be read once: give one of the files as '-', the others "
+                         "by name")
     table = read_table(logits_path, delimiter)
     has_label_col = label_col in table.header
     if (labels_path or targets_path) and has_label_col:

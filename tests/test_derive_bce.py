@@ -180,8 +180,10 @@ def test_wrong_closed_forms_fail_the_check():
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.fractions(-5, 5).filter(lambda c: c != 0), st.fractions(-3, 3).filter(lambda a: a != 1))
+@given(st.fractions(-5, 5, max_denominator=1000).filter(lambda c: c != 0),
+       st.fractions(-3, 3, max_denominator=1000).filter(lambda a: a != 1))
 def test_the_verifier_refuses_every_perturbed_gradient(shift, scale):
+    # (a gap below 1e-30, the random points' tolerance at 40 digits, would pass: by design)
     s = BinarySymbols(2)
     z1, y1, p1 = s.z[0], s.y[0], s.p[0]
     direct = sp.diff(s.value(-(y1 * sp.log(p1) + (1 - y1) * sp.log(1 - p1))), z1)

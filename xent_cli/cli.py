@@ -84,6 +84,9 @@ def _console(stderr: bool) -> Console:
     return console
 
 
+MESSAGE_CHARS = 400  # an error message longer than this is shown by its two ends
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turns XentError into one line on stderr and exit 2; Ctrl-C into exit 130.
@@ -93,8 +96,12 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except XentError as error:
-        # one line even when the message quotes a library's multi-line text (Polars, NumPy)
+        # one line even when the message quotes a library's multi-line text (Polars, NumPy),
+        # and a readable one when it quotes a megabyte of user input
         message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        if len(message) > MESSAGE_CHARS:
+            half = MESSAGE_CHARS // 2
+            message = f"{message[:half]} … ({len(message) - 2 * half:,} characters) … {message[-half:]}"
         stderr().print(f"Error: {message}", markup=False, soft_wrap=True)
         raise typer.Exit(ExitStatus.USAGE) from None
     except KeyboardInterrupt:

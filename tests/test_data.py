@@ -273,3 +273,19 @@ def test_any_table_written_with_repr_reads_back_bit_for_bit(tmp_path_factory, ro
     assert loaded.logits.tobytes() == np.array([z for z, _ in rows], dtype=np.float64).tobytes()
     assert loaded.labels.tolist() == [y for _, y in rows]
     assert loaded.lines == tuple(range(2, len(rows) + 2))
+
+
+def test_ctrl_c_just_after_the_rename_keeps_the_whole_file(tmp_path, monkeypatch):
+    path = tmp_path / "out.csv"
+    real_replace = os.replace
+
+    def replace_then_interrupt(source, target):
+        real_replace(source, target)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):  # not a FileNotFoundError from the cleanup
+        with data.atomic_writer(str(path)) as file:
+            file.write("a,b\n")
+    assert path.read_text() == "a,b\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]

@@ -488,19 +488,20 @@ def atomic_writer(path: str, inputs=()) -> Iterator[io.TextIOBase]:
     check_output_path(path, inputs)
     target = os.path.realpath(path)
     directory = os.path.dirname(target)
+    temporary = None
     try:
+        # inside the try: a Ctrl-C just after mkstemp must still remove its file
         descriptor, temporary = tempfile.mkstemp(prefix=".xent-", suffix=".tmp", dir=directory)
-    except OSError as error:  # an unwritable or read-only directory
-        raise InputError(f"cannot be written: {error.strerror or error}", source=path) from None
-    try:
         with os.fdopen(descriptor, "w", encoding="utf-8", newline="",
                        buffering=1 << 20) as file:
             yield file
         os.chmod(temporary, _file_mode(target))
         os.replace(temporary, target)
     except BaseException as error:
-        os.unlink(temporary)
-        if isinstance(error, OSError):
+        if temporary is not None:
+            with contextlib.suppress(FileNotFoundError):  # a Ctrl-C after the rename
+                os.unlink(temporary)
+        if isinstance(error, OSError):  # an unwritable or read-only directory, a full disk
             raise InputError(f"cannot be written: {error.strerror or error}", source=path) from None
         raise
 

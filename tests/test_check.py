@@ -262,6 +262,15 @@ def test_plot_writes_a_png_or_says_how_to_get_matplotlib(runner, tmp_path, monke
     assert "pip install 'xent-cli[plot]'" in result.stderr
 
 
+@pytest.mark.parametrize("name", ["sweep.csv", "sweep"])
+def test_plot_refuses_a_name_without_an_image_extension(runner, tmp_path, name):
+    pytest.importorskip("matplotlib")
+    result = check(runner, "--plot", str(tmp_path / name))
+    assert result.exit_code == 2, result.output
+    assert ".png" in result.stderr and "Traceback" not in result.output
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []
+
+
 def test_directional_mode_serves_large_inputs(runner):
     right = check(runner, "--directional", "--random", "20000", "--k", "50", "--format", "json")
     assert right.exit_code == 0, right.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from rich.console import Group
 from rich.table import Table
@@ -224,6 +225,14 @@ def plot_sweep(report: CheckReport, path: str) -> None:
 
     points = [p for p in report.sweep if p.max_abs_err > 0]
     figure, axes = pyplot.subplots(figsize=(6, 4))
+    # matplotlib picks the format by extension: an unknown one is its ValueError, a missing one
+    # silently writes PATH.png; both are the user's to fix, before anything is drawn
+    formats = figure.canvas.get_supported_filetypes()
+    extension = os.path.splitext(path)[1].lstrip(".").lower()
+    if extension not in formats:
+        pyplot.close(figure)
+        raise XentError(f"--plot {path}: the name must end in an image format's extension: "
+                        + ", ".join(f".{name}" for name in sorted(formats)))
     axes.loglog([p.h for p in points], [p.max_abs_err for p in points], "o-")
     best = report.best_step
     if best is not None:

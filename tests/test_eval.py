@@ -503,3 +503,11 @@ def test_a_minus_inf_logit_masks_its_class(runner, tmp_path):
     assert json.loads(result.stdout)["loss"] == pytest.approx(math.log1p(math.exp(-2)), rel=1e-15)
     rows = list(csv.DictReader(open(tmp_path / "out.csv")))
     assert float(rows[0]["prob_1"]) == 0.0 and float(rows[0]["grad_1"]) == 0.0
+
+
+def test_class_names_are_shown_as_written_not_as_markup(runner, tmp_path):
+    path = tmp_path / "marked.csv"
+    path.write_text("[red]z0,:smile:,label\n1,2,0\n")
+    result = runner.invoke(app, ["eval", str(path), "--show", "1"])
+    assert result.exit_code == 0, result.output
+    assert "[red]z0" in result.stdout and ":smile:" in result.stdout

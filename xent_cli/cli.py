@@ -76,8 +76,9 @@ def stderr() -> Console:
 def _console(stderr: bool) -> Console:
     """Returns a console without escape codes under NO_COLOR or TERM=dumb, even with FORCE_COLOR."""
     plain = bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
-    # emoji=False: a file or column named ':smile:' is text to show as written
-    console = Console(stderr=stderr, highlight=False, emoji=False,
+    # emoji=False, markup=False: a file or column named ':smile:' or '[red]z0' is text to show
+    # as written (the renderers style with Style objects, never with markup)
+    console = Console(stderr=stderr, highlight=False, emoji=False, markup=False,
                       color_system=None if plain else "auto")
     if not console.is_terminal:
         console.width = PIPE_WIDTH

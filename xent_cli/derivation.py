@@ -299,20 +299,28 @@ def verify(symbols: Symbols, before: sp.Expr, after: sp.Expr, *,
 
 def parse_at(text: str, k: int) -> tuple[float, ...]:
     """Reads --at: exactly k comma-separated finite numbers (never evaluated as an expression)."""
+    example = ",".join(["0"] * k) if k <= 5 else "0,1,..."
+    return parse_values(text, k, "--at", "z", math.isfinite, "is not finite",
+                        f"give one logit per class, e.g. --at {example}")
+
+
+def parse_values(text: str, k: int, option: str, symbol: str, valid, invalid: str,
+                 hint: str) -> tuple[float, ...]:
+    """Reads k comma-separated numbers for option; value n is symbol n, refused unless valid."""
     from xent_cli.errors import InputError
 
     items = [item.strip() for item in text.split(",")]
     if len(items) != k:
-        raise InputError(f"--at has {len(items)} value(s); --k is {k}: give one logit per class, "
-                         f"e.g. --at {','.join(['0'] * k) if k <= 5 else '0,1,...'}")
+        raise InputError(f"{option} has {len(items)} value(s); --k is {k}: {hint}")
     values = []
     for position, item in enumerate(items, start=1):
         try:
             value = float(item)
         except ValueError:
-            raise InputError(f"--at value {position} (z{position}): {item!r} is not a number") from None
-        if not math.isfinite(value):
-            raise InputError(f"--at value {position} (z{position}): {item!r} is not finite")
+            raise InputError(f"{option} value {position} ({symbol}{position}): {item!r} is not a "
+                             "number") from None
+        if not valid(value):
+            raise InputError(f"{option} value {position} ({symbol}{position}): {item!r} {invalid}")
         values.append(value)
     return tuple(values)
 

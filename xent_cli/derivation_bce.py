@@ -27,8 +27,8 @@ import sympy as sp
 from sympy.core.parameters import evaluate
 
 from xent_cli.derivation import (MAX_K, MAX_K_HESSIAN, Derivation, Entry, Step, Symbols,
-                                 Verification, _Builder, _log, _number, partial, terms_by_symbol,
-                                 verify)
+                                 Verification, _Builder, _log, _number, parse_values, partial,
+                                 terms_by_symbol, verify)
 
 FULL_CHECK_K = 12  # up to here every entry is differentiated and checked on its own (~30 ms each)
 PER_CLASS = "; on class 1's term, which every class's term repeats in its own z_n, y_n"
@@ -260,22 +260,8 @@ def derive_bce(k: int, hessian: bool = False, at: Optional[tuple[float, ...]] = 
 
 def parse_targets(text: str, k: int) -> tuple[float, ...]:
     """Reads --y: exactly k comma-separated numbers in [0, 1] (never evaluated as an expression)."""
-    from xent_cli.errors import InputError
-
-    items = [item.strip() for item in text.split(",")]
-    if len(items) != k:
-        raise InputError(f"--y has {len(items)} value(s); --k is {k}: give one target in [0, 1] "
-                         "per class")
-    values = []
-    for position, item in enumerate(items, start=1):
-        try:
-            value = float(item)
-        except ValueError:
-            raise InputError(f"--y value {position} (y{position}): {item!r} is not a number") from None
-        if not 0 <= value <= 1:  # also refuses nan
-            raise InputError(f"--y value {position} (y{position}): {item!r} is not in [0, 1]")
-        values.append(value)
-    return tuple(values)
+    return parse_values(text, k, "--y", "y", lambda value: 0 <= value <= 1,  # refuses nan too
+                        "is not in [0, 1]", "give one target in [0, 1] per class")
 
 
 def _diagonal_entries(s: BinarySymbols, build: _Builder, direct_of, template: sp.Expr,

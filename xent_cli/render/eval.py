@@ -50,12 +50,7 @@ def summary_table(summary: Summary) -> Table:
     """
     if summary.criterion == "bce":
         return _binary_summary_table(summary)
-    table = Table(title=f"cross-entropy of {summary.source}", show_header=False,
-                  title_justify="left")
-    table.add_column("quantity", style="bold")
-    table.add_column("value")
-    table.add_row("samples (n)", str(summary.n))
-    table.add_row("classes (k)", f"{summary.k}: {', '.join(summary.class_names)}")
+    table = _summary_head(summary, "cross-entropy")
     targets = (f"labels from {summary.target_source}" if summary.has_labels
                else f"soft targets from {summary.target_source}")
     table.add_row("targets", targets)
@@ -81,14 +76,19 @@ def summary_table(summary: Summary) -> Table:
     return table
 
 
-def _binary_summary_table(summary: Summary) -> Table:
-    """Returns the summary of binary cross-entropy: n, k, reduction, loss and the multi-label metrics."""
-    table = Table(title=f"binary cross-entropy of {summary.source}", show_header=False,
-                  title_justify="left")
+def _summary_head(summary: Summary, loss: str) -> Table:
+    """Returns a summary table titled by the loss and the file, with its n and k rows."""
+    table = Table(title=f"{loss} of {summary.source}", show_header=False, title_justify="left")
     table.add_column("quantity", style="bold")
     table.add_column("value")
     table.add_row("samples (n)", str(summary.n))
     table.add_row("classes (k)", f"{summary.k}: {', '.join(summary.class_names)}")
+    return table
+
+
+def _binary_summary_table(summary: Summary) -> Table:
+    """Returns the summary of binary cross-entropy: n, k, reduction, loss and the multi-label metrics."""
+    table = _summary_head(summary, "binary cross-entropy")
     table.add_row("targets", f"one per class from {summary.target_source}")
     if summary.weight is not None:
         table.add_row("weight", ", ".join(_g(w) for w in summary.weight))

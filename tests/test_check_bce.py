@@ -412,3 +412,59 @@ def test_p_minus_y_is_the_weighted_gradient_as_documented(z, t, weight, pos_weig
     via_expression = gradcheck.expression_gradient(problem, "p - y")
     assert np.all(np.abs(via_expression - oracle) <= 1e-14 * scale + 1e-300)
     assert np.all(np.abs(gradcheck.gradient_function(problem)(z) - oracle) <= 1e-14 * scale + 1e-300)
+
+
+# --- one logit column: the usual binary classifier ----------------------------------------------
+
+def test_one_logit_is_log1p_of_e_to_minus_z_with_gradient_sigma_minus_1():
+    problem = gradcheck.problem(np.array([[2.0]]), np.array([[1.0]]), loss="bce")
+    assert problem.per_sample[0] == pytest.approx(np.log1p(np.exp(-2.0)), rel=1e-15)
+    assert problem.grad[0, 0] == pytest.approx(1 / (1 + np.exp(-2.0)) - 1, rel=1e-15)
+
+
+def test_random_inputs_with_k_1_pass_and_a_wrong_sign_fails(runner, tmp_path):
+    result = check(runner, "--k", "1", "--random", "6", "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = as_json(result)
+    assert report["passed"] and report["k"] == 1 and report["entries"] == 6
+    code = write_user_code(tmp_path, "def grad(z, y):\n    return y - 1 / (1 + np.exp(-z))\n")
+    wrong = check(runner, "--k", "1", "--grad-fn", f"{code}:grad", "--format", "json")
+    assert wrong.exit_code == 1, wrong.output
+
+
+def test_a_file_with_one_logit_column_is_checked(runner, tmp_path):
+    z, t = tmp_path / "z.csv", tmp_path / "t.csv"
+    z.write_text("score\n2\n-1\n0.5\n")
+    t.write_text("spam\n1\n0\n0.25\n")
+    # the user's function gets (N, 1) logits and targets; a wrong shape would fail the check
+    code = write_user_code(tmp_path, "def grad(z, y):\n    assert z.shape == y.shape == (3, 1)\n"
+                                     "    return 1 / (1 + np.exp(-z)) - y\n")
+    result = check(runner, str(z), "--targets", str(t), "--grad-fn", f"{code}:grad",
+                   "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = as_json(result)
+    assert report["passed"] and (report["n"], report["k"], report["entries"]) == (3, 1, 3)
+    hessian = check(runner, str(z), "--targets", str(t), "--expr", "p - y", "--hessian")
+    assert hessian.exit_code == 0, hessian.output
+    assert "PASSED" in hessian.stdout and "FAILED" not in hessian.stdout
+
+
+def test_one_logit_column_loss_and_gradient_match_torch():
+    torch = pytest.importorskip("torch")
+    z, t = random_inputs(7, 1, seed=2)
+    problem = gradcheck.problem(z, t, loss="bce")
+    logits = torch.tensor(z, requires_grad=True)
+    torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.tensor(t), reduction="sum").backward()
+    assert np.allclose(problem.grad, logits.grad.numpy(), rtol=1e-13, atol=1e-16)
+
+
+def test_softmax_still_refuses_one_class(runner, tmp_path):
+    result = runner.invoke(app, ["check", "--k", "1"])
+    assert result.exit_code == 2
+    assert "--k 1: cross-entropy needs at least 2 classes" in result.stderr
+    (tmp_path / "z.csv").write_text("score,label\n2,0\n1,0\n")
+    result = runner.invoke(app, ["check", str(tmp_path / "z.csv")])
+    assert result.exit_code == 2
+    assert "found 1 logit column; cross-entropy needs at least 2 classes" in result.stderr
+    assert check(runner, "--k", "0").exit_code == 2  # below 1 is refused for bce too

@@ -494,3 +494,94 @@ def test_a_bad_target_in_a_later_chunk_names_its_own_line(runner, tmp_path, monk
     result = runner.invoke(app, ["eval", z, "--targets", t, "--loss", "bce"])
     assert result.exit_code == 2
     assert f"{t}, line 9, column 'a': target is outside [0, 1]" in result.stderr
+
+
+# --- one logit column: the usual binary classifier ----------------------------------------------
+
+ONE_Z, ONE_T = [[2.0], [-1.0], [0.5]], [[1.0], [0.0], [0.25]]
+
+
+def _one_column(tmp_path):
+    return (write_table(tmp_path / "z.csv", ONE_Z, ["score"]),
+            write_table(tmp_path / "t.csv", ONE_T, ["spam"]))
+
+
+def _hand_losses():
+    """log1p(e^-2) for z = 2, t = 1; -log(1 - σ(-1)) = log1p(e^-1); the soft row from logs."""
+    s = 1 / (1 + math.exp(-0.5))
+    return [math.log1p(math.exp(-2)), math.log1p(math.exp(-1)),
+            -(0.25 * math.log(s) + 0.75 * math.log(1 - s))]
+
+
+@pytest.mark.parametrize("reader", ["strict", "fast"])
+def test_one_logit_column_gives_the_hand_losses_and_gradients(runner, tmp_path, monkeypatch, reader):
+    if reader == "fast":
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0)
+    z, t = _one_column(tmp_path)
+    unit = stream.open_source(z, targets_path=t, min_classes=1).unit
+    assert unit == ("bytes" if reader == "fast" else "rows")
+    summary = summary_of(runner, z, "--targets", t, "--reduction", "none")
+    assert summary["k"] == 1
+    np.testing.assert_allclose(np.ravel(summary["loss"]), _hand_losses(), rtol=1e-14)
+    out = tmp_path / "rows.csv"
+    run(runner, z, "--targets", t, "--reduction", "sum", "--output", out)
+    per_sample, probs, grad, lines = read_output(out)
+    assert lines == [2, 3, 4]
+    assert per_sample == pytest.approx(_hand_losses(), rel=1e-14)
+    # σ(2) − 1 = −1/(1 + e²), σ(−1) − 0 = 1/(1 + e), σ(0.5) − 0.25
+    expected = [-1 / (1 + math.exp(2)), 1 / (1 + math.e), 1 / (1 + math.exp(-0.5)) - 0.25]
+    np.testing.assert_allclose(np.ravel(grad), expected, rtol=1e-14)
+    mean = summary_of(runner, z, "--targets", t)
+    assert mean["loss"] == pytest.approx(sum(_hand_losses()) / 3, rel=1e-14)
+
+
+def test_one_logit_column_in_npy_and_npz_reads_like_csv(runner, tmp_path):
+    z, t = _one_column(tmp_path)
+    expected = summary_of(runner, z, "--targets", t)["loss"]
+    np.save(tmp_path / "z.npy", np.array(ONE_Z))
+    np.save(tmp_path / "t.npy", np.array(ONE_T))
+    assert summary_of(runner, tmp_path / "z.npy", "--targets", tmp_path / "t.npy")["loss"] == expected
+    np.savez(tmp_path / "both.npz", logits=np.array(ONE_Z), targets=np.array(ONE_T))
+    assert summary_of(runner, tmp_path / "both.npz")["loss"] == expected
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_one_logit_column_matches_torch(runner, tmp_path, reduction):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    z_values, t_values = rng.normal(scale=4, size=(50, 1)), rng.random((50, 1)).round(2)
+    z = write_table(tmp_path / "z.csv", z_values.tolist(), ["logit"])
+    t = write_table(tmp_path / "t.csv", t_values.tolist(), ["target"])
+    out = tmp_path / "rows.csv"
+    summary = summary_of(runner, z, "--targets", t, "--reduction", reduction, "--output", out)
+    logits = torch.tensor(z_values, requires_grad=True)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.tensor(t_values), reduction=reduction)
+    loss.backward()
+    assert summary["loss"] == pytest.approx(loss.item(), rel=1e-13)
+    np.testing.assert_allclose(read_output(out)[2], logits.grad.numpy(), rtol=1e-13, atol=1e-300)
+
+
+@pytest.mark.parametrize("reader", ["strict", "fast"])
+def test_softmax_still_refuses_one_logit_column(runner, tmp_path, monkeypatch, reader):
+    if reader == "fast":
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0)
+    z, t = _one_column(tmp_path)
+    labelled = write_table(tmp_path / "zl.csv", [[2.0, 0], [1.0, 0]], ["score", "label"])
+    for arguments in ([z, "--targets", t], [labelled]):
+        result = runner.invoke(app, ["eval", *arguments])
+        assert result.exit_code == 2, result.output
+        assert "found 1 logit column; cross-entropy needs at least 2 classes" in result.stderr
+    np.save(tmp_path / "z.npy", np.array(ONE_Z))
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.npy"), "--targets", t])
+    assert result.exit_code == 2
+    assert "z.npy: cross-entropy needs at least 2 classes" in result.stderr
+
+
+def test_bce_refuses_logits_without_a_column(runner, tmp_path):
+    np.save(tmp_path / "z.npy", np.zeros((3, 0)))
+    np.save(tmp_path / "t.npy", np.zeros((3, 0)))
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.npy"), "--targets",
+                                 str(tmp_path / "t.npy"), "--loss", "bce"])
+    assert result.exit_code == 2
+    assert "binary cross-entropy needs at least 1 logit column" in result.stderr

@@ -219,7 +219,11 @@ CASES = {
     "check-label-out-of-range": Case("check: a label ≥ k", ("check", "z.csv"),
                                      "z.csv, line 3, column 'label': label 7 is not a class index 0..1",
                                      files={"z.csv": "z0,z1,label\n1,2,0\n1,2,7\n"}),
-    "check-k": Case("check: --k below 2", ("check", "--k", "1"), "Invalid value for '--k'"),
+    "check-k": Case("check: --k 1 for softmax", ("check", "--k", "1"),
+                    "--k 1: cross-entropy needs at least 2 classes; one logit column is a binary "
+                    "classifier: --loss bce"),
+    "check-k-bce": Case("check: --k 0 with --loss bce", ("check", "--loss", "bce", "--k", "0"),
+                        "Invalid value for '--k'"),
     "check-random": Case("check: --random 0", ("check", "--random", "0"), "Invalid value for '--random'"),
     "check-eps": Case("check: --eps 0", ("check", "--eps", "0"), "--eps must be greater than 0"),
     "check-weight": Case("check: --weight with the wrong count", ("check", "--k", "3", "--weight", "1,2"),

@@ -247,8 +247,10 @@ def eval_command(
         delimiter = _delimiter(delimiter)
         if output is not None:
             data.check_output_path(output, [logits, labels, targets])
+        min_classes = _min_classes(loss)
         source = stream.open_source(logits, label_col=label_col, labels_path=labels,
-                                    targets_path=targets, delimiter=delimiter)
+                                    targets_path=targets, delimiter=delimiter,
+                                    min_classes=min_classes)
         weights = None if weight is None else data.parse_weights(weight, len(source.class_names))
         options = dict(loss=loss.value, weight=weights,
                        pos_weight=_pos_weights(pos_weight, len(source.class_names)),
@@ -256,7 +258,8 @@ def eval_command(
                        reduction=reduction.value, dtype=dtype.value, show=show,
                        fallback=lambda: stream.strict_source(logits, label_col=label_col,
                                                              targets_path=targets,
-                                                             delimiter=delimiter))
+                                                             delimiter=delimiter,
+                                                             min_classes=min_classes))
         with _eval_progress(source, quiet) as progress:
             if output is None:
                 summary = stream.evaluate(source, progress=progress, **options)
@@ -275,6 +278,11 @@ def eval_command(
         if summary.worked:
             console.print()
             console.print(render.steps(summary))
+
+
+def _min_classes(loss: Loss) -> int:
+    """Returns the fewest logit columns a loss takes: one sigmoid column is a binary classifier."""
+    return 1 if loss is Loss.bce else 2
 
 
 def _check_loss_options(loss: Loss, logits: str, labels: str | None, targets: str | None,
@@ -371,7 +379,8 @@ def check_command(
         = None,
     random: Annotated[int, typer.Option(
         "--random", min=1, metavar="N", help="Random inputs: N samples.")] = 8,
-    k: Annotated[int, typer.Option("--k", min=2, metavar="K", help="Random inputs: K classes.")] = 4,
+    k: Annotated[int, typer.Option(
+        "--k", min=1, metavar="K", help="Random inputs: K classes (2 or more; bce from 1).")] = 4,
     seed: Annotated[int, typer.Option(metavar="S", help="Random inputs: the seed.")] = 0,
     label_col: Annotated[str, typer.Option(metavar="NAME", help="The name of the label column.")] = "label",
     labels: Annotated[Optional[str], typer.Option(
@@ -484,13 +493,17 @@ def check_command(
                        label_smoothing=label_smoothing, dtype=dtype.value)
         if logits is not None:
             loaded = data.read_eval_input(logits, label_col=label_col, labels_path=labels,
-                                          targets_path=targets, delimiter=_delimiter(delimiter))
+                                          targets_path=targets, delimiter=_delimiter(delimiter),
+                                          min_classes=_min_classes(loss))
             classes = len(loaded.class_names)
             weights = None if weight is None else data.parse_weights(weight, classes)
             problem = gradcheck.file_problem(loaded, weight=weights,
                                              pos_weight=_pos_weights(pos_weight, classes),
                                              **options)
         else:
+            if k < _min_classes(loss):
+                raise XentError(f"--k {k}: cross-entropy needs at least 2 classes; one logit "
+                                "column is a binary classifier: --loss bce")
             weights = None if weight is None else data.parse_weights(weight, k)
             problem = gradcheck.random_problem(random, k, seed, weight=weights,
                                                pos_weight=_pos_weights(pos_weight, k), **options)

@@ -163,8 +163,13 @@ def read_table(path: str, delimiter: str | None = None, *, require_rows: bool = 
 
 
 def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: str | None = None,
-                    targets_path: str | None = None, delimiter: str | None = None) -> EvalInput:
-    """Reads logits with labels from their own column, a labels file, or a soft-targets file."""
+                    targets_path: str | None = None, delimiter: str | None = None,
+                    min_classes: int = 2) -> EvalInput:
+    """Reads logits with labels from their own column, a labels file, or a soft-targets file.
+
+    min_classes is 2 for softmax cross-entropy and 1 for binary cross-entropy, where one logit
+    column is the usual binary classifier.
+    """
     if labels_path is not None and targets_path is not None:
         raise InputError("give either labels or soft targets, not both")
     if [logits_path, labels_path, targets_path].count(STDIN) > 1:
@@ -183,9 +188,9 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
                          line=table.header_line)
     logit_columns = [c for c, name in enumerate(table.header)
                      if not (has_label_col and name == label_col)]
-    if len(logit_columns) < 2:
-        raise InputError(f"found {len(logit_columns)} logit column; cross-entropy needs at least "
-                         f"2 classes", source=logits_path, line=table.header_line)
+    if len(logit_columns) < min_classes:
+        raise InputError(_too_few_classes(len(logit_columns), min_classes),
+                         source=logits_path, line=table.header_line)
     class_names = tuple(table.header[c] for c in logit_columns)
     logits = _numbers(table, logit_columns, "logit", parse_logit)
     labels = targets = None
@@ -215,6 +220,13 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
     return EvalInput(logits=logits, labels=labels, targets=targets, class_names=class_names,
                      source=logits_path, lines=table.lines, target_source=target_source,
                      target_column=target_column, target_lines=tuple(target_lines))
+
+
+def _too_few_classes(found: int, min_classes: int) -> str:
+    """Says that a loss needs more logit columns than were found."""
+    if min_classes >= 2:
+        return f"found {found} logit column; cross-entropy needs at least {min_classes} classes"
+    return f"found no logit column; binary cross-entropy needs at least {min_classes}"
 
 
 def _read_text(path: str) -> str:

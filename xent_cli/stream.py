@@ -123,31 +123,38 @@ class Summary:
 
 def open_source(path: str, *, label_col: str = "label", labels_path: str | None = None,
                 targets_path: str | None = None, delimiter: str | None = None,
-                chunk_rows: int = CHUNK_ROWS) -> Source:
-    """Opens logits (CSV, .npy, .npz, .parquet by extension) with their targets for streaming."""
+                chunk_rows: int = CHUNK_ROWS, min_classes: int = 2) -> Source:
+    """Opens logits (CSV, .npy, .npz, .parquet by extension) with their targets for streaming.
+
+    min_classes is 2 for softmax cross-entropy, 1 for binary cross-entropy.
+    """
     if labels_path is not None and targets_path is not None:
         raise InputError("give either labels or soft targets, not both")
     suffix = os.path.splitext(path.lower())[1] if path != data.STDIN else ""
     if suffix in (".npy", ".npz", ".parquet"):
-        loaded = _read_array_input(path, suffix, label_col, labels_path, targets_path, delimiter)
+        loaded = _read_array_input(path, suffix, label_col, labels_path, targets_path, delimiter,
+                                   min_classes)
         return _in_memory(loaded, chunk_rows)
     if labels_path is None and path != data.STDIN and targets_path != data.STDIN:
         size = os.path.getsize(path) if os.path.isfile(path) else -1  # else the strict reader says why
         if size >= max(FAST_CSV_BYTES, 1):
             fast = (_fast_csv(path, label_col, delimiter, size) if targets_path is None
-                    else _fast_csv_targets(path, targets_path, label_col, delimiter, size))
+                    else _fast_csv_targets(path, targets_path, label_col, delimiter, size,
+                                           min_classes))
             if fast is not None:
                 return fast
     loaded = data.read_eval_input(path, label_col=label_col, labels_path=labels_path,
-                                  targets_path=targets_path, delimiter=delimiter)
+                                  targets_path=targets_path, delimiter=delimiter,
+                                  min_classes=min_classes)
     return _in_memory(loaded, chunk_rows)
 
 
 def strict_source(path: str, *, label_col: str = "label", targets_path: str | None = None,
-                  delimiter: str | None = None, chunk_rows: int = CHUNK_ROWS) -> Source:
+                  delimiter: str | None = None, chunk_rows: int = CHUNK_ROWS,
+                  min_classes: int = 2) -> Source:
     """Opens a CSV (and its targets file, if any) with the strict reader, whatever its size."""
     loaded = data.read_eval_input(path, label_col=label_col, targets_path=targets_path,
-                                  delimiter=delimiter)
+                                  delimiter=delimiter, min_classes=min_classes)
     return _in_memory(loaded, chunk_rows)
 
 
@@ -222,7 +229,7 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
 
 
 def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: str | None,
-                      size: int) -> Source | None:
+                      size: int, min_classes: int = 2) -> Source | None:
     """Returns a fast source for a large CSV of logits and its CSV of per-class targets.
 
     Both files are read in blocks at once; each block of logits takes as many target rows.
@@ -240,7 +247,7 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
     header, offset = _plain_header(path, delimiter)
     target_header, target_offset = _plain_header(targets_path, target_delimiter)
     k = len(header)
-    if k < 2 or len(target_header) != k or label_col in header:
+    if k < min_classes or len(target_header) != k or label_col in header:
         return None  # the strict reader explains
 
     def chunks() -> Iterator[Chunk]:
@@ -422,7 +429,8 @@ def _parse_block(block: bytes, columns: int, delimiter: str) -> np.ndarray:
 
 
 def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str | None,
-                      targets_path: str | None, delimiter: str | None) -> data.EvalInput:
+                      targets_path: str | None, delimiter: str | None,
+                      min_classes: int = 2) -> data.EvalInput:
     """Reads logits from .npy (memory-mapped), .npz or .parquet; a sample's 'line' is its row."""
     labels = targets = None
     class_names = None
@@ -443,7 +451,7 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
         logits, labels, class_names = _read_parquet(path, label_col)
         if labels is not None:
             target_column = repr(label_col)
-    logits = _float_matrix(logits, path, "logits")
+    logits = _float_matrix(logits, path, "logits", min_classes)
     n = logits.shape[0]
     if labels_path is not None:
         labels, target_column, target_source = _read_side(labels_path, delimiter, "labels"), None, labels_path
@@ -542,14 +550,18 @@ def _read_side(path: str, delimiter: str | None, what: str) -> np.ndarray:
     return data._numbers(table, range(len(table.header)), "probability")
 
 
-def _float_matrix(array, path: str, what: str) -> np.ndarray:
-    """Checks an (N, k) numeric array; returns it as float64 (a memory map stays one if it is)."""
+def _float_matrix(array, path: str, what: str, min_classes: int = 2) -> np.ndarray:
+    """Checks an (N, k) numeric array; returns it as float64 (a memory map stays one if it is).
+
+    Logits need at least min_classes columns: 2 for softmax, 1 for binary cross-entropy.
+    """
     array = np.asarray(array) if not isinstance(array, np.memmap) else array
     if array.ndim != 2 or array.dtype.kind not in "iuf":
         raise InputError(f"{what} must be a 2-d numeric array (samples, classes), got shape "
                          f"{array.shape} of {array.dtype}", source=path)
-    if what == "logits" and array.shape[1] < 2:
-        raise InputError("cross-entropy needs at least 2 classes", source=path)
+    if what == "logits" and array.shape[1] < min_classes:
+        raise InputError(("cross-entropy needs at least 2 classes" if min_classes >= 2 else
+                          "binary cross-entropy needs at least 1 logit column"), source=path)
     if array.shape[0] == 0:
         raise InputError(f"{what} has no rows", source=path)
     return array if array.dtype == np.float64 else array.astype(np.float64)

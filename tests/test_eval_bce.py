@@ -427,6 +427,24 @@ def test_bad_inputs_read_the_same_on_the_fast_path(runner, tmp_path, monkeypatch
     assert result.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("reader", ["strict", "fast"])
+@pytest.mark.parametrize("loss, target, message", [
+    ("bce", "1.5", "target is outside [0, 1]"),
+    ("ce", "-0.5", "target probability -0.5 is negative"),
+])
+def test_a_bad_target_names_the_targets_files_own_column(runner, tmp_path, monkeypatch, reader, loss,
+                                                          target, message):
+    # the two files' headers differ: the error is in t.csv, so it names t.csv's column
+    if reader == "fast":
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "z.csv").write_text("z0,z1\n1,2\n3,4\n")
+    (tmp_path / "t.csv").write_text(f"cat,dog\n0.5,0.5\n0.5,{target}\n")
+    result = runner.invoke(app, ["eval", "z.csv", "--targets", "t.csv", "--loss", loss])
+    assert result.exit_code == 2
+    assert f"t.csv, line 3, column 'dog': {message}" in result.stderr, result.stderr
+
+
 def test_blank_lines_in_the_targets_fall_back_and_keep_the_samples_paired(runner, tmp_path, fast):
     (tmp_path / "z.csv").write_text("a,b\n0,0\n0,0\n")
     (tmp_path / "t.csv").write_text("a,b\n\n1,1\n\n0,0\n")

@@ -64,6 +64,9 @@ class EvalInput:
     target_source: str
     target_column: str | None  # the label column's header, None for soft targets
     target_lines: tuple[int, ...]
+    # the targets file's own column names (soft or binary targets from a CSV): its header may
+    # differ from the logits', and an error in it names its own column
+    target_names: tuple[str, ...] | None = None
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -219,7 +222,8 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
                              column=repr(target_table.header[c]))
     return EvalInput(logits=logits, labels=labels, targets=targets, class_names=class_names,
                      source=logits_path, lines=table.lines, target_source=target_source,
-                     target_column=target_column, target_lines=tuple(target_lines))
+                     target_column=target_column, target_lines=tuple(target_lines),
+                     target_names=None if targets is None else target_table.header)
 
 
 def _too_few_classes(found: int, min_classes: int) -> str:
@@ -459,7 +463,7 @@ def locate(error: InputError, data: EvalInput) -> InputError:
             return error.located(source=data.source, line=data.lines[i],
                                  column=repr(data.class_names[c]))
         return error.located(source=data.target_source, line=data.target_lines[i],
-                             column=repr(data.class_names[c]))
+                             column=repr((data.target_names or data.class_names)[c]))
     return error.located(source=data.target_source, line=data.target_lines[i],
                          column=data.target_column)
 

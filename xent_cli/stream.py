@@ -269,7 +269,7 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
                 chunk = data.EvalInput(
                     logits=logits, labels=None, targets=targets, class_names=header, source=path,
                     lines=lines, target_source=targets_path, target_column=None,
-                    target_lines=lines)
+                    target_lines=lines, target_names=target_header)
                 yield Chunk(data=chunk, start=start, done=done)
                 start, line = start + n, line + n
             if start == 0 or not rows.exhausted():

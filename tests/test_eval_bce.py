@@ -561,6 +561,10 @@ def test_one_logit_column_in_npy_and_npz_reads_like_csv(runner, tmp_path):
     assert summary_of(runner, tmp_path / "z.npy", "--targets", tmp_path / "t.npy")["loss"] == expected
     np.savez(tmp_path / "both.npz", logits=np.array(ONE_Z), targets=np.array(ONE_T))
     assert summary_of(runner, tmp_path / "both.npz")["loss"] == expected
+    # a binary classifier's arrays are often flat, shape (N,): one column
+    np.save(tmp_path / "flat_z.npy", np.ravel(ONE_Z))
+    np.save(tmp_path / "flat_t.npy", np.ravel(ONE_T))
+    assert summary_of(runner, tmp_path / "flat_z.npy", "--targets", tmp_path / "flat_t.npy")["loss"] == expected
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

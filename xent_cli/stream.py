@@ -471,7 +471,7 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
         labels = labels.astype(np.int64)
         count = len(labels)
     else:
-        targets = _float_matrix(targets, target_source, "targets")
+        targets = _float_matrix(targets, target_source, "targets", min_classes)
         count = targets.shape[0]
         if targets.shape[1] != logits.shape[1]:
             raise InputError(f"has {targets.shape[1]} target columns, the logits have "
@@ -553,9 +553,12 @@ def _read_side(path: str, delimiter: str | None, what: str) -> np.ndarray:
 def _float_matrix(array, path: str, what: str, min_classes: int = 2) -> np.ndarray:
     """Checks an (N, k) numeric array; returns it as float64 (a memory map stays one if it is).
 
-    Logits need at least min_classes columns: 2 for softmax, 1 for binary cross-entropy.
+    Logits need at least min_classes columns: 2 for softmax, 1 for binary cross-entropy, which
+    also takes an (N,) array as one column.
     """
     array = np.asarray(array) if not isinstance(array, np.memmap) else array
+    if array.ndim == 1 and min_classes == 1:  # a binary classifier's (N,) logits or targets
+        array = array[:, None]
     if array.ndim != 2 or array.dtype.kind not in "iuf":
         raise InputError(f"{what} must be a 2-d numeric array (samples, classes), got shape "
                          f"{array.shape} of {array.dtype}", source=path)

@@ -6,6 +6,7 @@ import json
 
 import sympy as sp
 from rich.console import Group
+from sympy.printing.str import StrPrinter
 from rich.table import Table
 from rich.text import Text
 
@@ -23,16 +24,26 @@ def _printing(derivation: Derivation) -> dict:
     return {"order": "none"} if derivation.loss == "bce" else {}
 
 
+class _Reading(StrPrinter):
+    """SymPy's plain text for reading: a derivative is ∂f/∂z1 (or ∂/∂z1 (f) for a long f)."""
+
+    def _print_Derivative(self, expr):
+        by = "".join(f"∂{self._print(v)}" * n for v, n in expr.variable_count)
+        order = sum(n for _, n in expr.variable_count)
+        d = "∂" if order == 1 else "∂²" if order == 2 else f"∂^{order}"
+        inner = self._print(expr.expr)
+        if isinstance(expr.expr, sp.Symbol):
+            return f"{d}{inner}/{by}"
+        return f"{d}/{by} ({inner})"
+
+
 def _text(expr, full: bool, printing: dict) -> str:
-    text = sp.sstr(expr, **printing).replace("**", "^")
+    text = _Reading(printing).doprint(expr).replace("**", "^")
     return text if full or len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
 def _lhs(step: Step) -> str:
-    text = sp.sstr(step.lhs)
-    for loss in ("BCE", "CE"):
-        text = text.replace(f"Derivative({loss}, ", f"d{loss}/d(")
-    return text.replace(", ", ",")
+    return _Reading().doprint(step.lhs)
 
 
 def _rows(items: list, full: bool) -> list:

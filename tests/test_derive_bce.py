@@ -303,3 +303,15 @@ def test_large_k_prints_a_summary(runner):
     result = runner.invoke(app, ["derive", "--loss", "bce", "--k", "40"])
     assert result.exit_code == 0, result.output
     assert "40 of 40 entries verified" in result.stdout and "…" in result.stdout
+
+
+@pytest.mark.parametrize("z, y", [(80.0, 0.0), (800.0, 0.5), (-800.0, 1.0), (75.5, 0.25)])
+def test_large_logits_at_a_point_show_the_true_loss(runner, z, y):
+    # 1 − σ(z) underflows at any fixed precision for large z: the point must be exact
+    result = runner.invoke(app, ["derive", "--loss", "bce", "--k", "1", "--at", str(z), "--y", str(y),
+                                 "--hessian", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    steps = json.loads(result.stdout)["steps"]
+    expected = float(bce.binary_cross_entropy([[z]], [[y]], reduction="sum").loss)
+    loss_steps = [step for step in steps if step["case"] == "loss"]
+    assert loss_steps and all(float(step["at"]) == pytest.approx(expected, rel=1e-6) for step in loss_steps)

@@ -343,13 +343,15 @@ def check_size(k: int, label: int, hessian: bool, soft: bool = False) -> None:
 class _Builder:
     """Appends steps, each verified against the previous value."""
 
-    def __init__(self, symbols: Symbols, at: Optional[dict]):
+    def __init__(self, symbols: Symbols, at: Optional[dict], digits: int = 0):
         self.symbols, self.at_point, self.steps = symbols, at, []
+        # working digits at the point, beyond the default, where a form cancels (1 − σ(z))
+        self.digits = digits
 
     def value_at(self, value: sp.Expr) -> Optional[str]:
         if self.at_point is None:
             return None
-        number = value.xreplace(self.at_point).evalf(12)
+        number = value.xreplace(self.at_point).evalf(max(12, self.digits))
         return f"{float(number):.6g}" if number.is_number else str(sp.N(number, 6))
 
     def add(self, rule, case, lhs, expr, *, before=None, verification=None, targets_sum_to_one=False):
@@ -493,7 +495,7 @@ def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
 def _number(build: _Builder, value: sp.Expr) -> Optional[float]:
     if build.at_point is None:
         return None
-    number = value.xreplace(build.at_point).evalf(15)
+    number = value.xreplace(build.at_point).evalf(max(15, build.digits))
     return float(number) if number.is_number else None
 
 

@@ -19,6 +19,7 @@ Caps: softmax's (K ≤ 500, ≤ 60 with the Hessian); K = 1, one binary classifi
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Optional
@@ -181,10 +182,10 @@ def derive_bce(k: int, hessian: bool = False, at: Optional[tuple[float, ...]] = 
                          f"--y has {len(at_targets)} values; --k is {k}")
     s = BinarySymbols(k)
     z, p, y = s.z, s.p, s.y
-    at_point = None if at is None else {zn: sp.Float(v, 30) for zn, v in zip(z, at)}
+    at_point = None if at is None else {zn: sp.Rational(v) for zn, v in zip(z, at)}
     if at_targets is not None:
-        at_point.update({yn: sp.Float(v, 30) for yn, v in zip(y, at_targets)})
-    build = _Builder(s, at_point)
+        at_point.update({yn: sp.Rational(v) for yn, v in zip(y, at_targets)})
+    build = _builder(s, at_point)
     BCE = sp.Symbol("BCE")
 
     # The loss, from the definition to Σ_n [(1 − y_n) z_n + softplus(−z_n)]: each step is
@@ -290,6 +291,16 @@ def _diagonal_entries(s: BinarySymbols, build: _Builder, direct_of, template: sp
     return entries
 
 
+def _builder(s: BinarySymbols, at_point) -> _Builder:
+    """Returns a builder whose values at the point keep the digits 1 − σ(z) cancels.
+
+    1 − σ(z) = e^{−z}/(1 + e^{−z}) loses about |z|/ln 10 digits; with the point exact and that
+    many more digits, the loss at z = 800, y = 1/2 is 400, not what 12 digits leave of it.
+    """
+    largest = max((abs(float(v)) for zn, v in (at_point or {}).items() if zn in s.z), default=0.0)
+    return _Builder(s, at_point, digits=20 + math.ceil(largest / math.log(10)))
+
+
 def _softmax_carried_over(s: BinarySymbols, cancelled: Step, at_point) -> Step:
     """The pitfall: softmax's gradient e^{z_j}/S − y_j, checked against σ(z_j) − y_j, fails."""
     S, zj, yj = s.S, s.z[0], s.y[0]
@@ -300,14 +311,14 @@ def _softmax_carried_over(s: BinarySymbols, cancelled: Step, at_point) -> Step:
         verification = Verification("failed", verification.detail + "; σ(z_j) involves z_j alone, "
                                     "while softmax(z)_j = e^{z_j}/S with S = Σ_n e^{z_n} involves "
                                     "every class")
-    at = _Builder(s, at_point).value_at(value)
+    at = _builder(s, at_point).value_at(value)
     return Step("softmax carried over", "pitfall", cancelled.lhs, shown, value, verification, at)
 
 
 def _hessian(s: BinarySymbols, at_point, gradient):
     """The Hessian steps for i = j and i ≠ j, then every entry against SymPy's direct diff."""
     z, p, y = s.z, s.p, s.y
-    build = _Builder(s, at_point)
+    build = _builder(s, at_point)
     BCE = sp.Symbol("BCE")
     cases = [("i = j", 0)] + ([("i ≠ j", 1)] if s.k > 1 else [])
     for case, j in cases:

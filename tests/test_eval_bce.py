@@ -416,6 +416,7 @@ def test_fast_chunks_give_the_one_piece_rows_bit_for_bit(tmp_path, fast):
     ("a,b\n1,2\n3,4\n", "a,b\n1,0\n0,\n", "t.csv, line 3, column 'b': probability is missing"),
     ("a,b\n1,2\n3,-inf\n", "a,b\n1,0\n0,1\n", "z.csv, line 3, column 'b': logit is not a finite number"),
     ("a,b,label\n1,2,0\n", "a,b\n1,0\n", "z.csv, line 1: has a column 'label'"),
+    ("a,b\n1,2\n3,4\n", "b,a\n1,0\n0,1\n", "t.csv, line 1: has the logits' class columns in another order"),
 ])
 def test_bad_inputs_read_the_same_on_the_fast_path(runner, tmp_path, monkeypatch, fast, logits, targets,
                                                    fragment):

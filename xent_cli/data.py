@@ -212,6 +212,15 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
             raise InputError(f"has {len(target_table.header)} target columns, the logits have "
                              f"{len(class_names)} classes", source=targets_path,
                              line=target_table.header_line)
+        if (tuple(target_table.header) != class_names
+                and sorted(target_table.header) == sorted(class_names)):
+            # the same names in another order: matched by position, every class would be
+            # scored against another's target without a word
+            raise InputError(f"has the logits' class columns in another order "
+                             f"({', '.join(target_table.header)}; the logits: "
+                             f"{', '.join(class_names)}); targets are matched by position: "
+                             f"put them in the logits' order", source=targets_path,
+                             line=target_table.header_line)
         _same_length(table, target_lines, targets_path, "target rows")
         targets = _numbers(target_table, range(len(class_names)), "probability")
         negative = np.argwhere(targets < 0)

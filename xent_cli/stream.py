@@ -247,7 +247,8 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
     header, offset = _plain_header(path, delimiter)
     target_header, target_offset = _plain_header(targets_path, target_delimiter)
     k = len(header)
-    if k < min_classes or len(target_header) != k or label_col in header:
+    reordered = target_header != header and sorted(target_header) == sorted(header)
+    if k < min_classes or len(target_header) != k or label_col in header or reordered:
         return None  # the strict reader explains
 
     def chunks() -> Iterator[Chunk]:

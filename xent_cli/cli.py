@@ -243,7 +243,7 @@ def eval_command(
         if labels is not None and targets is not None:
             raise XentError("--labels and --targets exclude each other: give one")
         _check_loss_options(loss, logits, labels, targets, pos_weight, ignore_index,
-                            label_smoothing)
+                            label_smoothing, label_col)
         delimiter = _delimiter(delimiter)
         if output is not None:
             data.check_output_path(output, [logits, labels, targets])
@@ -287,13 +287,14 @@ def _min_classes(loss: Loss) -> int:
 
 def _check_loss_options(loss: Loss, logits: str, labels: str | None, targets: str | None,
                         pos_weight: str | None, ignore_index: int,
-                        label_smoothing: float) -> None:
+                        label_smoothing: float, label_col: str = "label") -> None:
     """Refuses the eval options that do not apply to the chosen loss."""
     if loss is Loss.ce:
         if pos_weight is not None:
             raise XentError("--pos-weight applies to --loss bce only")
         return
     for given, option in ((labels is not None, "--labels"),
+                          (label_col != "label", "--label-col"),
                           (ignore_index != -100, "--ignore-index"),
                           (label_smoothing != 0, "--label-smoothing")):
         if given:
@@ -478,10 +479,13 @@ def check_command(
             raise XentError("--grad-fn and --expr exclude each other: give one")
         if labels is not None and targets is not None:
             raise XentError("--labels and --targets exclude each other: give one")
+        if logits is None and (labels is not None or targets is not None):
+            raise XentError(f"{'--labels' if labels is not None else '--targets'} belongs to a "
+                            f"LOGITS file; without one, check draws random inputs and targets")
         # random inputs draw their own targets, so only a file needs --targets
         _check_loss_options(loss, logits or "", labels,
                             targets if logits is not None else "random", pos_weight, ignore_index,
-                            label_smoothing)
+                            label_smoothing, label_col)
         if eps == 0:
             raise XentError("--eps must be greater than 0: a step of 0 divides by 0")
         if plot is not None:

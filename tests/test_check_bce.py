@@ -329,7 +329,7 @@ def test_float32_implementations_pass_at_float32_defaults(runner, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     ([MULTILABEL], "--loss bce needs --targets FILE"),
-    (["--labels", "labels.csv"], "--labels does not apply to --loss bce"),
+    ([MULTILABEL, "--labels", "labels.csv"], "--labels does not apply to --loss bce"),
     (["--ignore-index", "0"], "--ignore-index does not apply to --loss bce"),
     (["--label-smoothing", "0.1"], "--label-smoothing does not apply to --loss bce"),
     (["--pos-weight", "1,2"], "--pos-weight has 2 entries; the logits have 4 classes"),

@@ -121,16 +121,22 @@ def _identity(summary: Summary, sample: WorkedSample) -> str:
     return f"gradient = {_g(sample.scale)} × (p − y): {'; '.join(reasons)}"
 
 
+def _steps_by_class(title: str, names, rows) -> Table:
+    """Returns a worked sample's table: a row per step, a column per class."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("step")
+    for name in names:
+        table.add_column(name, justify="right")
+    for label, values in rows:
+        table.add_row(label, *(_g(v) for v in values))
+    return table
+
+
 def worked_sample(summary: Summary, sample: WorkedSample) -> Group:
     """Returns one sample's derivation, a row per step, a column per class."""
     names = summary.class_names
     target = (f"label {sample.label}" if sample.label is not None else "soft target")
-    table = Table(title=f"sample {sample.sample} (line {sample.line}), {target}",
-                  title_justify="left")
-    table.add_column("step")
-    for name in names:
-        table.add_column(name, justify="right")
-    rows = [
+    table = _steps_by_class(f"sample {sample.sample} (line {sample.line}), {target}", names, [
         ("logit z", sample.z),
         ("z − max z", sample.shifted),
         ("exp(z − max z)", sample.exps),
@@ -138,9 +144,7 @@ def worked_sample(summary: Summary, sample: WorkedSample) -> Group:
         ("target y", sample.y),
         ("p − y", sample.p_minus_y),
         ("gradient", sample.grad),
-    ]
-    for label, values in rows:
-        table.add_row(label, *(_g(v) for v in values))
+    ])
     lines = [f"sum of exp = {_g(sample.exp_sum)}"]
     weighted = summary.weight is not None or bool(summary.label_smoothing)
     if sample.neg_log_p is not None:
@@ -159,20 +163,14 @@ IDENTITY_NOTE = ("Every class j gets p_j − y_j, not only the label: the normal
 
 def binary_worked_sample(summary: Summary, sample: BinaryWorkedSample) -> Group:
     """Returns one sample's binary cross-entropy, a row per step, a column per class."""
-    table = Table(title=f"sample {sample.sample} (line {sample.line})", title_justify="left")
-    table.add_column("step")
-    for name in summary.class_names:
-        table.add_column(name, justify="right")
-    rows = [
+    table = _steps_by_class(f"sample {sample.sample} (line {sample.line})", summary.class_names, [
         ("logit z", sample.z),
         ("σ(z) = 1/(1+e^−z)", sample.sigma),
         ("target t", sample.t),
         ("loss ℓ", sample.elements),
         ("σ − t", sample.sigma - sample.t),
         ("gradient", sample.grad),
-    ]
-    for label, values in rows:
-        table.add_row(label, *(_g(v) for v in values))
+    ])
     weighted = summary.weight is not None or summary.pos_weight is not None
     element = ("ℓ = −w [p_w t log σ + (1 − t) log(1 − σ)]" if weighted
                else "ℓ = −[t log σ + (1 − t) log(1 − σ)]")

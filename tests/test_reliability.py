@@ -210,7 +210,7 @@ CASES = {
                            "No such option: --bogus"),
     "missing-argument": Case("no file for eval", ("eval",), "Missing argument 'LOGITS'"),
     "bad-choice": Case("a value outside a choice", ("eval", "z.csv", "--reduction", "average"),
-                       "Invalid value for '--reduction': Value error, 'average' is not one of"),
+                       "Invalid value for '--reduction': 'average' is not one of"),
     "out-of-bounds": Case("--label-smoothing outside [0, 1]", ("eval", "z.csv", "--label-smoothing", "2"),
                           "Invalid value for '--label-smoothing'"),
     "show-negative": Case("a negative --show", ("eval", "z.csv", "--show", "-1"), "Invalid value for '--show'"),

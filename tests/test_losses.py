@@ -509,7 +509,10 @@ def test_probs_and_log_probs_are_computed_on_demand_and_exact(dtype):
     r = cross_entropy(z, np.array([2, 0]), dtype=dtype)
     assert r.probs.dtype == dtype and r.log_probs.dtype == dtype
     np.testing.assert_array_equal(r.log_probs, log_softmax(z.astype(dtype)))
-    np.testing.assert_array_equal(r.probs, np.exp(log_softmax(z.astype(dtype))))
+    np.testing.assert_array_equal(r.probs, softmax(z.astype(dtype)))
+    # within an ulp or two of the other route, exp(log p)
+    np.testing.assert_allclose(r.probs, np.exp(log_softmax(z.astype(dtype))),
+                               rtol=4 * np.finfo(dtype).eps, atol=0)
     assert r.log_probs[1].tolist() == [0.0, -1000.0, -np.inf]
     assert r.probs is r.probs  # computed once
 
@@ -555,9 +558,36 @@ def test_streamed_block_refuses_buffers_of_the_wrong_shape():
     with pytest.raises(ValueError, match="C-contiguous"):
         losses.loss_and_gradient_into(np.zeros((4, 3)), np.zeros(4, dtype=int),
                                       np.empty((3, 4)).T, np.empty(4))
-    with pytest.raises(ValueError, match="per_sample"):
+    # per_sample sets the dtype: a gradient of another dtype is refused
+    with pytest.raises(ValueError, match="grad must be .* of float32"):
         losses.loss_and_gradient_into(np.zeros((4, 3)), np.zeros(4, dtype=int),
                                       np.empty((4, 3)), np.empty(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="per_sample"):
+        losses.loss_and_gradient_into(np.zeros((4, 3)), np.zeros(4, dtype=int), None,
+                                      np.empty(3))
+
+
+@pytest.mark.parametrize("k", [3, 40])  # class-major and row-major blocks
+@pytest.mark.parametrize("eps, soft", [(0.0, False), (0.1, False), (0.0, True)])
+def test_block_kernel_gives_losses_alone_probabilities_and_predictions(monkeypatch, k, eps, soft):
+    monkeypatch.setattr(losses, "BLOCK_LOGITS", 7 * k)  # several blocks, a short last one
+    rng = np.random.default_rng(k)
+    n = 30
+    z = np.round(rng.normal(size=(n, k)), 1)  # rounded: ties at the top are common
+    z[0] = 0.5  # every class tied: argmax is class 0
+    z[1, -1] = z[1].max() + 1
+    target = rng.dirichlet(np.ones(k), size=n) if soft else rng.integers(0, k, n)
+    grad, full, alone = np.empty((n, k)), np.empty(n), np.empty(n)
+    probs, predictions = np.empty((n, k)), np.full(n, -1)
+    losses.loss_and_gradient_into(z, target, grad, full, label_smoothing=eps)
+    losses.loss_and_gradient_into(z, target, None, alone, label_smoothing=eps, probs=probs,
+                                  predictions=predictions)
+    assert np.array_equal(alone, full)  # the same losses, without the gradient
+    assert np.array_equal(predictions, z.argmax(axis=1))  # first of the tied maxima
+    # an independent softmax, to the last ulps, and the public softmax to the bit
+    shifted = np.exp(z - z.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(probs, shifted / shifted.sum(axis=1, keepdims=True), rtol=1e-15)
+    assert np.array_equal(probs, losses.softmax(z))
 
 
 @pytest.mark.parametrize("label_dtype", [np.uint8, np.int16, np.int32, np.float32])

@@ -71,7 +71,7 @@ class CrossEntropyResult:
     @cached_property
     def probs(self) -> np.ndarray:
         """(N, k) softmax(z) in the dtype of the gradient."""
-        return np.exp(self.log_probs)
+        return softmax(self.logits.astype(self.grad.dtype, copy=False))
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,6 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     np.put_along_axis(rest, top, 0, axis=1)
     shifted -= np.log1p(rest.sum(axis=1, keepdims=True))
     return shifted
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    """Returns softmax(z) row by row, from the stable log-softmax."""
-    return np.exp(log_softmax(z))
 
 
 def coefficients(target: np.ndarray, k: int, weight: np.ndarray, label_smoothing: float,
@@ -161,32 +156,40 @@ def cross_entropy(z, target, *, weight=None, ignore_index: int = -100,
     )
 
 
-def loss_and_gradient_into(z, target, grad: np.ndarray, per_sample: np.ndarray, *,
+def loss_and_gradient_into(z, target, grad: np.ndarray | None, per_sample: np.ndarray, *,
                            weight=None, ignore_index: int = -100, label_smoothing: float = 0.0,
-                           scale: float = 1.0, first_sample: int = 0) -> BlockSums:
+                           scale: float = 1.0, first_sample: int = 0, probs: np.ndarray | None = None,
+                           predictions: np.ndarray | None = None) -> BlockSums:
     """Writes a block's per-sample losses into per_sample and scale * d(their sum)/dz into grad.
 
-    grad (n, k) must be C-contiguous and per_sample (n,) of the same dtype, which is the dtype
-    of the computation. The block is validated as cross_entropy validates its input; errors
+    per_sample (n,) sets the dtype of the computation; grad, when given, must be a C-contiguous
+    (n, k) array of it; without it no gradient is computed (a loss-only pass is about half the
+    work). probs (n, k), when given, receives softmax(z) with the bits of ``softmax``, and
+    predictions (n,) each sample's first largest logit, as argmax gives it.
+    The block is validated as cross_entropy validates its input; errors
     name the sample as first_sample + its row. With scale = 1 the gradient is unscaled, so a
     stream of blocks gives 'sum' directly and 'mean' after dividing by the summed divisors; a
-    second pass with scale = dtype(1) / divisor gives cross_entropy's 'mean' rows bit for bit.
+    pass with scale = dtype(1) / divisor gives cross_entropy's 'mean' rows bit for bit.
     Unlike cross_entropy it does not refuse a total that overflows: check the sum of totals.
     """
     _check_smoothing(label_smoothing)
     try:
         z = _logit_array(z)
         n, k = z.shape
-        dtype = grad.dtype
-        if grad.shape != (n, k) or not grad.flags.c_contiguous or grad.dtype.kind != "f":
-            raise ValueError(f"grad must be a C-contiguous ({n}, {k}) array of floats")
-        if per_sample.shape != (n,) or per_sample.dtype != dtype:
-            raise ValueError(f"per_sample must be a ({n},) array of {dtype.name}")
+        dtype = per_sample.dtype
+        if per_sample.shape != (n,) or dtype.kind != "f":
+            raise ValueError(f"per_sample must be a ({n},) array of floats")
+        for name, out in (("grad", grad), ("probs", probs)):
+            if out is not None and (out.shape != (n, k) or not out.flags.c_contiguous
+                                    or out.dtype != dtype):
+                raise ValueError(f"{name} must be a C-contiguous ({n}, {k}) array of {dtype.name}")
+        if predictions is not None and predictions.shape != (n,):
+            raise ValueError(f"predictions must be a ({n},) array of integers")
         weighted = weight is not None
         weight = _weight(weight, k, dtype)
         target, ignored = _target(target, n, k, ignore_index, dtype)
         _fill(z, target, ignored, weight if weighted else None, label_smoothing,
-              dtype.type(scale), grad, per_sample)
+              dtype.type(scale), grad, per_sample, probs, predictions)
     except InputError as error:
         if error.sample is None or not first_sample:
             raise
@@ -206,85 +209,152 @@ CLASS_MAJOR_MAX_K = 32
 
 
 def _fill(z: np.ndarray, target: np.ndarray, ignored: np.ndarray, weight: np.ndarray | None,
-          label_smoothing: float, scale, grad: np.ndarray, per_sample: np.ndarray) -> None:
-    """Writes per-sample losses and scale * their gradient, block by block."""
-    if target.ndim == 1 and not label_smoothing:
-        _fill_index(z, target, ignored, weight, scale, grad, per_sample)
-    else:
-        _fill_general(z, target, ignored, weight, label_smoothing, scale, grad, per_sample)
+          label_smoothing: float, scale, grad: np.ndarray | None, per_sample: np.ndarray,
+          probs: np.ndarray | None = None, predictions: np.ndarray | None = None) -> None:
+    """Writes per-sample losses and, where asked, scale * their gradient, the probabilities and
+    the predicted classes, block by block."""
+    fill = _fill_index if target.ndim == 1 and not label_smoothing else _fill_general
+    fill(z, target, ignored, weight, label_smoothing, scale, grad, per_sample, probs, predictions)
+
+
+class _Blocks:
+    """The row blocks of z, each copied into a working array in the layout that suits k.
+
+    Up to CLASS_MAJOR_MAX_K classes a block is worked class-major, as (k, rows); above, as
+    (rows, k), in place in the gradient when there is one.
+    """
+
+    def __init__(self, z: np.ndarray, dtype: np.dtype, grad: np.ndarray | None):
+        n, k = z.shape
+        self.z, self.dtype, self.grad = z, dtype, grad
+        self.class_major = k <= CLASS_MAJOR_MAX_K
+        self.axis = 0 if self.class_major else 1
+        self.rows = max(1, BLOCK_LOGITS // k)
+        self.shape = (k, self.rows) if self.class_major else (self.rows, k)
+        self.buffer = (np.empty(self.shape, dtype=dtype)
+                       if self.class_major or grad is None else None)
+        self.mask = np.empty(self.rows, dtype=bool)
+
+    def __iter__(self):
+        """Yields (start, stop, e): e holds z[start:stop] - its row maxima, validated."""
+        n = self.z.shape[0]
+        for start in range(0, n, self.rows):
+            stop = min(start + self.rows, n)
+            e = self.cut(self.buffer, stop - start) if self.buffer is not None else self.grad[start:stop]
+            with np.errstate(over="ignore"):  # a logit too large for dtype is refused just below
+                e[...] = self.z[start:stop].T if self.class_major else self.z[start:stop]
+            top = e.max(axis=self.axis, keepdims=True)
+            _check_block(self.z, e, top, self.dtype, start, stop)
+            with np.errstate(over="ignore"):  # a spread beyond the dtype's range gives -inf
+                np.subtract(e, top, out=e)
+            yield start, stop, e
+
+    def cut(self, array: np.ndarray, count: int) -> np.ndarray:
+        """Returns the first count samples of a block-shaped array."""
+        return array[:, :count] if self.class_major else array[:count]
+
+    def put(self, out: np.ndarray, start: int, stop: int, block: np.ndarray) -> None:
+        """Writes a block-shaped array into rows start:stop of an (N, k) array."""
+        out[start:stop] = block.T if self.class_major else block
+
+    def predict(self, g: np.ndarray, out: np.ndarray) -> None:
+        """Writes each sample's first class where g = z - max z is 0: argmax, ties to the first."""
+        if not self.class_major:
+            out[...] = g.argmax(axis=1)
+            return
+        mask = self.mask[:g.shape[1]]
+        for c in range(g.shape[0] - 1, -1, -1):  # down, so that the first top class is written last
+            np.equal(g[c], 0, out=mask)
+            np.copyto(out, c, where=mask)
+
+    def probabilities(self, e: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
+        """Writes e / (its sum over classes), e = exp(z - max z), into rows start:stop of out."""
+        total = e.sum(axis=self.axis, keepdims=True)
+        self.put(out, start, stop, e / total)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Returns softmax(z) row by row: exp(z - max) / sum exp(z - max), in the dtype of z.
+
+    The same blocks and arithmetic as the loss kernel's probabilities, so the bits agree. A row
+    with NaN or +inf, or only -inf, is an InputError.
+    """
+    z = _logit_array(z)
+    probs = np.empty(z.shape, dtype=z.dtype)
+    blocks = _Blocks(z, z.dtype, None)
+    for start, stop, e in blocks:
+        np.exp(e, out=e)
+        blocks.probabilities(e, probs, start, stop)
+    return probs
 
 
 def _fill_index(z: np.ndarray, y: np.ndarray, ignored: np.ndarray, weight: np.ndarray | None,
-                scale, grad: np.ndarray, per_sample: np.ndarray) -> None:
+                label_smoothing: float, scale, grad: np.ndarray | None, per_sample: np.ndarray,
+                probs: np.ndarray | None, predictions: np.ndarray | None) -> None:
     """Plain class indices: loss_i = c_i * -log p_iy, grad_i = scale * c_i * (p_i - onehot(y_i)).
 
     c_i is w[y_i], or 1 without weights, and 0 for an ignored sample. No (N, k) coefficient
     matrix: the label's entry is read and written by flat fancy indexing.
     """
     n, k = z.shape
-    dtype = grad.dtype
+    dtype = per_sample.dtype
     y = y.astype(np.intp, copy=False)  # flat indices below outgrow uint8 or int16 labels
     c = None
     if weight is not None or ignored.any():
         y = np.where(ignored, 0, y)
         c = np.ones(n, dtype=dtype) if weight is None else weight[y]
         c[ignored] = 0
-    class_major = k <= CLASS_MAJOR_MAX_K
-    rows = max(1, BLOCK_LOGITS // k)
-    if class_major:
-        buffer = np.empty((k, rows), dtype=dtype)
-        flat = buffer.reshape(-1)
+    blocks = _Blocks(z, dtype, grad)
+    rows = blocks.rows
+    if blocks.class_major:
         first_class = np.arange(rows)  # flat index of each sample's class 0; classes are rows apart
-        class_step, axis = rows, 0
+        class_step = rows
     else:
         first_class = np.arange(rows) * k
-        class_step, axis = 1, 1
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
+        class_step = 1
+    for start, stop, e in blocks:
         count = stop - start
-        if class_major:
-            e = buffer[:, :count]
-        else:
-            e = grad[start:stop]
-            flat = e.reshape(-1)
-        with np.errstate(over="ignore"):  # a logit too large for dtype is refused just below
-            e[...] = z[start:stop].T if class_major else z[start:stop]
-        _check_block(z, e, axis, dtype, start, stop)
-        top = e.max(axis=axis, keepdims=True)
+        flat = (blocks.buffer if blocks.class_major else e).reshape(-1)
+        if predictions is not None:
+            blocks.predict(e, predictions[start:stop])
         label = y[start:stop] * class_step
         label += first_class[:count]
-        with np.errstate(over="ignore"):  # a spread beyond the dtype's range gives -inf, as it must
-            np.subtract(e, top, out=e)
         shifted_label = flat[label]
         np.exp(e, out=e)
+        if probs is not None:
+            blocks.probabilities(e, probs, start, stop)
         e_label = flat[label]
         flat[label] = 0
-        rest = e.sum(axis=axis)  # sum_{c != y} exp(z_c - max), exact for a confident label
+        rest = e.sum(axis=blocks.axis)  # sum_{c != y} exp(z_c - max), exact for a confident label
         total = rest + e_label
         # -log p_y = log(1 + rest / e_y): with the label within log 2 of the row's maximum, log1p
         # keeps a tiny loss exact; otherwise p_y < 1/3, and log(total) - shifted loses nothing.
         loss = np.where(e_label >= 0.5, np.log1p(rest / np.maximum(e_label, 0.5)),
                         np.log(total) - shifted_label)
-        factor = scale / total
         per = per_sample[start:stop]
         if c is None:
             per[...] = loss
         else:
             block_c = c[start:stop]
-            factor *= block_c
             np.multiply(loss, block_c, out=per)
             per[block_c == 0] = 0  # an ignored or zero-weight sample adds 0, even at a masked label
-        e *= factor if class_major else factor[:, None]
-        flat[label] = -rest * factor  # p_y - 1 = -rest / total, without cancellation
         if not np.isfinite(per).all():
             _refuse_infinite_label(z, y, c, dtype, start, stop)
-        if class_major:
+        if grad is None:
+            continue
+        factor = scale / total
+        if c is not None:
+            factor *= c[start:stop]
+        e *= factor if blocks.class_major else factor[:, None]
+        flat[label] = -rest * factor  # p_y - 1 = -rest / total, without cancellation
+        if blocks.class_major:
             grad[start:stop] = e.T
 
 
 def _fill_general(z: np.ndarray, target: np.ndarray, ignored: np.ndarray,
-                  weight: np.ndarray | None, label_smoothing: float, scale, grad: np.ndarray,
-                  per_sample: np.ndarray) -> None:
+                  weight: np.ndarray | None, label_smoothing: float, scale,
+                  grad: np.ndarray | None, per_sample: np.ndarray, probs: np.ndarray | None,
+                  predictions: np.ndarray | None) -> None:
     """Any coefficients a (smoothing, soft targets): loss_i = -sum_c a_ic log p_ic, per block.
 
     With g = z - max z, e = exp(g) and lse = log sum e: loss_i = S_i lse_i - sum_c a_ic g_ic
@@ -292,39 +362,32 @@ def _fill_general(z: np.ndarray, target: np.ndarray, ignored: np.ndarray,
     S_i = sum_c a_ic. The block's a is built in the block's layout, never for all N samples.
     """
     n, k = z.shape
-    dtype = grad.dtype
+    dtype = per_sample.dtype
     weight = np.ones(k, dtype=dtype) if weight is None else weight
     eps = dtype.type(label_smoothing)
-    class_major = k <= CLASS_MAJOR_MAX_K
-    rows = max(1, BLOCK_LOGITS // k)
-    shape = (k, rows) if class_major else (rows, k)
-    buffer = np.empty(shape, dtype=dtype) if class_major else None
-    shifted, a, work = (np.empty(shape, dtype=dtype) for _ in range(3))
-    is_one = np.empty(shape, dtype=bool)
-    axis = 0 if class_major else 1
+    blocks = _Blocks(z, dtype, grad)
+    class_major, axis, rows = blocks.class_major, blocks.axis, blocks.rows
+    shifted, a, work = (np.empty(blocks.shape, dtype=dtype) for _ in range(3))
+    is_one = np.empty(blocks.shape, dtype=bool)
     if target.ndim == 1:
         y = np.where(ignored, 0, target).astype(np.intp)
         first_class = np.arange(rows) if class_major else np.arange(rows) * k
         class_step = rows if class_major else 1
         smooth = (eps / k) * weight
         label_part = (1 - eps) * weight
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
+    for start, stop, e in blocks:
         count = stop - start
-        cut = (slice(None), slice(count)) if class_major else (slice(count), slice(None))
-        g, ab, tmp, one = shifted[cut], a[cut], work[cut], is_one[cut]
-        e = buffer[cut] if class_major else grad[start:stop]  # row-major: in place in grad
+        g, ab, tmp, one = (blocks.cut(array, count) for array in (shifted, a, work, is_one))
 
         def block(array):  # rows start:stop of an (N, k) array, in the block's layout
             return array[start:stop].T if class_major else array[start:stop]
 
-        with np.errstate(over="ignore"):  # a logit too large for dtype is refused just below
-            e[...] = block(z)
-        _check_block(z, e, axis, dtype, start, stop)
-        top = e.max(axis=axis, keepdims=True)
-        with np.errstate(over="ignore"):  # a spread beyond the dtype's range gives -inf, as it must
-            np.subtract(e, top, out=g)
+        g[...] = e
+        if predictions is not None:
+            blocks.predict(g, predictions[start:stop])
         np.exp(g, out=e)
+        if probs is not None:
+            blocks.probabilities(e, probs, start, stop)
         # The largest entries are exactly exp(0) = 1. Summing the rest apart keeps it exact when
         # it is tiny, and lse = log1p(rest) keeps a confident sample's tiny loss.
         np.equal(e, 1, out=one)
@@ -359,7 +422,8 @@ def _fill_general(z: np.ndarray, target: np.ndarray, ignored: np.ndarray,
         np.multiply(total_a, lse, out=per)
         per -= cross
         per += 0  # ignored samples: -0 becomes 0
-
+        if grad is None:
+            continue
         factor = total_a / (1 + rest)
         e *= factor if class_major else factor[:, None]
         e -= ab
@@ -388,14 +452,14 @@ def _masked_cross(z: np.ndarray, g: np.ndarray, a: np.ndarray, bad: np.ndarray,
     return product.sum(axis=0 if class_major else 1)
 
 
-def _check_block(z: np.ndarray, block: np.ndarray, axis: int, dtype: np.dtype, start: int,
+def _check_block(z: np.ndarray, block: np.ndarray, top: np.ndarray, dtype: np.dtype, start: int,
                  stop: int) -> None:
-    """Validates rows start:stop of z, copied into block in dtype, at little cost.
+    """Validates rows start:stop of z, copied into block in dtype, from their maxima top.
 
     A row's maximum is finite unless the row holds NaN or +inf or is all -inf; a narrower dtype
     may also turn a large logit into +-inf. Only then are the rows searched for the culprit.
     """
-    suspect = not np.isfinite(block.max(axis=axis)).all()
+    suspect = not np.isfinite(top).all()
     if not suspect and np.finfo(dtype).max < np.finfo(z.dtype).max:
         suspect = np.isinf(block).any()
     if suspect:

@@ -617,12 +617,13 @@ def evaluate(source: Source, *, loss: str = "ce", weight=None, pos_weight=None,
 class _Piece:
     """What a loss kernel makes of one chunk: its per-sample results, sums and counts."""
 
-    result: object  # the core's result (CrossEntropyResult or BinaryCrossEntropyResult)
     per_sample: np.ndarray  # (n,) each sample's loss
     elements: np.ndarray | None  # (n, k) each element's loss, binary cross-entropy only
+    probs: np.ndarray | None  # (n, k) softmax or σ; only for --output rows
+    grad: np.ndarray | None  # (n, k) of the reported loss ('mean': over the divisor); only for rows
     sums: tuple[float, float]  # the chunk's total, as _split_sum gives it
     divisor: float  # the chunk's share of the 'mean' divisor
-    ignored: int
+    ignored: np.ndarray  # (n,) bool: samples that count for nothing (ignore_index)
     hits: int  # softmax: counted samples whose argmax is right; binary: samples right in every class
     counted: int  # the samples the hits are counted among
     wrong: int  # binary: elements predicted wrong (0 for softmax)
@@ -633,17 +634,16 @@ class _Piece:
 class _Kernel:
     """One loss's work on a chunk; _pass combines chunks the same way for every loss."""
 
-    chunk: Callable[[data.EvalInput, dict, str, np.dtype], _Piece]
-    # the gradient of 'mean' for the --output rows and the worked samples, scaled by the whole
-    # input's divisor: (part, piece, rows, divisor, options, dtype) -> (rows, k)
-    mean_grad: Callable[[data.EvalInput, _Piece, slice, float, dict, np.dtype], np.ndarray]
+    # (part, options, reduction, dtype, divisor, rows) -> piece: with rows, the piece holds the
+    # probabilities and the gradient of the reported loss, for 'mean' over the divisor given
+    chunk: Callable[[data.EvalInput, dict, str, np.dtype, float | None, bool], _Piece]
     worked: Callable  # (first (part, piece), show, reduction, divisor, options) -> worked samples
 
 
 def _pass(source: Source, options: dict, reduction: str, show: int,
           rows: Callable[[RowsOut], None] | None, divisor: float | None,
           progress: Progress | None) -> Summary:
-    """Reads the source once; with a divisor, scales the gradient rows by it ('mean')."""
+    """Reads the source once; rows with 'mean' need the whole input's divisor to scale by."""
     kernel = _KERNELS[options["loss"]]
     totals, divisors, n, ignored, hits, counted, wrong = [], [], 0, 0, 0, 0, 0
     per_samples, elements, first = [], [], None
@@ -651,13 +651,14 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
     for chunk in source.chunks():
         part = chunk.data
         try:
-            piece = kernel.chunk(part, options, reduction, dt)
+            piece = kernel.chunk(part, options, reduction, dt, divisor, rows is not None)
         except InputError as error:
             raise data.locate(error, part) from None
         totals += piece.sums
         divisors.append(piece.divisor)
         n += len(part.lines)
-        ignored, hits, counted = ignored + piece.ignored, hits + piece.hits, counted + piece.counted
+        ignored += int(np.count_nonzero(piece.ignored))
+        hits, counted = hits + piece.hits, counted + piece.counted
         wrong += piece.wrong
         if reduction == "none":
             per_samples.append(piece.per_sample)
@@ -666,11 +667,7 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
         if first is None:
             first = (part, piece)
         if rows is not None:
-            grad = piece.result.grad
-            if divisor is not None:  # 'mean': scaled as the whole input's loss is
-                grad = kernel.mean_grad(part, piece, slice(None), divisor, options, dt)
-            probs = piece.result.probs
-            predictions = piece.predictions
+            grad, probs, predictions = piece.grad, piece.probs, piece.predictions
             for at in range(0, len(part.lines), ROWS_OUT):  # small pieces: their text is large
                 cut = slice(at, at + ROWS_OUT)
                 rows(RowsOut(start=chunk.start + at, lines=part.lines[cut],
@@ -716,60 +713,62 @@ def _floats(values) -> tuple[float, ...] | None:
 
 # --- softmax cross-entropy ---------------------------------------------------------------------
 
-def _softmax_chunk(part: data.EvalInput, options: dict, reduction: str, dt: np.dtype) -> _Piece:
-    """Returns a chunk's softmax cross-entropy; 'mean' sums here and divides once at the end."""
+def _softmax_chunk(part: data.EvalInput, options: dict, reduction: str, dt: np.dtype,
+                   divisor: float | None, rows: bool) -> _Piece:
+    """Returns a chunk's softmax cross-entropy; 'mean' sums here and divides once at the end.
+
+    Without rows only the losses and the predicted classes are computed, not the gradient.
+    """
     target = part.labels if part.labels is not None else part.targets
-    result = losses.cross_entropy(part.logits, target, weight=options["weight"],
-                                  ignore_index=options["ignore_index"],
-                                  label_smoothing=options["label_smoothing"],
-                                  reduction="sum" if reduction == "mean" else reduction, dtype=dt)
-    predictions = _argmax_rows(part.logits)
+    n, k = part.logits.shape
+    per_sample, predictions = np.empty(n, dtype=dt), np.empty(n, dtype=np.intp)
+    grad = probs = None
+    if rows:
+        grad, probs = np.empty((n, k), dtype=dt), np.empty((n, k), dtype=dt)
+    block = losses.loss_and_gradient_into(
+        part.logits, target, grad, per_sample, weight=options["weight"],
+        ignore_index=options["ignore_index"], label_smoothing=options["label_smoothing"],
+        scale=_grad_scale(reduction, divisor, dt), probs=probs, predictions=predictions)
     if part.labels is not None:
-        kept = ~result.ignored
+        kept = ~block.ignored
         hits = int(np.count_nonzero((predictions == part.labels) & kept))
         counted = int(np.count_nonzero(kept))
     else:
-        hits = int(np.count_nonzero(predictions == part.targets.argmax(axis=1)))
-        counted = len(part.lines)
-    return _Piece(result=result, per_sample=result.per_sample, elements=None,
-                  sums=_split_sum(result.per_sample), divisor=result.divisor,
-                  ignored=int(result.ignored.sum()), hits=hits, counted=counted, wrong=0,
-                  predictions=predictions)
+        hits = int(np.count_nonzero(predictions == _argmax_rows(part.targets)))
+        counted = n
+    return _Piece(per_sample=per_sample, elements=None, probs=probs, grad=grad,
+                  sums=_split_sum(per_sample), divisor=block.divisor, ignored=block.ignored,
+                  hits=hits, counted=counted, wrong=0, predictions=predictions)
 
 
-def _softmax_mean_grad(part: data.EvalInput, piece: _Piece, rows: slice, divisor: float,
-                       options: dict, dt: np.dtype) -> np.ndarray:
-    """Returns the 'mean' gradient of some rows: the kernel folds 1/divisor in, as in one piece."""
-    target = part.labels if part.labels is not None else part.targets
-    z, target = part.logits[rows], target[rows]
-    grad = np.empty_like(piece.result.grad[rows])  # the layout the kernel chose for the chunk
-    losses.loss_and_gradient_into(
-        z, target, grad, np.empty(z.shape[0], dtype=dt), weight=options["weight"],
-        ignore_index=options["ignore_index"], label_smoothing=options["label_smoothing"],
-        scale=dt.type(1) / dt.type(divisor))
-    return grad
+def _grad_scale(reduction: str, divisor: float | None, dt: np.dtype):
+    """Returns what the gradient rows are scaled by: 1 / divisor for 'mean', else 1."""
+    if reduction != "mean" or divisor is None:
+        return dt.type(1)
+    return dt.type(1) / dt.type(divisor)
 
 
 def _softmax_worked(first, show: int, reduction: str, divisor: float, options: dict):
     """Returns the arithmetic of the first samples, scaled as the whole input's loss."""
     part, piece = first
-    result = piece.result
     shown = min(show, len(part.lines))
     if not shown:
         return ()
+    dt = np.dtype(options["dtype"])
     weight = options["weight"]
     target = part.labels if part.labels is not None else part.targets
-    grad = result.grad[:shown]
-    if reduction == "mean":  # scaled by the kernel, as the --output rows are
-        grad = _softmax_mean_grad(part, piece, slice(shown), divisor, options,
-                                  np.dtype(options["dtype"]))
-    head = dataclasses.replace(result, reduction=reduction, divisor=divisor, grad=grad,
-                               logits=result.logits[:shown], per_sample=result.per_sample[:shown],
-                               ignored=result.ignored[:shown])
-    weights = (np.ones(part.logits.shape[1]) if weight is None
-               else np.asarray(weight, dtype=np.float64))
-    a = losses.coefficients(np.asarray(target[:shown]), part.logits.shape[1], weights,
-                            options["label_smoothing"], head.ignored)
+    z, k = part.logits[:shown], part.logits.shape[1]
+    grad = np.empty((shown, k), dtype=dt)  # the kernel's rows, as --output writes them
+    losses.loss_and_gradient_into(z, target[:shown], grad, np.empty(shown, dtype=dt),
+                                  weight=weight, ignore_index=options["ignore_index"],
+                                  label_smoothing=options["label_smoothing"],
+                                  scale=_grad_scale(reduction, divisor, dt))
+    head = losses.CrossEntropyResult(
+        reduction=reduction, loss=None, per_sample=piece.per_sample[:shown], grad=grad, total=0.0,
+        divisor=divisor, ignored=piece.ignored[:shown], logits=z)
+    weights = np.ones(k) if weight is None else np.asarray(weight, dtype=np.float64)
+    a = losses.coefficients(np.asarray(target[:shown]), k, weights, options["label_smoothing"],
+                            head.ignored)
     return tuple(data._worked(part, head, a, i) for i in range(shown))
 
 
@@ -790,29 +789,39 @@ class BinaryWorkedSample:
     scale: float  # grad = w [(1 − t) σ − p_w t (1 − σ)] / scale: N × k for 'mean', else 1
 
 
-def _bce_chunk(part: data.EvalInput, options: dict, reduction: str, dt: np.dtype) -> _Piece:
+def _bce_chunk(part: data.EvalInput, options: dict, reduction: str, dt: np.dtype,
+               divisor: float | None, rows: bool) -> _Piece:
     """Returns a chunk's binary cross-entropy, its exact-match hits and wrong elements."""
-    result = bce.binary_cross_entropy(part.logits, part.targets, weight=options["weight"],
-                                      pos_weight=options["pos_weight"],
-                                      reduction="sum" if reduction == "mean" else reduction,
-                                      dtype=dt)
+    result = _bce(part, options, reduction, dt)
     # row sums of a C-ordered array: the same bits whatever the chunk or the input's layout
     per_sample = np.ascontiguousarray(result.elements).sum(axis=1)
     right = bce.predictions(part.logits) == bce.decided(part.targets)
-    return _Piece(result=result, per_sample=per_sample, elements=result.elements,
-                  sums=_split_sum(result.elements), divisor=result.divisor, ignored=0,
+    return _Piece(per_sample=per_sample, elements=result.elements,
+                  probs=result.probs if rows else None,
+                  grad=_bce_scaled(result.grad, reduction, divisor, dt) if rows else None,
+                  sums=_split_sum(result.elements), divisor=result.divisor,
+                  ignored=np.zeros(len(per_sample), dtype=bool),
                   hits=int(np.count_nonzero(right.all(axis=1))), counted=len(part.lines),
                   wrong=int(right.size - np.count_nonzero(right)), predictions=None)
 
 
-def _bce_mean_grad(part: data.EvalInput, piece: _Piece, rows: slice, divisor: float,
-                   options: dict, dt: np.dtype) -> np.ndarray:
-    """Returns the 'mean' gradient of some rows: each element's derivative over N × k.
+def _bce(part: data.EvalInput, options: dict, reduction: str, dt: np.dtype):
+    """Returns binary cross-entropy of some samples; 'mean' as 'sum', divided at the end."""
+    return bce.binary_cross_entropy(part.logits, part.targets, weight=options["weight"],
+                                    pos_weight=options["pos_weight"],
+                                    reduction="sum" if reduction == "mean" else reduction,
+                                    dtype=dt)
 
-    The chunk's gradient is the unscaled one of 'sum'; dividing it is what
-    bce.binary_cross_entropy does for 'mean', so the bits agree with one piece.
+
+def _bce_scaled(grad: np.ndarray, reduction: str, divisor: float | None, dt: np.dtype):
+    """Returns the gradient of the reported loss: for 'mean', each element's over N × k.
+
+    Dividing the gradient of 'sum' is what bce.binary_cross_entropy does for 'mean', so the
+    bits agree with one piece.
     """
-    return piece.result.grad[rows] / dt.type(divisor)
+    if reduction != "mean" or divisor is None:
+        return grad
+    return grad / dt.type(divisor)
 
 
 def _bce_worked(first, show: int, reduction: str, divisor: float, options: dict):
@@ -822,22 +831,21 @@ def _bce_worked(first, show: int, reduction: str, divisor: float, options: dict)
     if not shown:
         return ()
     dt = np.dtype(options["dtype"])
-    grad = piece.result.grad[:shown]
-    if reduction == "mean":
-        grad = _bce_mean_grad(part, piece, slice(shown), divisor, options, dt)
-    sigma = piece.result.probs[:shown]
+    first_rows = _slice(part, 0, shown)
+    head = _bce(first_rows, options, reduction, dt)
+    grad = _bce_scaled(head.grad, reduction, divisor, dt)
     return tuple(BinaryWorkedSample(
         sample=i, line=part.lines[i], z=np.asarray(part.logits[i], dtype=np.float64),
-        sigma=np.asarray(sigma[i], dtype=np.float64),
-        t=np.asarray(part.targets[i], dtype=np.float64),
+        sigma=np.asarray(head.probs[i], dtype=np.float64),
+        t=np.asarray(first_rows.targets[i], dtype=np.float64),
         elements=np.asarray(piece.elements[i], dtype=np.float64),
         loss=float(piece.per_sample[i]), grad=np.asarray(grad[i], dtype=np.float64),
         scale=divisor if reduction == "mean" else 1.0) for i in range(shown))
 
 
 _KERNELS = {
-    "ce": _Kernel(chunk=_softmax_chunk, mean_grad=_softmax_mean_grad, worked=_softmax_worked),
-    "bce": _Kernel(chunk=_bce_chunk, mean_grad=_bce_mean_grad, worked=_bce_worked),
+    "ce": _Kernel(chunk=_softmax_chunk, worked=_softmax_worked),
+    "bce": _Kernel(chunk=_bce_chunk, worked=_bce_worked),
 }
 
 

@@ -89,12 +89,14 @@ def measure(argv: list[str], remove: pathlib.Path | None = None) -> dict:
         remove.unlink(missing_ok=True)
     out = subprocess.run([sys.executable, "-c", WRAPPER, *argv], capture_output=True,
                          text=True, check=True).stdout.split()
+    written = None
     if remove is not None:
+        written = remove.stat().st_size / 1e6 if remove.exists() else 0.0
         remove.unlink(missing_ok=True)
     seconds, rss_kib, code, cpu = float(out[0]), int(out[1]), int(out[2]), float(out[3])
     if code != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {code}")
-    return {"seconds": seconds, "peak_mb": rss_kib / 1024, "cpu_seconds": cpu}
+    return {"seconds": seconds, "peak_mb": rss_kib / 1024, "cpu_seconds": cpu, "written_mb": written}
 
 
 def best_of(commands: dict[str, list[str]], repeat: int = 3,
@@ -141,16 +143,23 @@ def run(quick: bool = False, repeat: int = 3) -> list[dict]:
                      "ratio": ratio, "target": target, "note": note})
 
     # The parsers and xent on the big file, taking turns; the fastest parser is the reference.
+    # --output in each format with the default reduction, 'mean' (its divisor is read first from
+    # the labels alone), and .npy with 'sum' for comparison.
     big_runs = {"polars scan_csv streaming": python(POLARS_PARSE, str(big))}
     if _has("pandas"):
         big_runs["pandas read_csv C chunks"] = python(PANDAS_PARSE, str(big))
     big_runs["xent"] = xent("eval", str(big), "--show", "0", "--format", "json", "--quiet")
-    # --output at scale, in the fastest format and the one-pass reduction (see below)
-    big_output = DATA / "per_sample_big.npy"
-    big_runs["npy"] = xent("eval", str(big), "--show", "0", "--quiet", "--reduction", "sum",
-                           "--output", str(big_output))
-    figures = best_of(big_runs, repeat, {"npy": big_output})
-    summary, big_npy = figures.pop("xent"), figures.pop("npy")
+    outputs, removes = [], {}
+    for suffix, reduction in ((".npy", "mean"), (".parquet", "mean"), (".csv", "mean"),
+                              (".npy", "sum")):
+        name = f"--output {suffix} {reduction}"
+        removes[name] = DATA / f"per_sample{suffix}"
+        big_runs[name] = xent("eval", str(big), "--show", "0", "--quiet", "--reduction", reduction,
+                              "--output", str(removes[name]))
+        outputs.append(name)
+    figures = best_of(big_runs, repeat, removes)
+    summary = figures.pop("xent")
+    written = {name: figures.pop(name) for name in outputs}
     parser_name = min(figures, key=lambda name: figures[name]["seconds"])
     parser = figures[parser_name]
     for name, figure in figures.items():
@@ -159,26 +168,17 @@ def run(quick: bool = False, repeat: int = 3) -> list[dict]:
         parser["seconds"] / summary["seconds"], 0.8,
         f"{megabytes / summary['seconds']:.0f} MB/s; CPU s {summary['cpu_seconds']:.2f} vs "
         f"{parser['cpu_seconds']:.2f}, ratio {parser['cpu_seconds'] / summary['cpu_seconds']:.2f}")
-    add(f"xent eval --output .npy sum ({megabytes:.0f} MB)", big_npy, parser_name, parser,
-        parser["seconds"] / big_npy["seconds"], 0.5,
-        f"{megabytes / big_npy['seconds']:.0f} MB/s in; CPU ratio "
-        f"{parser['cpu_seconds'] / big_npy['cpu_seconds']:.2f}")
+    for name, figure in written.items():
+        add(f"xent eval {name} ({megabytes:.0f} MB)", figure, parser_name, parser,
+            parser["seconds"] / figure["seconds"], 0.5,
+            f"{megabytes / figure['seconds']:.0f} MB/s in, writes {figure['written_mb']:.0f} MB; "
+            f"CPU ratio {parser['cpu_seconds'] / figure['cpu_seconds']:.2f}")
 
-    # On the small file: the RSS reference, numpy.loadtxt (a tenth of the speed, so compared in
-    # MB/s), and --output against the parser on the same file. 'mean' (the default) reads the
-    # input twice, the gradient's divisor being known only at the end; 'sum' reads it once.
+    # On the small file: the RSS reference and numpy.loadtxt (a tenth of the speed, so compared
+    # in MB/s).
     small_runs = {"summary": xent("eval", str(small), "--show", "0", "--format", "json", "--quiet"),
-                  "loadtxt": python(LOADTXT_LOSS, str(small)),
-                  "parser": python(POLARS_PARSE, str(small))}
-    outputs, removes = [], {}
-    for suffix, reduction in ((".csv", "mean"), (".npy", "mean"), (".parquet", "mean"),
-                              (".csv", "sum"), (".npy", "sum")):
-        name = f"--output {suffix} {reduction}"
-        removes[name] = DATA / f"per_sample{suffix}"
-        small_runs[name] = xent("eval", str(small), "--show", "0", "--quiet", "--reduction", reduction,
-                                "--output", str(removes[name]))
-        outputs.append(name)
-    figures = best_of(small_runs, repeat, removes)
+                  "loadtxt": python(LOADTXT_LOSS, str(small))}
+    figures = best_of(small_runs, repeat)
     small_summary = figures["summary"]
     add(f"xent eval summary ({small_megabytes:.0f} MB)", small_summary,
         note=f"peak RSS ratio big/small {summary['peak_mb'] / small_summary['peak_mb']:.2f} "
@@ -188,15 +188,6 @@ def run(quick: bool = False, repeat: int = 3) -> list[dict]:
         note=f"{small_megabytes / loadtxt['seconds']:.0f} MB/s")
     ratio = (megabytes / summary["seconds"]) / (small_megabytes / loadtxt["seconds"])
     add("xent eval vs loadtxt (MB/s)", summary, "numpy.loadtxt + loss", loadtxt, ratio, 3.0)
-    small_parser = figures["parser"]
-    add(f"polars scan_csv streaming ({small_megabytes:.0f} MB)", small_parser,
-        note=f"{small_megabytes / small_parser['seconds']:.0f} MB/s")
-    for name in outputs:
-        add(f"xent eval {name} ({small_megabytes:.0f} MB)", figures[name],
-            "polars scan_csv streaming (same file)", small_parser,
-            small_parser["seconds"] / figures[name]["seconds"], 0.5,
-            f"{small_megabytes / figures[name]['seconds']:.0f} MB/s in; CPU ratio "
-            f"{small_parser['cpu_seconds'] / figures[name]['cpu_seconds']:.2f}")
 
     figures = best_of({"help": xent("--help"), "imports": python("import typer, rich")}, 5)
     add("xent --help", figures["help"], "python -c 'import typer, rich'", figures["imports"],

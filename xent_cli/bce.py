@@ -76,7 +76,7 @@ def binary_cross_entropy(z, target, *, weight=None, pos_weight=None, reduction: 
     dtype = np.dtype(dtype)
     z, t = validate(z, target, dtype)
     n, k = z.shape
-    divisor = n * k
+    divisor = mean_divisor(n, k)
     if reduction == "mean" and divisor == 0:
         raise InputError("there are no samples: the mean is undefined")
     elements, grad = elements_and_gradient(z, t, weight=weight, pos_weight=pos_weight,
@@ -89,6 +89,11 @@ def binary_cross_entropy(z, target, *, weight=None, pos_weight=None, reduction: 
     loss = float(total / divisor) if reduction == "mean" else float(total) if reduction == "sum" else None
     return BinaryCrossEntropyResult(reduction=reduction, loss=loss, elements=elements, grad=grad,
                                     total=float(total), divisor=float(divisor), logits=z)
+
+
+def mean_divisor(n: int, k: int) -> int:
+    """Returns what 'mean' divides the summed elements of n samples by: each of the n × k counts."""
+    return n * k
 
 
 def validate(z, target, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:

@@ -492,6 +492,22 @@ def _divisor(target: np.ndarray, ignored: np.ndarray, weight: np.ndarray | None,
     return weight[target[~ignored]].sum(dtype=dtype)
 
 
+def mean_divisor(target, k: int, *, weight=None, ignore_index: int = -100,
+                 dtype=np.float64) -> float:
+    """Returns what 'mean' divides a block's summed loss by, bit for bit as cross_entropy does.
+
+    target is the block's integer labels (n,) or, for soft targets, only their number n. A
+    label that is no class index counts as ignored here: cross_entropy refuses it anyway.
+    """
+    dtype = np.dtype(dtype)
+    if np.ndim(target) == 0:  # soft targets: only the number of rows matters
+        return float(_divisor(np.empty((int(target), 0)), None, None, dtype))
+    labels = np.asarray(target)
+    ignored = (labels == ignore_index) | (labels < 0) | (labels >= k)
+    weight = None if weight is None else _weight(weight, k, dtype)
+    return float(_divisor(labels, ignored, weight, dtype))
+
+
 def _check_smoothing(label_smoothing: float) -> None:
     if not 0.0 <= label_smoothing <= 1.0:
         raise InputError(f"label smoothing {label_smoothing} is outside [0, 1]")

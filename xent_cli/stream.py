@@ -70,6 +70,9 @@ class Source:
     size: int  # progress units in total
     unit: str  # 'bytes' or 'rows'
     chunks: Callable[[], Iterator[Chunk]]
+    # what each chunk's 'mean' divisor needs, chunk by chunk as chunks() cuts them, read cheaply:
+    # its labels (n,), or its number of samples n for soft and binary targets
+    targets: Callable[[], Iterator[np.ndarray | int]]
 
 
 @dataclass(frozen=True)
@@ -167,9 +170,14 @@ def _in_memory(loaded: data.EvalInput, chunk_rows: int) -> Source:
             stop = min(start + chunk_rows, n)
             yield Chunk(data=_slice(loaded, start, stop), start=start, done=stop)
 
+    def targets() -> Iterator[np.ndarray | int]:
+        for start in range(0, n, chunk_rows):
+            stop = min(start + chunk_rows, n)
+            yield stop - start if loaded.labels is None else loaded.labels[start:stop]
+
     return Source(name=loaded.source, class_names=loaded.class_names,
                   has_labels=loaded.labels is not None, target_source=loaded.target_source,
-                  size=n, unit="rows", chunks=chunks)
+                  size=n, unit="rows", chunks=chunks, targets=targets)
 
 
 def _slice(loaded: data.EvalInput, start: int, stop: int) -> data.EvalInput:
@@ -224,8 +232,14 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
         if start == 0:
             raise _Unusual  # no data rows
 
+    def targets() -> Iterator[np.ndarray]:
+        # the label column of the same blocks; a label the full pass would hand over (nan, 1e300)
+        # only has to stay out of the count here, and -1 is no class index
+        for raw, _ in _parsed_blocks(path, offset, len(header), delimiter, column=label):
+            yield np.where(np.abs(raw) < 2.0**53, raw, -1).astype(np.int64)
+
     return Source(name=path, class_names=class_names, has_labels=True, target_source=path,
-                  size=size, unit="bytes", chunks=chunks)
+                  size=size, unit="bytes", chunks=chunks, targets=targets)
 
 
 def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: str | None,
@@ -276,8 +290,13 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
             if start == 0 or not rows.exhausted():
                 raise _Unusual  # no data rows, or more target rows than logits
 
+    def targets() -> Iterator[int]:
+        # each block's rows as the parser counts them (a blank line is a row), one column parsed
+        for column, _ in _parsed_blocks(path, offset, k, delimiter, column=0):
+            yield len(column)
+
     return Source(name=path, class_names=header, has_labels=False, target_source=targets_path,
-                  size=size, unit="bytes", chunks=chunks)
+                  size=size, unit="bytes", chunks=chunks, targets=targets)
 
 
 class _Rows:
@@ -326,11 +345,13 @@ def _plain_header(path: str, delimiter: str) -> tuple[tuple[str, ...], int]:
     return header, len(first)
 
 
-def _parsed_blocks(path: str, offset: int, columns: int, delimiter: str) -> Iterator[tuple]:
+def _parsed_blocks(path: str, offset: int, columns: int, delimiter: str,
+                   column: int | None = None) -> Iterator[tuple]:
     """Yields each block of the file parsed into a float64 array, with the bytes read after it.
 
-    Polars parses a block of this size on one core, so PARSERS blocks parse at once, in
-    threads (Polars releases the GIL), and come out in file order.
+    With a column, only that column of each block is parsed, into an (n,) array. Polars parses
+    a block of this size on one core, so PARSERS blocks parse at once, in threads (Polars
+    releases the GIL), and come out in file order.
     """
     import collections
     from concurrent.futures import ThreadPoolExecutor
@@ -339,7 +360,9 @@ def _parsed_blocks(path: str, offset: int, columns: int, delimiter: str) -> Iter
     pending: collections.deque = collections.deque()
     try:
         for block, done in _blocks(path, offset):
-            pending.append((pool.submit(_parse_block, block, columns, delimiter), done))
+            parse = ((_parse_block, block, columns, delimiter) if column is None
+                     else (_parse_column, block, columns, delimiter, column))
+            pending.append((pool.submit(*parse), done))
             if len(pending) == PARSERS:
                 parsed, done = pending.popleft()
                 yield parsed.result(), done
@@ -427,6 +450,20 @@ def _parse_block(block: bytes, columns: int, delimiter: str) -> np.ndarray:
     except Exception:  # noqa: BLE001 - any parser complaint goes to the strict reader
         raise _Unusual from None
     return frame.to_numpy()
+
+
+def _parse_column(block: bytes, columns: int, delimiter: str, column: int) -> np.ndarray:
+    """Returns one column of a block of lines as a float64 (n,) array, a row per line as
+    _parse_block counts them; a third of the work of a full parse with 10 classes."""
+    import polars as pl
+
+    try:
+        frame = pl.read_csv(io.BytesIO(block), has_header=False, separator=delimiter,
+                            columns=[column],
+                            schema={f"c{c}": pl.Float64 for c in range(columns)})
+    except Exception:  # noqa: BLE001 - any parser complaint goes to the strict reader
+        raise _Unusual from None
+    return frame.to_series().to_numpy()
 
 
 def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str | None,
@@ -580,9 +617,10 @@ def evaluate(source: Source, *, loss: str = "ce", weight=None, pos_weight=None,
              ) -> Summary:
     """Returns the loss ('ce' softmax cross-entropy, 'bce' binary) of a whole source, chunk by chunk.
 
-    rows, when given, receives every chunk's per-sample results in order; for 'mean' that takes
-    a second pass, since the gradient divides by the divisor of the whole input. fallback opens
-    the strict reader when the fast one meets something unusual.
+    rows, when given, receives every chunk's per-sample results in order; for 'mean' their
+    gradient divides by the divisor of the whole input, which a pre-pass over the targets alone
+    finds first, so the logits are read once. fallback opens the strict reader when the fast
+    one meets something unusual.
     """
     if loss not in _KERNELS:
         raise InputError(f"loss {loss!r} is not one of {', '.join(_KERNELS)}")
@@ -595,22 +633,33 @@ def evaluate(source: Source, *, loss: str = "ce", weight=None, pos_weight=None,
         raise InputError("ignore_index and label_smoothing apply to softmax cross-entropy only")
     options = dict(loss=loss, weight=weight, pos_weight=pos_weight, ignore_index=ignore_index,
                    label_smoothing=label_smoothing, dtype=dtype)
-    passes = 2 if rows is not None and reduction == "mean" else 1
-    first_pass = second_pass = progress
-    if progress is not None and passes == 2:  # one bar over both passes
-        first_pass = lambda done, total, n: progress(done, 2 * total, n)  # noqa: E731
-        second_pass = lambda done, total, n: progress(total + done, 2 * total, n)  # noqa: E731
     try:
-        summary = _pass(source, options, reduction, show, None if passes == 2 else rows,
-                        None, first_pass)
-        if passes == 2:
-            _pass(source, options, reduction, 0, rows, summary.divisor, second_pass)
+        if rows is None or reduction != "mean":
+            return _pass(source, options, reduction, show, rows, None, progress)
+        divisor = _divisor_pass(source, options)
+        scaled = divisor > 0  # else there is no mean: a pass that writes nothing says why
+        summary = _pass(source, options, reduction, show, rows if scaled else None,
+                        divisor if scaled else None, progress)
     except _Unusual:
         if fallback is None:
             raise InputError("the input needs the strict reader", source=source.name) from None
         return evaluate(fallback(), reduction=reduction, show=show, rows=rows, progress=progress,
                         **options)
+    if summary.divisor != divisor:  # the rows were scaled by another divisor than the loss's
+        raise RuntimeError(f"the targets give the divisor {divisor!r}, the pass {summary.divisor!r}")
     return summary
+
+
+def _divisor_pass(source: Source, options: dict) -> float:
+    """Returns the whole input's 'mean' divisor from its targets alone, bit for bit as _pass
+    sums it: each chunk's divisor in the computation's dtype, the chunks' by math.fsum."""
+    k = len(source.class_names)
+    if options["loss"] == "bce":
+        return math.fsum(float(bce.mean_divisor(n, k)) for n in source.targets())
+    dt = np.dtype(options["dtype"])
+    return math.fsum(losses.mean_divisor(target, k, weight=options["weight"],
+                                         ignore_index=options["ignore_index"], dtype=dt)
+                     for target in source.targets())
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,323 @@
+"""`xent eval --output` with 'mean': the divisor comes from the targets alone, the logits are read once,
+and the rows are the in-memory gradient of the mean, bit for bit, from every reader."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xent_cli import bce, losses, stream
+from xent_cli.cli import app
+
+pl = pytest.importorskip("polars")
+
+# weights with few mantissa bits: their sums are exact in float32 and float64 whatever the
+# chunks, so the in-memory divisor of one piece is the streamed one
+EXACT_WEIGHTS = (0.5, 2.0, 1.25, 0.75)
+
+
+@pytest.fixture
+def fast(monkeypatch):
+    """Forces the fast block reader on every CSV, with blocks of about 10 lines."""
+    monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0)
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 400)
+
+
+@pytest.fixture
+def strict(monkeypatch):
+    monkeypatch.setattr(stream, "FAST_CSV_BYTES", 1 << 60)
+
+
+def _write(path, rows, names) -> str:
+    path.write_text(",".join(names) + "\n" + "".join(",".join(map(repr, r)) + "\n" for r in rows))
+    return str(path)
+
+
+def _labelled(tmp_path, z, y) -> str:
+    k = z.shape[1]
+    rows = [row + [int(label)] for row, label in zip(z.tolist(), y)]
+    return _write(tmp_path / "z.csv", rows, [f"z{c}" for c in range(k)] + ["label"])
+
+
+def _problem(seed=0, n=120, k=4, ignored=False):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(scale=3, size=(n, k))
+    y = rng.integers(0, k, size=n)
+    if ignored:
+        y[rng.random(n) < 0.3] = -1
+        y[0] = 1
+    return z, y
+
+
+def _grad_rows(runner, path, *options) -> np.ndarray:
+    out = path.parent / "rows.npy"
+    result = runner.invoke(app, ["eval", str(path), "--show", "0", "--output", str(out), *options])
+    assert result.exit_code == 0, result.output
+    return np.load(out)["grad"]
+
+
+def _same_bits(got: np.ndarray, expected: np.ndarray) -> bool:
+    return got.dtype == expected.dtype and np.array_equal(got.view(np.uint8), expected.view(np.uint8))
+
+
+# --- the rows are the in-memory gradient of the mean, bit for bit ----------------------------
+
+@pytest.mark.parametrize("reader", ["fast", "strict"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("weighted, ignored", [(False, False), (True, False), (False, True),
+                                               (True, True)])
+def test_csv_rows_with_labels(runner, tmp_path, request, reader, dtype, weighted, ignored):
+    request.getfixturevalue(reader)
+    z, y = _problem(1, ignored=ignored)
+    path = tmp_path / "z.csv"
+    _labelled(tmp_path, z, y)
+    options = ["--dtype", dtype] + (["--ignore-index", "-1"] if ignored else [])
+    options += ["--weight", ",".join(map(str, EXACT_WEIGHTS))] if weighted else []
+    got = _grad_rows(runner, path, *options)
+    expected = losses.cross_entropy(z, y, weight=EXACT_WEIGHTS if weighted else None,
+                                    ignore_index=-1, reduction="mean", dtype=dtype).grad
+    assert _same_bits(got, expected)
+    # and it is the gradient of the mean: w_y (p - onehot(y)) / sum of the counted w_y
+    w = np.asarray(EXACT_WEIGHTS if weighted else np.ones(4))
+    counted = y != -1
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    by_hand = np.where(counted[:, None], w[np.where(counted, y, 0)][:, None]
+                       * (p - np.eye(4)[np.where(counted, y, 0)]), 0) / w[y[counted]].sum()
+    np.testing.assert_allclose(got, by_hand, rtol=1e-4 if dtype == "float32" else 1e-12,
+                               atol=1e-7 if dtype == "float32" else 1e-15)
+
+
+@pytest.mark.parametrize("reader", ["fast", "strict"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_csv_rows_with_soft_targets(runner, tmp_path, request, reader, dtype):
+    request.getfixturevalue(reader)
+    rng = np.random.default_rng(2)
+    z, t = rng.normal(size=(90, 3)), rng.dirichlet(np.ones(3), size=90)
+    names = ["a", "b", "c"]
+    path = tmp_path / "z.csv"
+    _write(path, z.tolist(), names)
+    targets = _write(tmp_path / "t.csv", t.tolist(), names)
+    got = _grad_rows(runner, path, "--targets", targets, "--dtype", dtype)
+    assert _same_bits(got, losses.cross_entropy(z, t, reduction="mean", dtype=dtype).grad)
+
+
+@pytest.mark.parametrize("reader", ["fast", "strict"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_csv_rows_of_binary_cross_entropy(runner, tmp_path, request, reader, weighted):
+    request.getfixturevalue(reader)
+    rng = np.random.default_rng(3)
+    z, t = rng.normal(scale=2, size=(100, 3)), rng.integers(0, 2, size=(100, 3))
+    names = ["a", "b", "c"]
+    path = tmp_path / "z.csv"
+    _write(path, z.tolist(), names)
+    targets = _write(tmp_path / "t.csv", t.tolist(), names)
+    options = ["--pos-weight", "2,1,0.5", "--weight", "1,3,1"] if weighted else []
+    got = _grad_rows(runner, path, "--loss", "bce", "--targets", targets, *options)
+    expected = bce.binary_cross_entropy(z, t, reduction="mean",
+                                        weight=(1, 3, 1) if weighted else None,
+                                        pos_weight=(2, 1, 0.5) if weighted else None).grad
+    assert _same_bits(got, expected)
+    sigma = 1 / (1 + np.exp(-z))
+    if not weighted:  # σ(z) − t over all N × k elements
+        np.testing.assert_allclose(got, (sigma - t) / 300, rtol=1e-13, atol=1e-17)
+
+
+def _array_inputs(tmp_path, z, y):
+    """Returns the same problem as .npy with --labels, .npz and .parquet: (path, options)."""
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", y)
+    np.savez(tmp_path / "zy.npz", logits=z, labels=y)
+    frame = pl.DataFrame({**{f"z{c}": z[:, c] for c in range(z.shape[1])}, "label": y})
+    frame.write_parquet(tmp_path / "zy.parquet")
+    csv = _labelled(tmp_path, z, y)
+    return [(str(tmp_path / "z.npy"), dict(labels_path=str(tmp_path / "y.npy"))),
+            (str(tmp_path / "zy.npz"), {}), (str(tmp_path / "zy.parquet"), {}), (csv, {})]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_in_memory_sources_in_many_chunks(tmp_path, strict, dtype):
+    z, y = _problem(4, n=100, ignored=True)
+    expected = losses.cross_entropy(z, y, weight=EXACT_WEIGHTS, ignore_index=-1,
+                                    reduction="mean", dtype=dtype).grad
+    for path, reading in _array_inputs(tmp_path, z, y):
+        parts = []
+        source = stream.open_source(path, chunk_rows=7, **reading)
+        summary = stream.evaluate(source, weight=EXACT_WEIGHTS, ignore_index=-1, dtype=dtype,
+                                  rows=parts.append)
+        assert _same_bits(np.concatenate([p.grad for p in parts]), expected), path
+        assert summary.n == 100 and summary.loss == pytest.approx(
+            losses.cross_entropy(z, y, weight=EXACT_WEIGHTS, ignore_index=-1).loss, rel=1e-6)
+
+
+def test_npz_soft_and_binary_targets_in_many_chunks(tmp_path):
+    rng = np.random.default_rng(5)
+    z, t = rng.normal(size=(50, 3)), rng.dirichlet(np.ones(3), size=50)
+    np.savez(tmp_path / "soft.npz", logits=z, targets=t)
+    for loss, expected in (("ce", losses.cross_entropy(z, t).grad),
+                           ("bce", bce.binary_cross_entropy(z, t).grad)):
+        parts = []
+        source = stream.open_source(str(tmp_path / "soft.npz"), chunk_rows=6,
+                                    min_classes=1 if loss == "bce" else 2)
+        stream.evaluate(source, loss=loss, rows=parts.append)
+        assert _same_bits(np.concatenate([p.grad for p in parts]), expected), loss
+
+
+# --- the divisor of the pre-pass is the full pass's, bit for bit -------------------------------
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 80), k=st.integers(2, 5),
+       block=st.integers(30, 600), dtype=st.sampled_from(["float32", "float64"]),
+       ignore=st.booleans())
+def test_pre_pass_divisor_is_the_full_pass_divisor_with_any_weights(tmp_path_factory, seed, n, k,
+                                                                     block, dtype, ignore):
+    # float32 weights like 0.1 make every chunk's sum round: the pre-pass must cut the same chunks
+    rng = np.random.default_rng(seed)
+    z, y = rng.normal(size=(n, k)), rng.integers(0, k, size=n)
+    if ignore:
+        y[rng.random(n) < 0.3] = -100
+    weight = tuple(np.round(rng.uniform(0.05, 3, size=k), 3))
+    path = _labelled(tmp_path_factory.mktemp("d"), z, y)
+    options = dict(weight=weight, dtype=dtype)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stream, "FAST_CSV_BYTES", 0)
+        patch.setattr(stream, "BLOCK_BYTES", block)
+        for source in (stream.open_source(path), stream.open_source(path, chunk_rows=block // 40 + 1)):
+            parts = list(source.chunks())
+            dt = np.dtype(dtype)
+            w = np.asarray(weight).astype(dt)
+            by_hand = math.fsum(float(w[p.data.labels[p.data.labels != -100]].sum(dtype=dt))
+                                for p in parts)
+            pre = stream._divisor_pass(source, dict(loss="ce", ignore_index=-100, **options))
+            assert pre == by_hand
+            if by_hand > 0:
+                full = stream.evaluate(source, show=0, **options)  # one pass, no rows: no pre-pass
+                assert full.divisor == pre
+
+
+def test_a_divisor_that_disagrees_is_a_bug_said_plainly(tmp_path, fast, monkeypatch):
+    z, y = _problem(6, n=30)
+    source = stream.open_source(_labelled(tmp_path, z, y))
+    monkeypatch.setattr(stream, "_divisor_pass", lambda source, options: 29.0)
+    with pytest.raises(RuntimeError, match="29.0.*30.0"):
+        stream.evaluate(source, rows=lambda rows: None)
+
+
+# --- the logits are read once -----------------------------------------------------------------
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts full parses of a block, one-column parses and kernel calls."""
+    calls = {"full": 0, "column": 0, "kernel": 0}
+
+    def counting(name, function):
+        def wrapper(*arguments, **keywords):
+            calls[name] += 1
+            return function(*arguments, **keywords)
+        return wrapper
+
+    monkeypatch.setattr(stream, "_parse_block", counting("full", stream._parse_block))
+    monkeypatch.setattr(stream, "_parse_column", counting("column", stream._parse_column))
+    for loss, kernel in list(stream._KERNELS.items()):
+        monkeypatch.setitem(stream._KERNELS, loss, dataclasses.replace(
+            kernel, chunk=counting("kernel", kernel.chunk)))
+    return calls
+
+
+def _blocks_of(path: str) -> int:
+    _, offset = stream._plain_header(path, ",")
+    return sum(1 for _ in stream._blocks(path, offset))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_labels_file_is_parsed_once_in_full(runner, tmp_path, fast, counted, reduction):
+    z, y = _problem(7, n=200)
+    path = _labelled(tmp_path, z, y)
+    blocks = _blocks_of(path)
+    assert blocks > 10
+    _grad_rows(runner, tmp_path / "z.csv", "--reduction", reduction)
+    # 'mean' reads the label column once more for the divisor, never the logits
+    assert counted == {"full": blocks, "column": blocks if reduction == "mean" else 0,
+                       "kernel": blocks}
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_targets_files_are_parsed_once_in_full(runner, tmp_path, fast, counted, loss):
+    rng = np.random.default_rng(8)
+    z, t = rng.normal(size=(150, 3)), rng.dirichlet(np.ones(3), size=150)
+    path = _write(tmp_path / "z.csv", z.tolist(), ["a", "b", "c"])
+    targets = _write(tmp_path / "t.csv", t.tolist(), ["a", "b", "c"])
+    blocks, target_blocks = _blocks_of(path), _blocks_of(targets)
+    _grad_rows(runner, tmp_path / "z.csv", "--loss", loss, "--targets", targets)
+    assert counted == {"full": blocks + target_blocks, "column": blocks, "kernel": blocks}
+
+
+def test_in_memory_source_is_evaluated_once(tmp_path, counted):
+    z, y = _problem(9, n=100)
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", y)
+    source = stream.open_source(str(tmp_path / "z.npy"), labels_path=str(tmp_path / "y.npy"),
+                                chunk_rows=9)
+    stream.evaluate(source, rows=lambda rows: None)
+    assert counted == {"full": 0, "column": 0, "kernel": 12}
+
+
+# --- what the fast reader hands over still reads right ----------------------------------------
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy"])
+def test_a_nan_in_the_middle_is_the_strict_readers_error_and_no_file(runner, tmp_path, fast,
+                                                                    suffix):
+    z, y = _problem(10, n=100)
+    _labelled(tmp_path, z, y)
+    text = (tmp_path / "z.csv").read_text().splitlines(keepends=True)
+    text[60] = "0.5,nan,1.0,2.0,3\n"  # line 61, in a block well past the first
+    (tmp_path / "z.csv").write_text("".join(text))
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output",
+                                 str(tmp_path / f"o{suffix}")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"Error: {tmp_path / 'z.csv'}, line 61, column 'z1': "
+                             "logit 'nan' is not a finite number\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.csv"]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_blank_line_in_the_middle_gives_the_strict_readers_rows(runner, tmp_path, fast, dtype):
+    z, y = _problem(11, n=80)
+    _labelled(tmp_path, z, y)
+    text = (tmp_path / "z.csv").read_text().splitlines(keepends=True)
+    text.insert(41, "\n")  # after line 41: sample 40 is on line 43
+    (tmp_path / "z.csv").write_text("".join(text))
+    out = tmp_path / "o.npy"
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--weight", "0.1,0.7,1.3,2.9",
+                                 "--dtype", dtype, "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    records = np.load(out)
+    assert records["line"].tolist() == list(range(2, 42)) + list(range(43, 83))
+    # the strict reader reads one piece: its divisor is the in-memory one
+    expected = losses.cross_entropy(z, y, weight=(0.1, 0.7, 1.3, 2.9), dtype=dtype).grad
+    assert _same_bits(records["grad"], expected)
+
+
+def test_every_sample_ignored_is_the_usual_error_and_no_file(runner, tmp_path, fast):
+    z = np.zeros((40, 2))
+    _labelled(tmp_path, z, np.full(40, -100))
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output", str(tmp_path / "o.npy")])
+    assert result.exit_code == 2 and "every sample is ignored" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.csv"]
+
+
+def test_a_label_out_of_range_is_named_at_its_line_with_weights(runner, tmp_path, fast):
+    z, y = _problem(12, n=60)
+    y[33] = 7  # line 35; with weights, indexing weight[7] would crash a careless divisor
+    _labelled(tmp_path, z, y)
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--weight", "1,2,3,4",
+                                 "--output", str(tmp_path / "o.csv")])
+    assert result.exit_code == 2, result.output
+    assert "line 35" in result.stderr and "label 7 is not a class index" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.csv"]

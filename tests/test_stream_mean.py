@@ -212,7 +212,7 @@ def test_a_divisor_that_disagrees_is_a_bug_said_plainly(tmp_path, fast, monkeypa
 
 @pytest.fixture
 def counted(monkeypatch):
-    """Counts full parses of a block, one-column parses and kernel calls."""
+    """Counts full parses of a block, Polars' one-column parses and kernel calls."""
     calls = {"full": 0, "column": 0, "kernel": 0}
 
     def counting(name, function):
@@ -241,9 +241,34 @@ def test_labels_file_is_parsed_once_in_full(runner, tmp_path, fast, counted, red
     blocks = _blocks_of(path)
     assert blocks > 10
     _grad_rows(runner, tmp_path / "z.csv", "--reduction", reduction)
-    # 'mean' reads the label column once more for the divisor, never the logits
-    assert counted == {"full": blocks, "column": blocks if reduction == "mean" else 0,
-                       "kernel": blocks}
+    # 'mean' reads the labels at the line ends for the divisor: no parse at all
+    assert counted == {"full": blocks, "column": 0, "kernel": blocks}
+
+
+def test_a_first_label_column_is_parsed_alone_for_the_divisor(runner, tmp_path, fast, counted):
+    z, y = _problem(7, n=200)
+    rows = [[int(label)] + row for row, label in zip(z.tolist(), y)]
+    path = _write(tmp_path / "z.csv", rows, ["label", "z0", "z1", "z2", "z3"])
+    blocks = _blocks_of(path)
+    got = _grad_rows(runner, tmp_path / "z.csv")
+    assert counted == {"full": blocks, "column": blocks, "kernel": blocks}
+    assert _same_bits(got, losses.cross_entropy(z, y).grad)
+
+
+def test_crlf_and_quoted_blocks_still_give_the_in_memory_rows(runner, tmp_path, fast, counted):
+    z, y = _problem(13, n=60)
+    lines = [",".join(map(repr, row)) + f",{label}" for row, label in zip(z.tolist(), y)]
+    lines[30] = '"' + lines[30].replace(",", '",', 1)  # its first cell quoted
+    path = tmp_path / "z.csv"
+    path.write_bytes(("z0,z1,z2,z3,label\r\n" + "\r\n".join(lines) + "\r\n").encode())
+    assert b'"' in path.read_bytes()
+    got = _grad_rows(runner, path, "--weight", ",".join(map(str, EXACT_WEIGHTS)),
+                     "--dtype", "float32")
+    # the fast reader read it all (the strict one would have run the kernel on its own chunks)
+    assert counted["full"] == counted["kernel"] == _blocks_of(str(path))
+    assert counted["column"] == 1  # the quoted block only
+    expected = losses.cross_entropy(z, y, weight=EXACT_WEIGHTS, dtype="float32").grad
+    assert _same_bits(got, expected)
 
 
 @pytest.mark.parametrize("loss", ["ce", "bce"])
@@ -254,7 +279,8 @@ def test_targets_files_are_parsed_once_in_full(runner, tmp_path, fast, counted, 
     targets = _write(tmp_path / "t.csv", t.tolist(), ["a", "b", "c"])
     blocks, target_blocks = _blocks_of(path), _blocks_of(targets)
     _grad_rows(runner, tmp_path / "z.csv", "--loss", loss, "--targets", targets)
-    assert counted == {"full": blocks + target_blocks, "column": blocks, "kernel": blocks}
+    # the divisor needs only each block's lines, counted
+    assert counted == {"full": blocks + target_blocks, "column": 0, "kernel": blocks}
 
 
 def test_in_memory_source_is_evaluated_once(tmp_path, counted):
@@ -321,3 +347,40 @@ def test_a_label_out_of_range_is_named_at_its_line_with_weights(runner, tmp_path
     assert result.exit_code == 2, result.output
     assert "line 35" in result.stderr and "label 7 is not a class index" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z.csv"]
+
+
+# --- the line-end reader of labels agrees with Polars wherever the full pass reads a block -----
+
+# labels as a file may spell them: mostly ones the full pass takes, then odd ones
+PLAIN = ["0", "7", "12", "-100", "-0", "007", "123456789", "2.0", "+5", '"4"']
+ODD = ["1.5", "1e2", " 3", "3 ", "", "1234567890", "-", "--1", "x"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.one_of(st.tuples(st.sampled_from(["0.5", "-1", '"2"']),
+                                         st.sampled_from(PLAIN * 3 + ODD)),
+                               st.just(None)), min_size=1, max_size=8),
+       newline=st.sampled_from(["\n", "\r\n", "\r"]), extra=st.sampled_from(["", "\r", ",1"]))
+def test_line_end_labels_are_polars_labels(rows, newline, extra):
+    lines = ["" if row is None else f"{row[0]},{row[1]}" for row in rows]
+    block = (newline.join(lines) + extra + "\n").encode()
+    labels = stream._last_cells(block, ",")
+    try:
+        full = stream._parse_block(block, 2, ",")
+    except stream._Unusual:
+        return  # the full pass hands the block to the strict reader
+    if stream._plain_lines(block):
+        assert block.count(b"\n") == len(full)  # lines are rows
+    if labels is not None and np.isfinite(full).all():
+        assert len(labels) == len(full)
+        whole = full[:, 1] == np.round(full[:, 1])  # else the full pass hands the block over
+        assert np.array_equal(labels[whole], full[whole, 1].astype(np.int64))
+
+
+def test_line_end_labels_by_hand():
+    assert stream._last_cells(b"1,2,0\n3,4,12\n", ",").tolist() == [0, 12]
+    assert stream._last_cells(b"1,2,-100\r\n3,4,007\r\n", ",").tolist() == [-100, 7]
+    assert stream._last_cells(b"1\t2\t3\n", "\t").tolist() == [3]
+    for odd in (b"1,2,0\n\n3,4,1\n", b"12\n", b"1,2,1.5\n", b'1,"2",0\n', b"1,2,0\r3,4,1\n",
+                b"1,2,--5\n", b"1,2, 3\n", b"1,2,1234567890\n", b"1,-\n"):
+        assert stream._last_cells(odd, ",") is None, odd  # Polars reads these blocks

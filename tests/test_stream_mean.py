@@ -384,3 +384,26 @@ def test_line_end_labels_by_hand():
     for odd in (b"1,2,0\n\n3,4,1\n", b"12\n", b"1,2,1.5\n", b'1,"2",0\n', b"1,2,0\r3,4,1\n",
                 b"1,2,--5\n", b"1,2, 3\n", b"1,2,1234567890\n", b"1,-\n"):
         assert stream._last_cells(odd, ",") is None, odd  # Polars reads these blocks
+
+
+@pytest.mark.parametrize("header", ["label,z0,z1", "z0,z1,label"])
+def test_a_quote_left_open_stops_the_pre_pass_and_the_strict_reader_says_where(
+        runner, tmp_path, fast, monkeypatch, header):
+    rows = [header] + ["0,1.5,1" for _ in range(30)]
+    rows[20] = rows[20].replace(",", ',"', 1)  # line 21
+    (tmp_path / "z.csv").write_text("\n".join(rows) + "\n")
+    handed_over = []
+    divisor_pass = stream._divisor_pass
+
+    def watched(source, options):
+        try:
+            return divisor_pass(source, options)
+        except stream._Unusual:
+            handed_over.append(source.name)
+            raise
+
+    monkeypatch.setattr(stream, "_divisor_pass", watched)
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output", str(tmp_path / "o.csv")])
+    assert result.exit_code == 2 and handed_over == [str(tmp_path / "z.csv")]  # by the pre-pass
+    assert result.stderr.startswith(f"Error: {tmp_path / 'z.csv'}, line 21: a quoted cell runs")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.csv"]

@@ -129,7 +129,7 @@ def test_csv_rows_of_binary_cross_entropy(runner, tmp_path, request, reader, wei
 
 
 def _array_inputs(tmp_path, z, y):
-    """Returns the same problem as .npy with --labels, .npz and .parquet: (path, options)."""
+    """Returns the same problem as .npy with --labels, .npz, .parquet and CSV: (path, options)."""
     np.save(tmp_path / "z.npy", z)
     np.save(tmp_path / "y.npy", y)
     np.savez(tmp_path / "zy.npz", logits=z, labels=y)

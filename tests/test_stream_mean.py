@@ -200,6 +200,35 @@ def test_pre_pass_divisor_is_the_full_pass_divisor_with_any_weights(tmp_path_fac
                 assert full.divisor == pre
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), k=st.integers(2, 6),
+       dtype=st.sampled_from(["float32", "float64"]), weighted=st.booleans(),
+       ignore_index=st.sampled_from([-100, 0, 2]))
+def test_a_blocks_divisor_from_its_labels_alone_is_cross_entropys(seed, n, k, dtype, weighted,
+                                                                   ignore_index):
+    rng = np.random.default_rng(seed)
+    z, y = rng.normal(size=(n, k)), rng.integers(0, k, size=n)
+    y[rng.random(n) < 0.2] = ignore_index
+    weight = tuple(rng.uniform(0.01, 5, size=k)) if weighted else None
+    full = losses.cross_entropy(z, y, weight=weight, ignore_index=ignore_index, reduction="sum",
+                                dtype=dtype)
+    alone = losses.mean_divisor(y, k, weight=weight, ignore_index=ignore_index, dtype=dtype)
+    assert alone == full.divisor
+    # by hand: the counted samples' weights, summed in dtype (ones without weights)
+    w = np.ones(k) if weight is None else np.asarray(weight)
+    assert alone == float(w.astype(dtype)[y[y != ignore_index]].sum(dtype=dtype))
+    soft = rng.dirichlet(np.ones(k), size=n)
+    assert losses.mean_divisor(n, k, weight=weight, dtype=dtype) == losses.cross_entropy(
+        z, soft, weight=weight, dtype=dtype).divisor == n
+
+
+def test_a_label_that_is_no_class_counts_for_nothing_instead_of_crashing():
+    y = np.array([0, 5, -3, 1, -100])  # 5 and -3 are refused by the full pass, not here
+    assert losses.mean_divisor(y, 3, weight=(1.0, 2.0, 4.0)) == 3.0
+    assert losses.mean_divisor(y, 3) == 2.0
+    assert bce.mean_divisor(7, 3) == 21
+
+
 def test_a_divisor_that_disagrees_is_a_bug_said_plainly(tmp_path, fast, monkeypatch):
     z, y = _problem(6, n=30)
     source = stream.open_source(_labelled(tmp_path, z, y))

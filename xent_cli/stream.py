@@ -501,33 +501,32 @@ def _last_cells(block: bytes, delimiter: str) -> np.ndarray | None:
     two): about half the time of Polars' parse of the one column, and no copy of the block.
     Where it answers, its numbers are the ones Polars parses from that column.
     """
-    if len(delimiter) != 1 or not _plain_lines(block):
+    if len(delimiter) != 1 or not block.endswith(b"\n") or not _plain_lines(block):
         return None
     a = np.frombuffer(block, dtype=np.uint8)
     newlines = np.flatnonzero(a == ord("\n"))
-    first = np.concatenate(([0], newlines[:-1] + 1))  # each line's first byte
-    at = newlines - (1 + (a[newlines - 1] == ord("\r")))  # each line's last byte
+    at = newlines - 1 - (a[newlines - 1] == ord("\r"))  # each line's last byte
+    # A walk back stops at the first byte that is no digit, at the latest at the newline
+    # before the line; for the first line that is a[-1], the block's last newline.
     value, sign = np.zeros(len(at), dtype=np.int64), np.ones(len(at), dtype=np.int64)
     reading = np.ones(len(at), dtype=bool)
     for place in range(LABEL_DIGITS + 1):
-        inside = at >= first
-        byte = a[np.where(inside, at, 0)]
-        digit = reading & inside & (byte >= ord("0")) & (byte <= ord("9"))
+        byte = a[at]
+        digit = reading & (byte >= ord("0")) & (byte <= ord("9"))
         if place == 0 and not digit.all():
             return None  # a blank line, or a cell that is no plain integer
         value += np.where(digit, (byte.astype(np.int64) - ord("0")) * 10**place, 0)
         ended = reading & ~digit
         if ended.any():
-            minus = ended & inside & (byte == ord("-"))
+            minus = ended & (byte == ord("-"))
             sign[minus] = -1
             at[minus] -= 1
-            before = a[np.where(at >= first, at, 0)]
-            if not ((at >= first) & (before == ord(delimiter)))[ended].all():
+            if not (a[at[ended]] == ord(delimiter)).all():
                 return None
             reading &= ~ended
             if not reading.any():
                 return sign * value
-        at -= 1
+        np.subtract(at, 1, out=at, where=reading)  # a line read to its end stays there
     return None
 
 

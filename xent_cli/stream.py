@@ -683,8 +683,8 @@ def evaluate(source: Source, *, loss: str = "ce", weight=None, pos_weight=None,
 
     rows, when given, receives every chunk's per-sample results in order; for 'mean' their
     gradient divides by the divisor of the whole input, which a pre-pass over the targets alone
-    finds first, so the logits are read once. fallback opens the strict reader when the fast
-    one meets something unusual.
+    finds first (labels, or row counts), so the input is parsed in full once. fallback opens
+    the strict reader when the fast one meets something unusual.
     """
     if loss not in _KERNELS:
         raise InputError(f"loss {loss!r} is not one of {', '.join(_KERNELS)}")

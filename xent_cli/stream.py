@@ -126,7 +126,7 @@ class Summary:
 
 def open_source(path: str, *, label_col: str = "label", labels_path: str | None = None,
                 targets_path: str | None = None, delimiter: str | None = None,
-                chunk_rows: int = CHUNK_ROWS, min_classes: int = 2) -> Source:
+                chunk_rows: int | None = None, min_classes: int = 2) -> Source:
     """Opens logits (CSV, .npy, .npz, .parquet by extension) with their targets for streaming.
 
     min_classes is 2 for softmax cross-entropy, 1 for binary cross-entropy.
@@ -153,7 +153,7 @@ def open_source(path: str, *, label_col: str = "label", labels_path: str | None 
 
 
 def strict_source(path: str, *, label_col: str = "label", targets_path: str | None = None,
-                  delimiter: str | None = None, chunk_rows: int = CHUNK_ROWS,
+                  delimiter: str | None = None, chunk_rows: int | None = None,
                   min_classes: int = 2) -> Source:
     """Opens a CSV (and its targets file, if any) with the strict reader, whatever its size."""
     loaded = data.read_eval_input(path, label_col=label_col, targets_path=targets_path,
@@ -161,9 +161,11 @@ def strict_source(path: str, *, label_col: str = "label", targets_path: str | No
     return _in_memory(loaded, chunk_rows)
 
 
-def _in_memory(loaded: data.EvalInput, chunk_rows: int) -> Source:
-    """Returns a source that slices data already read into chunks of chunk_rows samples."""
+def _in_memory(loaded: data.EvalInput, chunk_rows: int | None) -> Source:
+    """Returns a source that slices data already read into chunks of chunk_rows samples
+    (CHUNK_ROWS when None, read now: tests set it)."""
     n = loaded.logits.shape[0]
+    chunk_rows = chunk_rows or CHUNK_ROWS
 
     def chunks() -> Iterator[Chunk]:
         for start in range(0, n, chunk_rows):

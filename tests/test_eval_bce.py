@@ -254,7 +254,7 @@ def test_output_gradient_is_torchs(runner, tmp_path, case, reduction):
 
 
 def test_output_in_small_chunks_is_the_one_piece_file(runner, tmp_path, monkeypatch):
-    # 'mean' reads twice: its gradient rows divide by N × k of the whole file
+    # 'mean': the gradient rows divide by N × k of the whole file, known before the rows are written
     z, t = _pair(tmp_path, n=50, k=6, seed=3)
     files = {}
     for chunk in (50, 7):

@@ -142,6 +142,7 @@ def test_bad_inputs_read_the_same_on_the_fast_path(runner, tmp_path, monkeypatch
     ("a,b,label\n1,2,0\n3,4,1.5\n", "line 3, column 'label': label '1.5' is not an integer"),
     ("a,b,label\n1,2,0\n3,inf,1\n", "line 3, column 'b': logit 'inf' is not a finite number"),
     ("a,b,label\n1,2,0\n3,4\n", "line 3: row has 2 cells, the header has 3"),
+    ("a,b,label\n1,2,0\n3,4\r,1\n", "line 3: row has 2 cells, the header has 3"),  # a lone \r ends a line
 ])
 def test_what_the_fast_parser_would_accept_is_still_refused_at_its_line(runner, tmp_path, fast, text,
                                                                         fragment):

@@ -450,10 +450,13 @@ def _parse_block(block: bytes, columns: int, delimiter: str) -> np.ndarray:
     """Returns a block of lines as a float64 array; raises _Unusual where it needs a closer look.
 
     Polars keeps a blank line as a row of nulls (NaN here), which the caller refuses, so every
-    line stays a row and line numbers hold; tests pin that behaviour.
+    line stays a row and line numbers hold; tests pin that behaviour. A lone carriage return
+    ends a line for the strict reader, not for Polars: such a block is the strict reader's.
     """
     import polars as pl
 
+    if _lone_carriage_return(block):
+        raise _Unusual
     try:
         frame = pl.read_csv(io.BytesIO(block), has_header=False, separator=delimiter,
                             schema={f"c{c}": pl.Float64 for c in range(columns)})
@@ -486,9 +489,12 @@ def _whole(raw: np.ndarray) -> np.ndarray:
 def _plain_lines(block: bytes) -> bool:
     """Returns whether a block's lines are its rows as Polars cuts them: no quote (a quoted cell
     may hold a newline) and a carriage return only just before a newline."""
-    if b'"' in block:
-        return False
-    return b"\r" not in block or block.count(b"\r") == block.count(b"\r\n")  # a search, then counts
+    return b'"' not in block and not _lone_carriage_return(block)
+
+
+def _lone_carriage_return(block: bytes) -> bool:
+    """Returns whether a carriage return in the block stands anywhere but just before a newline."""
+    return b"\r" in block and block.count(b"\r") != block.count(b"\r\n")  # a search, then counts
 
 
 # Digits of a label the line-end reader takes; a longer one is no class index anyway.

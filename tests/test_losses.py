@@ -113,6 +113,15 @@ def test_sum_of_all_ignored_is_zero():
     assert r.loss == 0.0 and r.divisor == 0.0 and not r.grad.any()
 
 
+@pytest.mark.parametrize("k", [3, losses.CLASS_MAJOR_MAX_K + 1])
+def test_an_ignored_sample_and_a_certain_one_have_a_gradient_of_plus_zero(k):
+    # PyTorch writes 0.0 there; a -0.0 in an --output file reads as if it had a sign
+    z = np.zeros((3, k))
+    z[2, 1:] = -np.inf  # p = (1, 0, ...): p_y - 1 = 0
+    r = cross_entropy(z, np.array([-100, 1, 0]), reduction="sum")
+    assert not r.grad[[0, 2]].any() and not np.signbit(r.grad[[0, 2]]).any()
+
+
 def test_chunks_combine_exactly_through_total_and_divisor():
     rng = np.random.default_rng(1)
     z, y = rng.normal(size=(10, 4)), rng.integers(0, 4, 10)

@@ -351,7 +351,9 @@ def _fill_index(z: np.ndarray, y: np.ndarray, ignored: np.ndarray, weight: np.nd
         if c is not None:
             factor *= c[start:stop]
         e *= factor if blocks.class_major else factor[:, None]
-        flat[label] = -rest * factor  # p_y - 1 = -rest / total, without cancellation
+        # p_y - 1 = -rest / total, without cancellation; + 0 turns the -0 of an ignored or
+        # certain sample into 0, as PyTorch writes it
+        flat[label] = -rest * factor + 0
         if blocks.class_major:
             grad[start:stop] = e.T
 

@@ -213,8 +213,11 @@ def _fill(z: np.ndarray, target: np.ndarray, ignored: np.ndarray, weight: np.nda
           probs: np.ndarray | None = None, predictions: np.ndarray | None = None) -> None:
     """Writes per-sample losses and, where asked, scale * their gradient, the probabilities and
     the predicted classes, block by block."""
-    fill = _fill_index if target.ndim == 1 and not label_smoothing else _fill_general
-    fill(z, target, ignored, weight, label_smoothing, scale, grad, per_sample, probs, predictions)
+    if target.ndim == 1 and not label_smoothing:
+        _fill_index(z, target, ignored, weight, scale, grad, per_sample, probs, predictions)
+    else:
+        _fill_general(z, target, ignored, weight, label_smoothing, scale, grad, per_sample, probs,
+                      predictions)
 
 
 class _Blocks:
@@ -225,7 +228,7 @@ class _Blocks:
     """
 
     def __init__(self, z: np.ndarray, dtype: np.dtype, grad: np.ndarray | None):
-        n, k = z.shape
+        k = z.shape[1]
         self.z, self.dtype, self.grad = z, dtype, grad
         self.class_major = k <= CLASS_MAJOR_MAX_K
         self.axis = 0 if self.class_major else 1
@@ -294,8 +297,8 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _fill_index(z: np.ndarray, y: np.ndarray, ignored: np.ndarray, weight: np.ndarray | None,
-                label_smoothing: float, scale, grad: np.ndarray | None, per_sample: np.ndarray,
-                probs: np.ndarray | None, predictions: np.ndarray | None) -> None:
+                scale, grad: np.ndarray | None, per_sample: np.ndarray, probs: np.ndarray | None,
+                predictions: np.ndarray | None) -> None:
     """Plain class indices: loss_i = c_i * -log p_iy, grad_i = scale * c_i * (p_i - onehot(y_i)).
 
     c_i is w[y_i], or 1 without weights, and 0 for an ignored sample. No (N, k) coefficient
@@ -368,7 +371,7 @@ def _fill_general(z: np.ndarray, target: np.ndarray, ignored: np.ndarray,
     (both terms >= 0, so nothing cancels) and grad_i = scale (S_i e_i / sum e_i - a_i), where
     S_i = sum_c a_ic. The block's a is built in the block's layout, never for all N samples.
     """
-    n, k = z.shape
+    k = z.shape[1]
     dtype = per_sample.dtype
     weight = np.ones(k, dtype=dtype) if weight is None else weight
     eps = dtype.type(label_smoothing)

@@ -280,6 +280,12 @@ def test_ctrl_c_exits_130_and_leaves_no_file(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["z.csv"]
 
 
+@given(st.lists(st.sampled_from([b"1", b",", b"\r", b"\n", b"\r\n"]), max_size=12).map(b"".join))
+@settings(max_examples=200, deadline=None)
+def test_a_lone_carriage_return_is_found_wherever_it_stands(block):
+    assert stream._lone_carriage_return(block) == (block.count(b"\r") != block.count(b"\r\n"))
+
+
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 @pytest.mark.parametrize("blank", ["", " ", ",,", " , , "])
 def test_a_blank_line_anywhere_keeps_the_line_numbers(runner, tmp_path, fast, newline, blank):

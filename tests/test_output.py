@@ -12,6 +12,7 @@ import pytest
 
 from xent_cli import bce, losses, rows_file, stream
 from xent_cli.cli import app
+from xent_cli.errors import InputError
 
 pl = pytest.importorskip("polars")
 
@@ -207,3 +208,150 @@ def test_small_file_output_needs_no_polars(tmp_path):
             " standalone_mode=False)\nprint('polars' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def _blocks(sizes, k=3, start=0, seed=0, dtype=np.float64):
+    """Returns RowsOut blocks of the given sizes, one after another from start, with random values."""
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for n in sizes:
+        z = rng.normal(scale=3, size=(n, k))
+        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        y = rng.integers(0, k, size=n)
+        blocks.append(stream.RowsOut(
+            start=start, lines=tuple(range(start + 2, start + n + 2)), labels=y,
+            predictions=z.argmax(axis=1), per_sample=(-np.log(p[np.arange(n), y])).astype(dtype),
+            probs=p.astype(dtype), grad=(p - np.eye(k)[y]).astype(dtype)))
+        start += n
+    return blocks
+
+
+def _expected(blocks) -> dict[str, np.ndarray]:
+    """Returns the columns a per-sample file of these blocks holds, straight from the blocks."""
+    n = sum(len(b.per_sample) for b in blocks)
+    start = blocks[0].start
+    return {"sample": np.arange(start, start + n), "line": np.arange(start + 2, start + n + 2),
+            "label": np.concatenate([b.labels for b in blocks]),
+            "pred": np.concatenate([b.predictions for b in blocks]),
+            "loss": np.concatenate([b.per_sample for b in blocks]),
+            "probs": np.concatenate([b.probs for b in blocks]),
+            "grad": np.concatenate([b.grad for b in blocks])}
+
+
+def _assert_holds(path, blocks):
+    got, expected = _read(path), _expected(blocks)
+    assert set(got) == set(expected)
+    for name, values in expected.items():
+        if values.dtype.kind == "f":
+            assert np.array_equal(_bits(got[name]), _bits(values)), name
+        else:
+            assert np.array_equal(got[name], values), name
+
+
+@pytest.fixture
+def small_frames(monkeypatch):
+    """Polars writes every block (no Python spelling) in frames of 4 rows of 3 classes."""
+    monkeypatch.setattr(rows_file, "_PYTHON_FLOATS", 0)
+    monkeypatch.setattr(rows_file, "_FRAME_FLOATS", 4 * 7)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy", ".parquet"])
+def test_a_restart_after_buffered_rows_leaves_only_the_last_run(tmp_path, small_frames, suffix):
+    first, last = _blocks([5, 6, 3], seed=1), _blocks([7, 2, 9, 1], seed=2)
+    out = tmp_path / f"o{suffix}"
+    with rows_file.writer(str(out)) as write:
+        for rows in first + last:  # the last run starts at 0 again, rows of the first in flight
+            write(rows)
+    _assert_holds(out, last)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_many_frames_hold_what_one_frame_holds(tmp_path, monkeypatch, suffix):
+    blocks = _blocks([50, 1, 23, 8, 40], k=4, seed=3, dtype=np.float32)
+    monkeypatch.setattr(rows_file, "_PYTHON_FLOATS", 0)
+    written = {}
+    for name, floats in (("one", 1 << 30), ("many", 3 * 9), ("rows", 1)):  # a frame, 3 rows, 1 row
+        monkeypatch.setattr(rows_file, "_FRAME_FLOATS", floats)
+        out = tmp_path / f"{name}{suffix}"
+        with rows_file.writer(str(out)) as write:
+            for rows in blocks:
+                write(rows)
+        _assert_holds(out, blocks)
+        written[name] = out.read_bytes()
+    if suffix == ".csv":  # and the text is the one Python spells, byte for byte
+        monkeypatch.setattr(rows_file, "_PYTHON_FLOATS", 1 << 60)
+        with rows_file.writer(str(tmp_path / "python.csv")) as write:
+            for rows in blocks:
+                write(rows)
+        assert written["one"] == written["many"] == written["rows"] == (tmp_path / "python.csv").read_bytes()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy", ".parquet"])
+def test_blocks_are_copied_when_written(tmp_path, small_frames, suffix):
+    # a caller may fill the same arrays again for its next block
+    blocks = _blocks([6, 6], seed=4)
+    reused = blocks[0]
+    out = tmp_path / f"o{suffix}"
+    with rows_file.writer(str(out)) as write:
+        write(reused)
+        for name in ("labels", "predictions", "per_sample", "probs", "grad"):
+            getattr(reused, name)[...] = getattr(blocks[1], name)
+        write(blocks[1])
+    _assert_holds(out, _blocks([6, 6], seed=4))  # the same values, generated afresh
+
+
+def test_npy_blocks_of_changing_sizes(tmp_path):
+    blocks = _blocks([4, 9, 2, 9, 11, 1], k=5, seed=5)
+    with rows_file.writer(str(tmp_path / "o.npy")) as write:
+        for rows in blocks:
+            write(rows)
+    _assert_holds(tmp_path / "o.npy", blocks)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy", ".parquet"])
+def test_an_error_mid_stream_leaves_no_file_and_is_the_one_raised(tmp_path, small_frames, suffix):
+    class Stop(Exception):
+        pass
+
+    with pytest.raises(Stop):
+        with rows_file.writer(str(tmp_path / f"o{suffix}")) as write:
+            for rows in _blocks([5, 7, 3], seed=6):  # frames already written, one half full
+                write(rows)
+            raise Stop
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy", ".parquet"])
+def test_a_failure_after_frames_were_written_leaves_no_file(runner, tmp_path, monkeypatch,
+                                                            small_frames, suffix):
+    monkeypatch.setattr(stream, "CHUNK_ROWS", 3)
+    rows = [f"{i},{-i},{i % 2}" for i in range(30)] + ["7,8,9"]  # label 9 out of range on line 32
+    (tmp_path / "z.csv").write_text("a,b,label\n" + "\n".join(rows) + "\n")
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--reduction", "sum",
+                                 "--output", str(tmp_path / f"o{suffix}")])
+    assert result.exit_code == 2 and "line 32" in result.stderr, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.csv"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_failing_polars_writer_leaves_no_file(tmp_path, monkeypatch, small_frames, suffix):
+    def fail(lazy, file):
+        lazy.collect()  # takes every frame, up to the last
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rows_file, "_sink_csv" if suffix == ".csv" else "_sink_parquet", fail)
+    blocks = _blocks([5, 7, 3], seed=7)
+    with pytest.raises(InputError, match="cannot be written: No space left on device"):
+        with rows_file.writer(str(tmp_path / f"o{suffix}")) as write:
+            for rows in blocks:
+                write(rows)
+    assert list(tmp_path.iterdir()) == []
+
+    class Stop(Exception):
+        pass
+
+    with pytest.raises(Stop):  # an error of the caller's is the one told, not the writer's
+        with rows_file.writer(str(tmp_path / f"o{suffix}")) as write:
+            write(blocks[0])
+            raise Stop
+    assert list(tmp_path.iterdir()) == []

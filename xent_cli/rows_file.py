@@ -13,6 +13,9 @@ reads back bit for bit:
   written as it streams, its length filled in at the end.
 - ``.parquet`` is a table with the CSV's columns in the computation's dtype, streamed by Polars.
 
+Polars' streaming writers (CSV past the first rows, Parquet) run in a thread of their own,
+fed frames of many rows copied from the blocks, while the next blocks are computed.
+
 A block whose start is 0 starts the file over: the reader can restart (a second pass, or the
 strict reader taking over), and the file then holds only the last run.
 """
@@ -36,6 +39,10 @@ if TYPE_CHECKING:
 # Polars: a small file needs no Polars import (160 ms, as long as Python takes to spell some
 # 200,000 floats), a large one pays it once.
 _PYTHON_FLOATS = 1 << 16
+# Numbers per frame handed to Polars (some 12,000 rows of 10 classes). Polars' streaming writer
+# spells frames on every core in a thread of its own while the next blocks are computed; a few
+# frames are in flight at a time, so memory stays a few megabytes.
+_FRAME_FLOATS = 1 << 18
 
 
 def kind(path: str) -> str:
@@ -52,8 +59,10 @@ def writer(path: str, inputs=()) -> Iterator[Callable[[RowsOut], None]]:
         out = {"csv": _Csv, "npy": _Npy, "parquet": _Parquet}[kind(path)](file)
         try:
             yield out.write
-        finally:
-            out.close()
+        except BaseException:
+            out.close(complete=False)  # the file goes: write nothing more to it
+            raise
+        out.close()
 
 
 def column_names(k: int, has_labels: bool, has_predictions: bool) -> list[str]:
@@ -62,25 +71,9 @@ def column_names(k: int, has_labels: bool, has_predictions: bool) -> list[str]:
     return names + ["loss"] + [f"prob_{c}" for c in range(k)] + [f"grad_{c}" for c in range(k)]
 
 
-def frame(rows: RowsOut, dtype=None) -> polars.DataFrame:
-    """Returns a block as a Polars frame; floats in dtype (default: the computation's)."""
-    import polars as pl
-
-    n, k = rows.probs.shape
-    columns = {"sample": np.arange(rows.start, rows.start + n, dtype=np.int64), "line": _lines(rows)}
-    if rows.labels is not None:
-        columns["label"] = np.asarray(rows.labels, dtype=np.int64)
-    if rows.predictions is not None:
-        columns["pred"] = np.asarray(rows.predictions, dtype=np.int64)
-    columns["loss"] = np.asarray(rows.per_sample, dtype=dtype)
-    columns.update((f"prob_{c}", np.asarray(rows.probs[:, c], dtype=dtype)) for c in range(k))
-    columns.update((f"grad_{c}", np.asarray(rows.grad[:, c], dtype=dtype)) for c in range(k))
-    return pl.DataFrame(columns)
-
-
-def _lines(rows: RowsOut) -> np.ndarray:
+def _lines(rows: RowsOut, cut: slice = slice(None)) -> np.ndarray:
     """Returns a block's file lines as int64 (a range from the fast reader, else a tuple)."""
-    lines = rows.lines
+    lines = rows.lines[cut]
     if isinstance(lines, range):
         return np.arange(lines.start, lines.stop, lines.step, dtype=np.int64)
     return np.fromiter(lines, dtype=np.int64, count=len(lines))
@@ -92,9 +85,11 @@ class _Csv:
     def __init__(self, file: BinaryIO):
         self.file = file
         self.spelled = 0  # probabilities written so far, over every run
+        self.frames: _Frames | None = None
 
     def write(self, rows: RowsOut) -> None:
         if rows.start == 0:
+            self.close(complete=False)  # the run before is dropped
             self.file.seek(0)
             self.file.truncate()
             names = column_names(rows.probs.shape[1], rows.labels is not None,
@@ -103,11 +98,20 @@ class _Csv:
         self.spelled += rows.probs.size
         if self.spelled <= _PYTHON_FLOATS:
             self.file.write(_csv_rows(rows).encode())
-        else:  # float64 always: a float32 spelled as float32 would read back as another float64
-            frame(rows, np.float64).write_csv(self.file, include_header=False)
+            return
+        if self.frames is None:
+            # float64 always: a float32 spelled as float32 would read back as another float64
+            self.frames = _Frames(self.file, rows, np.float64, _sink_csv)
+        self.frames.put(rows)
 
-    def close(self) -> None:
-        pass
+    def close(self, complete: bool = True) -> None:
+        if self.frames is not None:
+            frames, self.frames = self.frames, None
+            frames.close(complete)
+
+
+def _sink_csv(lazy: polars.LazyFrame, file: BinaryIO) -> None:
+    lazy.sink_csv(file, include_header=False)  # in order: maintain_order is the default
 
 
 def _csv_rows(rows: RowsOut) -> str:
@@ -137,12 +141,82 @@ def _spell(x: float) -> str:
     return f"{sign}0.0000{digits.replace('.', '')}"
 
 
+class _Frames:
+    """Blocks gathered, column by column, into frames of many rows that Polars writes in a thread.
+
+    Each frame owns the arrays it views (the writer holds a few frames at a time), and copies
+    the blocks: the caller may reuse its arrays once a block is handed over.
+    """
+
+    def __init__(self, file: BinaryIO, rows: RowsOut, dtype,
+                 sink: Callable[[polars.LazyFrame, BinaryIO], None]):
+        k = rows.probs.shape[1]
+        self.file, self.dtype, self.sink_to = file, np.dtype(dtype), sink
+        self.names = column_names(k, rows.labels is not None, rows.predictions is not None)
+        self.k, self.size = k, 0
+        self.capacity = max(1, _FRAME_FLOATS // (2 * k + 1))
+        self.sink: _Sink | None = None
+        self._empty()
+
+    def put(self, rows: RowsOut) -> None:
+        """Copies a block in, sending each frame that fills up to the writer."""
+        at = 0
+        while at < len(rows.per_sample):
+            at += self._copy(rows, at)
+            if self.size == self.capacity:
+                self._send()
+
+    def close(self, complete: bool = True) -> None:
+        """Sends the last rows (unless the file is being abandoned) and waits for the writer."""
+        if complete and self.size:
+            self._send()
+        if self.sink is not None:
+            sink, self.sink = self.sink, None
+            sink.close(complete)
+
+    def _empty(self) -> None:
+        whole = len(self.names) - 2 * self.k - 1  # sample, line, and label and pred if any
+        self.integers = np.empty((whole, self.capacity), dtype=np.int64)
+        self.reals = np.empty((2 * self.k + 1, self.capacity), dtype=self.dtype)
+
+    def _copy(self, rows: RowsOut, at: int) -> int:
+        """Copies a block's rows from at on, as many as the frame has room for; returns how many."""
+        n = min(len(rows.per_sample) - at, self.capacity - self.size)
+        cut, into, k = slice(at, at + n), slice(self.size, self.size + n), self.k
+        integers = [np.arange(rows.start + at, rows.start + at + n), _lines(rows, cut)]
+        integers += [rows.labels[cut]] if rows.labels is not None else []
+        integers += [rows.predictions[cut]] if rows.predictions is not None else []
+        for row, values in zip(self.integers, integers):
+            row[into] = values
+        self.reals[0, into] = rows.per_sample[cut]
+        self.reals[1:k + 1, into] = rows.probs[cut].T
+        self.reals[k + 1:, into] = rows.grad[cut].T
+        self.size += n
+        return n
+
+    def _send(self) -> None:
+        import polars as pl
+
+        columns = [*self.integers[:, :self.size], *self.reals[:, :self.size]]
+        block = pl.DataFrame(dict(zip(self.names, columns)))  # views, not copies
+        self.size = 0
+        self._empty()  # the arrays are the frame's now
+        if self.sink is None:
+            self.sink = _Sink(self.file, block.schema, self.sink_to)
+        self.sink.put(block)
+
+
 class _Npy:
-    """One structured .npy array, its header rewritten with the final length at the end."""
+    """One structured .npy array, its header rewritten with the final length at the end.
+
+    Each block is gathered into one records buffer, reused from block to block: a fresh one
+    per block would cost the system more than the writing (its pages faulted in each time).
+    """
 
     def __init__(self, file: BinaryIO):
         self.file = file
         self.dtype: np.dtype | None = None
+        self.records: np.ndarray | None = None
         self.n = 0
 
     def write(self, rows: RowsOut) -> None:
@@ -157,7 +231,9 @@ class _Npy:
             self.file.seek(0)
             self.file.truncate()
             self.file.write(_npy_header(self.dtype, 0))
-        records = np.empty(n, dtype=self.dtype)
+        if self.records is None or self.records.dtype != self.dtype or len(self.records) < n:
+            self.records = np.empty(n, dtype=self.dtype)
+        records = self.records[:n]
         records["sample"] = np.arange(rows.start, rows.start + n)
         records["line"] = _lines(rows)
         if rows.labels is not None:
@@ -168,11 +244,12 @@ class _Npy:
         self.file.write(records.data)
         self.n += n
 
-    def close(self) -> None:
-        if self.dtype is not None:
+    def close(self, complete: bool = True) -> None:
+        if complete and self.dtype is not None:
             self.file.seek(0)
             self.file.write(_npy_header(self.dtype, self.n))
             self.file.seek(0, os.SEEK_END)
+        self.records = None
 
 
 def _npy_header(dtype: np.dtype, n: int) -> bytes:
@@ -195,34 +272,37 @@ class _Parquet:
 
     def __init__(self, file: BinaryIO):
         self.file = file
-        self.sink: _Sink | None = None
+        self.frames: _Frames | None = None
 
     def write(self, rows: RowsOut) -> None:
-        block = frame(rows)
         if rows.start == 0:
-            self.close()
+            self.close(complete=False)  # the run before is dropped
             self.file.seek(0)
             self.file.truncate()
-            self.sink = _Sink(self.file, block.schema)
-        self.sink.put(block)
+            self.frames = _Frames(self.file, rows, rows.probs.dtype, _sink_parquet)
+        self.frames.put(rows)
 
-    def close(self) -> None:
-        if self.sink is not None:
-            sink, self.sink = self.sink, None
-            sink.close()
+    def close(self, complete: bool = True) -> None:
+        if self.frames is not None:
+            frames, self.frames = self.frames, None
+            frames.close(complete)
+
+
+def _sink_parquet(lazy: polars.LazyFrame, file: BinaryIO) -> None:
+    lazy.sink_parquet(file)
 
 
 class _Sink:
-    """Polars' streaming Parquet writer fed from a queue, running in a thread of its own."""
+    """A Polars streaming writer (sink) fed frames from a queue, running in a thread of its own."""
 
-    def __init__(self, file: BinaryIO, schema):
+    def __init__(self, file: BinaryIO, schema, sink: Callable[[polars.LazyFrame, BinaryIO], None]):
         import queue
         import threading
 
         import polars as pl
         from polars.io.plugins import register_io_source
 
-        self.queue: queue.Queue = queue.Queue(maxsize=2)  # bounded: memory stays a few blocks
+        self.queue: queue.Queue = queue.Queue(maxsize=2)  # bounded: memory stays a few frames
         self.error: BaseException | None = None
         self.end, self.ended = object(), False
 
@@ -233,7 +313,7 @@ class _Sink:
 
         def run() -> None:
             try:
-                register_io_source(blocks, schema=schema).sink_parquet(file)
+                sink(register_io_source(blocks, schema=schema), file)
             except BaseException as error:  # noqa: BLE001 - handed to the writing thread
                 self.error = error
                 while not self.ended and self.queue.get() is not self.end:
@@ -247,8 +327,10 @@ class _Sink:
             raise self.error
         self.queue.put(block)
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
+        """Waits for the frames sent to be written; raises the writer's error, unless the file
+        is being abandoned (the error on its way out is then the one to tell)."""
         self.queue.put(self.end)
         self.thread.join()
-        if self.error is not None:
+        if self.error is not None and complete:
             raise self.error

@@ -482,6 +482,35 @@ def test_splitting_into_blocks_changes_no_bit(problem, soft, ignore_index):
     np.testing.assert_array_equal(blocked.grad, whole.grad)
 
 
+@pytest.mark.parametrize("k", [10, losses.CLASS_MAJOR_MAX_K, losses.CLASS_MAJOR_MAX_K + 1])
+@pytest.mark.parametrize("eps, soft, masked", [(0.0, False, False), (0.1, False, False),
+                                               (0.0, True, False), (0.0, True, True)])
+def test_a_sample_alone_in_its_block_gets_the_bits_it_gets_among_others(k, eps, soft, masked):
+    # a stream's chunk may end in a block of one sample: NumPy sums a lone (k, 1) column
+    # pairwise, a wider class-major block one class after another
+    rng = np.random.default_rng(k)
+    n = 30
+    z = rng.normal(scale=5, size=(n, k))
+    target = rng.dirichlet(np.ones(k), size=n) if soft else rng.integers(0, k, n)
+    if masked:  # soft targets with no mass on a masked class: the loss sums around -inf
+        z[::3, -1] = -np.inf
+        target[::3, -1] = 0
+        target /= target.sum(axis=1, keepdims=True)
+
+    def kernel(rows):
+        m = z[rows].shape[0]
+        out = np.empty((m, k)), np.empty(m), np.empty((m, k))
+        losses.loss_and_gradient_into(z[rows], target[rows], out[0], out[1], label_smoothing=eps,
+                                      probs=out[2])
+        return out
+
+    together = kernel(slice(None))
+    for i in range(n):
+        alone = kernel(slice(i, i + 1))
+        for got, expected in zip(alone, together):
+            assert np.array_equal(got[0], expected[i]), i
+
+
 @pytest.mark.parametrize("k", [3, 40])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_a_bad_logit_in_a_later_block_is_named_by_its_sample(small_blocks, k, dtype):

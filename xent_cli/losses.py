@@ -277,7 +277,7 @@ class _Blocks:
 
     def probabilities(self, e: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
         """Writes e / (its sum over classes), e = exp(z - max z), into rows start:stop of out."""
-        total = e.sum(axis=self.axis, keepdims=True)
+        total = _sum_classes(e, self.axis, keepdims=True)
         self.put(out, start, stop, e / total)
 
 
@@ -333,7 +333,7 @@ def _fill_index(z: np.ndarray, y: np.ndarray, ignored: np.ndarray, weight: np.nd
             blocks.probabilities(e, probs, start, stop)
         e_label = flat[label]
         flat[label] = 0
-        rest = e.sum(axis=blocks.axis)  # sum_{c != y} exp(z_c - max), exact for a confident label
+        rest = _sum_classes(e, blocks.axis)  # sum_{c != y} exp(z_c - max), exact if y is confident
         total = rest + e_label
         # -log p_y = log(1 + rest / e_y): with the label within log 2 of the row's maximum, log1p
         # keeps a tiny loss exact; otherwise p_y < 1/3, and log(total) - shifted loses nothing.
@@ -402,7 +402,7 @@ def _fill_general(z: np.ndarray, target: np.ndarray, ignored: np.ndarray,
         # it is tiny, and lse = log1p(rest) keeps a confident sample's tiny loss.
         np.equal(e, 1, out=one)
         np.subtract(e, one, out=tmp)
-        rest = tmp.sum(axis=axis)
+        rest = _sum_classes(tmp, axis)
         rest += one.sum(axis=axis) - 1  # ties at the top count 1 each
         lse = np.log1p(rest)
 
@@ -421,10 +421,10 @@ def _fill_general(z: np.ndarray, target: np.ndarray, ignored: np.ndarray,
                 ab[:, ignored[start:stop]] = 0
             else:
                 ab[ignored[start:stop]] = 0
-        total_a = ab.sum(axis=axis)
+        total_a = _sum_classes(ab, axis)
         with np.errstate(invalid="ignore"):  # 0 * -inf at a masked class: see _masked_cross
             np.multiply(ab, g, out=tmp)
-        cross = tmp.sum(axis=axis)  # sum_c a_ic g_ic <= 0; NaN where a masked class has a = 0
+        cross = _sum_classes(tmp, axis)  # sum_c a_ic g_ic <= 0; NaN where a masked class has a = 0
         bad = ~np.isfinite(cross)
         if bad.any():
             cross[bad] = _masked_cross(z, g, ab, bad, class_major, dtype, start)
@@ -459,7 +459,21 @@ def _masked_cross(z: np.ndarray, g: np.ndarray, a: np.ndarray, bad: np.ndarray,
         _refuse_infinite_loss(z[start:stop].astype(dtype), where, start)
     with np.errstate(invalid="ignore"):  # 0 * -inf, replaced by 0 at once
         product = np.where(a_bad > 0, a_bad * g_bad, 0)
-    return product.sum(axis=0 if class_major else 1)
+    if class_major:  # the boolean index left it column-major, which NumPy would sum pairwise
+        product = np.ascontiguousarray(product)
+    return _sum_classes(product, 0 if class_major else 1)
+
+
+def _sum_classes(x: np.ndarray, axis: int, keepdims: bool = False) -> np.ndarray:
+    """Returns x summed over its class axis, the same bits whatever samples share the block.
+
+    NumPy adds a class-major (k, n) block one class after another, but a lone sample's (k, 1)
+    column pairwise, which changes the last bits: that column is added in order too.
+    """
+    if axis == 0 and x.shape[1] == 1:
+        total = np.add.accumulate(x, axis=0)[-1:]
+        return total if keepdims else total[0]
+    return x.sum(axis=axis, keepdims=keepdims)
 
 
 def _check_block(z: np.ndarray, block: np.ndarray, top: np.ndarray, dtype: np.dtype, start: int,

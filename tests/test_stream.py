@@ -115,6 +115,29 @@ def test_fast_reader_gives_the_same_bytes_as_the_strict_one(runner, tmp_path, mo
     assert len(text) == 301 and text[1].startswith("0,2,")  # header, then sample 0 on line 2
 
 
+@pytest.mark.parametrize("options", [[], ["--label-smoothing", "0.1"], ["--dtype", "float32"]])
+def test_chunks_ending_in_a_one_sample_block_give_the_same_bytes(runner, tmp_path, monkeypatch,
+                                                                 options):
+    # k = 10: NumPy would sum a lone sample's classes in another order than a wider block's
+    from xent_cli import losses
+
+    rng = np.random.default_rng(8)
+    z = rng.normal(scale=4, size=(120, 10))
+    (tmp_path / "z.csv").write_text(_csv(z, rng.integers(0, 10, size=120)))
+    monkeypatch.setattr(losses, "BLOCK_LOGITS", 40)  # blocks of 4 samples
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 1000)  # about 5 lines a fast block
+    monkeypatch.setattr(stream, "CHUNK_ROWS", 9)  # strict chunks of blocks of 4, 4 and 1
+    outputs = {}
+    for name, threshold in (("strict", 1 << 60), ("fast", 0)):
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        out = tmp_path / f"{name}.npy"
+        result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output", str(out),
+                                     "--format", "json", *options])
+        assert result.exit_code == 0, result.output
+        outputs[name] = (result.stdout, out.read_bytes())
+    assert outputs["fast"] == outputs["strict"]
+
+
 def test_output_rows_are_the_in_memory_arrays(runner, tmp_path, fast):
     rng = np.random.default_rng(3)
     z, y = rng.normal(size=(50, 4)), rng.integers(0, 4, size=50)

@@ -209,8 +209,9 @@ class _Frames:
 class _Npy:
     """One structured .npy array, its header rewritten with the final length at the end.
 
-    Each block is gathered into one records buffer, reused from block to block: a fresh one
-    per block would cost the system more than the writing (its pages faulted in each time).
+    Each block is gathered into one records buffer, reused from block to block. Most of the
+    time of a large file is the system copying it into the page cache (1.7 GB for 8.5M rows of
+    10 classes); blocks of 8192 rows fill the buffer in cache, larger ones measured slower.
     """
 
     def __init__(self, file: BinaryIO):

@@ -278,12 +278,14 @@ def test_many_frames_hold_what_one_frame_holds(tmp_path, monkeypatch, suffix):
                 write(rows)
         _assert_holds(out, blocks)
         written[name] = out.read_bytes()
-    if suffix == ".csv":  # and the text is the one Python spells, byte for byte
-        monkeypatch.setattr(rows_file, "_PYTHON_FLOATS", 1 << 60)
-        with rows_file.writer(str(tmp_path / "python.csv")) as write:
-            for rows in blocks:
-                write(rows)
-        assert written["one"] == written["many"] == written["rows"] == (tmp_path / "python.csv").read_bytes()
+    if suffix == ".csv":  # and the text is the one Python spells, byte for byte, or starts to
+        for name, floats in (("python", 1 << 60), ("mixed", 51 * 4)):  # 2 blocks, then Polars
+            monkeypatch.setattr(rows_file, "_PYTHON_FLOATS", floats)
+            with rows_file.writer(str(tmp_path / f"{name}.csv")) as write:
+                for rows in blocks:
+                    write(rows)
+            written[name] = (tmp_path / f"{name}.csv").read_bytes()
+        assert len(set(written.values())) == 1, {name: len(text) for name, text in written.items()}
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".npy", ".parquet"])

@@ -889,9 +889,11 @@ def _softmax_worked(first, show: int, reduction: str, divisor: float, options: d
                                   weight=weight, ignore_index=options["ignore_index"],
                                   label_smoothing=options["label_smoothing"],
                                   scale=_grad_scale(reduction, divisor, dt))
+    # the shown rows as a result of their own, with the whole input's divisor: what _worked reads
+    per_sample = piece.per_sample[:shown]
     head = losses.CrossEntropyResult(
-        reduction=reduction, loss=None, per_sample=piece.per_sample[:shown], grad=grad, total=0.0,
-        divisor=divisor, ignored=piece.ignored[:shown], logits=z)
+        reduction=reduction, loss=None, per_sample=per_sample, grad=grad,
+        total=float(per_sample.sum()), divisor=divisor, ignored=piece.ignored[:shown], logits=z)
     weights = np.ones(k) if weight is None else np.asarray(weight, dtype=np.float64)
     a = losses.coefficients(np.asarray(target[:shown]), k, weights, options["label_smoothing"],
                             head.ignored)

@@ -183,7 +183,8 @@ def loss_and_gradient_into(z, target, grad: np.ndarray | None, per_sample: np.nd
             if out is not None and (out.shape != (n, k) or not out.flags.c_contiguous
                                     or out.dtype != dtype):
                 raise ValueError(f"{name} must be a C-contiguous ({n}, {k}) array of {dtype.name}")
-        if predictions is not None and predictions.shape != (n,):
+        if predictions is not None and (predictions.shape != (n,)
+                                        or predictions.dtype.kind not in "iu"):
             raise ValueError(f"predictions must be a ({n},) array of integers")
         weighted = weight is not None
         weight = _weight(weight, k, dtype)
@@ -245,7 +246,8 @@ class _Blocks:
         n = self.z.shape[0]
         for start in range(0, n, self.rows):
             stop = min(start + self.rows, n)
-            e = self.cut(self.buffer, stop - start) if self.buffer is not None else self.grad[start:stop]
+            e = (self.grad[start:stop] if self.buffer is None  # row-major: in place in grad
+                 else self.cut(self.buffer, stop - start))
             with np.errstate(over="ignore"):  # a logit too large for dtype is refused just below
                 e[...] = self.z[start:stop].T if self.class_major else self.z[start:stop]
             top = e.max(axis=self.axis, keepdims=True)

@@ -79,19 +79,35 @@ def _lines(rows: RowsOut, cut: slice = slice(None)) -> np.ndarray:
     return np.fromiter(lines, dtype=np.int64, count=len(lines))
 
 
-class _Csv:
-    """CSV text with a header line, floats in shortest round-trip digits."""
+class _Framed:
+    """A file whose rows go, in frames, to a Polars writer in a thread of its own."""
 
     def __init__(self, file: BinaryIO):
         self.file = file
-        self.spelled = 0  # probabilities written so far, over every run
         self.frames: _Frames | None = None
+
+    def restart(self) -> None:
+        """Drops the run before (what is buffered, and the file's bytes)."""
+        self.close(complete=False)
+        self.file.seek(0)
+        self.file.truncate()
+
+    def close(self, complete: bool = True) -> None:
+        if self.frames is not None:
+            frames, self.frames = self.frames, None
+            frames.close(complete)
+
+
+class _Csv(_Framed):
+    """CSV text with a header line, floats in shortest round-trip digits."""
+
+    def __init__(self, file: BinaryIO):
+        super().__init__(file)
+        self.spelled = 0  # probabilities written so far, over every run
 
     def write(self, rows: RowsOut) -> None:
         if rows.start == 0:
-            self.close(complete=False)  # the run before is dropped
-            self.file.seek(0)
-            self.file.truncate()
+            self.restart()
             names = column_names(rows.probs.shape[1], rows.labels is not None,
                                  rows.predictions is not None)
             self.file.write((",".join(names) + "\n").encode())
@@ -103,11 +119,6 @@ class _Csv:
             # float64 always: a float32 spelled as float32 would read back as another float64
             self.frames = _Frames(self.file, rows, np.float64, _sink_csv)
         self.frames.put(rows)
-
-    def close(self, complete: bool = True) -> None:
-        if self.frames is not None:
-            frames, self.frames = self.frames, None
-            frames.close(complete)
 
 
 def _sink_csv(lazy: polars.LazyFrame, file: BinaryIO) -> None:
@@ -268,25 +279,14 @@ def _npy_header(dtype: np.dtype, n: int) -> bytes:
     return b"\x93NUMPY\x01\x00" + (size - 10).to_bytes(2, "little") + text(n).ljust(size - 11) + b"\n"
 
 
-class _Parquet:
+class _Parquet(_Framed):
     """A Parquet file that Polars writes in a thread while blocks arrive."""
-
-    def __init__(self, file: BinaryIO):
-        self.file = file
-        self.frames: _Frames | None = None
 
     def write(self, rows: RowsOut) -> None:
         if rows.start == 0:
-            self.close(complete=False)  # the run before is dropped
-            self.file.seek(0)
-            self.file.truncate()
+            self.restart()
             self.frames = _Frames(self.file, rows, rows.probs.dtype, _sink_parquet)
         self.frames.put(rows)
-
-    def close(self, complete: bool = True) -> None:
-        if self.frames is not None:
-            frames, self.frames = self.frames, None
-            frames.close(complete)
 
 
 def _sink_parquet(lazy: polars.LazyFrame, file: BinaryIO) -> None:

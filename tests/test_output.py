@@ -6,6 +6,7 @@ import csv
 import struct
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -333,6 +334,32 @@ def test_a_failure_after_frames_were_written_leaves_no_file(runner, tmp_path, mo
                                  "--output", str(tmp_path / f"o{suffix}")])
     assert result.exit_code == 2 and "line 32" in result.stderr, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z.csv"]
+
+
+def test_a_failing_npy_write_in_the_writer_thread_is_raised_and_leaves_no_file(tmp_path,
+                                                                              monkeypatch):
+    class Full:
+        """The output file, full for the records the writer thread writes."""
+
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            if threading.current_thread() is not threading.main_thread():
+                raise OSError(28, "No space left on device")
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    opened = rows_file._Npy.__init__
+    monkeypatch.setattr(rows_file._Npy, "__init__", lambda self, file: opened(self, Full(file)))
+    blocks = _blocks([5, 7, 3], seed=8)
+    with pytest.raises(InputError, match="cannot be written: No space left on device"):
+        with rows_file.writer(str(tmp_path / "o.npy")) as write:
+            for rows in blocks:
+                write(rows)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

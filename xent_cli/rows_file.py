@@ -166,7 +166,7 @@ class _Frames:
         self.names = column_names(k, rows.labels is not None, rows.predictions is not None)
         self.k, self.size = k, 0
         self.capacity = max(1, _FRAME_FLOATS // (2 * k + 1))
-        self.sink: _Sink | None = None
+        self.sink: _Worker | None = None
         self._empty()
 
     def put(self, rows: RowsOut) -> None:
@@ -213,27 +213,32 @@ class _Frames:
         self.size = 0
         self._empty()  # the arrays are the frame's now
         if self.sink is None:
-            self.sink = _Sink(self.file, block.schema, self.sink_to)
+            self.sink = _sink(self.file, block.schema, self.sink_to)
         self.sink.put(block)
 
 
 class _Npy:
     """One structured .npy array, its header rewritten with the final length at the end.
 
-    Each block is gathered into one records buffer, reused from block to block. Most of the
-    time of a large file is the system copying it into the page cache (1.7 GB for 8.5M rows of
-    10 classes); blocks of 8192 rows fill the buffer in cache, larger ones measured slower.
+    Each block is gathered into a records buffer that a thread of its own writes while the
+    next blocks are computed: most of the time of a large file is the system copying it into
+    the page cache (1.7 GB for 8.5M rows of 10 classes). Written buffers come back for reuse;
+    blocks of 8192 rows fill one in cache, larger ones measured slower.
     """
 
     def __init__(self, file: BinaryIO):
+        import queue
+
         self.file = file
         self.dtype: np.dtype | None = None
-        self.records: np.ndarray | None = None
+        self.written: queue.SimpleQueue = queue.SimpleQueue()  # buffers the writer is done with
+        self.writer: _Worker | None = None
         self.n = 0
 
     def write(self, rows: RowsOut) -> None:
         n, k = rows.probs.shape
         if rows.start == 0:
+            self._stop(complete=False)
             fields = [("sample", "<i8"), ("line", "<i8")]
             fields += [("label", "<i8")] if rows.labels is not None else []
             fields += [("pred", "<i8")] if rows.predictions is not None else []
@@ -243,9 +248,8 @@ class _Npy:
             self.file.seek(0)
             self.file.truncate()
             self.file.write(_npy_header(self.dtype, 0))
-        if self.records is None or self.records.dtype != self.dtype or len(self.records) < n:
-            self.records = np.empty(n, dtype=self.dtype)
-        records = self.records[:n]
+            self.writer = _Worker(self._write_all)
+        records = self._buffer(n)
         records["sample"] = np.arange(rows.start, rows.start + n)
         records["line"] = _lines(rows)
         if rows.labels is not None:
@@ -253,15 +257,34 @@ class _Npy:
         if rows.predictions is not None:
             records["pred"] = rows.predictions
         records["loss"], records["prob"], records["grad"] = rows.per_sample, rows.probs, rows.grad
-        self.file.write(records.data)
+        self.writer.put(records)
         self.n += n
 
     def close(self, complete: bool = True) -> None:
+        self._stop(complete)
         if complete and self.dtype is not None:
             self.file.seek(0)
             self.file.write(_npy_header(self.dtype, self.n))
             self.file.seek(0, os.SEEK_END)
-        self.records = None
+
+    def _buffer(self, n: int) -> np.ndarray:
+        """Returns n records to fill: a written buffer if one is back and fits, else a new one."""
+        while not self.written.empty():
+            records = self.written.get()
+            if records.dtype == self.dtype and len(records) >= n:
+                return records[:n]
+        return np.empty(n, dtype=self.dtype)
+
+    def _write_all(self, blocks: Iterator[np.ndarray]) -> None:
+        for records in blocks:
+            self.file.write(records.data)
+            self.written.put(records.base if records.base is not None else records)
+
+    def _stop(self, complete: bool) -> None:
+        """Waits for the records put so far to be written (the writer's error, if complete)."""
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.close(complete)
 
 
 def _npy_header(dtype: np.dtype, n: int) -> bytes:
@@ -293,45 +316,57 @@ def _sink_parquet(lazy: polars.LazyFrame, file: BinaryIO) -> None:
     lazy.sink_parquet(file)
 
 
-class _Sink:
-    """A Polars streaming writer (sink) fed frames from a queue, running in a thread of its own."""
+class _Worker:
+    """A thread of its own that consumes the items put to it, in order, as one iterator.
 
-    def __init__(self, file: BinaryIO, schema, sink: Callable[[polars.LazyFrame, BinaryIO], None]):
+    The queue is bounded, so memory stays a few items. An error of the consumer reaches the
+    putting thread at its next put, or at close.
+    """
+
+    def __init__(self, consume: Callable[[Iterator], None]):
         import queue
         import threading
 
-        import polars as pl
-        from polars.io.plugins import register_io_source
-
-        self.queue: queue.Queue = queue.Queue(maxsize=2)  # bounded: memory stays a few frames
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.end, self.ended = object(), False
 
-        def blocks(*_) -> Iterator[pl.DataFrame]:
-            while (block := self.queue.get()) is not self.end:
-                yield block
+        def items() -> Iterator:
+            while (item := self.queue.get()) is not self.end:
+                yield item
             self.ended = True
 
         def run() -> None:
             try:
-                sink(register_io_source(blocks, schema=schema), file)
-            except BaseException as error:  # noqa: BLE001 - handed to the writing thread
+                consume(items())
+            except BaseException as error:  # noqa: BLE001 - handed to the putting thread
                 self.error = error
                 while not self.ended and self.queue.get() is not self.end:
-                    pass  # take what the writer still puts, so it never waits on a full queue
+                    pass  # take what is still put, so the putting thread never waits on a full queue
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
 
-    def put(self, block) -> None:
+    def put(self, item) -> None:
         if self.error is not None:
             raise self.error
-        self.queue.put(block)
+        self.queue.put(item)
 
     def close(self, complete: bool = True) -> None:
-        """Waits for the frames sent to be written; raises the writer's error, unless the file
+        """Waits for the items put to be consumed; raises the consumer's error, unless the file
         is being abandoned (the error on its way out is then the one to tell)."""
         self.queue.put(self.end)
         self.thread.join()
         if self.error is not None and complete:
             raise self.error
+
+
+def _sink(file: BinaryIO, schema, sink: Callable[[polars.LazyFrame, BinaryIO], None]) -> _Worker:
+    """Returns a worker that hands the frames put to it to a Polars streaming writer (sink)."""
+    import polars as pl
+    from polars.io.plugins import register_io_source
+
+    def consume(frames: Iterator[pl.DataFrame]) -> None:
+        sink(register_io_source(lambda *_: frames, schema=schema), file)
+
+    return _Worker(consume)

@@ -283,6 +283,7 @@ def test_mean_with_output_reports_one_bar_over_its_one_pass(tmp_path, fast):
 
 
 def test_ctrl_c_exits_130_and_leaves_no_file(tmp_path):
+    import contextlib
     import os
     import signal
     import time
@@ -291,10 +292,16 @@ def test_ctrl_c_exits_130_and_leaves_no_file(tmp_path):
     out = tmp_path / "o.csv"
     process = subprocess.Popen([sys.executable, "-m", "xent_cli", "eval", str(tmp_path / "z.csv"),
                                 "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30  # interrupt while the output is written, well before the end
-    while not any(name.startswith(".xent-") for name in os.listdir(tmp_path)) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    time.sleep(0.2)
+    def writing() -> bool:
+        for name in os.listdir(tmp_path):
+            with contextlib.suppress(FileNotFoundError):  # renamed when the run ends
+                if name.startswith(".xent-") and (tmp_path / name).stat().st_size > 0:
+                    return True
+        return False
+
+    deadline = time.monotonic() + 30  # interrupt while the output is written, before the end
+    while not writing() and time.monotonic() < deadline:
+        time.sleep(0.002)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
     if process.returncode == 0:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -212,7 +213,8 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
 
     def chunks() -> Iterator[Chunk]:
         start, line = 0, 2  # the header is line 1
-        for table, done in _prefetched(_parsed_blocks(path, offset, len(header), delimiter)):
+        parse = functools.partial(_parse_block, columns=len(header), delimiter=delimiter)
+        for table, done in _prefetched(_parsed_blocks(path, offset, parse)):
             n = table.shape[0]
             logits = table[:, logit_slice]
             raw_labels = table[:, label]
@@ -234,17 +236,16 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
         if start == 0:
             raise _Unusual  # no data rows
 
+    def labels_of(block: bytes) -> np.ndarray:
+        # read from the line ends when the label is the last column and plainly written
+        labels = _last_cells(block, delimiter) if label == len(header) - 1 else None
+        return (labels if labels is not None
+                else _whole(_parse_column(block, len(header), delimiter, label)))
+
     def targets() -> Iterator[np.ndarray]:
-        # the label column of the same blocks: read from the line ends when it is the last
-        # column and plainly written, else parsed by Polars
-        if label != len(header) - 1:
-            for raw, _ in _parsed_blocks(path, offset, len(header), delimiter, column=label):
-                yield _whole(raw)
-            return
-        for block, _ in _prefetched(_blocks(path, offset)):
-            labels = _last_cells(block, delimiter)
-            yield (labels if labels is not None
-                   else _whole(_parse_column(block, len(header), delimiter, label)))
+        # the label column of the same blocks
+        for labels, _ in _prefetched(_parsed_blocks(path, offset, labels_of)):
+            yield labels
 
     return Source(name=path, class_names=class_names, has_labels=True, target_source=path,
                   size=size, unit="bytes", chunks=chunks, targets=targets)
@@ -276,10 +277,12 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
     def chunks() -> Iterator[Chunk]:
         start, line = 0, 2  # the header is line 1 in both files
         blocks = _prefetched(table for table, _ in _parsed_blocks(
-            targets_path, target_offset, k, target_delimiter))
+            targets_path, target_offset,
+            functools.partial(_parse_block, columns=k, delimiter=target_delimiter)))
         with contextlib.closing(blocks):
             rows = _Rows(blocks)
-            for logits, done in _prefetched(_parsed_blocks(path, offset, k, delimiter)):
+            parse = functools.partial(_parse_block, columns=k, delimiter=delimiter)
+            for logits, done in _prefetched(_parsed_blocks(path, offset, parse)):
                 n = logits.shape[0]
                 targets = rows.take(n)
                 # nan and inf survive a sum: blank lines, empty cells and -inf go to the strict reader
@@ -298,12 +301,17 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
             if start == 0 or not rows.exhausted():
                 raise _Unusual  # no data rows, or more target rows than logits
 
+    def rows_of(block: bytes) -> int:
+        # its lines (a blank line is a row), or, where quotes or a lone carriage return could
+        # join or cut lines, Polars' rows
+        if _plain_lines(block):
+            return int(np.count_nonzero(np.frombuffer(block, dtype=np.uint8) == ord("\n")))
+        return len(_parse_column(block, k, delimiter, 0))
+
     def targets() -> Iterator[int]:
-        # each block's rows as the parser counts them: its lines (a blank line is a row), or,
-        # where quotes or a lone carriage return could join or cut lines, Polars' rows
-        for block, _ in _prefetched(_blocks(path, offset)):
-            yield (block.count(b"\n") if _plain_lines(block)
-                   else len(_parse_column(block, k, delimiter, 0)))
+        # each block's rows as the parser counts them
+        for rows, _ in _parsed_blocks(path, offset, rows_of):
+            yield rows
 
     return Source(name=path, class_names=header, has_labels=False, target_source=targets_path,
                   size=size, unit="bytes", chunks=chunks, targets=targets)
@@ -355,13 +363,11 @@ def _plain_header(path: str, delimiter: str) -> tuple[tuple[str, ...], int]:
     return header, len(first)
 
 
-def _parsed_blocks(path: str, offset: int, columns: int, delimiter: str,
-                   column: int | None = None) -> Iterator[tuple]:
-    """Yields each block of the file parsed into a float64 array, with the bytes read after it.
+def _parsed_blocks(path: str, offset: int, parse: Callable[[bytes], object]) -> Iterator[tuple]:
+    """Yields parse of each block of the file, with the bytes read after it.
 
-    With a column, only that column of each block is parsed, into an (n,) array. Polars parses
-    a block of this size on one core, so PARSERS blocks parse at once, in threads (Polars
-    releases the GIL), and come out in file order.
+    Polars parses a block of this size on one core, so PARSERS blocks parse at once, in
+    threads (Polars and NumPy release the GIL), and come out in file order.
     """
     import collections
     from concurrent.futures import ThreadPoolExecutor
@@ -370,9 +376,7 @@ def _parsed_blocks(path: str, offset: int, columns: int, delimiter: str,
     pending: collections.deque = collections.deque()
     try:
         for block, done in _blocks(path, offset):
-            parse = ((_parse_block, block, columns, delimiter) if column is None
-                     else (_parse_column, block, columns, delimiter, column))
-            pending.append((pool.submit(*parse), done))
+            pending.append((pool.submit(parse, block), done))
             if len(pending) == PARSERS:
                 parsed, done = pending.popleft()
                 yield parsed.result(), done

@@ -35,12 +35,11 @@ def _table(z, y) -> str:
 
 
 def _read(path) -> dict[str, np.ndarray]:
-    """Reads a per-sample file of any format into columns: floats parsed by Python's float()."""
+    """Reads a per-sample file of any format into the columns it has, probabilities as 'probs'
+    and the gradient as 'grad' (n, k): floats parsed by Python's float()."""
     if path.suffix == ".npy":
         records = np.load(path)
-        columns = {name: records[name] for name in records.dtype.names if name not in ("prob", "grad")}
-        columns["probs"], columns["grad"] = records["prob"], records["grad"]
-        return columns
+        return {"probs" if name == "prob" else name: records[name] for name in records.dtype.names}
     if path.suffix == ".parquet":
         frame = pl.read_parquet(path).to_dict()
     else:
@@ -49,11 +48,13 @@ def _read(path) -> dict[str, np.ndarray]:
         frame = {name: [row[c] for row in cells[1:]] for c, name in enumerate(cells[0])}
         frame = {name: np.array([int(v) for v in values]) if name in ("sample", "line", "label", "pred")
                  else np.array([float(v) for v in values]) for name, values in frame.items()}
-    k = sum(1 for name in frame if name.startswith("grad_"))
     columns = {name: np.asarray(frame[name]) for name in ("sample", "line", "label", "pred", "loss")
                if name in frame}
-    columns["probs"] = np.column_stack([np.asarray(frame[f"prob_{c}"]) for c in range(k)])
-    columns["grad"] = np.column_stack([np.asarray(frame[f"grad_{c}"]) for c in range(k)])
+    for prefix, name in (("prob", "probs"), ("grad", "grad")):
+        per_class = [np.asarray(values) for column, values in frame.items()
+                     if column.startswith(prefix + "_")]
+        if per_class:
+            columns[name] = np.column_stack(per_class)
     return columns
 
 
@@ -161,6 +162,113 @@ def test_binary_cross_entropy_has_neither_label_nor_pred(runner, tmp_path, suffi
     np.testing.assert_allclose(got["grad"], (sigma - t) / 6, rtol=1e-14)  # 'mean' over N × k
     expected = bce.binary_cross_entropy(z, t, reduction="mean")
     assert np.array_equal(_bits(got["grad"]), _bits(expected.grad))
+
+
+# --- --columns: a choice of the columns ---------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy", ".parquet"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("chosen", ["grad,loss", "loss,prob", "pred,line", "label,grad,sample"])
+def test_chosen_columns_are_written_in_file_order_bit_for_bit(runner, tmp_path, reader, suffix,
+                                                              reduction, chosen):
+    rng = np.random.default_rng(12)
+    z = rng.normal(scale=4, size=(150, 3))
+    y = rng.integers(0, 3, size=150)
+    (tmp_path / "z.csv").write_text(_table(z, y))
+    out = tmp_path / f"o{suffix}"
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--reduction", reduction,
+                                 "--output", str(out), "--columns", chosen])
+    assert result.exit_code == 0, result.output
+    names = [name for name in ("sample", "line", "label", "pred", "loss", "prob", "grad")
+             if name in chosen.split(",")]
+    if suffix == ".csv":
+        header = []
+        for name in names:
+            header += [f"{name}_{c}" for c in range(3)] if name in ("prob", "grad") else [name]
+        assert out.read_text().splitlines()[0] == ",".join(header)
+    if suffix == ".npy":
+        assert list(np.load(out).dtype.names) == names
+    got = _read(out)
+    assert set(got) == {"probs" if name == "prob" else name for name in names}
+    reference = losses.cross_entropy(z, y, reduction=reduction)
+    expected = {"sample": np.arange(150), "line": np.arange(2, 152), "label": y,
+                "pred": z.argmax(axis=1)}
+    for name, values in got.items():
+        if name in expected:
+            assert np.array_equal(values, expected[name]), name
+        else:
+            assert np.array_equal(_bits(values), _bits(getattr(reference, name if name != "loss"
+                                                                 else "per_sample"))), name
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy", ".parquet"])
+def test_binary_cross_entropy_loss_and_gradient_only(runner, tmp_path, suffix):
+    z = np.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
+    t = np.array([[1, 0, 1], [0, 1, 0]])
+    (tmp_path / "z.csv").write_text("a,b,c\n" + "\n".join(",".join(map(repr, r)) for r in z.tolist()) + "\n")
+    (tmp_path / "t.csv").write_text("a,b,c\n" + "\n".join(",".join(map(str, r)) for r in t.tolist()) + "\n")
+    out = tmp_path / f"o{suffix}"
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--loss", "bce", "--targets",
+                                 str(tmp_path / "t.csv"), "--output", str(out),
+                                 "--columns", "loss,grad"])
+    assert result.exit_code == 0, result.output
+    got = _read(out)
+    expected = bce.binary_cross_entropy(z, t, reduction="mean")
+    assert set(got) == {"loss", "grad"}
+    np.testing.assert_allclose(got["grad"], (1 / (1 + np.exp(-z)) - t) / 6, rtol=1e-14)
+    assert np.array_equal(_bits(got["grad"]), _bits(expected.grad))
+    assert np.array_equal(_bits(got["loss"]), _bits(expected.elements.sum(axis=1)))
+
+
+def test_what_is_not_written_is_not_computed(runner, tmp_path, monkeypatch):
+    """Without grad no 'mean' pre-pass is needed and the kernel computes no gradient."""
+    (tmp_path / "z.csv").write_text("a,b,label\n1,2,0\n3,1,1\n0,0,1\n")
+    asked = []
+    kernel = losses.loss_and_gradient_into
+
+    def recording(z, target, grad, per_sample, **options):
+        asked.append((grad is not None, options.get("probs") is not None))
+        return kernel(z, target, grad, per_sample, **options)
+
+    def no_pre_pass(*_):
+        raise AssertionError("the divisor pre-pass ran")
+
+    monkeypatch.setattr(losses, "loss_and_gradient_into", recording)
+    monkeypatch.setattr(stream, "_divisor_pass", no_pre_pass)
+    out = tmp_path / "o.npy"
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output", str(out),
+                                 "--columns", "loss,prob", "--show", "0"])  # shown rows have theirs
+    assert result.exit_code == 0, result.output
+    assert asked and all(probs and not grad for grad, probs in asked)
+    p = np.exp([[1, 2], [3, 1], [0, 0]]) / np.exp([[1, 2], [3, 1], [0, 0]]).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(_read(out)["probs"], p, rtol=1e-15)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--columns", "loss,probs", "--targets", "t.csv"],
+     "--columns: 'probs' is not one of sample, line, label, pred, loss, prob, grad"),
+    (["--columns", "", "--targets", "t.csv"], "--columns: '' is not one of"),
+    (["--columns", "label,loss", "--targets", "t.csv"], "--columns: there is no label column"),
+    (["--columns", "pred", "--loss", "bce", "--targets", "t.csv"],
+     "there is no pred column for --loss bce"),
+])
+def test_a_column_that_is_not_there_is_a_usage_error_and_writes_nothing(runner, tmp_path,
+                                                                        monkeypatch, arguments,
+                                                                        message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "z.csv").write_text("a,b\n1,2\n3,1\n")
+    (tmp_path / "t.csv").write_text("a,b\n1,0\n0,1\n")
+    result = runner.invoke(app, ["eval", "z.csv", "--output", "o.csv", *arguments])
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "z.csv"]
+
+
+def test_columns_without_output_is_a_usage_error(runner, tmp_path):
+    (tmp_path / "z.csv").write_text("a,b,label\n1,2,0\n")
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--columns", "loss"])
+    assert result.exit_code == 2 and "give --output too" in result.stderr, result.output
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".parquet"])
@@ -353,7 +461,8 @@ def test_a_failing_npy_write_in_the_writer_thread_is_raised_and_leaves_no_file(t
             return getattr(self.file, name)
 
     opened = rows_file._Npy.__init__
-    monkeypatch.setattr(rows_file._Npy, "__init__", lambda self, file: opened(self, Full(file)))
+    monkeypatch.setattr(rows_file._Npy, "__init__",
+                        lambda self, file, columns: opened(self, Full(file), columns))
     blocks = _blocks([5, 7, 3], seed=8)
     with pytest.raises(InputError, match="cannot be written: No space left on device"):
         with rows_file.writer(str(tmp_path / "o.npy")) as write:

@@ -213,6 +213,11 @@ def eval_command(
         help="Write a per-sample CSV (label, pred, loss, prob_c, grad_c) to this path, atomically; "
              "for --loss bce, loss is the sample's sum over classes and prob_c = σ(z_c). "
              "A .npy or .parquet path writes that binary format instead (several times faster).")] = None,
+    columns: Annotated[Optional[str], typer.Option(
+        metavar="NAME,...",
+        help="The columns --output writes, of sample, line, label, pred, loss, prob, grad (prob "
+             "and grad: one per class), in that order; default all the input has. What is not "
+             "written is not computed.")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="Hide the progress bar (it shows only when stderr is a terminal).")] = False,
 ) -> None:
@@ -233,6 +238,7 @@ def eval_command(
       xent eval examples/logits_k3.csv
       xent eval examples/digits_logits.csv --show 0 --format json
       xent eval logits.csv --labels labels.csv --weight 1,2,1 --output per_sample.csv
+      xent eval big.csv --quiet --output grad.npy --columns loss,grad
       xent eval logits.npy --labels labels.npy --quiet
       xent eval examples/multilabel_logits.csv --loss bce --targets examples/multilabel_targets.csv
     """
@@ -247,6 +253,8 @@ def eval_command(
         delimiter = _delimiter(delimiter)
         if output is not None:
             data.check_output_path(output, [logits, labels, targets])
+        elif columns is not None:
+            raise XentError("--columns chooses the columns of --output: give --output too")
         min_classes = _min_classes(loss)
         source = stream.open_source(logits, label_col=label_col, labels_path=labels,
                                     targets_path=targets, delimiter=delimiter,
@@ -266,8 +274,11 @@ def eval_command(
             else:
                 from xent_cli import rows_file
 
-                with rows_file.writer(output, [logits, labels, targets]) as write:
-                    summary = stream.evaluate(source, progress=progress, rows=write, **options)
+                written = rows_file.columns(columns, has_labels=source.has_labels,
+                                            has_predictions=loss is Loss.ce)
+                with rows_file.writer(output, [logits, labels, targets], written) as write:
+                    summary = stream.evaluate(source, progress=progress, rows=write,
+                                              rows_with=written, **options)
     console = stdout()
     if output_format is EvalFormat.json:
         console.out(render.to_json(summary), highlight=False)

@@ -1,8 +1,9 @@
 """Writes eval's per-sample results block by block: CSV, .npy or .parquet, chosen by extension.
 
-Every format holds the same columns: sample, line, label (with class labels only), pred (the
-argmax, softmax cross-entropy only), loss, prob_0..prob_{k-1} and grad_0..grad_{k-1}. Every float
-reads back bit for bit:
+Every format holds the same columns, in this order: sample, line, label (with class labels
+only), pred (the argmax, softmax cross-entropy only), loss, prob_0..prob_{k-1} and
+grad_0..grad_{k-1}; a choice of them (``columns``) writes only those. Every float reads back
+bit for bit:
 
 - CSV (the default, any other extension) spells each float in the fewest digits that read back
   to the same float64, by Polars' writer (about 15 times faster than Python's repr, which picks
@@ -29,13 +30,14 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
 import numpy as np
 
 from xent_cli import data
+from xent_cli.errors import InputError
 
 if TYPE_CHECKING:
     import polars
 
     from xent_cli.stream import RowsOut
 
-# The first probabilities of a file, up to this many, are spelled in Python and the rest by
+# The first numbers of a CSV file, up to this many, are spelled in Python and the rest by
 # Polars: a small file needs no Polars import (160 ms, as long as Python takes to spell some
 # 200,000 floats), a large one pays it once.
 _PYTHON_FLOATS = 1 << 16
@@ -51,12 +53,41 @@ def kind(path: str) -> str:
     return {".npy": "npy", ".parquet": "parquet"}.get(suffix, "csv")
 
 
+# The columns of the per-sample file in the order written; prob and grad are one per class.
+COLUMNS = ("sample", "line", "label", "pred", "loss", "prob", "grad")
+# the whole-number columns; the rest are floats in the computation's dtype
+_WHOLE = ("sample", "line", "label", "pred")
+
+
+def columns(chosen: str | None, *, has_labels: bool, has_predictions: bool) -> tuple[str, ...]:
+    """Returns the columns to write, in file order: the comma-separated names chosen, or every
+    column the input has. A name that is no column, or one the input has not, is an error."""
+    has = {"label": has_labels, "pred": has_predictions}
+    if chosen is None:
+        return tuple(name for name in COLUMNS if has.get(name, True))
+    names = [name.strip() for name in chosen.split(",")]
+    for name in names:
+        if name not in COLUMNS:
+            raise InputError(f"--columns: {name!r} is not one of {', '.join(COLUMNS)}")
+    if "label" in names and not has_labels:
+        raise InputError("--columns: there is no label column; the targets are one per class")
+    if "pred" in names and not has_predictions:
+        raise InputError("--columns: there is no pred column for --loss bce, where every "
+                         "class is its own prediction")
+    return tuple(name for name in COLUMNS if name in names)
+
+
 @contextlib.contextmanager
-def writer(path: str, inputs=()) -> Iterator[Callable[[RowsOut], None]]:
-    """Yields a function that writes RowsOut blocks to path, which appears only on success."""
+def writer(path: str, inputs=(), columns: tuple[str, ...] = COLUMNS
+           ) -> Iterator[Callable[[RowsOut], None]]:
+    """Yields a function that writes RowsOut blocks to path, which appears only on success.
+
+    columns are those to write (see ``columns``); label and pred are written only where the
+    blocks have them.
+    """
     with data.atomic_writer(path, inputs) as text:
         file = text.buffer  # every format writes bytes; nothing goes through the text layer
-        out = {"csv": _Csv, "npy": _Npy, "parquet": _Parquet}[kind(path)](file)
+        out = {"csv": _Csv, "npy": _Npy, "parquet": _Parquet}[kind(path)](file, columns)
         try:
             yield out.write
         except BaseException:
@@ -65,10 +96,42 @@ def writer(path: str, inputs=()) -> Iterator[Callable[[RowsOut], None]]:
         out.close()
 
 
-def column_names(k: int, has_labels: bool, has_predictions: bool) -> list[str]:
-    """Returns the columns of the per-sample file."""
-    names = ["sample", "line"] + (["label"] if has_labels else []) + (["pred"] if has_predictions else [])
-    return names + ["loss"] + [f"prob_{c}" for c in range(k)] + [f"grad_{c}" for c in range(k)]
+def _written(columns: tuple[str, ...], rows: RowsOut) -> tuple[str, ...]:
+    """Returns the columns a run writes: those asked for that its blocks have."""
+    missing = {"label": rows.labels is None, "pred": rows.predictions is None,
+               "prob": rows.probs is None, "grad": rows.grad is None}
+    return tuple(name for name in columns if not missing.get(name, False))
+
+
+def _classes(rows: RowsOut) -> int:
+    """Returns a block's number of classes (0 when it carries no column per class)."""
+    per_class = rows.probs if rows.probs is not None else rows.grad
+    return 0 if per_class is None else per_class.shape[1]
+
+
+def column_names(k: int, columns: tuple[str, ...]) -> list[str]:
+    """Returns the header of a per-sample file: prob and grad become one column per class."""
+    names = []
+    for name in columns:
+        names += [f"{name}_{c}" for c in range(k)] if name in ("prob", "grad") else [name]
+    return names
+
+
+def _whole_numbers(rows: RowsOut, columns: tuple[str, ...], cut: slice = slice(None)
+                   ) -> list[np.ndarray]:
+    """Returns rows cut of a block's whole-number columns among columns, in file order."""
+    start, stop, _ = cut.indices(len(rows.per_sample))
+    values = {"sample": lambda: np.arange(rows.start + start, rows.start + stop),
+              "line": lambda: _lines(rows, cut), "label": lambda: rows.labels[cut],
+              "pred": lambda: rows.predictions[cut]}
+    return [values[name]() for name in columns if name in _WHOLE]
+
+
+def _reals(rows: RowsOut, columns: tuple[str, ...], cut: slice = slice(None)) -> list[np.ndarray]:
+    """Returns rows cut of a block's float columns among columns, in file order: the loss as
+    (n,), probabilities and gradient as (n, k)."""
+    values = {"loss": rows.per_sample, "prob": rows.probs, "grad": rows.grad}
+    return [values[name][cut] for name in columns if name in values]
 
 
 def _lines(rows: RowsOut, cut: slice = slice(None)) -> np.ndarray:
@@ -82,8 +145,8 @@ def _lines(rows: RowsOut, cut: slice = slice(None)) -> np.ndarray:
 class _Framed:
     """A file whose rows go, in frames, to a Polars writer in a thread of its own."""
 
-    def __init__(self, file: BinaryIO):
-        self.file = file
+    def __init__(self, file: BinaryIO, columns: tuple[str, ...]):
+        self.file, self.asked = file, columns
         self.frames: _Frames | None = None
 
     def restart(self) -> None:
@@ -101,23 +164,23 @@ class _Framed:
 class _Csv(_Framed):
     """CSV text with a header line, floats in shortest round-trip digits."""
 
-    def __init__(self, file: BinaryIO):
-        super().__init__(file)
-        self.spelled = 0  # probabilities written so far, over every run
+    def __init__(self, file: BinaryIO, columns: tuple[str, ...]):
+        super().__init__(file, columns)
+        self.spelled = 0  # numbers written so far, over every run
 
     def write(self, rows: RowsOut) -> None:
         if rows.start == 0:
             self.restart()
-            names = column_names(rows.probs.shape[1], rows.labels is not None,
-                                 rows.predictions is not None)
-            self.file.write((",".join(names) + "\n").encode())
-        self.spelled += rows.probs.size
+            self.columns = _written(self.asked, rows)
+            self.names = column_names(_classes(rows), self.columns)
+            self.file.write((",".join(self.names) + "\n").encode())
+        self.spelled += len(rows.per_sample) * len(self.names)
         if self.spelled <= _PYTHON_FLOATS:
-            self.file.write(_csv_rows(rows).encode())
+            self.file.write(_csv_rows(rows, self.columns).encode())
             return
         if self.frames is None:
             # float64 always: a float32 spelled as float32 would read back as another float64
-            self.frames = _Frames(self.file, rows, np.float64, _sink_csv)
+            self.frames = _Frames(self.file, rows, self.columns, np.float64, _sink_csv)
         self.frames.put(rows)
 
 
@@ -125,15 +188,13 @@ def _sink_csv(lazy: polars.LazyFrame, file: BinaryIO) -> None:
     lazy.sink_csv(file, include_header=False)  # in order: maintain_order is the default
 
 
-def _csv_rows(rows: RowsOut) -> str:
+def _csv_rows(rows: RowsOut, columns: tuple[str, ...]) -> str:
     """Returns a block's CSV lines spelled in Python exactly as Polars' writer spells them."""
     floats = lambda values: ",".join(map(_spell, values))  # noqa: E731
-    columns = [map(str, range(rows.start, rows.start + len(rows.per_sample))), map(str, rows.lines)]
-    columns += [] if rows.labels is None else [map(str, rows.labels.tolist())]
-    columns += [] if rows.predictions is None else [map(str, rows.predictions.tolist())]
-    columns += [map(_spell, rows.per_sample.tolist()), map(floats, rows.probs.tolist()),
-                map(floats, rows.grad.tolist())]
-    return "".join(",".join(cells) + "\n" for cells in zip(*columns))
+    cells = [map(str, values.tolist()) for values in _whole_numbers(rows, columns)]
+    cells += [map(_spell if values.ndim == 1 else floats, values.tolist())
+              for values in _reals(rows, columns)]
+    return "".join(",".join(row) + "\n" for row in zip(*cells))
 
 
 def _spell(x: float) -> str:
@@ -159,13 +220,13 @@ class _Frames:
     the blocks: the caller may reuse its arrays once a block is handed over.
     """
 
-    def __init__(self, file: BinaryIO, rows: RowsOut, dtype,
+    def __init__(self, file: BinaryIO, rows: RowsOut, columns: tuple[str, ...], dtype,
                  sink: Callable[[polars.LazyFrame, BinaryIO], None]):
-        k = rows.probs.shape[1]
-        self.file, self.dtype, self.sink_to = file, np.dtype(dtype), sink
-        self.names = column_names(k, rows.labels is not None, rows.predictions is not None)
-        self.k, self.size = k, 0
-        self.capacity = max(1, _FRAME_FLOATS // (2 * k + 1))
+        self.file, self.columns, self.dtype, self.sink_to = file, columns, np.dtype(dtype), sink
+        self.names = column_names(_classes(rows), columns)
+        self.whole = sum(name in _WHOLE for name in columns)
+        self.size = 0
+        self.capacity = max(1, _FRAME_FLOATS // max(1, len(self.names) - self.whole))
         self.sink: _Worker | None = None
         self._empty()
 
@@ -186,22 +247,20 @@ class _Frames:
             sink.close(complete)
 
     def _empty(self) -> None:
-        whole = len(self.names) - 2 * self.k - 1  # sample, line, and label and pred if any
-        self.integers = np.empty((whole, self.capacity), dtype=np.int64)
-        self.reals = np.empty((2 * self.k + 1, self.capacity), dtype=self.dtype)
+        self.integers = np.empty((self.whole, self.capacity), dtype=np.int64)
+        self.reals = np.empty((len(self.names) - self.whole, self.capacity), dtype=self.dtype)
 
     def _copy(self, rows: RowsOut, at: int) -> int:
         """Copies a block's rows from at on, as many as the frame has room for; returns how many."""
         n = min(len(rows.per_sample) - at, self.capacity - self.size)
-        cut, into, k = slice(at, at + n), slice(self.size, self.size + n), self.k
-        integers = [np.arange(rows.start + at, rows.start + at + n), _lines(rows, cut)]
-        integers += [rows.labels[cut]] if rows.labels is not None else []
-        integers += [rows.predictions[cut]] if rows.predictions is not None else []
-        for row, values in zip(self.integers, integers):
+        cut, into = slice(at, at + n), slice(self.size, self.size + n)
+        for row, values in zip(self.integers, _whole_numbers(rows, self.columns, cut)):
             row[into] = values
-        self.reals[0, into] = rows.per_sample[cut]
-        self.reals[1:k + 1, into] = rows.probs[cut].T
-        self.reals[k + 1:, into] = rows.grad[cut].T
+        row = 0
+        for values in _reals(rows, self.columns, cut):  # the loss (n,), or (n, k) class by class
+            width = 1 if values.ndim == 1 else values.shape[1]
+            self.reals[row:row + width, into] = values.T
+            row += width
         self.size += n
         return n
 
@@ -226,37 +285,33 @@ class _Npy:
     blocks of 8192 rows fill one in cache, larger ones measured slower.
     """
 
-    def __init__(self, file: BinaryIO):
+    def __init__(self, file: BinaryIO, columns: tuple[str, ...]):
         import queue
 
-        self.file = file
+        self.file, self.asked = file, columns
         self.dtype: np.dtype | None = None
         self.written: queue.SimpleQueue = queue.SimpleQueue()  # buffers the writer is done with
         self.writer: _Worker | None = None
         self.n = 0
 
     def write(self, rows: RowsOut) -> None:
-        n, k = rows.probs.shape
+        n = len(rows.per_sample)
         if rows.start == 0:
             self._stop(complete=False)
-            fields = [("sample", "<i8"), ("line", "<i8")]
-            fields += [("label", "<i8")] if rows.labels is not None else []
-            fields += [("pred", "<i8")] if rows.predictions is not None else []
-            real = rows.probs.dtype.newbyteorder("<")
-            self.dtype = np.dtype(fields + [("loss", real), ("prob", real, (k,)), ("grad", real, (k,))])
+            self.columns = _written(self.asked, rows)
+            real, k = rows.per_sample.dtype.newbyteorder("<"), _classes(rows)
+            self.dtype = np.dtype([(name, "<i8") if name in _WHOLE
+                                   else (name, real, (k,)) if name in ("prob", "grad")
+                                   else (name, real) for name in self.columns])
             self.n = 0
             self.file.seek(0)
             self.file.truncate()
             self.file.write(_npy_header(self.dtype, 0))
             self.writer = _Worker(self._write_all)
         records = self._buffer(n)
-        records["sample"] = np.arange(rows.start, rows.start + n)
-        records["line"] = _lines(rows)
-        if rows.labels is not None:
-            records["label"] = rows.labels
-        if rows.predictions is not None:
-            records["pred"] = rows.predictions
-        records["loss"], records["prob"], records["grad"] = rows.per_sample, rows.probs, rows.grad
+        values = _whole_numbers(rows, self.columns) + _reals(rows, self.columns)
+        for name, column in zip(self.columns, values):
+            records[name] = column
         self.writer.put(records)
         self.n += n
 
@@ -308,7 +363,8 @@ class _Parquet(_Framed):
     def write(self, rows: RowsOut) -> None:
         if rows.start == 0:
             self.restart()
-            self.frames = _Frames(self.file, rows, rows.probs.dtype, _sink_parquet)
+            self.frames = _Frames(self.file, rows, _written(self.asked, rows),
+                                  rows.per_sample.dtype, _sink_parquet)
         self.frames.put(rows)
 
 

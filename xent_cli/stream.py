@@ -25,7 +25,7 @@ import io
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Collection, Iterator
 
 import numpy as np
 
@@ -85,8 +85,8 @@ class RowsOut:
     labels: np.ndarray | None  # None for soft or binary targets
     predictions: np.ndarray | None  # each sample's argmax; None for binary cross-entropy
     per_sample: np.ndarray
-    probs: np.ndarray
-    grad: np.ndarray  # of the reported loss (scaled by the global divisor for 'mean')
+    probs: np.ndarray | None  # None where the file does not list them
+    grad: np.ndarray | None  # of the reported loss (over the whole divisor for 'mean'), or None
 
 
 @dataclass(frozen=True)
@@ -694,14 +694,16 @@ def _float_matrix(array, path: str, what: str, min_classes: int = 2) -> np.ndarr
 def evaluate(source: Source, *, loss: str = "ce", weight=None, pos_weight=None,
              ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
              dtype: str = "float64", show: int = 3, rows: Callable[[RowsOut], None] | None = None,
-             progress: Progress | None = None, fallback: Callable[[], Source] | None = None
-             ) -> Summary:
+             rows_with: Collection[str] = ("prob", "grad"), progress: Progress | None = None,
+             fallback: Callable[[], Source] | None = None) -> Summary:
     """Returns the loss ('ce' softmax cross-entropy, 'bce' binary) of a whole source, chunk by chunk.
 
-    rows, when given, receives every chunk's per-sample results in order; for 'mean' their
-    gradient divides by the divisor of the whole input, which a pre-pass over the targets alone
-    finds first (labels, or row counts), so the input is parsed in full once. fallback opens
-    the strict reader when the fast one meets something unusual.
+    rows, when given, receives every chunk's per-sample results in order, with the
+    probabilities and the gradient where rows_with names them ('prob', 'grad'): what is not
+    asked for is not computed. For 'mean' the gradient divides by the divisor of the whole
+    input, which a pre-pass over the targets alone finds first (labels, or row counts), so the
+    input is parsed in full once. fallback opens the strict reader when the fast one meets
+    something unusual.
     """
     if loss not in _KERNELS:
         raise InputError(f"loss {loss!r} is not one of {', '.join(_KERNELS)}")
@@ -714,18 +716,19 @@ def evaluate(source: Source, *, loss: str = "ce", weight=None, pos_weight=None,
         raise InputError("ignore_index and label_smoothing apply to softmax cross-entropy only")
     options = dict(loss=loss, weight=weight, pos_weight=pos_weight, ignore_index=ignore_index,
                    label_smoothing=label_smoothing, dtype=dtype)
+    wants = frozenset(rows_with) & {"prob", "grad"} if rows is not None else frozenset()
     try:
-        if rows is None or reduction != "mean":
-            return _pass(source, options, reduction, show, rows, None, progress)
+        if rows is None or reduction != "mean" or "grad" not in wants:
+            return _pass(source, options, reduction, show, rows, wants, None, progress)
         divisor = _divisor_pass(source, options)
         scaled = divisor > 0  # else there is no mean: a pass that writes nothing says why
         summary = _pass(source, options, reduction, show, rows if scaled else None,
-                        divisor if scaled else None, progress)
+                        wants if scaled else frozenset(), divisor if scaled else None, progress)
     except _Unusual:
         if fallback is None:
             raise InputError("the input needs the strict reader", source=source.name) from None
-        return evaluate(fallback(), reduction=reduction, show=show, rows=rows, progress=progress,
-                        **options)
+        return evaluate(fallback(), reduction=reduction, show=show, rows=rows,
+                        rows_with=rows_with, progress=progress, **options)
     if summary.divisor != divisor:  # the rows were scaled by another divisor than the loss's
         raise RuntimeError(f"the targets give the divisor {divisor!r}, the pass {summary.divisor!r}")
     return summary
@@ -764,16 +767,18 @@ class _Piece:
 class _Kernel:
     """One loss's work on a chunk; _pass combines chunks the same way for every loss."""
 
-    # (part, options, reduction, dtype, divisor, rows) -> piece: with rows, the piece holds the
-    # probabilities and the gradient of the reported loss, for 'mean' over the divisor given
-    chunk: Callable[[data.EvalInput, dict, str, np.dtype, float | None, bool], _Piece]
+    # (part, options, reduction, dtype, divisor, wants) -> piece: it holds the probabilities
+    # and the gradient of the reported loss (for 'mean' over the divisor given) where wants
+    # names them ('prob', 'grad'), else None
+    chunk: Callable[[data.EvalInput, dict, str, np.dtype, float | None, frozenset], _Piece]
     worked: Callable  # (first (part, piece), show, reduction, divisor, options) -> worked samples
 
 
 def _pass(source: Source, options: dict, reduction: str, show: int,
-          rows: Callable[[RowsOut], None] | None, divisor: float | None,
+          rows: Callable[[RowsOut], None] | None, wants: frozenset, divisor: float | None,
           progress: Progress | None) -> Summary:
-    """Reads the source once; rows with 'mean' need the whole input's divisor to scale by."""
+    """Reads the source once; a gradient in the rows with 'mean' needs the whole input's
+    divisor to scale by."""
     kernel = _KERNELS[options["loss"]]
     totals, divisors, n, ignored, hits, counted, wrong = [], [], 0, 0, 0, 0, 0
     per_samples, elements, first = [], [], None
@@ -781,7 +786,7 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
     for chunk in source.chunks():
         part = chunk.data
         try:
-            piece = kernel.chunk(part, options, reduction, dt, divisor, rows is not None)
+            piece = kernel.chunk(part, options, reduction, dt, divisor, wants)
         except InputError as error:
             raise data.locate(error, part) from None
         totals += piece.sums
@@ -803,7 +808,9 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
                 rows(RowsOut(start=chunk.start + at, lines=part.lines[cut],
                              labels=None if part.labels is None else part.labels[cut],
                              predictions=None if predictions is None else predictions[cut],
-                             per_sample=piece.per_sample[cut], probs=probs[cut], grad=grad[cut]))
+                             per_sample=piece.per_sample[cut],
+                             probs=None if probs is None else probs[cut],
+                             grad=None if grad is None else grad[cut]))
         if progress is not None:
             progress(chunk.done, source.size, n)
     if first is None:
@@ -844,17 +851,17 @@ def _floats(values) -> tuple[float, ...] | None:
 # --- softmax cross-entropy ---------------------------------------------------------------------
 
 def _softmax_chunk(part: data.EvalInput, options: dict, reduction: str, dt: np.dtype,
-                   divisor: float | None, rows: bool) -> _Piece:
+                   divisor: float | None, wants: frozenset) -> _Piece:
     """Returns a chunk's softmax cross-entropy; 'mean' sums here and divides once at the end.
 
-    Without rows only the losses and the predicted classes are computed, not the gradient.
+    The losses and the predicted classes are always computed, the probabilities and the
+    gradient only where wants names them.
     """
     target = part.labels if part.labels is not None else part.targets
     n, k = part.logits.shape
     per_sample, predictions = np.empty(n, dtype=dt), np.empty(n, dtype=np.intp)
-    grad = probs = None
-    if rows:
-        grad, probs = np.empty((n, k), dtype=dt), np.empty((n, k), dtype=dt)
+    grad = np.empty((n, k), dtype=dt) if "grad" in wants else None
+    probs = np.empty((n, k), dtype=dt) if "prob" in wants else None
     block = losses.loss_and_gradient_into(
         part.logits, target, grad, per_sample, weight=options["weight"],
         ignore_index=options["ignore_index"], label_smoothing=options["label_smoothing"],
@@ -922,15 +929,15 @@ class BinaryWorkedSample:
 
 
 def _bce_chunk(part: data.EvalInput, options: dict, reduction: str, dt: np.dtype,
-               divisor: float | None, rows: bool) -> _Piece:
+               divisor: float | None, wants: frozenset) -> _Piece:
     """Returns a chunk's binary cross-entropy, its exact-match hits and wrong elements."""
     result = _bce(part, options, reduction, dt)
     # row sums of a C-ordered array: the same bits whatever the chunk or the input's layout
     per_sample = np.ascontiguousarray(result.elements).sum(axis=1)
     right = bce.predictions(part.logits) == bce.decided(part.targets)
     return _Piece(per_sample=per_sample, elements=result.elements,
-                  probs=result.probs if rows else None,
-                  grad=_bce_scaled(result.grad, reduction, divisor, dt) if rows else None,
+                  probs=result.probs if "prob" in wants else None,
+                  grad=_bce_scaled(result.grad, reduction, divisor, dt) if "grad" in wants else None,
                   sums=_split_sum(result.elements), divisor=result.divisor,
                   ignored=np.zeros(len(per_sample), dtype=bool),
                   hits=int(np.count_nonzero(right.all(axis=1))), counted=len(part.lines),

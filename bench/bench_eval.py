@@ -143,20 +143,23 @@ def run(quick: bool = False, repeat: int = 3) -> list[dict]:
                      "ratio": ratio, "target": target, "note": note})
 
     # The parsers and xent on the big file, taking turns; the fastest parser is the reference.
-    # --output in each format with the default reduction, 'mean' (its divisor is read first from
-    # the labels alone), and .npy with 'sum' for comparison.
+    # --output of the per-sample loss and gradient (the issue's target) in each format with the
+    # default reduction, 'mean' (its divisor is read first from the labels alone), .npy with
+    # 'sum' for comparison, and .npy with every column (probabilities, prediction, line...).
     big_runs = {"polars scan_csv streaming": python(POLARS_PARSE, str(big))}
     if _has("pandas"):
         big_runs["pandas read_csv C chunks"] = python(PANDAS_PARSE, str(big))
     big_runs["xent"] = xent("eval", str(big), "--show", "0", "--format", "json", "--quiet")
-    outputs, removes = [], {}
-    for suffix, reduction in ((".npy", "mean"), (".parquet", "mean"), (".csv", "mean"),
-                              (".npy", "sum")):
-        name = f"--output {suffix} {reduction}"
+    outputs, removes = {}, {}
+    for suffix, reduction, columns in ((".npy", "mean", "loss,grad"), (".npy", "sum", "loss,grad"),
+                                       (".parquet", "mean", "loss,grad"),
+                                       (".csv", "mean", "loss,grad"), (".npy", "mean", None)):
+        name = f"--output {suffix} {reduction}" + (f" --columns {columns}" if columns else "")
         removes[name] = DATA / f"per_sample{suffix}"
         big_runs[name] = xent("eval", str(big), "--show", "0", "--quiet", "--reduction", reduction,
-                              "--output", str(removes[name]))
-        outputs.append(name)
+                              "--output", str(removes[name]),
+                              *(("--columns", columns) if columns else ()))
+        outputs[name] = 0.5 if columns else None  # every column: for reference
     figures = best_of(big_runs, repeat, removes)
     summary = figures.pop("xent")
     written = {name: figures.pop(name) for name in outputs}
@@ -170,7 +173,7 @@ def run(quick: bool = False, repeat: int = 3) -> list[dict]:
         f"{parser['cpu_seconds']:.2f}, ratio {parser['cpu_seconds'] / summary['cpu_seconds']:.2f}")
     for name, figure in written.items():
         add(f"xent eval {name} ({megabytes:.0f} MB)", figure, parser_name, parser,
-            parser["seconds"] / figure["seconds"], 0.5,
+            parser["seconds"] / figure["seconds"], outputs[name],
             f"{megabytes / figure['seconds']:.0f} MB/s in, writes {figure['written_mb']:.0f} MB; "
             f"CPU ratio {parser['cpu_seconds'] / figure['cpu_seconds']:.2f}")
 
@@ -202,13 +205,14 @@ def run(quick: bool = False, repeat: int = 3) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     """Returns the rows as a fixed-width text table."""
-    lines = [f"{'case':<36} {'s':>7} {'cpu s':>6} {'peak MB':>8} {'ratio':>6} {'target':>7}  note"]
+    width = max(len(row["name"]) for row in rows)
+    lines = [f"{'case':<{width}} {'s':>7} {'cpu s':>6} {'peak MB':>8} {'ratio':>6} {'target':>7}  note"]
     for row in rows:
         ratio = "" if row["ratio"] is None else f"{row['ratio']:6.2f}"
         verdict = ""
         if row["target"] is not None:
             verdict = f">= {row['target']:<3} " + ("met" if row["ratio"] >= row["target"] else "MISSED")
-        lines.append(f"{row['name']:<36} {row['seconds']:7.2f} {row['cpu_seconds']:6.2f} "
+        lines.append(f"{row['name']:<{width}} {row['seconds']:7.2f} {row['cpu_seconds']:6.2f} "
                      f"{row['peak_mb']:8.0f} {ratio:>6} "
                      f"{verdict:<14} {row['note']}")
     return "\n".join(lines)

@@ -229,10 +229,12 @@ def test_a_label_that_is_no_class_counts_for_nothing_instead_of_crashing():
     assert bce.mean_divisor(7, 3) == 21
 
 
-def test_a_divisor_that_disagrees_is_a_bug_said_plainly(tmp_path, fast, monkeypatch):
+@pytest.mark.parametrize("pre_pass", ["_row_count", "_divisor_pass"])
+def test_a_divisor_that_disagrees_is_a_bug_said_plainly(tmp_path, fast, monkeypatch, pre_pass):
     z, y = _problem(6, n=30)
     source = stream.open_source(_labelled(tmp_path, z, y))
-    monkeypatch.setattr(stream, "_divisor_pass", lambda source, options: 29.0)
+    monkeypatch.setattr(stream, "_row_count", lambda source, options: None)
+    monkeypatch.setattr(stream, pre_pass, lambda source, options: 29.0)
     with pytest.raises(RuntimeError, match="29.0.*30.0"):
         stream.evaluate(source, rows=lambda rows: None)
 
@@ -274,14 +276,47 @@ def test_labels_file_is_parsed_once_in_full(runner, tmp_path, fast, counted, red
     assert counted == {"full": blocks, "column": 0, "kernel": blocks}
 
 
-def test_a_first_label_column_is_parsed_alone_for_the_divisor(runner, tmp_path, fast, counted):
+def test_a_first_label_column_is_parsed_alone_for_a_weighted_divisor(runner, tmp_path, fast,
+                                                                      counted):
     z, y = _problem(7, n=200)
     rows = [[int(label)] + row for row, label in zip(z.tolist(), y)]
     path = _write(tmp_path / "z.csv", rows, ["label", "z0", "z1", "z2", "z3"])
     blocks = _blocks_of(path)
-    got = _grad_rows(runner, tmp_path / "z.csv")
+    weights = ",".join(map(str, EXACT_WEIGHTS))
+    got = _grad_rows(runner, tmp_path / "z.csv", "--weight", weights)
     assert counted == {"full": blocks, "column": blocks, "kernel": blocks}
-    assert _same_bits(got, losses.cross_entropy(z, y).grad)
+    assert _same_bits(got, losses.cross_entropy(z, y, weight=EXACT_WEIGHTS).grad)
+
+
+@pytest.mark.parametrize("header", [["label", "z0", "z1", "z2", "z3"], ["z0", "z1", "z2", "z3", "label"]])
+def test_unweighted_labels_divide_by_the_rows_counted_without_parsing(runner, tmp_path, fast,
+                                                                      counted, header):
+    z, y = _problem(7, n=200)
+    rows = [[int(label)] + row if header[0] == "label" else row + [int(label)]
+            for row, label in zip(z.tolist(), y)]
+    path = _write(tmp_path / "z.csv", rows, header)
+    blocks = _blocks_of(path)
+    got = _grad_rows(runner, tmp_path / "z.csv", "--label-smoothing", "0.1")
+    assert counted == {"full": blocks, "column": 0, "kernel": blocks}
+    assert _same_bits(got, losses.cross_entropy(z, y, label_smoothing=0.1).grad)
+
+
+@pytest.mark.parametrize("first_ignored", [3, 150])
+def test_an_ignored_label_makes_the_labels_the_divisor_and_the_rows_start_over(
+        runner, tmp_path, fast, counted, first_ignored):
+    z, y = _problem(8, n=200)
+    y = y.astype(np.int64)
+    y[first_ignored::7] = -100
+    path = _labelled(tmp_path, z, y)
+    _, offset = stream._plain_header(path, ",")
+    ends = np.cumsum([block.count(b"\n") for block, _ in stream._blocks(path, offset)])
+    got = _grad_rows(runner, tmp_path / "z.csv")
+    expected = losses.cross_entropy(z, y)
+    assert expected.divisor == 200 - len(range(first_ignored, 200, 7))
+    assert _same_bits(got, expected.grad)
+    # the blocks up to the one with the first ignored label, then all of them again
+    with_first = int(np.searchsorted(ends, first_ignored, side="right"))
+    assert counted["kernel"] == with_first + 1 + len(ends) and counted["column"] == 0
 
 
 def test_crlf_and_quoted_blocks_still_give_the_in_memory_rows(runner, tmp_path, fast, counted):
@@ -416,23 +451,26 @@ def test_line_end_labels_by_hand():
 
 
 @pytest.mark.parametrize("header", ["label,z0,z1", "z0,z1,label"])
+@pytest.mark.parametrize(("pre_pass", "options"), [("_row_count", []),
+                                                   ("_divisor_pass", ["--weight", "1,2"])])
 def test_a_quote_left_open_stops_the_pre_pass_and_the_strict_reader_says_where(
-        runner, tmp_path, fast, monkeypatch, header):
+        runner, tmp_path, fast, monkeypatch, header, pre_pass, options):
     rows = [header] + ["0,1.5,1" for _ in range(30)]
     rows[20] = rows[20].replace(",", ',"', 1)  # line 21
     (tmp_path / "z.csv").write_text("\n".join(rows) + "\n")
     handed_over = []
-    divisor_pass = stream._divisor_pass
+    counting = getattr(stream, pre_pass)
 
     def watched(source, options):
         try:
-            return divisor_pass(source, options)
+            return counting(source, options)
         except stream._Unusual:
             handed_over.append(source.name)
             raise
 
-    monkeypatch.setattr(stream, "_divisor_pass", watched)
-    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output", str(tmp_path / "o.csv")])
+    monkeypatch.setattr(stream, pre_pass, watched)
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output", str(tmp_path / "o.csv"),
+                                 *options])
     assert result.exit_code == 2 and handed_over == [str(tmp_path / "z.csv")]  # by the pre-pass
     assert result.stderr.startswith(f"Error: {tmp_path / 'z.csv'}, line 21: a quoted cell runs")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z.csv"]

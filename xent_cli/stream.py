@@ -47,6 +47,10 @@ CHUNK_ROWS = 1 << 16
 Progress = Callable[[int, int, int], None]  # (bytes or rows done, of total; samples done)
 
 
+class _Ignored(Exception):
+    """A sample counts for nothing: the row count was not the 'mean' divisor after all."""
+
+
 class _Unusual(Exception):
     """The fast reader met something only the strict reader can judge (or explain)."""
 
@@ -74,6 +78,8 @@ class Source:
     # what each chunk's 'mean' divisor needs, chunk by chunk as chunks() cuts them, read cheaply:
     # its labels (n,), or its number of samples n for soft and binary targets
     targets: Callable[[], Iterator[np.ndarray | int]]
+    # each chunk's number of samples, where counting them is cheaper than reading the labels
+    rows: Callable[[], Iterator[int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -248,7 +254,8 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
             yield labels
 
     return Source(name=path, class_names=class_names, has_labels=True, target_source=path,
-                  size=size, unit="bytes", chunks=chunks, targets=targets)
+                  size=size, unit="bytes", chunks=chunks, targets=targets,
+                  rows=lambda: _block_rows(path, offset, len(header), delimiter))
 
 
 def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: str | None,
@@ -301,20 +308,9 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
             if start == 0 or not rows.exhausted():
                 raise _Unusual  # no data rows, or more target rows than logits
 
-    def rows_of(block: bytes) -> int:
-        # its lines (a blank line is a row), or, where quotes or a lone carriage return could
-        # join or cut lines, Polars' rows
-        if _plain_lines(block):
-            return int(np.count_nonzero(np.frombuffer(block, dtype=np.uint8) == ord("\n")))
-        return len(_parse_column(block, k, delimiter, 0))
-
-    def targets() -> Iterator[int]:
-        # each block's rows as the parser counts them
-        for rows, _ in _parsed_blocks(path, offset, rows_of):
-            yield rows
-
     return Source(name=path, class_names=header, has_labels=False, target_source=targets_path,
-                  size=size, unit="bytes", chunks=chunks, targets=targets)
+                  size=size, unit="bytes", chunks=chunks,
+                  targets=lambda: _block_rows(path, offset, k, delimiter))
 
 
 class _Rows:
@@ -339,6 +335,18 @@ class _Rows:
     def exhausted(self) -> bool:
         """Returns whether every row has been taken."""
         return not self.pending and next(self.blocks, None) is None
+
+
+def _block_rows(path: str, offset: int, columns: int, delimiter: str) -> Iterator[int]:
+    """Yields each block's number of rows as the parser counts them: its lines (a blank line
+    is a row), or, where quotes or a lone carriage return could join or cut lines, Polars'."""
+    def rows_of(block: bytes) -> int:
+        if _plain_lines(block):
+            return int(np.count_nonzero(np.frombuffer(block, dtype=np.uint8) == ord("\n")))
+        return len(_parse_column(block, columns, delimiter, 0))
+
+    for rows, _ in _prefetched(_parsed_blocks(path, offset, rows_of)):
+        yield rows
 
 
 def _delimiter_of(path: str, delimiter: str | None) -> str:
@@ -701,9 +709,10 @@ def evaluate(source: Source, *, loss: str = "ce", weight=None, pos_weight=None,
     rows, when given, receives every chunk's per-sample results in order, with the
     probabilities and the gradient where rows_with names them ('prob', 'grad'): what is not
     asked for is not computed. For 'mean' the gradient divides by the divisor of the whole
-    input, which a pre-pass over the targets alone finds first (labels, or row counts), so the
-    input is parsed in full once. fallback opens the strict reader when the fast one meets
-    something unusual.
+    input, which a pre-pass over the targets alone finds first, so the input is parsed in full
+    once: the rows counted (soft or binary targets, and unweighted labels, whose pass starts
+    over from the labels if a sample turns out ignored) or the labels read. fallback opens the
+    strict reader when the fast one meets something unusual.
     """
     if loss not in _KERNELS:
         raise InputError(f"loss {loss!r} is not one of {', '.join(_KERNELS)}")
@@ -717,13 +726,26 @@ def evaluate(source: Source, *, loss: str = "ce", weight=None, pos_weight=None,
     options = dict(loss=loss, weight=weight, pos_weight=pos_weight, ignore_index=ignore_index,
                    label_smoothing=label_smoothing, dtype=dtype)
     wants = frozenset(rows_with) & {"prob", "grad"} if rows is not None else frozenset()
+
+    def scaled_pass(divisor: float, none_ignored: bool = False) -> Summary:
+        scaled = divisor > 0  # else there is no mean: a pass that writes nothing says why
+        return _pass(source, options, reduction, show, rows if scaled else None,
+                     wants if scaled else frozenset(), divisor if scaled else None, progress,
+                     none_ignored)
+
     try:
         if rows is None or reduction != "mean" or "grad" not in wants:
             return _pass(source, options, reduction, show, rows, wants, None, progress)
-        divisor = _divisor_pass(source, options)
-        scaled = divisor > 0  # else there is no mean: a pass that writes nothing says why
-        summary = _pass(source, options, reduction, show, rows if scaled else None,
-                        wants if scaled else frozenset(), divisor if scaled else None, progress)
+        divisor = _row_count(source, options)
+        if divisor is None:
+            divisor = _divisor_pass(source, options)
+            summary = scaled_pass(divisor)
+        else:
+            try:
+                summary = scaled_pass(divisor, none_ignored=True)
+            except _Ignored:  # the labels give the divisor after all; the rows start over
+                divisor = _divisor_pass(source, options)
+                summary = scaled_pass(divisor)
     except _Unusual:
         if fallback is None:
             raise InputError("the input needs the strict reader", source=source.name) from None
@@ -732,6 +754,16 @@ def evaluate(source: Source, *, loss: str = "ce", weight=None, pos_weight=None,
     if summary.divisor != divisor:  # the rows were scaled by another divisor than the loss's
         raise RuntimeError(f"the targets give the divisor {divisor!r}, the pass {summary.divisor!r}")
     return summary
+
+
+def _row_count(source: Source, options: dict) -> float | None:
+    """Returns the number of samples where it is the 'mean' divisor unless a sample is ignored
+    (class labels without weights) and the source counts its rows more cheaply than it reads
+    its labels (a large CSV: half the time); else None."""
+    if (source.rows is None or not source.has_labels or options["loss"] != "ce"
+            or options["weight"] is not None):
+        return None
+    return float(sum(source.rows()))
 
 
 def _divisor_pass(source: Source, options: dict) -> float:
@@ -776,9 +808,10 @@ class _Kernel:
 
 def _pass(source: Source, options: dict, reduction: str, show: int,
           rows: Callable[[RowsOut], None] | None, wants: frozenset, divisor: float | None,
-          progress: Progress | None) -> Summary:
+          progress: Progress | None, none_ignored: bool = False) -> Summary:
     """Reads the source once; a gradient in the rows with 'mean' needs the whole input's
-    divisor to scale by."""
+    divisor to scale by. With none_ignored (the divisor is the row count), the first chunk
+    with an ignored sample raises _Ignored."""
     kernel = _KERNELS[options["loss"]]
     totals, divisors, n, ignored, hits, counted, wrong = [], [], 0, 0, 0, 0, 0
     per_samples, elements, first = [], [], None
@@ -789,6 +822,8 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
             piece = kernel.chunk(part, options, reduction, dt, divisor, wants)
         except InputError as error:
             raise data.locate(error, part) from None
+        if none_ignored and piece.ignored.any():
+            raise _Ignored
         totals += piece.sums
         divisors.append(piece.divisor)
         n += len(part.lines)

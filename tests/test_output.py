@@ -472,6 +472,37 @@ def test_a_failing_npy_write_in_the_writer_thread_is_raised_and_leaves_no_file(t
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_full_disk_under_polars_writer_is_one_line_and_leaves_no_file(runner, tmp_path,
+                                                                        monkeypatch, small_frames,
+                                                                        suffix):
+    class Full:
+        """The output file, full for what Polars' writer writes (in threads of its own)."""
+
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            if threading.current_thread() is not threading.main_thread():
+                raise OSError(28, "No space left on device")
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    opened = rows_file._Framed.__init__
+    monkeypatch.setattr(rows_file._Framed, "__init__",
+                        lambda self, file, columns: opened(self, Full(file), columns))
+    (tmp_path / "z.csv").write_text("a,b,label\n" + "".join(f"{i},{-i},{i % 2}\n" for i in range(30)))
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output",
+                                 str(tmp_path / f"o{suffix}")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"Error: {tmp_path / f'o{suffix}'}: cannot be written: ")
+    assert "No space left on device" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.csv"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_a_failing_polars_writer_leaves_no_file(tmp_path, monkeypatch, small_frames, suffix):
     def fail(lazy, file):
         lazy.collect()  # takes every frame, up to the last

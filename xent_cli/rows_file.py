@@ -371,7 +371,17 @@ class _Parquet(_Framed):
 def _sink_parquet(lazy: polars.LazyFrame, file: BinaryIO) -> None:
     # lz4, not Polars' default zstd: gradients and probabilities are floats that barely compress
     # (loss and gradient of 8.5M rows: 751 MB against 717), and zstd took a fifth longer overall
-    lazy.sink_parquet(file, compression="lz4")
+    import polars as pl
+
+    try:
+        lazy.sink_parquet(file, compression="lz4")
+    except pl.exceptions.ComputeError as error:
+        # Polars' Parquet writer reports a failed write (a full disk) as a ComputeError; as an
+        # OSError it is told as one line, like a failed write of the other formats
+        _, io_error, reason = str(error).partition("IO error: ")
+        if not io_error:
+            raise
+        raise OSError(reason) from error
 
 
 class _Worker:

@@ -492,7 +492,8 @@ def test_a_full_disk_under_polars_writer_is_one_line_and_leaves_no_file(runner, 
     opened = rows_file._Framed.__init__
     monkeypatch.setattr(rows_file._Framed, "__init__",
                         lambda self, file, columns: opened(self, Full(file), columns))
-    (tmp_path / "z.csv").write_text("a,b,label\n" + "".join(f"{i},{-i},{i % 2}\n" for i in range(30)))
+    rows = "".join(f"{i},{-i},{i % 2}\n" for i in range(30))
+    (tmp_path / "z.csv").write_text("a,b,label\n" + rows)
     result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output",
                                  str(tmp_path / f"o{suffix}")])
     assert result.exit_code == 2, result.output

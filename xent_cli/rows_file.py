@@ -15,7 +15,8 @@ bit for bit:
 - ``.parquet`` is a table with the CSV's columns in the computation's dtype, streamed by Polars.
 
 Polars' streaming writers (CSV past the first rows, Parquet) run in a thread of their own,
-fed frames of many rows copied from the blocks, while the next blocks are computed.
+fed frames of many rows copied from the blocks, while the next blocks are computed; .npy
+records are written by a thread of their own too.
 
 A block whose start is 0 starts the file over: the reader can restart (a second pass, or the
 strict reader taking over), and the file then holds only the last run.
@@ -82,8 +83,8 @@ def writer(path: str, inputs=(), columns: tuple[str, ...] = COLUMNS
            ) -> Iterator[Callable[[RowsOut], None]]:
     """Yields a function that writes RowsOut blocks to path, which appears only on success.
 
-    columns are those to write (see ``columns``); label and pred are written only where the
-    blocks have them.
+    columns are those to write (see ``columns``), less those the blocks lack: label and pred
+    where the input has none, prob and grad where they were not computed.
     """
     with data.atomic_writer(path, inputs) as text:
         file = text.buffer  # every format writes bytes; nothing goes through the text layer
@@ -290,7 +291,7 @@ class _Npy:
 
         self.file, self.asked = file, columns
         self.dtype: np.dtype | None = None
-        self.written: queue.SimpleQueue = queue.SimpleQueue()  # buffers the writer is done with
+        self.free: queue.SimpleQueue = queue.SimpleQueue()  # buffers written, to fill again
         self.writer: _Worker | None = None
         self.n = 0
 
@@ -324,8 +325,8 @@ class _Npy:
 
     def _buffer(self, n: int) -> np.ndarray:
         """Returns n records to fill: a written buffer if one is back and fits, else a new one."""
-        while not self.written.empty():
-            records = self.written.get()
+        while not self.free.empty():
+            records = self.free.get()
             if records.dtype == self.dtype and len(records) >= n:
                 return records[:n]
         return np.empty(n, dtype=self.dtype)
@@ -333,7 +334,7 @@ class _Npy:
     def _write_all(self, blocks: Iterator[np.ndarray]) -> None:
         for records in blocks:
             self.file.write(records.data)
-            self.written.put(records.base if records.base is not None else records)
+            self.free.put(records.base if records.base is not None else records)
 
     def _stop(self, complete: bool) -> None:
         """Waits for the records put so far to be written (the writer's error, if complete)."""
@@ -421,8 +422,8 @@ class _Worker:
         self.queue.put(item)
 
     def close(self, complete: bool = True) -> None:
-        """Waits for the items put to be consumed; raises the consumer's error, unless the file
-        is being abandoned (the error on its way out is then the one to tell)."""
+        """Waits for the items put to be consumed; raises the consumer's error when complete
+        (else the caller abandons the file, and the error on its way out is the one to tell)."""
         self.queue.put(self.end)
         self.thread.join()
         if self.error is not None and complete:

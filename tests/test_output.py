@@ -221,6 +221,58 @@ def test_binary_cross_entropy_loss_and_gradient_only(runner, tmp_path, suffix):
     assert np.array_equal(_bits(got["loss"]), _bits(expected.elements.sum(axis=1)))
 
 
+@pytest.mark.parametrize("case", ["labels", "soft", "bce"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("chosen", ["loss,grad", "prob"])
+def test_chosen_columns_agree_with_pytorch(runner, tmp_path, reader, case, reduction, chosen):
+    torch = pytest.importorskip("torch")
+    functional = torch.nn.functional
+    rng = np.random.default_rng(14)
+    z = rng.normal(scale=3, size=(120, 3))
+    header = "z0,z1,z2"
+    arguments = ["--reduction", reduction, "--weight", "0.5,2,1"]
+    if case == "labels":
+        y = rng.integers(0, 3, size=120)
+        y[::9] = -100
+        (tmp_path / "z.csv").write_text(_table(z, y))
+        arguments += ["--label-smoothing", "0.1"]
+    else:
+        t = rng.random((120, 3))
+        t = t / t.sum(axis=1, keepdims=True) if case == "soft" else (t > 0.5).astype(float)
+        rows = lambda a: "".join(",".join(map(repr, row)) + "\n" for row in a.tolist())  # noqa: E731
+        (tmp_path / "z.csv").write_text(f"{header}\n{rows(z)}")
+        (tmp_path / "t.csv").write_text(f"{header}\n{rows(t)}")
+        arguments += ["--targets", str(tmp_path / "t.csv")]
+        arguments += ["--loss", "bce", "--pos-weight", "3,1,0.5"] if case == "bce" else []
+    out = tmp_path / "o.npy"
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), *arguments, "--output", str(out),
+                                 "--columns", chosen])
+    assert result.exit_code == 0, result.output
+
+    logits = torch.tensor(z, requires_grad=True)
+    weight = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
+    if case == "bce":
+        target = torch.tensor(t)
+        options = dict(weight=weight, pos_weight=torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64))
+        loss = functional.binary_cross_entropy_with_logits(logits, target, reduction=reduction,
+                                                           **options)
+        each = functional.binary_cross_entropy_with_logits(
+            logits.detach(), target, reduction="none", **options).sum(dim=1)
+        p = torch.sigmoid(logits.detach())
+    else:
+        target = torch.tensor(y) if case == "labels" else torch.tensor(t)
+        options = dict(weight=weight, label_smoothing=0.1 if case == "labels" else 0.0)
+        loss = functional.cross_entropy(logits, target, reduction=reduction, **options)
+        each = functional.cross_entropy(logits.detach(), target, reduction="none", **options)
+        p = torch.softmax(logits.detach(), dim=1)
+    (loss.sum() if reduction == "none" else loss).backward()
+    expected = {"loss": each.numpy(), "prob": p.numpy(), "grad": logits.grad.numpy()}
+    got = np.load(out)
+    assert list(got.dtype.names) == chosen.split(",")
+    for name in got.dtype.names:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=1e-15, err_msg=name)
+
+
 def test_what_is_not_written_is_not_computed(runner, tmp_path, monkeypatch):
     """Without grad no 'mean' pre-pass is needed and the kernel computes no gradient."""
     (tmp_path / "z.csv").write_text("a,b,label\n1,2,0\n3,1,1\n0,0,1\n")
@@ -416,6 +468,27 @@ def test_npy_blocks_of_changing_sizes(tmp_path):
     with rows_file.writer(str(tmp_path / "o.npy")) as write:
         for rows in blocks:
             write(rows)
+    _assert_holds(tmp_path / "o.npy", blocks)
+
+
+def test_npy_record_buffers_are_reused_not_piled_up(tmp_path, monkeypatch):
+    buffers = []  # every buffer a block was gathered into (held, so no id is reused)
+    gather = rows_file._Npy._buffer
+
+    def recording(self, n):
+        records = gather(self, n)
+        base = records.base if records.base is not None else records
+        if all(base is not seen for seen in buffers):
+            buffers.append(base)
+        return records
+
+    monkeypatch.setattr(rows_file._Npy, "_buffer", recording)
+    blocks = _blocks([64] * 200, k=4, seed=9)
+    with rows_file.writer(str(tmp_path / "o.npy")) as write:
+        for rows in blocks:
+            write(rows)
+    # one filled, two queued, one being written: no more are ever in use at once
+    assert 1 <= len(buffers) <= 4
     _assert_holds(tmp_path / "o.npy", blocks)
 
 

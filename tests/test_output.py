@@ -317,6 +317,24 @@ def test_a_column_that_is_not_there_is_a_usage_error_and_writes_nothing(runner, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "z.csv"]
 
 
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--columns", "loss,grads"], "'grads' is not one of"),
+    (["--columns", "label", "--targets", "t.csv"], "there is no label column"),
+    (["--columns", "pred", "--loss", "bce", "--targets", "t.csv"], "there is no pred column"),
+])
+def test_a_misspelt_column_is_told_before_the_input_is_read(runner, tmp_path, monkeypatch,
+                                                             arguments, message):
+    def no_reading(*_, **__):
+        raise AssertionError("the input was read first")  # minutes, for a large strict input
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "z.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "t.csv").write_text("a,b\n1,0\n")
+    monkeypatch.setattr(stream, "open_source", no_reading)
+    result = runner.invoke(app, ["eval", "z.csv", "--output", "o.npy", *arguments])
+    assert result.exit_code == 2 and message in result.stderr, result.output
+
+
 def test_columns_without_output_is_a_usage_error(runner, tmp_path):
     (tmp_path / "z.csv").write_text("a,b,label\n1,2,0\n")
     result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--columns", "loss"])

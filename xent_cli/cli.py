@@ -255,6 +255,10 @@ def eval_command(
             data.check_output_path(output, [logits, labels, targets])
         elif columns is not None:
             raise XentError("--columns chooses the columns of --output: give --output too")
+        if columns is not None:  # a misspelt name is told before a large input is read
+            from xent_cli import rows_file
+
+            rows_file.columns(columns, has_labels=targets is None, has_predictions=loss is Loss.ce)
         min_classes = _min_classes(loss)
         source = stream.open_source(logits, label_col=label_col, labels_path=labels,
                                     targets_path=targets, delimiter=delimiter,

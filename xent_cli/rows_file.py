@@ -228,7 +228,7 @@ class _Frames:
         self.whole = sum(name in _WHOLE for name in columns)
         self.size = 0
         self.capacity = max(1, _FRAME_FLOATS // max(1, len(self.names) - self.whole))
-        self.sink: _Worker | None = None
+        self.writer: _Worker | None = None  # started with the first frame
         self._empty()
 
     def put(self, rows: RowsOut) -> None:
@@ -243,9 +243,9 @@ class _Frames:
         """Sends the last rows (unless the file is being abandoned) and waits for the writer."""
         if complete and self.size:
             self._send()
-        if self.sink is not None:
-            sink, self.sink = self.sink, None
-            sink.close(complete)
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.close(complete)
 
     def _empty(self) -> None:
         self.integers = np.empty((self.whole, self.capacity), dtype=np.int64)
@@ -272,9 +272,9 @@ class _Frames:
         block = pl.DataFrame(dict(zip(self.names, columns)))  # views, not copies
         self.size = 0
         self._empty()  # the arrays are the frame's now
-        if self.sink is None:
-            self.sink = _sink(self.file, block.schema, self.sink_to)
-        self.sink.put(block)
+        if self.writer is None:
+            self.writer = _sink(self.file, block.schema, self.sink_to)
+        self.writer.put(block)
 
 
 class _Npy:

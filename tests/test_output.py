@@ -10,6 +10,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xent_cli import bce, losses, rows_file, stream
 from xent_cli.cli import app
@@ -315,6 +317,17 @@ def test_a_column_that_is_not_there_is_a_usage_error_and_writes_nothing(runner, 
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert len(result.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "z.csv"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(names=st.lists(st.sampled_from(["sample", "line", "label", "pred", "loss", "prob", "grad"]),
+                      min_size=1, max_size=10),
+       spaces=st.lists(st.sampled_from(["", " ", "  "]), min_size=20, max_size=20))
+def test_columns_are_the_names_given_in_file_order_whatever_their_order(names, spaces):
+    spelled = ",".join(spaces[2 * i] + name + spaces[2 * i + 1] for i, name in enumerate(names))
+    file_order = ("sample", "line", "label", "pred", "loss", "prob", "grad")
+    chosen = rows_file.columns(spelled, has_labels=True, has_predictions=True)
+    assert chosen == tuple(name for name in file_order if name in names)
 
 
 @pytest.mark.parametrize(("arguments", "message"), [

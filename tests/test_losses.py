@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -89,6 +90,18 @@ def test_masked_class_adds_nothing():
     assert soft.grad.tolist() == [[0.0, 0.0, 0.0]]
     weighted = cross_entropy(z, np.array([1]), weight=[1.0, 1.0, 0.0], label_smoothing=0.5)
     assert math.isfinite(weighted.loss)
+
+
+@pytest.mark.parametrize("options", [{"weight": [0.0, 1.0]}, {"ignore_index": 0}])
+def test_a_masked_label_that_counts_for_nothing_raises_no_warning(options):
+    # inf loss times a weight of 0 is NaN with a RuntimeWarning on stderr, though it is set to 0
+    z = np.array([[-np.inf, 2.0], [3.0, 1.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = cross_entropy(z, np.array([0, 1]), reduction="none", **options)
+    p = math.exp(1) / (math.exp(1) + math.exp(3))
+    assert r.per_sample[0] == 0 and r.per_sample[1] == pytest.approx(-math.log(p), rel=1e-15)
+    assert r.grad[0].tolist() == [0.0, 0.0]
 
 
 def test_extreme_logits_stay_finite_and_exact():

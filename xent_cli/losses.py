@@ -346,7 +346,8 @@ def _fill_index(z: np.ndarray, y: np.ndarray, ignored: np.ndarray, weight: np.nd
             per[...] = loss
         else:
             block_c = c[start:stop]
-            np.multiply(loss, block_c, out=per)
+            with np.errstate(invalid="ignore"):  # inf * 0 at a masked label, set to 0 below
+                np.multiply(loss, block_c, out=per)
             per[block_c == 0] = 0  # an ignored or zero-weight sample adds 0, even at a masked label
         if not np.isfinite(per).all():
             _refuse_infinite_label(z, y, c, dtype, start, stop)

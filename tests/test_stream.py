@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from test_eval import BAD_INPUTS, assert_bad_input_fails_cleanly
-from xent_cli import data, stream
+from xent_cli import data, losses, stream
 from xent_cli.cli import app
 
 
@@ -326,3 +326,15 @@ def test_a_blank_line_anywhere_keeps_the_line_numbers(runner, tmp_path, fast, ne
     assert result.exit_code == 0, result.output
     lines = [row.split(",")[1] for row in (tmp_path / "o.csv").read_text().splitlines()[1:]]
     assert lines == ["2", "3", "5", "7"]
+
+
+@pytest.mark.parametrize(("k", "most"), [(10, 8192), (1000, 102)])
+def test_output_pieces_hold_about_as_many_numbers_whatever_k(tmp_path, k, most):
+    # a piece of 8192 rows of 1000 classes would be 131 MB, and the .npy writer holds four
+    z = np.random.default_rng(0).normal(size=(9000 if k == 10 else 250, k))
+    np.savez(tmp_path / "z.npz", logits=z, labels=np.zeros(len(z), dtype=int))
+    pieces = []
+    stream.evaluate(stream.open_source(str(tmp_path / "z.npz")), rows=pieces.append, show=0)
+    assert max(len(piece.per_sample) for piece in pieces) == most
+    assert np.array_equal(np.concatenate([piece.grad for piece in pieces]),
+                          losses.cross_entropy(z, np.zeros(len(z), dtype=int)).grad)

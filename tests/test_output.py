@@ -548,25 +548,32 @@ def test_a_failure_after_frames_were_written_leaves_no_file(runner, tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z.csv"]
 
 
+class _FullDisk:
+    """An output file, full for what the writer threads write (the header, written on the
+    main thread, still goes in)."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def write(self, data):
+        if threading.current_thread() is not threading.main_thread():
+            raise OSError(28, "No space left on device")
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def _fill_up(monkeypatch, writer_class) -> None:
+    """Gives every writer_class a full disk for its writer threads."""
+    opened = writer_class.__init__
+    monkeypatch.setattr(writer_class, "__init__",
+                        lambda self, file, columns: opened(self, _FullDisk(file), columns))
+
+
 def test_a_failing_npy_write_in_the_writer_thread_is_raised_and_leaves_no_file(tmp_path,
                                                                               monkeypatch):
-    class Full:
-        """The output file, full for the records the writer thread writes."""
-
-        def __init__(self, file):
-            self.file = file
-
-        def write(self, data):
-            if threading.current_thread() is not threading.main_thread():
-                raise OSError(28, "No space left on device")
-            return self.file.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.file, name)
-
-    opened = rows_file._Npy.__init__
-    monkeypatch.setattr(rows_file._Npy, "__init__",
-                        lambda self, file, columns: opened(self, Full(file), columns))
+    _fill_up(monkeypatch, rows_file._Npy)
     blocks = _blocks([5, 7, 3], seed=8)
     with pytest.raises(InputError, match="cannot be written: No space left on device"):
         with rows_file.writer(str(tmp_path / "o.npy")) as write:
@@ -579,23 +586,7 @@ def test_a_failing_npy_write_in_the_writer_thread_is_raised_and_leaves_no_file(t
 def test_a_full_disk_under_polars_writer_is_one_line_and_leaves_no_file(runner, tmp_path,
                                                                         monkeypatch, small_frames,
                                                                         suffix):
-    class Full:
-        """The output file, full for what Polars' writer writes (in threads of its own)."""
-
-        def __init__(self, file):
-            self.file = file
-
-        def write(self, data):
-            if threading.current_thread() is not threading.main_thread():
-                raise OSError(28, "No space left on device")
-            return self.file.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.file, name)
-
-    opened = rows_file._Framed.__init__
-    monkeypatch.setattr(rows_file._Framed, "__init__",
-                        lambda self, file, columns: opened(self, Full(file), columns))
+    _fill_up(monkeypatch, rows_file._Framed)  # Polars' writer writes in threads of its own
     rows = "".join(f"{i},{-i},{i % 2}\n" for i in range(30))
     (tmp_path / "z.csv").write_text("a,b,label\n" + rows)
     result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output",

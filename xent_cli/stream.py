@@ -39,8 +39,8 @@ FAST_CSV_BYTES = int(os.environ.get("XENT_FAST_CSV_BYTES", 4 << 20))
 BLOCK_BYTES = 8 << 20
 # Blocks the fast reader parses at once, each on a core.
 PARSERS = 2
-# Rows of 10 classes handed to the --output writer at a time (fewer of more classes, the same
-# numbers: a row has 2k + 5), so that each piece stays about 1.6 MB; as text, 40 times that.
+# Rows of 10 classes handed to the --output writer at a time; fewer of more classes, as many
+# numbers (a row has 2k + 5), so that a piece stays about 1.6 MB whatever k.
 ROWS_OUT = 1 << 13
 # Samples per chunk for sources already in memory (strict CSV, npz, Parquet) and memory maps.
 CHUNK_ROWS = 1 << 16

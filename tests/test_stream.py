@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 from test_eval import BAD_INPUTS, assert_bad_input_fails_cleanly
 from xent_cli import data, losses, stream
 from xent_cli.cli import app
+from xent_cli.errors import InputError
 
 
 @pytest.fixture
@@ -338,3 +341,21 @@ def test_output_pieces_hold_about_as_many_numbers_whatever_k(tmp_path, k, most):
     assert max(len(piece.per_sample) for piece in pieces) == most
     assert np.array_equal(np.concatenate([piece.grad for piece in pieces]),
                           losses.cross_entropy(z, np.zeros(len(z), dtype=int)).grad)
+
+
+def test_a_corrupt_npz_is_refused_and_its_file_closed(tmp_path):
+    path = tmp_path / "c.npz"
+    path.write_bytes(b"PK\x03\x04" + bytes(40))  # a zip's magic, then nothing a zip holds
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match="is not a readable .npz archive"):
+            stream.open_source(str(path))
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_an_npy_array_named_npz_is_told_so(tmp_path):
+    np.save(tmp_path / "z.npy", np.zeros((3, 2)))
+    (tmp_path / "z.npy").rename(tmp_path / "z.npz")
+    with pytest.raises(InputError, match="holds one array, as an .npy file does.*name it .npy"):
+        stream.open_source(str(tmp_path / "z.npz"))

@@ -627,10 +627,18 @@ def _load_npy(path: str) -> np.ndarray:
 
 def _load_npz(path: str) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+        # the file is opened here to be closed here: NumPy leaves it open when the zip is corrupt
+        with open(path, "rb") as file:
+            archive = np.load(file, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise InputError("holds one array, as an .npy file does, not an .npz archive of "
+                                 "named arrays; name it .npy", source=path)
+            with archive:
+                return {name: archive[name] for name in archive.files}
     except FileNotFoundError:
         raise InputError("no such file", source=path) from None
+    except InputError:
+        raise
     except Exception as error:  # noqa: BLE001 - corrupt bytes raise anything from zipfile to tokenize
         raise InputError(f"is not a readable .npz archive: {error}", source=path) from None
 

@@ -2,6 +2,7 @@
 softmax confirms, under one-hot and soft targets, for every k and label; and its renderers."""
 
 import json
+import os
 import time
 from fractions import Fraction
 
@@ -166,8 +167,9 @@ def test_a_claim_too_large_to_evaluate_anywhere_is_an_error_not_a_verdict(text):
 # --- renderers -------------------------------------------------------------------------------
 
 def rendered(renderable) -> str:
-    console = Console(width=100, record=True, color_system=None, file=open("/dev/null", "w"))
-    console.print(renderable)
+    with open(os.devnull, "w") as nowhere:
+        console = Console(width=100, record=True, color_system=None, file=nowhere)
+        console.print(renderable)
     return console.export_text()
 
 

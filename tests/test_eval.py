@@ -502,7 +502,8 @@ def test_a_minus_inf_logit_masks_its_class(runner, tmp_path):
                                  str(tmp_path / "out.csv")])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["loss"] == pytest.approx(math.log1p(math.exp(-2)), rel=1e-15)
-    rows = list(csv.DictReader(open(tmp_path / "out.csv")))
+    with open(tmp_path / "out.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
     assert float(rows[0]["prob_1"]) == 0.0 and float(rows[0]["grad_1"]) == 0.0
 
 

@@ -144,16 +144,22 @@ def test_binary_formats_keep_float32(runner, tmp_path, suffix):
     assert np.array_equal(got["grad"], losses.cross_entropy(z, np.array([0, 2]), dtype=np.float32).grad)
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".npy", ".parquet"])
-def test_binary_cross_entropy_has_neither_label_nor_pred(runner, tmp_path, suffix):
+def _bce_output(runner, tmp_path, suffix, *options):
+    """Writes --loss bce rows of two samples of 3 classes; returns the logits, targets and file."""
     z = np.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
     t = np.array([[1, 0, 1], [0, 1, 0]])
     (tmp_path / "z.csv").write_text("a,b,c\n" + "\n".join(",".join(map(repr, r)) for r in z.tolist()) + "\n")
     (tmp_path / "t.csv").write_text("a,b,c\n" + "\n".join(",".join(map(str, r)) for r in t.tolist()) + "\n")
     out = tmp_path / f"o{suffix}"
     result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--loss", "bce", "--targets",
-                                 str(tmp_path / "t.csv"), "--output", str(out)])
+                                 str(tmp_path / "t.csv"), "--output", str(out), *options])
     assert result.exit_code == 0, result.output
+    return z, t, out
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy", ".parquet"])
+def test_binary_cross_entropy_has_neither_label_nor_pred(runner, tmp_path, suffix):
+    z, t, out = _bce_output(runner, tmp_path, suffix)
     got = _read(out)
     assert set(got) == {"sample", "line", "loss", "probs", "grad"}
     if suffix == ".csv":
@@ -206,15 +212,7 @@ def test_chosen_columns_are_written_in_file_order_bit_for_bit(runner, tmp_path, 
 
 @pytest.mark.parametrize("suffix", [".csv", ".npy", ".parquet"])
 def test_binary_cross_entropy_loss_and_gradient_only(runner, tmp_path, suffix):
-    z = np.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
-    t = np.array([[1, 0, 1], [0, 1, 0]])
-    (tmp_path / "z.csv").write_text("a,b,c\n" + "\n".join(",".join(map(repr, r)) for r in z.tolist()) + "\n")
-    (tmp_path / "t.csv").write_text("a,b,c\n" + "\n".join(",".join(map(str, r)) for r in t.tolist()) + "\n")
-    out = tmp_path / f"o{suffix}"
-    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--loss", "bce", "--targets",
-                                 str(tmp_path / "t.csv"), "--output", str(out),
-                                 "--columns", "loss,grad"])
-    assert result.exit_code == 0, result.output
+    z, t, out = _bce_output(runner, tmp_path, suffix, "--columns", "loss,grad")
     got = _read(out)
     expected = bce.binary_cross_entropy(z, t, reduction="mean")
     assert set(got) == {"loss", "grad"}

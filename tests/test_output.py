@@ -46,7 +46,7 @@ def _read(path) -> dict[str, np.ndarray]:
         frame = pl.read_parquet(path).to_dict()
     else:
         with open(path, newline="", encoding="utf-8") as file:
-            cells = list(csv.reader(file))
+            cells = list(csv.reader(file, delimiter="\t" if path.suffix == ".tsv" else ","))
         frame = {name: [row[c] for row in cells[1:]] for c, name in enumerate(cells[0])}
         frame = {name: np.array([int(v) for v in values]) if name in ("sample", "line", "label", "pred")
                  else np.array([float(v) for v in values]) for name, values in frame.items()}
@@ -69,7 +69,7 @@ def reader(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".npy", ".parquet"])
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".npy", ".parquet"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_every_float_reads_back_bit_for_bit(runner, tmp_path, reader, suffix, reduction):
     rng = np.random.default_rng(11)
@@ -130,6 +130,42 @@ def test_small_and_large_blocks_write_identical_bytes(runner, tmp_path, monkeypa
         texts[name] = out.read_bytes()
     assert texts["python"] == texts["polars"]
     assert b"e-" in texts["python"]  # the tiny gradients went through the exponent spelling
+
+
+def test_tsv_is_the_csv_text_with_tabs(runner, tmp_path, monkeypatch):
+    rng = np.random.default_rng(8)
+    z = rng.normal(scale=4, size=(120, 3))
+    (tmp_path / "z.csv").write_text(_table(z, rng.integers(0, 3, size=120)))
+    for threshold in (1 << 60, 0):  # spelled in Python, then by Polars
+        monkeypatch.setattr(rows_file, "_PYTHON_FLOATS", threshold)
+        texts = {}
+        for suffix in (".csv", ".tsv"):
+            out = tmp_path / f"o{suffix}"
+            result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output", str(out)])
+            assert result.exit_code == 0, result.output
+            texts[suffix] = out.read_text()
+        assert "\t" not in texts[".csv"] and "," not in texts[".tsv"]
+        assert texts[".tsv"] == texts[".csv"].replace(",", "\t")
+        assert texts[".tsv"].splitlines()[0].split("\t")[:5] == ["sample", "line", "label", "pred", "loss"]
+
+
+@pytest.mark.parametrize("name", ["o.npz", "o.json", "o.csv.gz", "O.NPZ"])
+def test_a_format_output_does_not_write_is_refused_before_the_input_is_read(
+        runner, tmp_path, monkeypatch, name):
+    (tmp_path / "z.csv").write_text("z0,z1,label\n1,2,0\n")
+    monkeypatch.chdir(tmp_path)
+
+    def no_reading(*arguments, **options):
+        raise AssertionError("the input was read")
+
+    monkeypatch.setattr(stream, "open_source", no_reading)
+    result = runner.invoke(app, ["eval", "z.csv", "--output", name])
+    assert result.exit_code == 2
+    suffix = name.lower().rsplit(".", 1)[1]
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {name}: --output writes .csv, .tsv, .npy or .parquet, not .{suffix}"
+        + (" (.npy holds every column: np.load(path)['grad'])" if suffix == "npz" else "")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.csv"]
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".parquet"])
@@ -598,7 +634,7 @@ def test_a_full_disk_under_polars_writer_is_one_line_and_leaves_no_file(runner, 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_a_failing_polars_writer_leaves_no_file(tmp_path, monkeypatch, small_frames, suffix):
-    def fail(lazy, file):
+    def fail(lazy, file, **options):
         lazy.collect()  # takes every frame, up to the last
         raise OSError(28, "No space left on device")
 

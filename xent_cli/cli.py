@@ -212,7 +212,8 @@ def eval_command(
         metavar="PATH",
         help="Write a per-sample CSV (label, pred, loss, prob_c, grad_c) to this path, atomically; "
              "for --loss bce, loss is the sample's sum over classes and prob_c = σ(z_c). "
-             "A .npy or .parquet path writes that binary format instead (several times faster).")] = None,
+             "A .tsv path is tab-separated; a .npy or .parquet path writes that binary format "
+             "instead (several times faster).")] = None,
     columns: Annotated[Optional[str], typer.Option(
         metavar="NAME,...",
         help="The columns --output writes, of sample, line, label, pred, loss, prob, grad (prob "
@@ -252,12 +253,13 @@ def eval_command(
                             label_smoothing, label_col)
         delimiter = _delimiter(delimiter)
         if output is not None:
+            from xent_cli import rows_file
+
             data.check_output_path(output, [logits, labels, targets])
+            rows_file.kind(output)  # a format it does not write is told before the input is read
         elif columns is not None:
             raise XentError("--columns chooses the columns of --output: give --output too")
         if columns is not None:  # a misspelt name is told before a large input is read
-            from xent_cli import rows_file
-
             rows_file.columns(columns, has_labels=targets is None, has_predictions=loss is Loss.ce)
         min_classes = _min_classes(loss)
         source = stream.open_source(logits, label_col=label_col, labels_path=labels,
@@ -276,8 +278,6 @@ def eval_command(
             if output is None:
                 summary = stream.evaluate(source, progress=progress, **options)
             else:
-                from xent_cli import rows_file
-
                 written = rows_file.columns(columns, has_labels=source.has_labels,
                                             has_predictions=loss is Loss.ce)
                 with rows_file.writer(output, [logits, labels, targets], written) as write:

@@ -5,7 +5,8 @@ only), pred (the argmax, softmax cross-entropy only), loss, prob_0..prob_{k-1} a
 grad_0..grad_{k-1}; a choice of them (``columns``) writes only those. Every float reads back
 bit for bit:
 
-- CSV (the default, any other extension) spells each float in the fewest digits that read back
+- CSV (the default, any other extension; tab-separated for ``.tsv``, as the reader takes it)
+  spells each float in the fewest digits that read back
   to the same float64, by Polars' writer (about 15 times faster than Python's repr, which picks
   the same digits but switches to exponent notation at other magnitudes: 2.5e-05 is 0.000025
   here). float32 results are written as the float64 they convert to, exactly.
@@ -25,6 +26,7 @@ strict reader taking over), and the file then holds only the last run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
 
@@ -48,10 +50,22 @@ _PYTHON_FLOATS = 1 << 16
 _FRAME_FLOATS = 1 << 18
 
 
+# Extensions of formats --output does not write: CSV text under such a name would fail, or be
+# misread, wherever it is opened next.
+_NOT_WRITTEN = (".npz", ".json", ".jsonl", ".ndjson", ".feather", ".arrow", ".ipc", ".xlsx",
+                ".xls", ".pkl", ".pickle", ".h5", ".hdf5", ".pt", ".gz", ".bz2", ".xz", ".zst",
+                ".zip")
+
+
 def kind(path: str) -> str:
-    """Returns the format an output path asks for: 'npy', 'parquet' or 'csv' (the default)."""
+    """Returns the format an output path asks for: 'npy', 'parquet', 'tsv' or 'csv' (any other
+    extension); raises InputError for the extension of a format it does not write."""
     suffix = os.path.splitext(path.lower())[1]
-    return {".npy": "npy", ".parquet": "parquet"}.get(suffix, "csv")
+    if suffix in _NOT_WRITTEN:
+        hint = " (.npy holds every column: np.load(path)['grad'])" if suffix == ".npz" else ""
+        raise InputError(f"--output writes .csv, .tsv, .npy or .parquet, not {suffix}{hint}",
+                         source=path)
+    return {".npy": "npy", ".parquet": "parquet", ".tsv": "tsv"}.get(suffix, "csv")
 
 
 # The columns of the per-sample file in the order written; prob and grad are one per class.
@@ -88,7 +102,7 @@ def writer(path: str, inputs=(), columns: tuple[str, ...] = COLUMNS
     """
     with data.atomic_writer(path, inputs) as text:
         file = text.buffer  # every format writes bytes; nothing goes through the text layer
-        out = {"csv": _Csv, "npy": _Npy, "parquet": _Parquet}[kind(path)](file, columns)
+        out = {"csv": _Csv, "tsv": _Tsv, "npy": _Npy, "parquet": _Parquet}[kind(path)](file, columns)
         try:
             yield out.write
         except BaseException:
@@ -165,6 +179,8 @@ class _Framed:
 class _Csv(_Framed):
     """CSV text with a header line, floats in shortest round-trip digits."""
 
+    separator = ","
+
     def __init__(self, file: BinaryIO, columns: tuple[str, ...]):
         super().__init__(file, columns)
         self.spelled = 0  # numbers written so far, over every run
@@ -174,28 +190,36 @@ class _Csv(_Framed):
             self.restart()
             self.columns = _written(self.asked, rows)
             self.names = column_names(_classes(rows), self.columns)
-            self.file.write((",".join(self.names) + "\n").encode())
+            self.file.write((self.separator.join(self.names) + "\n").encode())
         self.spelled += len(rows.per_sample) * len(self.names)
         if self.spelled <= _PYTHON_FLOATS:
-            self.file.write(_csv_rows(rows, self.columns).encode())
+            self.file.write(_csv_rows(rows, self.columns, self.separator).encode())
             return
         if self.frames is None:
             # float64 always: a float32 spelled as float32 would read back as another float64
-            self.frames = _Frames(self.file, rows, self.columns, np.float64, _sink_csv)
+            self.frames = _Frames(self.file, rows, self.columns, np.float64,
+                                  functools.partial(_sink_csv, separator=self.separator))
         self.frames.put(rows)
 
 
-def _sink_csv(lazy: polars.LazyFrame, file: BinaryIO) -> None:
-    lazy.sink_csv(file, include_header=False)  # in order: maintain_order is the default
+class _Tsv(_Csv):
+    """The same text, tab-separated, as the reader takes a .tsv file."""
+
+    separator = "\t"
 
 
-def _csv_rows(rows: RowsOut, columns: tuple[str, ...]) -> str:
+def _sink_csv(lazy: polars.LazyFrame, file: BinaryIO, separator: str = ",") -> None:
+    # in order: maintain_order is the default
+    lazy.sink_csv(file, include_header=False, separator=separator)
+
+
+def _csv_rows(rows: RowsOut, columns: tuple[str, ...], separator: str = ",") -> str:
     """Returns a block's CSV lines spelled in Python exactly as Polars' writer spells them."""
-    floats = lambda values: ",".join(map(_spell, values))  # noqa: E731
+    floats = lambda values: separator.join(map(_spell, values))  # noqa: E731
     cells = [map(str, values.tolist()) for values in _whole_numbers(rows, columns)]
     cells += [map(_spell if values.ndim == 1 else floats, values.tolist())
               for values in _reals(rows, columns)]
-    return "".join(",".join(row) + "\n" for row in zip(*cells))
+    return "".join(separator.join(row) + "\n" for row in zip(*cells))
 
 
 def _spell(x: float) -> str:

@@ -8,12 +8,14 @@ rewrites the table from CASES, so the documentation and the tests cannot drift a
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 import shlex
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 
 from xent_cli import losses
@@ -45,6 +47,23 @@ class Case:
     @property
     def command(self) -> str:
         return self.shown or "xent " + " ".join(shlex.quote(a) for a in self.args)
+
+
+def npy(values) -> bytes:
+    """Returns the bytes of an .npy file of values."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(values))
+    return buffer.getvalue()
+
+
+def npz(**arrays) -> bytes:
+    """Returns the bytes of an .npz archive of the arrays."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+Z3 = npy([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])  # K3's logits as an array
 
 
 def eval_case(input, body, says, *extra, name="z.csv", **kwargs) -> Case:
@@ -86,6 +105,25 @@ CASES = {
                         "z.npy: is not a readable .npy array", files={"z.npy": K3, "y.csv": "0\n1\n"}),
     "parquet-corrupt": Case("a corrupt .parquet file", ("eval", "z.parquet"),
                             "z.parquet: is not a readable Parquet file", files={"z.parquet": b"PAR1 cut short"}),
+    # --- eval: arrays have rows, from 0, where a CSV has lines
+    "npy-label-out-of-range": Case("a label out of range in a .npy of labels (rows count from 0)",
+                                   ("eval", "z.npy", "--labels", "y.npy"),
+                                   "y.npy, row 1: label 5 is not a class index 0..2",
+                                   files={"z.npy": Z3, "y.npy": npy([0, 5])}),
+    "npy-label-not-whole": Case("a .npy label that is no whole number", ("eval", "z.npy", "--labels", "y.npy"),
+                                "y.npy, row 1: label 1.5 is not a whole number",
+                                files={"z.npy": Z3, "y.npy": npy([0.0, 1.5])}),
+    "npy-csv-labels": Case("a bad label in a CSV of labels beside .npy logits: its line, not its row",
+                           ("eval", "z.npy", "--labels", "y.csv"),
+                           "y.csv, line 3, column 'label': label 7 is not a class index 0..2",
+                           files={"z.npy": Z3, "y.csv": "label\n0\n7\n"}),
+    "npy-negative-target": Case("a negative probability in a .npy of soft targets",
+                                ("eval", "z.npy", "--targets", "t.npy"),
+                                "t.npy, row 1, column '2': target probability -0.5 is negative",
+                                files={"z.npy": Z3, "t.npy": npy([[1.0, 0.0, 0.0], [0.5, 1.0, -0.5]])}),
+    "npz-inf-logit": Case("+inf among the logits of a .npz", ("eval", "z.npz"),
+                          "z.npz, row 1, column '2': logit is +inf",
+                          files={"z.npz": npz(logits=[[1.0, 2.0, 3.0], [0.0, 0.0, np.inf]], labels=[0, 2])}),
     # --- eval: the header
     "duplicate-header": eval_case("a column name twice", "a,a,label\n1,2,0\n", "z.csv, line 1: column name 'a' appears twice"),
     "empty-header-name": eval_case("a header cell without a name", "a,,label\n1,2,0\n",

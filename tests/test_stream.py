@@ -234,6 +234,27 @@ def test_npy_npz_and_csv_agree(runner, tmp_path, arrays):
     assert _json(runner, str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.csv")) == expected
 
 
+def test_an_array_file_has_rows_and_a_csv_beside_it_lines(runner, tmp_path, arrays):
+    z, y = arrays
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", y)
+    shown = runner.invoke(app, ["eval", str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy"),
+                                "--show", "2"]).stdout
+    assert f"sample 1, label {y[1]}" in shown and "(line" not in shown  # the sample is the row
+    bad = y.copy()
+    bad[4] = 9
+    np.save(tmp_path / "bad.npy", bad)
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.npy"), "--labels", str(tmp_path / "bad.npy")])
+    assert result.exit_code == 2
+    assert "bad.npy, row 4: label 9 is not a class index 0..3" in result.stderr
+    # a headerless CSV of labels: label 4 is on line 5
+    (tmp_path / "bad.csv").write_text("\n".join(map(str, bad)) + "\n")
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.npy"), "--labels", str(tmp_path / "bad.csv")])
+    assert result.exit_code == 2
+    assert "bad.csv, line 5: label 9 is not a class index 0..3" in result.stderr
+    assert str(InputError("m", source="f.npy", row=0, column="'c'")) == "f.npy, row 0, column 'c': m"
+
+
 def test_npz_soft_targets_and_npy_without_labels(runner, tmp_path, arrays):
     z, y = arrays
     np.savez(tmp_path / "soft.npz", logits=z, targets=np.eye(4)[y])

@@ -52,7 +52,8 @@ class EvalInput:
 
     Exactly one of ``labels`` (N,) int64 and ``targets`` (N, k) float64 is set. ``lines[i]`` is
     the line of sample i in ``source``; ``target_lines[i]`` its line in ``target_source``
-    (the same file when the labels are a column of the logits file).
+    (the same file when the labels are a column of the logits file). In an array file (.npy,
+    .npz, .parquet) a sample's 'line' is its row, from 0: ``rows_in`` names such files.
     """
 
     logits: np.ndarray  # (N, k) float64
@@ -67,6 +68,7 @@ class EvalInput:
     # the targets file's own column names (soft or binary targets from a CSV): its header may
     # differ from the logits', and an error in it names its own column
     target_names: tuple[str, ...] | None = None
+    rows_in: frozenset[str] = frozenset()  # the array files among source and target_source
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -79,7 +81,7 @@ class WorkedSample:
     """One sample's arithmetic, step by step, as a learner would do it by hand."""
 
     sample: int
-    line: int
+    line: int | None  # None in an array file, where the sample is the row
     z: np.ndarray  # logits
     shifted: np.ndarray  # z - max z
     exps: np.ndarray  # exp(z - max z)
@@ -202,7 +204,8 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
         target_source, target_column, target_lines = logits_path, repr(label_col), table.lines
         labels = _labels(table, table.header.index(label_col))
     elif labels_path is not None:
-        labels, target_column, target_lines = _read_labels(labels_path, delimiter)
+        labels, name, target_lines = _read_labels(labels_path, delimiter)
+        target_column = None if name is None else repr(name)
         target_source = labels_path
         _same_length(table, target_lines, labels_path, "labels")
     else:
@@ -368,7 +371,8 @@ def _labels(table: Table, column: int) -> np.ndarray:
 
 
 def _read_labels(path: str, delimiter: str | None) -> tuple[np.ndarray, str | None, tuple[int, ...]]:
-    """Reads a one-column labels file; its first line is a header when it is not a number."""
+    """Reads a one-column labels file: its labels, its header (None when its first line is a
+    number, so a label) and each label's line."""
     table = read_table(path, delimiter, require_rows=False)  # maybe the header is a label
     if len(table.header) != 1:
         raise InputError(f"a labels file has one column, this one has {len(table.header)}",
@@ -378,7 +382,7 @@ def _read_labels(path: str, delimiter: str | None) -> tuple[np.ndarray, str | No
     except ValueError:
         if not table.rows:
             raise InputError("the file has a header but no labels", source=path) from None
-        return _labels(table, 0), repr(table.header[0]), table.lines
+        return _labels(table, 0), table.header[0], table.lines
     whole = Table(source=path, header=("label",), rows=((table.header[0],),) + table.rows,
                   lines=(table.header_line,) + table.lines)
     return _labels(whole, 0), None, whole.lines
@@ -446,7 +450,7 @@ def _worked(data: EvalInput, result: losses.CrossEntropyResult, a: np.ndarray,
     p = exps / exp_sum
     label = None if data.labels is None or result.ignored[i] else int(data.labels[i])
     return WorkedSample(
-        sample=i, line=data.lines[i], z=z, shifted=shifted, exps=exps, exp_sum=exp_sum,
+        sample=i, line=None if data.source in data.rows_in else data.lines[i], z=z, shifted=shifted, exps=exps, exp_sum=exp_sum,
         p=p, label=None if data.labels is None else int(data.labels[i]), y=y, p_minus_y=p - y,
         # log-softmax of this row alone: result.log_probs would build the whole (N, k) array
         neg_log_p=None if label is None else float(-losses.log_softmax(z[None, :])[0, label]),
@@ -456,25 +460,27 @@ def _worked(data: EvalInput, result: losses.CrossEntropyResult, a: np.ndarray,
 
 
 def locate(error: InputError, data: EvalInput) -> InputError:
-    """Places a core error (sample i, 'class c') at its line and column in the input files."""
+    """Places a core error (sample i, 'class c') at its line (or row) and column in the inputs."""
     if error.sample is None or error.source is not None:
         return error
     i = error.sample
+
+    def at(source: str, lines, column: str | None) -> InputError:
+        place = {"row" if source in data.rows_in else "line": lines[i]}
+        return error.located(source=source, column=column, **place)
+
     if error.column is not None and error.column.startswith("class ") and data.targets is None:
         c = int(error.column.split()[1])
-        return error.located(source=data.source, line=data.lines[i],
-                             column=repr(data.class_names[c]))
+        return at(data.source, data.lines, repr(data.class_names[c]))
     if error.column is not None and error.column.startswith("class "):
         # soft targets: a class column may be a logit's or a probability's; the core names
         # logits in 'logit ...' messages
         c = int(error.column.split()[1])
         if "logit" in error.message:
-            return error.located(source=data.source, line=data.lines[i],
-                                 column=repr(data.class_names[c]))
-        return error.located(source=data.target_source, line=data.target_lines[i],
-                             column=repr((data.target_names or data.class_names)[c]))
-    return error.located(source=data.target_source, line=data.target_lines[i],
-                         column=data.target_column)
+            return at(data.source, data.lines, repr(data.class_names[c]))
+        return at(data.target_source, data.target_lines,
+                  repr((data.target_names or data.class_names)[c]))
+    return at(data.target_source, data.target_lines, data.target_column)
 
 
 # --- writing ----------------------------------------------------------------------------------

@@ -19,29 +19,33 @@ class XentError(Exception):
 class InputError(XentError):
     """Input that cannot be used: unreadable file, bad cell, wrong shape, value out of range.
 
-    The data layer names ``source`` (a file), ``line`` (1-based, as an editor counts them) and
+    The data layer names ``source`` (a file), ``line`` (1-based, as an editor counts them) or,
+    in an array file (.npy, .npz, .parquet), ``row`` (0-based, as NumPy indexes it), and
     ``column`` (a header name); the numeric core, which sees arrays, names ``sample`` (0-based)
     and ``column`` (e.g. "class 2"). ``located`` re-raises a core error at its place in a file.
     """
 
     def __init__(self, message: str, *, source: str | None = None, line: int | None = None,
-                 sample: int | None = None, column: str | None = None):
+                 sample: int | None = None, column: str | None = None, row: int | None = None):
         self.message = message
         self.source, self.line, self.sample, self.column = source, line, sample, column
+        self.row = row
+        placed = line is not None or row is not None
         where = ", ".join(
             part for part in (
                 source,
                 f"line {line}" if line is not None else None,
-                f"sample {sample}" if sample is not None and line is None else None,
+                f"row {row}" if row is not None else None,
+                f"sample {sample}" if sample is not None and not placed else None,
                 f"column {column}" if column is not None else None,
             ) if part
         )
         super().__init__(f"{where}: {message}" if where else message)
 
-    def located(self, *, source: str, line: int | None = None,
+    def located(self, *, source: str, line: int | None = None, row: int | None = None,
                 column: str | None = None) -> "InputError":
-        """Returns the same error placed in a file (line and column override the core's)."""
-        return InputError(self.message, source=source, line=line,
+        """Returns the same error placed in a file (line or row, and column, override the core's)."""
+        return InputError(self.message, source=source, line=line, row=row,
                           column=column if column is not None else self.column)
 
 

@@ -194,7 +194,7 @@ def loss_and_gradient_into(z, target, grad: np.ndarray | None, per_sample: np.nd
     except InputError as error:
         if error.sample is None or not first_sample:
             raise
-        raise InputError(error.message, source=error.source, line=error.line,
+        raise InputError(error.message, source=error.source, line=error.line, row=error.row,
                          sample=error.sample + first_sample, column=error.column) from None
     divisor = _divisor(target, ignored, weight if weighted else None, dtype)
     return BlockSums(total=float(per_sample.sum(dtype=dtype)), divisor=float(divisor),

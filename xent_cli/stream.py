@@ -581,10 +581,14 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
             target_column = repr(label_col)
     logits = _float_matrix(logits, path, "logits", min_classes)
     n = logits.shape[0]
+    rows = tuple(range(n))
+    target_lines = target_names = None  # the targets' lines and columns, from a CSV file
     if labels_path is not None:
-        labels, target_column, target_source = _read_side(labels_path, delimiter, "labels"), None, labels_path
+        labels, target_lines, names = _read_side(labels_path, delimiter, "labels")
+        target_column, target_source = None if names is None else repr(names[0]), labels_path
     if targets_path is not None:
-        targets, target_source = _read_side(targets_path, delimiter, "targets"), targets_path
+        targets, target_lines, target_names = _read_side(targets_path, delimiter, "targets")
+        target_source = targets_path
     if labels is None and targets is None:
         raise InputError("has no labels; give --labels or --targets (a .npy, .npz or CSV file)",
                          source=path)
@@ -593,9 +597,12 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
         if labels.ndim != 1 or labels.dtype.kind not in "iuf":
             raise InputError(f"labels must be a 1-d array of integers, got shape {labels.shape} "
                              f"of {labels.dtype}", source=target_source)
-        if labels.dtype.kind == "f":
-            if not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
-                raise InputError("labels must be whole numbers", source=target_source)
+        if labels.dtype.kind == "f":  # from an array: a CSV's labels were checked as read
+            whole = np.isfinite(labels) & (labels == np.round(labels))
+            if not whole.all():
+                i = int(np.argmin(whole))
+                raise InputError(f"label {float(labels[i])!r} is not a whole number",
+                                 source=target_source, row=i)
         labels = labels.astype(np.int64)
         count = len(labels)
     else:
@@ -604,16 +611,19 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
         if targets.shape[1] != logits.shape[1]:
             raise InputError(f"has {targets.shape[1]} target columns, the logits have "
                              f"{logits.shape[1]} classes", source=target_source)
-        if (targets < 0).any():
-            raise InputError("a target probability is negative", source=target_source)
     if count != n:
         raise InputError(f"has {count} targets for {n} rows of logits", source=target_source)
-    rows = tuple(range(n))
-    return data.EvalInput(
-        logits=logits, labels=labels, targets=targets,
-        class_names=class_names or tuple(str(c) for c in range(logits.shape[1])),
-        source=path, lines=rows, target_source=target_source, target_column=target_column,
-        target_lines=rows)
+    class_names = class_names or tuple(str(c) for c in range(logits.shape[1]))
+    placed = data.EvalInput(
+        logits=logits, labels=labels, targets=targets, class_names=class_names, source=path,
+        lines=rows, target_source=target_source, target_column=target_column,
+        target_lines=rows if target_lines is None else target_lines, target_names=target_names,
+        rows_in=frozenset([path] + ([target_source] if target_lines is None else [])))
+    if targets is not None and (targets < 0).any():
+        i, c = np.argwhere(targets < 0)[0]
+        raise data.locate(InputError(f"target probability {float(targets[i, c])!r} is negative",
+                                     sample=int(i), column=f"class {c}"), placed)
+    return placed
 
 
 def _load_npy(path: str) -> np.ndarray:
@@ -668,22 +678,28 @@ def _read_parquet(path: str, label_col: str):
     return logits, labels, logit_names
 
 
-def _read_side(path: str, delimiter: str | None, what: str) -> np.ndarray:
-    """Reads labels or targets for an array input: .npy, .npz (its only or named array) or CSV."""
+def _read_side(path: str, delimiter: str | None, what: str
+               ) -> tuple[np.ndarray, tuple[int, ...] | None, tuple[str, ...] | None]:
+    """Reads labels or targets for an array input: .npy, .npz (its only or named array) or CSV.
+
+    With a CSV come each row's line in it and its column names (none for labels without a
+    header); an array file has neither (None, None): a sample's place there is its row.
+    """
     lower = path.lower()
     if lower.endswith(".npy"):
-        return np.asarray(_load_npy(path))
+        return np.asarray(_load_npy(path)), None, None
     if lower.endswith(".npz"):
         arrays = _load_npz(path)
         if what in arrays:
-            return arrays[what]
+            return arrays[what], None, None
         if len(arrays) == 1:
-            return next(iter(arrays.values()))
+            return next(iter(arrays.values())), None, None
         raise InputError(f"has no array {what!r}", source=path)
     if what == "labels":
-        return data._read_labels(path, delimiter)[0]
+        labels, name, lines = data._read_labels(path, delimiter)
+        return labels, lines, None if name is None else (name,)
     table = data.read_table(path, delimiter)
-    return data._numbers(table, range(len(table.header)), "probability")
+    return data._numbers(table, range(len(table.header)), "probability"), table.lines, table.header
 
 
 def _float_matrix(array, path: str, what: str, min_classes: int = 2) -> np.ndarray:
@@ -963,7 +979,7 @@ class BinaryWorkedSample:
     """One sample's binary cross-entropy, class by class, as a learner would do it by hand."""
 
     sample: int
-    line: int
+    line: int | None  # None in an array file, where the sample is the row
     z: np.ndarray  # logits
     sigma: np.ndarray  # σ(z): each class's probability of 'yes'
     t: np.ndarray  # targets
@@ -1019,7 +1035,8 @@ def _bce_worked(first, show: int, reduction: str, divisor: float, options: dict)
     head = _bce(first_rows, options, reduction, dt)
     grad = _bce_scaled(head.grad, reduction, divisor, dt)
     return tuple(BinaryWorkedSample(
-        sample=i, line=part.lines[i], z=np.asarray(part.logits[i], dtype=np.float64),
+        sample=i, line=None if part.source in part.rows_in else part.lines[i],
+        z=np.asarray(part.logits[i], dtype=np.float64),
         sigma=np.asarray(head.probs[i], dtype=np.float64),
         t=np.asarray(first_rows.targets[i], dtype=np.float64),
         elements=np.asarray(piece.elements[i], dtype=np.float64),

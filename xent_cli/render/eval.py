@@ -121,6 +121,11 @@ def _identity(summary: Summary, sample: WorkedSample) -> str:
     return f"gradient = {_g(sample.scale)} × (p − y): {'; '.join(reasons)}"
 
 
+def _sample_name(sample) -> str:
+    """Returns 'sample i (line l)', or 'sample i' in an array file, where i is the row."""
+    return f"sample {sample.sample}" + ("" if sample.line is None else f" (line {sample.line})")
+
+
 def _steps_by_class(title: str, names, rows) -> Table:
     """Returns a worked sample's table: a row per step, a column per class."""
     table = Table(title=title, title_justify="left")
@@ -136,7 +141,7 @@ def worked_sample(summary: Summary, sample: WorkedSample) -> Group:
     """Returns one sample's derivation, a row per step, a column per class."""
     names = summary.class_names
     target = (f"label {sample.label}" if sample.label is not None else "soft target")
-    table = _steps_by_class(f"sample {sample.sample} (line {sample.line}), {target}", names, [
+    table = _steps_by_class(f"{_sample_name(sample)}, {target}", names, [
         ("logit z", sample.z),
         ("z − max z", sample.shifted),
         ("exp(z − max z)", sample.exps),
@@ -163,7 +168,7 @@ IDENTITY_NOTE = ("Every class j gets p_j − y_j, not only the label: the normal
 
 def binary_worked_sample(summary: Summary, sample: BinaryWorkedSample) -> Group:
     """Returns one sample's binary cross-entropy, a row per step, a column per class."""
-    table = _steps_by_class(f"sample {sample.sample} (line {sample.line})", summary.class_names, [
+    table = _steps_by_class(_sample_name(sample), summary.class_names, [
         ("logit z", sample.z),
         ("σ(z) = 1/(1+e^−z)", sample.sigma),
         ("target t", sample.t),

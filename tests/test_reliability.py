@@ -447,6 +447,37 @@ def test_piped_output_carries_no_escape_codes(tmp_path, name):
     assert run.stdout and ESCAPE not in run.stdout and ESCAPE not in run.stderr
 
 
+def test_the_process_leaves_with_its_exit_code_and_all_its_output(tmp_path):
+    """xent exits without finalising Python (cli.main): nothing written may be lost on the way."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "z.csv").write_text(K3)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(DOC.parent.parent), os.environ.get("PYTHONPATH", "")])}
+
+    def xent(*arguments, stdout=subprocess.PIPE):
+        return subprocess.run([sys.executable, "-m", "xent_cli", *arguments], cwd=tmp_path,
+                              env=environment, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                              timeout=120)
+
+    (tmp_path / "big.csv").write_text("z0,z1,label\n" + "0.5,-1.25,1\n" * 20_000)
+    losses_json = ("eval", "big.csv", "--reduction", "none", "--format", "json", "--quiet")
+    with open(tmp_path / "losses.json", "w") as file:  # a file: block-buffered, flushed at exit
+        assert xent(*losses_json, stdout=file).returncode == 0
+    written = (tmp_path / "losses.json").read_text()
+    assert len(written) > 1 << 18 and len(json.loads(written)["loss"]) == 20_000
+    piped = xent(*losses_json)  # more than a pipe's buffer holds
+    assert piped.returncode == 0 and piped.stdout == written
+    done = xent("eval", "z.csv", "--output", "o.npy", "--format", "json")
+    assert done.returncode == 0 and json.loads(done.stdout)["n"] == 2
+    assert np.load(tmp_path / "o.npy")["loss"].shape == (2,)
+    refused = xent("eval", "nope.csv")
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == "Error: nope.csv: no such file\n"
+
+
 @pytest.mark.parametrize("plain", [{"NO_COLOR": "1"}, {"TERM": "dumb"}], ids=["NO_COLOR", "TERM=dumb"])
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_no_color_and_dumb_terminals_win_over_force_color(tmp_path, monkeypatch, name, plain):

@@ -301,6 +301,7 @@ def test_npz_targets_and_npy_logits_read_like_csv(runner, tmp_path):
     np.save(tmp_path / "z.npy", np.array(Z))
     np.save(tmp_path / "t.npy", np.array(T, dtype=np.int64))  # integer multi-hot is fine
     assert summary_of(runner, tmp_path / "z.npy", "--targets", tmp_path / "t.npy")["loss"] == expected
+    assert summary_of(runner, LOGITS, "--targets", tmp_path / "t.npy")["loss"] == expected  # CSV logits
 
 
 # --- chunks change nothing ---------------------------------------------------------------------
@@ -566,6 +567,7 @@ def test_one_logit_column_in_npy_and_npz_reads_like_csv(runner, tmp_path):
     np.save(tmp_path / "flat_z.npy", np.ravel(ONE_Z))
     np.save(tmp_path / "flat_t.npy", np.ravel(ONE_T))
     assert summary_of(runner, tmp_path / "flat_z.npy", "--targets", tmp_path / "flat_t.npy")["loss"] == expected
+    assert summary_of(runner, z, "--targets", tmp_path / "flat_t.npy")["loss"] == expected  # CSV logits
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

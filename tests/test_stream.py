@@ -232,6 +232,14 @@ def test_npy_npz_and_csv_agree(runner, tmp_path, arrays):
     assert _json(runner, str(tmp_path / "both.npz")) == expected
     (tmp_path / "y.csv").write_text("label\n" + "\n".join(map(str, y)) + "\n")
     assert _json(runner, str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.csv")) == expected
+    # and a CSV of logits alone takes its labels from an array, or its soft targets
+    logits_only = "\n".join(",".join(map(repr, row)) for row in z.tolist())
+    (tmp_path / "logits.csv").write_text("a,b,c,d\n" + logits_only + "\n")
+    assert _json(runner, str(tmp_path / "logits.csv"), "--labels", str(tmp_path / "y.npy")) == expected
+    assert _json(runner, str(tmp_path / "logits.csv"), "--labels", str(tmp_path / "both.npz")) == expected
+    np.save(tmp_path / "t.npy", np.eye(4)[y])
+    loss, accuracy, n = _json(runner, str(tmp_path / "logits.csv"), "--targets", str(tmp_path / "t.npy"))
+    assert math.isclose(loss, expected[0], rel_tol=1e-14) and (accuracy, n) == expected[1:]
 
 
 def test_an_array_file_has_rows_and_a_csv_beside_it_lines(runner, tmp_path, arrays):

@@ -180,24 +180,10 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
     if [logits_path, labels_path, targets_path].count(STDIN) > 1:
         raise InputError("stdin ('-') can be read once: give one of the files as '-', the others "
                          "by name")
-    table = read_table(logits_path, delimiter)
-    has_label_col = label_col in table.header
-    if (labels_path or targets_path) and has_label_col:
-        raise InputError(f"has a column {label_col!r} and labels come from "
-                         f"{labels_path or targets_path}; remove one of them",
-                         source=logits_path, line=table.header_line)
-    _check_delimiter(table, delimiter)
-    if not (labels_path or targets_path or has_label_col):
-        raise InputError(f"there is no column {label_col!r}; name the label column with "
-                         f"--label-col, or give --labels or --targets", source=logits_path,
-                         line=table.header_line)
-    logit_columns = [c for c, name in enumerate(table.header)
-                     if not (has_label_col and name == label_col)]
-    if len(logit_columns) < min_classes:
-        raise InputError(_too_few_classes(len(logit_columns), min_classes),
-                         source=logits_path, line=table.header_line)
-    class_names = tuple(table.header[c] for c in logit_columns)
-    logits = _numbers(table, logit_columns, "logit", parse_logit)
+    table, logits, class_names = read_logits(logits_path, label_col=label_col,
+                                             targets_from=labels_path or targets_path,
+                                             delimiter=delimiter, min_classes=min_classes)
+    has_label_col = label_col in table.header and not (labels_path or targets_path)
     labels = targets = None
     target_column = None
     if has_label_col:
@@ -236,6 +222,33 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
                      source=logits_path, lines=table.lines, target_source=target_source,
                      target_column=target_column, target_lines=tuple(target_lines),
                      target_names=None if targets is None else target_table.header)
+
+
+def read_logits(path: str, *, label_col: str = "label", targets_from: str | None = None,
+                delimiter: str | None = None, min_classes: int = 2
+                ) -> tuple[Table, np.ndarray, tuple[str, ...]]:
+    """Reads a CSV of logits: its table, the (N, k) logits and the class names.
+
+    Every column is a logit but the label column; with targets from another file
+    (targets_from), a label column is an error, as is its absence without one.
+    """
+    table = read_table(path, delimiter)
+    has_label_col = label_col in table.header
+    if targets_from and has_label_col:
+        raise InputError(f"has a column {label_col!r} and labels come from {targets_from}; "
+                         f"remove one of them", source=path, line=table.header_line)
+    _check_delimiter(table, delimiter)
+    if not (targets_from or has_label_col):
+        raise InputError(f"there is no column {label_col!r}; name the label column with "
+                         f"--label-col, or give --labels or --targets", source=path,
+                         line=table.header_line)
+    logit_columns = [c for c, name in enumerate(table.header)
+                     if not (has_label_col and name == label_col)]
+    if len(logit_columns) < min_classes:
+        raise InputError(_too_few_classes(len(logit_columns), min_classes),
+                         source=path, line=table.header_line)
+    class_names = tuple(table.header[c] for c in logit_columns)
+    return table, _numbers(table, logit_columns, "logit", parse_logit), class_names
 
 
 def _too_few_classes(found: int, min_classes: int) -> str:

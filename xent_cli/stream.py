@@ -142,7 +142,7 @@ def open_source(path: str, *, label_col: str = "label", labels_path: str | None 
     if labels_path is not None and targets_path is not None:
         raise InputError("give either labels or soft targets, not both")
     suffix = os.path.splitext(path.lower())[1] if path != data.STDIN else ""
-    if suffix in (".npy", ".npz", ".parquet"):
+    if suffix in ARRAYS or _suffix(labels_path or targets_path) in (".npy", ".npz"):
         loaded = _read_array_input(path, suffix, label_col, labels_path, targets_path, delimiter,
                                    min_classes)
         return _in_memory(loaded, chunk_rows)
@@ -158,6 +158,15 @@ def open_source(path: str, *, label_col: str = "label", labels_path: str | None 
                                   targets_path=targets_path, delimiter=delimiter,
                                   min_classes=min_classes)
     return _in_memory(loaded, chunk_rows)
+
+
+# The array files eval reads, by extension; anything else is CSV text.
+ARRAYS = (".npy", ".npz", ".parquet")
+
+
+def _suffix(path: str | None) -> str:
+    """Returns a file's extension in lower case ('' for stdin or no file)."""
+    return "" if path in (None, data.STDIN) else os.path.splitext(path.lower())[1]
 
 
 def strict_source(path: str, *, label_col: str = "label", targets_path: str | None = None,
@@ -559,11 +568,18 @@ def _last_cells(block: bytes, delimiter: str) -> np.ndarray | None:
 def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str | None,
                       targets_path: str | None, delimiter: str | None,
                       min_classes: int = 2) -> data.EvalInput:
-    """Reads logits from .npy (memory-mapped), .npz or .parquet; a sample's 'line' is its row."""
+    """Reads logits from .npy (memory-mapped), .npz or .parquet, where a sample's 'line' is its
+    row, or from CSV when the labels or targets are an array."""
     labels = targets = None
     class_names = None
     target_source, target_column = path, None
-    if suffix == ".npy":
+    lines = None  # the logits' lines, from a CSV file
+    if suffix not in ARRAYS:
+        table, logits, class_names = data.read_logits(
+            path, label_col=label_col, targets_from=labels_path or targets_path,
+            delimiter=delimiter, min_classes=min_classes)
+        lines = table.lines
+    elif suffix == ".npy":
         logits = _load_npy(path)
     elif suffix == ".npz":
         arrays = _load_npz(path)
@@ -612,13 +628,16 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
             raise InputError(f"has {targets.shape[1]} target columns, the logits have "
                              f"{logits.shape[1]} classes", source=target_source)
     if count != n:
-        raise InputError(f"has {count} targets for {n} rows of logits", source=target_source)
+        what = "labels" if labels is not None else "target rows"
+        raise InputError(f"has {count} {what} for {n} rows of logits", source=target_source)
     class_names = class_names or tuple(str(c) for c in range(logits.shape[1]))
     placed = data.EvalInput(
         logits=logits, labels=labels, targets=targets, class_names=class_names, source=path,
-        lines=rows, target_source=target_source, target_column=target_column,
-        target_lines=rows if target_lines is None else target_lines, target_names=target_names,
-        rows_in=frozenset([path] + ([target_source] if target_lines is None else [])))
+        lines=rows if lines is None else lines, target_source=target_source,
+        target_column=target_column, target_lines=rows if target_lines is None else target_lines,
+        target_names=target_names,
+        rows_in=frozenset(([path] if lines is None else [])
+                          + ([target_source] if target_lines is None else [])))
     if targets is not None and (targets < 0).any():
         i, c = np.argwhere(targets < 0)[0]
         raise data.locate(InputError(f"target probability {float(targets[i, c])!r} is negative",

@@ -207,6 +207,23 @@ def test_soft_targets_reach_the_users_function_as_an_n_by_k_array(runner, tmp_pa
         assert result.exit_code == 0, (argv, result.output)
 
 
+def test_arrays_are_read_as_eval_reads_them(runner, tmp_path):
+    z = np.array([[1.0, 2.0, 0.5], [-1.0, 0.0, 3.0]])
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", np.array([2, 0]))
+    np.savez(tmp_path / "both.npz", logits=z, labels=np.array([2, 0]))
+    for argv in ([str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy")],
+                 [str(tmp_path / "both.npz")]):
+        right = check(runner, *argv, "--expr", "p - y", "--method", "complex", "--format", "json")
+        assert right.exit_code == 0, right.output
+        assert as_json(right)["entries"] == 6
+        assert check(runner, *argv, "--expr", "p").exit_code == 1  # the label's -1 is missing
+    np.save(tmp_path / "bad.npy", np.array([2, 3]))
+    bad = check(runner, str(tmp_path / "z.npy"), "--labels", str(tmp_path / "bad.npy"))
+    assert bad.exit_code == 2
+    assert "bad.npy, row 1: label 3 is not a class index 0..2" in bad.stderr
+
+
 def test_a_bad_logits_file_gets_evals_message(runner, tmp_path):
     bad = tmp_path / "z.csv"
     bad.write_text("z0,z1,label\n1,abc,0\n")

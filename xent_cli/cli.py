@@ -378,8 +378,8 @@ class CheckFormat(str, enum.Enum):
 def check_command(
     logits: Annotated[Optional[str], typer.Argument(
         metavar="LOGITS",
-        help="A CSV of logits read exactly as 'xent eval' reads it; without it, random inputs "
-             "(--random, --k, --seed).", show_default=False)] = None,
+        help="Logits read exactly as 'xent eval' reads them (CSV, .npy, .npz, .parquet); without "
+             "them, random inputs (--random, --k, --seed).", show_default=False)] = None,
     *,
     loss: Annotated[Loss, typer.Option(help=LOSS_HELP)] = Loss.ce,
     grad_fn: Annotated[Optional[str], typer.Option(
@@ -488,7 +488,7 @@ def check_command(
       xent check --loss bce --grad-fn examples/my_bce_grad.py:softmax_grad
       xent check examples/multilabel_logits.csv --loss bce --targets examples/multilabel_targets.csv --expr "p - y"
     """
-    from xent_cli import data, gradcheck, usercode
+    from xent_cli import data, gradcheck, stream, usercode
     from xent_cli.render import check as render
 
     with user_errors():
@@ -513,9 +513,9 @@ def check_command(
         options = dict(loss=loss.value, ignore_index=ignore_index,
                        label_smoothing=label_smoothing, dtype=dtype.value)
         if logits is not None:
-            loaded = data.read_eval_input(logits, label_col=label_col, labels_path=labels,
-                                          targets_path=targets, delimiter=_delimiter(delimiter),
-                                          min_classes=_min_classes(loss))
+            loaded = stream.read_input(logits, label_col=label_col, labels_path=labels,
+                                       targets_path=targets, delimiter=_delimiter(delimiter),
+                                       min_classes=_min_classes(loss))
             classes = len(loaded.class_names)
             weights = None if weight is None else data.parse_weights(weight, classes)
             problem = gradcheck.file_problem(loaded, weight=weights,

@@ -141,12 +141,8 @@ def open_source(path: str, *, label_col: str = "label", labels_path: str | None 
     """
     if labels_path is not None and targets_path is not None:
         raise InputError("give either labels or soft targets, not both")
-    suffix = os.path.splitext(path.lower())[1] if path != data.STDIN else ""
-    if suffix in ARRAYS or _suffix(labels_path or targets_path) in (".npy", ".npz"):
-        loaded = _read_array_input(path, suffix, label_col, labels_path, targets_path, delimiter,
-                                   min_classes)
-        return _in_memory(loaded, chunk_rows)
-    if labels_path is None and path != data.STDIN and targets_path != data.STDIN:
+    text = not _has_arrays(path, labels_path, targets_path)
+    if text and labels_path is None and path != data.STDIN and targets_path != data.STDIN:
         size = os.path.getsize(path) if os.path.isfile(path) else -1  # else the strict reader says why
         if size >= max(FAST_CSV_BYTES, 1):
             fast = (_fast_csv(path, label_col, delimiter, size) if targets_path is None
@@ -154,10 +150,21 @@ def open_source(path: str, *, label_col: str = "label", labels_path: str | None 
                                            min_classes))
             if fast is not None:
                 return fast
-    loaded = data.read_eval_input(path, label_col=label_col, labels_path=labels_path,
-                                  targets_path=targets_path, delimiter=delimiter,
-                                  min_classes=min_classes)
+    loaded = read_input(path, label_col=label_col, labels_path=labels_path,
+                        targets_path=targets_path, delimiter=delimiter, min_classes=min_classes)
     return _in_memory(loaded, chunk_rows)
+
+
+def read_input(path: str, *, label_col: str = "label", labels_path: str | None = None,
+               targets_path: str | None = None, delimiter: str | None = None,
+               min_classes: int = 2) -> data.EvalInput:
+    """Reads logits and their targets whole: CSV (the strict reader), or arrays by extension."""
+    if _has_arrays(path, labels_path, targets_path):
+        return _read_array_input(path, _suffix(path), label_col, labels_path, targets_path,
+                                 delimiter, min_classes)
+    return data.read_eval_input(path, label_col=label_col, labels_path=labels_path,
+                                targets_path=targets_path, delimiter=delimiter,
+                                min_classes=min_classes)
 
 
 # The array files eval reads, by extension; anything else is CSV text.
@@ -167,6 +174,11 @@ ARRAYS = (".npy", ".npz", ".parquet")
 def _suffix(path: str | None) -> str:
     """Returns a file's extension in lower case ('' for stdin or no file)."""
     return "" if path in (None, data.STDIN) else os.path.splitext(path.lower())[1]
+
+
+def _has_arrays(path: str, labels_path: str | None, targets_path: str | None) -> bool:
+    """Returns whether the logits are an array file, or their labels or targets are."""
+    return _suffix(path) in ARRAYS or _suffix(labels_path or targets_path) in (".npy", ".npz")
 
 
 def strict_source(path: str, *, label_col: str = "label", targets_path: str | None = None,

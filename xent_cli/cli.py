@@ -679,9 +679,9 @@ def main() -> None:
         if done.code is not None and not isinstance(done.code, int):
             raise  # a message to print: Python's own exit does that
         code = done.code or 0
-    for stream in (sys.stdout, sys.stderr):
+    for written in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            written.flush()
         except (BrokenPipeError, ValueError):  # the reader went away, or the stream is closed
             pass
     os._exit(code)

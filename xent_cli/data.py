@@ -463,7 +463,8 @@ def _worked(data: EvalInput, result: losses.CrossEntropyResult, a: np.ndarray,
     p = exps / exp_sum
     label = None if data.labels is None or result.ignored[i] else int(data.labels[i])
     return WorkedSample(
-        sample=i, line=None if data.source in data.rows_in else data.lines[i], z=z, shifted=shifted, exps=exps, exp_sum=exp_sum,
+        sample=i, line=None if data.source in data.rows_in else data.lines[i], z=z,
+        shifted=shifted, exps=exps, exp_sum=exp_sum,
         p=p, label=None if data.labels is None else int(data.labels[i]), y=y, p_minus_y=p - y,
         # log-softmax of this row alone: result.log_probs would build the whole (N, k) array
         neg_log_p=None if label is None else float(-losses.log_softmax(z[None, :])[0, label]),

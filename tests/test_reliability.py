@@ -484,6 +484,11 @@ def test_the_process_leaves_with_its_exit_code_and_all_its_output(tmp_path):
     refused = xent("eval", "nope.csv")
     assert (refused.returncode, refused.stdout) == (2, "")
     assert refused.stderr == "Error: nope.csv: no such file\n"
+    # under a profiler Python's own exit runs, and writes the profile
+    profiled = subprocess.run([sys.executable, "-m", "cProfile", "-o", "run.prof", "-m", "xent_cli",
+                               "eval", "z.csv"], cwd=tmp_path, env=environment,
+                              capture_output=True, text=True, timeout=120)
+    assert profiled.returncode == 0 and (tmp_path / "run.prof").stat().st_size > 0
 
 
 @pytest.mark.parametrize("plain", [{"NO_COLOR": "1"}, {"TERM": "dumb"}], ids=["NO_COLOR", "TERM=dumb"])

@@ -670,15 +670,20 @@ def main() -> None:
     Finalising the interpreter frees every module (NumPy, Polars, Rich) one object at a time:
     0.03 s after a small command, 0.1 s once Polars is loaded. By then every file xent writes is
     closed (and renamed), so the process flushes its two streams and exits at once. A bug's
-    exception still propagates, with its traceback.
+    exception still propagates, with its traceback; under a tracer or a profiler (coverage,
+    cProfile) Python's own exit runs, which writes their data.
     """
+    traced = sys.gettrace() is not None or sys.getprofile() is not None
     try:
         app(prog_name="xent")
         code = 0
     except SystemExit as done:
-        if done.code is not None and not isinstance(done.code, int):
-            raise  # a message to print: Python's own exit does that
+        # a message to print, or a tracer's data to write: Python's own exit does that
+        if traced or (done.code is not None and not isinstance(done.code, int)):
+            raise
         code = done.code or 0
+    if traced:
+        return
     for written in (sys.stdout, sys.stderr):
         try:
             written.flush()

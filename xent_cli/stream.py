@@ -631,6 +631,12 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
                 i = int(np.argmin(whole))
                 raise InputError(f"label {float(labels[i])!r} is not a whole number",
                                  source=target_source, row=i)
+        if labels.dtype.kind in "uf":  # a label beyond int64 would wrap around to another one
+            beyond = (labels >= 2**63) | (labels < -2**63)
+            if beyond.any():
+                i = int(np.argmax(beyond))
+                raise InputError(f"label {labels[i].item()!r} is out of range",
+                                 source=target_source, row=i)
         labels = labels.astype(np.int64)
         count = len(labels)
     else:

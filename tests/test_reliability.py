@@ -498,6 +498,28 @@ def test_the_process_leaves_with_its_exit_code_and_all_its_output(tmp_path):
     assert profiled.returncode == 0 and (tmp_path / "run.prof").stat().st_size > 0
 
 
+@pytest.mark.parametrize("closed, arguments, exit", [
+    (">&-", ("eval", "z.csv"), 0),
+    ("2>&-", ("eval", "nope.csv"), 2),
+    (">&- 2>&-", ("eval", "nope.csv"), 2),
+    (">&-", ("check", "z.csv", "--expr", "p"), 1),
+], ids=["stdout", "stderr", "both", "check-fails"])
+def test_a_stream_closed_before_xent_starts_keeps_the_exit_code(tmp_path, closed, arguments, exit):
+    """The shell's `>&-` leaves Python a stream of None: the exit flushes the others, and the
+    command's exit code is the process's."""
+    import subprocess
+    import sys
+
+    (tmp_path / "z.csv").write_text(K3)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(DOC.parent.parent), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(["sh", "-c", f'exec "$@" {closed}', "sh", sys.executable, "-m", "xent_cli",
+                          *arguments], cwd=tmp_path, env=environment, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == exit, run.stderr
+    assert "Traceback" not in run.stderr
+
+
 @pytest.mark.parametrize("plain", [{"NO_COLOR": "1"}, {"TERM": "dumb"}], ids=["NO_COLOR", "TERM=dumb"])
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_no_color_and_dumb_terminals_win_over_force_color(tmp_path, monkeypatch, name, plain):

@@ -685,6 +685,8 @@ def main() -> None:
     if traced:
         return
     for written in (sys.stdout, sys.stderr):
+        if written is None:  # closed before xent started (the shell's >&-): nothing to flush
+            continue
         try:
             written.flush()
         except (BrokenPipeError, ValueError):  # the reader went away, or the stream is closed

@@ -273,6 +273,28 @@ def test_npz_soft_targets_and_npy_without_labels(runner, tmp_path, arrays):
     assert result.exit_code == 2 and "has no labels; give --labels" in result.stderr
 
 
+@pytest.mark.parametrize("command", ["eval", "check"])
+def test_targets_held_in_the_logits_file_and_given_again_are_refused(runner, tmp_path, arrays, command):
+    """As a CSV with a label column and --labels: one of the two would be dropped without a word."""
+    pl = pytest.importorskip("polars")
+    z, y = arrays
+    np.savez(tmp_path / "zy.npz", logits=z, labels=y)
+    np.savez(tmp_path / "zt.npz", logits=z, targets=np.eye(4)[y])
+    pl.DataFrame({**{f"z{c}": z[:, c] for c in range(4)}, "label": y}).write_parquet(tmp_path / "zy.parquet")
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "t.npy", np.full((len(y), 4), 0.25))  # not the held targets: a loss would differ
+    for logits, own, option, given in (
+            ("zy.npz", "an array 'labels'", "--targets", "t.npy"),
+            ("zy.npz", "an array 'labels'", "--labels", "y.npy"),
+            ("zt.npz", "an array 'targets'", "--labels", "y.npy"),
+            ("zy.parquet", "a column 'label'", "--targets", "t.npy")):
+        result = runner.invoke(app, [command, str(tmp_path / logits), option, str(tmp_path / given)])
+        assert result.exit_code == 2, (logits, given, result.output)
+        what = "labels" if option == "--labels" else "targets"
+        assert result.stderr == (f"Error: {tmp_path / logits}: has {own} and {what} come from "
+                                 f"{tmp_path / given}; remove one of them\n")
+
+
 def test_npy_is_memory_mapped(tmp_path, arrays):
     z, y = arrays
     np.save(tmp_path / "z.npy", z)

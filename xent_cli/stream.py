@@ -607,6 +607,12 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
         logits, labels, class_names = _read_parquet(path, label_col)
         if labels is not None:
             target_column = repr(label_col)
+    if (labels is not None or targets is not None) and (labels_path or targets_path):
+        # as a CSV's label column beside --labels: one of the two would be dropped unsaid
+        held = (f"a column {label_col!r}" if suffix == ".parquet"
+                else f"an array {'labels' if labels is not None else 'targets'!r}")
+        raise InputError(f"has {held} and {'labels' if labels_path else 'targets'} come from "
+                         f"{labels_path or targets_path}; remove one of them", source=path)
     logits = _float_matrix(logits, path, "logits", min_classes)
     n = logits.shape[0]
     rows = tuple(range(n))

@@ -653,7 +653,10 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
                              f"{logits.shape[1]} classes", source=target_source)
     if count != n:
         what = "labels" if labels is not None else "target rows"
-        raise InputError(f"has {count} {what} for {n} rows of logits", source=target_source)
+        # in a CSV, the first line without logits; an array's surplus rows have no line
+        surplus = target_lines[n] if count > n and target_lines is not None else None
+        raise InputError(f"has {count} {what} for {n} rows of logits", source=target_source,
+                         line=surplus)
     class_names = class_names or tuple(str(c) for c in range(logits.shape[1]))
     placed = data.EvalInput(
         logits=logits, labels=labels, targets=targets, class_names=class_names, source=path,
@@ -737,7 +740,8 @@ def _read_side(path: str, delimiter: str | None, what: str
             return arrays[what], None, None
         if len(arrays) == 1:
             return next(iter(arrays.values())), None, None
-        raise InputError(f"has no array {what!r}", source=path)
+        raise InputError(f"has no array {what!r} (it has {', '.join(arrays) or 'none'})",
+                         source=path)
     if what == "labels":
         labels, name, lines = data._read_labels(path, delimiter)
         return labels, lines, None if name is None else (name,)

@@ -165,7 +165,7 @@ def random_problem(n: int, k: int, seed: int, *, loss: str = "ce", **options) ->
 def file_problem(loaded: data.EvalInput, *, loss: str = "ce", weight=None, pos_weight=None,
                  ignore_index: int = -100, label_smoothing: float = 0.0,
                  dtype: str = "float64") -> Problem:
-    """Returns the Problem of logits read by data.read_eval_input, with errors placed in the file."""
+    """Returns the Problem of logits read by stream.read_input, with errors placed in the file."""
     options = dict(loss=loss, weight=weight, pos_weight=pos_weight, ignore_index=ignore_index,
                    label_smoothing=label_smoothing, dtype=dtype)
     if loss == "bce" and loaded.targets is None:

@@ -1,15 +1,15 @@
-"""Writes eval's per-sample results block by block: CSV, .npy or .parquet, chosen by extension.
+"""Writes eval's per-sample results block by block: CSV (or TSV), .npy or .parquet, by extension.
 
 Every format holds the same columns, in this order: sample, line, label (with class labels
 only), pred (the argmax, softmax cross-entropy only), loss, prob_0..prob_{k-1} and
 grad_0..grad_{k-1}; a choice of them (``columns``) writes only those. Every float reads back
 bit for bit:
 
-- CSV (the default, any other extension; tab-separated for ``.tsv``, as the reader takes it)
-  spells each float in the fewest digits that read back
-  to the same float64, by Polars' writer (about 15 times faster than Python's repr, which picks
-  the same digits but switches to exponent notation at other magnitudes: 2.5e-05 is 0.000025
-  here). float32 results are written as the float64 they convert to, exactly.
+- CSV (any extension but those ``kind`` refuses; tab-separated for ``.tsv``, as the reader
+  takes it) spells each float in the fewest digits that read back to the same float64, by
+  Polars' writer (about 15 times faster than Python's repr, which picks the same digits but
+  switches to exponent notation at other magnitudes: 2.5e-05 is 0.000025 here). float32
+  results are written as the float64 they convert to, exactly.
 - ``.npy`` is one structured array, fields sample, line, label, pred (int64), loss, prob (k,) and
   grad (k,) in the computation's dtype: ``np.load(path)["grad"]`` is the (n, k) gradient. It is
   written as it streams, its length filled in at the end.

@@ -8,7 +8,8 @@ A source yields chunks of samples (an EvalInput each, with the file lines of its
 CSV files and stdin go through the strict reader of ``data``; a large CSV goes through a fast
 block reader (Polars on byte blocks cut at line ends) that checks every block vectorised and, on
 anything unusual, hands the file back to the strict reader, whose message names the exact line
-and column. ``.npy`` (memory-mapped), ``.npz`` and ``.parquet`` are chosen by extension.
+and column. ``.npy`` (memory-mapped), ``.npz`` and ``.parquet`` are chosen by extension, and
+so are labels or targets in ``.npy`` or ``.npz`` beside any logits.
 
 Per-sample losses, probabilities and gradient rows are row-wise, so chunks do not change them.
 The reduced loss adds the per-sample (binary: per-element) losses with ``math.fsum``, each chunk's

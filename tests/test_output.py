@@ -654,3 +654,23 @@ def test_a_failing_polars_writer_leaves_no_file(tmp_path, monkeypatch, small_fra
             write(blocks[0])
             raise Stop
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_writer_whose_iterator_outlives_its_failure_is_still_closed():
+    """Polars cancelled by Ctrl-C raises KeyboardInterrupt in the writer thread while a thread of
+    its own still waits for the next frame, and may take the end marker first: closing the
+    abandoned file must not wait for a marker that never comes (it hung, Ctrl-C again too)."""
+    import time
+
+    def consume(items):
+        threading.Thread(target=next, args=(items, None), daemon=True).start()  # waits for a frame
+        time.sleep(0.1)
+        raise KeyboardInterrupt
+
+    worker = rows_file._Worker(consume)
+    time.sleep(0.2)  # the iterator left behind waits first, so it is woken first by close
+    closing = threading.Thread(target=worker.close, kwargs={"complete": False}, daemon=True)
+    closing.start()
+    closing.join(timeout=5)
+    assert not closing.is_alive(), "close waits for ever"
+    assert isinstance(worker.error, KeyboardInterrupt)

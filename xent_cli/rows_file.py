@@ -435,8 +435,13 @@ class _Worker:
                 consume(items())
             except BaseException as error:  # noqa: BLE001 - handed to the putting thread
                 self.error = error
-                while not self.ended and self.queue.get() is not self.end:
-                    pass  # take what is still put, so the putting thread never waits on a full queue
+                # take what is still put, so the putting thread never waits on a full queue, up
+                # to the end; the items may still be iterated in a thread the consumer left
+                # behind (Polars cancelled by Ctrl-C), which can take the end first: ended says so
+                while not self.ended:
+                    with contextlib.suppress(queue.Empty):
+                        if self.queue.get(timeout=0.05) is self.end:
+                            break
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()

@@ -499,6 +499,16 @@ def test_the_process_leaves_with_its_exit_code_and_all_its_output(tmp_path):
     refused = xent("eval", "nope.csv")
     assert (refused.returncode, refused.stdout) == (2, "")
     assert refused.stderr == "Error: nope.csv: no such file\n"
+    # a reader that goes away (| head) is told by 141, as a shell reports SIGPIPE: 1 says a
+    # check failed
+    for arguments in (("eval", "z.csv"), ("eval", "big.csv", "--reduction", "none", "--quiet"),
+                      ("check", "z.csv", "--expr", "p - y")):
+        closed = subprocess.Popen([sys.executable, "-m", "xent_cli", *arguments], cwd=tmp_path,
+                                  env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        closed.stdout.close()
+        assert closed.wait(timeout=120) == 141, arguments
+        assert b"Traceback" not in closed.stderr.read()
+        closed.stderr.close()
     # under a profiler Python's own exit runs, and writes the profile
     profiled = subprocess.run([sys.executable, "-m", "cProfile", "-o", "run.prof", "-m", "xent_cli",
                                "eval", "z.csv"], cwd=tmp_path, env=environment,

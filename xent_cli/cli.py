@@ -73,13 +73,23 @@ def stderr() -> Console:
     return _console(stderr=True)
 
 
+class _Console(Console):
+    """A Rich console whose broken pipe exits 141, not 1: 1 says that a check failed."""
+
+    def on_broken_pipe(self) -> None:
+        try:
+            super().on_broken_pipe()  # quiets the console and sends the rest to /dev/null
+        except SystemExit:
+            raise SystemExit(ExitStatus.BROKEN_PIPE) from None
+
+
 def _console(stderr: bool) -> Console:
     """Returns a console without escape codes under NO_COLOR or TERM=dumb, even with FORCE_COLOR."""
     plain = bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
     # emoji=False, markup=False: a file or column named ':smile:' or '[red]z0' is text to show
     # as written (the renderers style with Style objects, never with markup)
-    console = Console(stderr=stderr, highlight=False, emoji=False, markup=False,
-                      color_system=None if plain else "auto")
+    console = _Console(stderr=stderr, highlight=False, emoji=False, markup=False,
+                       color_system=None if plain else "auto")
     if not console.is_terminal:
         console.width = PIPE_WIDTH
     return console
@@ -689,6 +699,8 @@ def main() -> None:
             continue
         try:
             written.flush()
-        except (BrokenPipeError, ValueError):  # the reader went away, or the stream is closed
+        except BrokenPipeError:  # the reader went away before the last of the output
+            code = code or ExitStatus.BROKEN_PIPE
+        except ValueError:  # the stream is closed
             pass
     os._exit(code)

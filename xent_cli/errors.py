@@ -10,6 +10,7 @@ class ExitStatus(IntEnum):
     CHECK_FAILED = 1  # a check found a wrong gradient or a false claim
     USAGE = 2  # bad usage or bad input: nothing was computed
     INTERRUPTED = 130  # Ctrl-C
+    BROKEN_PIPE = 141  # the reader of stdout went away (| head): 128 + SIGPIPE, as a shell reports it
 
 
 class XentError(Exception):

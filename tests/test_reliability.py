@@ -509,6 +509,16 @@ def test_the_process_leaves_with_its_exit_code_and_all_its_output(tmp_path):
         assert closed.wait(timeout=120) == 141, arguments
         assert b"Traceback" not in closed.stderr.read()
         closed.stderr.close()
+    # results that cannot be written (a full disk) are one line and exit 2, buffered or not
+    if os.path.exists("/dev/full"):
+        for buffering in ({"PYTHONUNBUFFERED": "1"}, {}):
+            with open("/dev/full", "w") as full:
+                unwritten = subprocess.run(
+                    [sys.executable, "-m", "xent_cli", "eval", "z.csv"], cwd=tmp_path,
+                    env={**{k: v for k, v in environment.items() if k != "PYTHONUNBUFFERED"},
+                         **buffering}, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+            assert unwritten.returncode == 2, buffering
+            assert unwritten.stderr == "Error: the output cannot be written: No space left on device\n"
     # under a profiler Python's own exit runs, and writes the profile
     profiled = subprocess.run([sys.executable, "-m", "cProfile", "-o", "run.prof", "-m", "xent_cli",
                                "eval", "z.csv"], cwd=tmp_path, env=environment,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import importlib
 import os
 import sys
@@ -22,6 +23,11 @@ from xent_cli.errors import ExitStatus, XentError
 
 # The exception classes of the Click that Typer runs on (recent Typers vendor their own copy).
 click_errors = importlib.import_module(typer.BadParameter.__module__)
+
+
+# Why the results cannot go to stdout (> /dev/full, a full disk or quota, a vanished device):
+# one line, as a full disk under --output is, not a traceback.
+_UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
 
 class OneLineErrors(TyperGroup):
@@ -42,6 +48,11 @@ class OneLineErrors(TyperGroup):
             code = error.exit_code
         except typer.Abort:  # Typer's own class: its vendored Click has no Abort
             code = ExitStatus.INTERRUPTED
+        except OSError as error:
+            if error.errno not in _UNWRITABLE:
+                raise  # a bug of ours: the core turns what it reads and writes into XentError
+            print(f"Error: the output cannot be written: {error.strerror}", file=sys.stderr)
+            code = ExitStatus.USAGE
         if not standalone_mode:
             return code
         sys.exit(code or 0)
@@ -701,6 +712,12 @@ def main() -> None:
             written.flush()
         except BrokenPipeError:  # the reader went away before the last of the output
             code = code or ExitStatus.BROKEN_PIPE
+        except OSError as error:  # the last of the output is lost: say so, unless already told
+            if error.errno not in _UNWRITABLE:
+                raise
+            if not code:
+                os.write(2, f"Error: the output cannot be written: {error.strerror}\n".encode())
+                code = ExitStatus.USAGE
         except ValueError:  # the stream is closed
             pass
     os._exit(code)

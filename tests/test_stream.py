@@ -263,6 +263,48 @@ def test_an_array_file_has_rows_and_a_csv_beside_it_lines(runner, tmp_path, arra
     assert str(InputError("m", source="f.npy", row=0, column="'c'")) == "f.npy, row 0, column 'c': m"
 
 
+@pytest.mark.parametrize("what", ["labels", "targets"])
+def test_a_large_csv_beside_an_array_is_read_in_blocks_as_the_strict_reader_reads_it(
+        runner, tmp_path, monkeypatch, what):
+    rng = np.random.default_rng(9)
+    z, y = rng.normal(scale=3, size=(300, 4)), rng.integers(0, 4, size=300)
+    (tmp_path / "z.csv").write_text("a,b,c,d\n" + "".join(",".join(map(repr, row)) + "\n"
+                                                          for row in z.tolist()))
+    side = tmp_path / f"{what}.npy"
+    np.save(side, y if what == "labels" else 0.8 * np.eye(4)[y] + 0.05)
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 2000)  # some 25 blocks
+    monkeypatch.setattr(stream, "CHUNK_ROWS", 37)
+    runs = {}
+    for reader, threshold in (("strict", 1 << 60), ("fast", 0)):
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        source = stream.open_source(str(tmp_path / "z.csv"), **{f"{what}_path": str(side)})
+        assert source.unit == ("bytes" if reader == "fast" else "rows")
+        out = tmp_path / f"{reader}.npy"
+        result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), f"--{what}", str(side),
+                                     "--output", str(out), "--format", "json", "--show", "2"])
+        assert result.exit_code == 0, result.output
+        runs[reader] = (result.stdout, out.read_bytes())
+    assert runs["fast"] == runs["strict"]
+    # an error deep in the file names the array's row, or the CSV's line after the hand-over
+    if what == "labels":
+        bad = y.copy()
+        bad[250] = 9
+        np.save(side, bad)
+        result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--labels", str(side)])
+        assert result.exit_code == 2
+        assert "labels.npy, row 250: label 9 is not a class index 0..3" in result.stderr
+        np.save(side, y[:280])
+        result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--labels", str(side)])
+        assert result.exit_code == 2 and "labels.npy: has 280 labels for 300 rows of logits" in result.stderr
+        np.save(side, y)
+        text = (tmp_path / "z.csv").read_text().splitlines()
+        text[200] = "1,2,nan,4"
+        (tmp_path / "z.csv").write_text("\n".join(text) + "\n")
+        result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--labels", str(side)])
+        assert result.exit_code == 2
+        assert "z.csv, line 201, column 'c': logit 'nan' is not a finite number" in result.stderr
+
+
 def test_npz_soft_targets_and_npy_without_labels(runner, tmp_path, arrays):
     z, y = arrays
     np.savez(tmp_path / "soft.npz", logits=z, targets=np.eye(4)[y])

@@ -294,6 +294,7 @@ def eval_command(
                        ignore_index=ignore_index, label_smoothing=label_smoothing,
                        reduction=reduction.value, dtype=dtype.value, show=show,
                        fallback=lambda: stream.strict_source(logits, label_col=label_col,
+                                                             labels_path=labels,
                                                              targets_path=targets,
                                                              delimiter=delimiter,
                                                              min_classes=min_classes))

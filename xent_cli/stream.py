@@ -142,13 +142,20 @@ def open_source(path: str, *, label_col: str = "label", labels_path: str | None 
     """
     if labels_path is not None and targets_path is not None:
         raise InputError("give either labels or soft targets, not both")
+    side = labels_path or targets_path
+    beside_array = _suffix(path) not in ARRAYS and _suffix(side) in (".npy", ".npz")
     text = not _has_arrays(path, labels_path, targets_path)
-    if text and labels_path is None and path != data.STDIN and targets_path != data.STDIN:
+    if (beside_array or text and labels_path is None) and data.STDIN not in (path, side):
         size = os.path.getsize(path) if os.path.isfile(path) else -1  # else the strict reader says why
         if size >= max(FAST_CSV_BYTES, 1):
-            fast = (_fast_csv(path, label_col, delimiter, size) if targets_path is None
-                    else _fast_csv_targets(path, targets_path, label_col, delimiter, size,
-                                           min_classes))
+            if beside_array:
+                fast = _fast_csv_array(path, side, "labels" if labels_path else "targets",
+                                       label_col, delimiter, size, min_classes)
+            elif targets_path is None:
+                fast = _fast_csv(path, label_col, delimiter, size)
+            else:
+                fast = _fast_csv_targets(path, targets_path, label_col, delimiter, size,
+                                         min_classes)
             if fast is not None:
                 return fast
     loaded = read_input(path, label_col=label_col, labels_path=labels_path,
@@ -182,12 +189,12 @@ def _has_arrays(path: str, labels_path: str | None, targets_path: str | None) ->
     return _suffix(path) in ARRAYS or _suffix(labels_path or targets_path) in (".npy", ".npz")
 
 
-def strict_source(path: str, *, label_col: str = "label", targets_path: str | None = None,
-                  delimiter: str | None = None, chunk_rows: int | None = None,
-                  min_classes: int = 2) -> Source:
-    """Opens a CSV (and its targets file, if any) with the strict reader, whatever its size."""
-    loaded = data.read_eval_input(path, label_col=label_col, targets_path=targets_path,
-                                  delimiter=delimiter, min_classes=min_classes)
+def strict_source(path: str, *, label_col: str = "label", labels_path: str | None = None,
+                  targets_path: str | None = None, delimiter: str | None = None,
+                  chunk_rows: int | None = None, min_classes: int = 2) -> Source:
+    """Opens a CSV (with its labels or targets, if any) with the strict reader, whatever its size."""
+    loaded = read_input(path, label_col=label_col, labels_path=labels_path,
+                        targets_path=targets_path, delimiter=delimiter, min_classes=min_classes)
     return _in_memory(loaded, chunk_rows)
 
 
@@ -334,6 +341,67 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
     return Source(name=path, class_names=header, has_labels=False, target_source=targets_path,
                   size=size, unit="bytes", chunks=chunks,
                   targets=lambda: _block_rows(path, offset, k, delimiter))
+
+
+def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
+                    delimiter: str | None, size: int, min_classes: int = 2) -> Source | None:
+    """Returns a fast source for a large CSV of logits whose labels or soft targets (what) are
+    an .npy (memory-mapped) or .npz array, or None when Polars is missing.
+
+    Each block of logits takes as many rows of the array. Anything the strict reader would
+    refuse (unequal lengths, a negative or non-finite target) makes the fast reader hand over,
+    and the strict reader says where.
+    """
+    try:
+        import polars  # noqa: F401  (only large files pay its import)
+    except ImportError:
+        return None
+    delimiter = _delimiter_of(path, delimiter)
+    header, offset = _plain_header(path, delimiter)
+    k = len(header)
+    if k < min_classes or label_col in header:
+        return None  # the strict reader explains
+    values, _, _ = _read_side(side_path, delimiter, what)
+    if what == "labels":
+        values = _whole_labels(values, side_path)
+    elif np.ndim(values) != 2 or np.shape(values)[1] != k:
+        return None  # the strict reader explains (or takes a binary classifier's flat targets)
+    parse = functools.partial(_parse_block, columns=k, delimiter=delimiter)
+
+    def chunks() -> Iterator[Chunk]:
+        start, line = 0, 2  # the header is line 1
+        for logits, done in _prefetched(_parsed_blocks(path, offset, parse)):
+            n = logits.shape[0]
+            side = values[start:start + n]
+            if len(side) < n:
+                raise _Unusual  # fewer labels or targets than logits: the strict reader says so
+            if not np.isfinite(logits.sum()) and not np.isfinite(logits).all():
+                raise _Unusual  # nan, inf, an empty cell or a masked class: the strict reader rules
+            if what == "targets":
+                side = np.asarray(side, dtype=np.float64)
+                if not (np.isfinite(side) & (side >= 0)).all():
+                    raise _Unusual
+            lines = range(line, line + n)
+            chunk = data.EvalInput(
+                logits=logits, labels=side if what == "labels" else None,
+                targets=side if what == "targets" else None, class_names=header, source=path,
+                lines=lines, target_source=side_path, target_column=None,
+                target_lines=range(start, start + n), rows_in=frozenset([side_path]))
+            yield Chunk(data=chunk, start=start, done=done)
+            start, line = start + n, line + n
+        if start == 0 or start != len(values):
+            raise _Unusual  # no data rows, or more labels or targets than logits
+
+    def targets() -> Iterator[np.ndarray | int]:
+        # each chunk's labels, or its number of samples, as chunks() cuts them
+        start = 0
+        for n in _block_rows(path, offset, k, delimiter):
+            yield values[start:start + n] if what == "labels" else n
+            start += n
+
+    return Source(name=path, class_names=header, has_labels=what == "labels",
+                  target_source=side_path, size=size, unit="bytes", chunks=chunks,
+                  targets=targets)
 
 
 class _Rows:
@@ -628,23 +696,7 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
         raise InputError("has no labels; give --labels or --targets (a .npy, .npz or CSV file)",
                          source=path)
     if labels is not None:
-        labels = np.asarray(labels)
-        if labels.ndim != 1 or labels.dtype.kind not in "iuf":
-            raise InputError(f"labels must be a 1-d array of integers, got shape {labels.shape} "
-                             f"of {labels.dtype}", source=target_source)
-        if labels.dtype.kind == "f":  # from an array: a CSV's labels were checked as read
-            whole = np.isfinite(labels) & (labels == np.round(labels))
-            if not whole.all():
-                i = int(np.argmin(whole))
-                raise InputError(f"label {float(labels[i])!r} is not a whole number",
-                                 source=target_source, row=i)
-        if labels.dtype.kind in "uf":  # a label beyond int64 would wrap around to another one
-            beyond = (labels >= 2**63) | (labels < -2**63)
-            if beyond.any():
-                i = int(np.argmax(beyond))
-                raise InputError(f"label {labels[i].item()!r} is out of range",
-                                 source=target_source, row=i)
-        labels = labels.astype(np.int64)
+        labels = _whole_labels(labels, target_source)
         count = len(labels)
     else:
         targets = _float_matrix(targets, target_source, "targets", min_classes)
@@ -671,6 +723,27 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
         raise data.locate(InputError(f"target probability {float(targets[i, c])!r} is negative",
                                      sample=int(i), column=f"class {c}"), placed)
     return placed
+
+
+def _whole_labels(labels, source: str) -> np.ndarray:
+    """Returns an array of labels as int64; raises InputError, naming the row, for one that is
+    no whole number or beyond int64 (a CSV's labels were checked as they were read)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iuf":
+        raise InputError(f"labels must be a 1-d array of integers, got shape {labels.shape} "
+                         f"of {labels.dtype}", source=source)
+    if labels.dtype.kind == "f":
+        whole = np.isfinite(labels) & (labels == np.round(labels))
+        if not whole.all():
+            i = int(np.argmin(whole))
+            raise InputError(f"label {float(labels[i])!r} is not a whole number", source=source,
+                             row=i)
+    if labels.dtype.kind in "uf":  # a label beyond int64 would wrap around to another one
+        beyond = (labels >= 2**63) | (labels < -2**63)
+        if beyond.any():
+            i = int(np.argmax(beyond))
+            raise InputError(f"label {labels[i].item()!r} is out of range", source=source, row=i)
+    return labels.astype(np.int64)
 
 
 def _load_npy(path: str) -> np.ndarray:

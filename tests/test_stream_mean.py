@@ -301,6 +301,34 @@ def test_unweighted_labels_divide_by_the_rows_counted_without_parsing(runner, tm
     assert _same_bits(got, losses.cross_entropy(z, y, label_smoothing=0.1).grad)
 
 
+@settings(max_examples=150, deadline=None)
+@given(lines=st.lists(st.sampled_from(["1,2,0", "3.5,-1,2", "", '"1",2,0', "7,8,1\r"]),
+                      min_size=0, max_size=40),
+       newline=st.sampled_from(["\n", "\r\n"]), last=st.booleans(), piece=st.integers(1, 64))
+def test_the_row_total_is_the_rows_of_the_blocks_whatever_the_pieces(lines, newline, last, piece):
+    import tempfile
+
+    text = "z0,z1,label\n" + newline.join(lines) + (newline if last and lines else "")
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/z.csv"
+        with open(path, "w", newline="") as file:
+            file.write(text)
+        header, offset = stream._plain_header(path, ",")
+
+        def rows(count, block_bytes):  # the rows counted, or the hand-over to the strict reader
+            original, stream.BLOCK_BYTES = stream.BLOCK_BYTES, block_bytes
+            try:
+                return sum(count(path, offset, 3, ","))
+            except stream._Unusual:
+                return "strict reader"
+            finally:
+                stream.BLOCK_BYTES = original
+
+        # pieces that cut lines, quotes and CRLF anywhere, against blocks of the same size cut at
+        # line ends, as the full pass reads them
+        assert rows(stream._row_total, piece) == rows(stream._block_rows, piece)
+
+
 @pytest.mark.parametrize("first_ignored", [3, 150])
 def test_an_ignored_label_makes_the_labels_the_divisor_and_the_rows_start_over(
         runner, tmp_path, fast, counted, first_ignored):

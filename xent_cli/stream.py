@@ -285,7 +285,7 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
 
     return Source(name=path, class_names=class_names, has_labels=True, target_source=path,
                   size=size, unit="bytes", chunks=chunks, targets=targets,
-                  rows=lambda: _block_rows(path, offset, len(header), delimiter))
+                  rows=lambda: _row_total(path, offset, len(header), delimiter))
 
 
 def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: str | None,
@@ -426,6 +426,29 @@ class _Rows:
     def exhausted(self) -> bool:
         """Returns whether every row has been taken."""
         return not self.pending and next(self.blocks, None) is None
+
+
+def _row_total(path: str, offset: int, columns: int, delimiter: str) -> Iterator[int]:
+    """Yields the number of rows from offset on, as the parser counts them: the lines (a blank
+    line is a row, and so is a last line without its newline) or, where a quote or a carriage
+    return could join or cut lines, the blocks' counts of _block_rows.
+
+    The file is read in fixed-size pieces into one buffer: half the CPU time of blocks cut at
+    line ends, whose sizes vary, so that each is new memory to the system (0.18 s against
+    0.26-0.33 s for 825 MB).
+    """
+    buffer = bytearray(BLOCK_BYTES)
+    bytes_read = np.frombuffer(buffer, dtype=np.uint8)
+    rows, last = 0, ord("\n")
+    with open(path, "rb", buffering=0) as file:
+        file.seek(offset)
+        while size := file.readinto(buffer):
+            if buffer.find(b'"', 0, size) >= 0 or buffer.find(b"\r", 0, size) >= 0:
+                yield from _block_rows(path, offset, columns, delimiter)
+                return
+            rows += int(np.count_nonzero(bytes_read[:size] == ord("\n")))
+            last = buffer[size - 1]
+    yield rows + (last != ord("\n"))
 
 
 def _block_rows(path: str, offset: int, columns: int, delimiter: str) -> Iterator[int]:

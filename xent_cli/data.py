@@ -21,7 +21,7 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -61,10 +61,10 @@ class EvalInput:
     targets: np.ndarray | None
     class_names: tuple[str, ...]
     source: str
-    lines: tuple[int, ...]
+    lines: Sequence[int]  # a tuple, or a range where lines (or rows) run on
     target_source: str
     target_column: str | None  # the label column's header, None for soft targets
-    target_lines: tuple[int, ...]
+    target_lines: Sequence[int]
     # the targets file's own column names (soft or binary targets from a CSV): its header may
     # differ from the logits', and an error in it names its own column
     target_names: tuple[str, ...] | None = None

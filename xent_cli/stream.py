@@ -707,7 +707,7 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
                          f"{labels_path or targets_path}; remove one of them", source=path)
     logits = _float_matrix(logits, path, "logits", min_classes)
     n = logits.shape[0]
-    rows = tuple(range(n))
+    rows = range(n)  # indexes and slices as a tuple of lines does, without n Python ints
     target_lines = target_names = None  # the targets' lines and columns, from a CSV file
     if labels_path is not None:
         labels, target_lines, names = _read_side(labels_path, delimiter, "labels")

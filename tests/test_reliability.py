@@ -470,6 +470,23 @@ def test_piped_output_carries_no_escape_codes(tmp_path, name):
     assert run.stdout and ESCAPE not in run.stdout and ESCAPE not in run.stderr
 
 
+@pytest.mark.parametrize("command", [["eval", "z.csv"], ["check", "z.csv", "--expr", "p - y"]])
+def test_ctrl_c_while_the_results_print_is_told_as_inside_the_command(runner, tmp_path,
+                                                                      monkeypatch, command):
+    from xent_cli.render import check, eval as eval_render
+
+    def interrupted(*arguments, **options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval_render, "summary_table", interrupted)
+    monkeypatch.setattr(check, "render", interrupted)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "z.csv").write_text(K3)
+    result = runner.invoke(app, command)
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "Interrupted." and "Traceback" not in result.output
+
+
 def test_the_process_leaves_with_its_exit_code_and_all_its_output(tmp_path):
     """xent exits without finalising Python (cli.main): nothing written may be lost on the way."""
     import json

@@ -57,6 +57,15 @@ class OneLineErrors(TyperGroup):
             return code
         sys.exit(code or 0)
 
+    def invoke(self, ctx):
+        """Runs the command; Ctrl-C outside its user_errors (while its results print) is told as
+        inside: 'Interrupted.' and exit 130."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            print("Interrupted.", file=sys.stderr)
+            raise typer.Exit(ExitStatus.INTERRUPTED) from None
+
 
 app = typer.Typer(
     cls=OneLineErrors,

@@ -30,6 +30,11 @@ click_errors = importlib.import_module(typer.BadParameter.__module__)
 _UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
 
+def _unwritable(error: OSError) -> str:
+    """Returns the one line that says why the results could not be written."""
+    return f"Error: the output cannot be written: {error.strerror}"
+
+
 class OneLineErrors(TyperGroup):
     """Reports a usage error in one line on stderr, like every other xent error, and exits 2."""
 
@@ -51,7 +56,7 @@ class OneLineErrors(TyperGroup):
         except OSError as error:
             if error.errno not in _UNWRITABLE:
                 raise  # a bug of ours: the core turns what it reads and writes into XentError
-            print(f"Error: the output cannot be written: {error.strerror}", file=sys.stderr)
+            print(_unwritable(error), file=sys.stderr)
             code = ExitStatus.USAGE
         if not standalone_mode:
             return code
@@ -726,7 +731,7 @@ def main() -> None:
             if error.errno not in _UNWRITABLE:
                 raise
             if not code:
-                os.write(2, f"Error: the output cannot be written: {error.strerror}\n".encode())
+                os.write(2, f"{_unwritable(error)}\n".encode())
                 code = ExitStatus.USAGE
         except ValueError:  # the stream is closed
             pass

@@ -254,8 +254,7 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
             n = table.shape[0]
             logits = table[:, logit_slice]
             raw_labels = table[:, label]
-            # nan and inf survive a sum; only a finite file too large to sum needs the full look
-            if not np.isfinite(logits.sum()) and not np.isfinite(logits).all():
+            if not _finite(logits):
                 raise _Unusual  # nan, inf, an empty cell or a masked class: the strict reader rules
             if not (np.abs(raw_labels) < 2.0**53).all():  # also false for nan
                 raise _Unusual
@@ -322,10 +321,9 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
             for logits, done in _prefetched(_parsed_blocks(path, offset, parse)):
                 n = logits.shape[0]
                 targets = rows.take(n)
-                # nan and inf survive a sum: blank lines, empty cells and -inf go to the strict reader
-                for array in (logits, targets):
-                    if not np.isfinite(array.sum()) and not np.isfinite(array).all():
-                        raise _Unusual
+                # blank lines, empty cells and -inf go to the strict reader
+                if not (_finite(logits) and _finite(targets)):
+                    raise _Unusual
                 if (targets < 0).any():
                     raise _Unusual  # the strict reader names the cell
                 lines = range(line, line + n)
@@ -375,7 +373,7 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
             side = values[start:start + n]
             if len(side) < n:
                 raise _Unusual  # fewer labels or targets than logits: the strict reader says so
-            if not np.isfinite(logits.sum()) and not np.isfinite(logits).all():
+            if not _finite(logits):
                 raise _Unusual  # nan, inf, an empty cell or a masked class: the strict reader rules
             if what == "targets":
                 side = np.asarray(side, dtype=np.float64)
@@ -402,6 +400,12 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
     return Source(name=path, class_names=header, has_labels=what == "labels",
                   target_source=side_path, size=size, unit="bytes", chunks=chunks,
                   targets=targets)
+
+
+def _finite(array: np.ndarray) -> bool:
+    """Returns whether every number of a parsed block is finite: nan and inf survive a sum, so
+    only a finite block too large to sum needs the full look."""
+    return bool(np.isfinite(array.sum()) or np.isfinite(array).all())
 
 
 class _Rows:

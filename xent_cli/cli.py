@@ -514,14 +514,14 @@ def check_command(
     Examples:
       xent check
       xent check --grad-fn examples/my_grad.py:grad --method complex
-      xent check --grad-fn examples/my_grad.py:seed_grad --random 4 --k 3
+      xent check --grad-fn examples/my_grad.py:seed_grad --random 4 --k 3   # exit 1: the seed's Case 1
       xent check examples/logits_k3.csv --expr "p - y" --hessian
       xent check --sweep --plot sweep.png
 
     \b
     Binary cross-entropy:
       xent check --loss bce --grad-fn examples/my_bce_grad.py:grad --hessian
-      xent check --loss bce --grad-fn examples/my_bce_grad.py:softmax_grad
+      xent check --loss bce --grad-fn examples/my_bce_grad.py:softmax_grad   # exit 1: softmax's gradient
       xent check examples/multilabel_logits.csv --loss bce --targets examples/multilabel_targets.csv --expr "p - y"
     """
     from xent_cli import data, gradcheck, stream, usercode

@@ -1,0 +1,286 @@
+"""The README's, the docs' and the help texts' examples are true: each command shown runs, and
+each output shown is what the command prints today.
+
+In a code fence of README.md or docs/*.md:
+
+- A transcript is a line ``$ xent ARGS`` and the lines after it, up to the next ``$`` line or
+  the fence's end: the output it shows. That output must equal the command's (stdout and stderr
+  as a terminal shows them) line for line, trailing spaces stripped; a line ``...`` stands for
+  any number of lines, none included. A transcript that shows no output is a command line.
+- A command line is a line ``xent ARGS`` (output not shown).
+- The exit status shown must be the command's: ``$ echo $?`` and the number on the next line, or
+  a comment ``# exit status N`` / ``# exit N ...``; ``# does not hold`` (a claim) means 1. A
+  command that says nothing exits 0.
+
+Each command's ``--help`` shows at least one example, a line ``xent COMMAND ...``, and each such
+line runs and exits as its comment says (0 when it says nothing).
+
+Every command runs in a sandbox directory: ``examples/`` there is the repository's, so paths
+read as from the repository root, and what a command writes (``--output``, ``--plot``) never
+lands in the repository. The help texts name files of the reader's own (``logits.csv``,
+``labels.npy``, ``my_grad.py``, ...): the sandbox holds them, made from ``examples/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import os
+import pathlib
+import re
+import shlex
+import shutil
+
+import numpy as np
+import pytest
+import typer
+from conftest import PLAIN_TERMINAL
+from typer.testing import CliRunner
+
+from xent_cli.cli import app
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+ANY_LINES = "..."
+# An exit status said in a comment: "# exit status 1", "# exit 1: names each entry",
+# "# exit 0 if the claim holds, 1 if not" (the first number is the example's own).
+EXIT_SAID = re.compile(r"\bexit(?: status)? (\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One command shown in a document or a help text, with what it must print and exit."""
+
+    where: str  # "README.md:123" or "xent eval --help"
+    command: str  # the line as written, "xent ..." without the prompt
+    output: tuple[str, ...] | None  # None: a command line, whose output is not shown
+    exit_code: int
+
+
+def split_comment(line: str) -> tuple[str, str]:
+    """Returns the command and its shell comment (the text after a '#' outside quotes)."""
+    quote = None
+    for i, char in enumerate(line):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].rstrip(), line[i + 1:].strip()
+    return line.rstrip(), ""
+
+
+def said_exit(comment: str) -> int:
+    """Returns the exit status a comment states; 0 when it states none."""
+    said = EXIT_SAID.search(comment)
+    if said:
+        return int(said.group(1))
+    return 1 if comment.startswith("does not hold") else 0
+
+
+def fences(path: pathlib.Path) -> list[list[tuple[int, str]]]:
+    """Returns the lines of each code fence of a Markdown file, with their line numbers."""
+    blocks, block = [], None
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.startswith("```"):
+            if block is None:
+                block = []
+            else:
+                blocks.append(block)
+                block = None
+        elif block is not None:
+            block.append((number, line))
+    return blocks
+
+
+def document_examples(path: pathlib.Path) -> list[Example]:
+    """Returns the transcripts and command lines of a Markdown file's code fences."""
+    examples = []
+    for block in fences(path):
+        i = 0
+        while i < len(block):
+            number, line = block[i]
+            i += 1
+            prompt = line.startswith("$ xent ")
+            if not (prompt or line.startswith("xent ")):
+                continue
+            command, comment = split_comment(line.removeprefix("$ "))
+            output = []
+            while prompt and i < len(block) and not block[i][1].startswith("$ "):
+                output.append(block[i][1])
+                i += 1
+            exit_code = said_exit(comment)
+            if prompt and i + 1 < len(block) and block[i][1].strip() == "$ echo $?":
+                exit_code = int(block[i + 1][1])
+                i += 2
+            examples.append(Example(f"{path.relative_to(ROOT)}:{number}", command,
+                                    tuple(output) if output else None, exit_code))
+    return examples
+
+
+def help_text(name: str | None) -> str:
+    """Returns what ``xent [NAME] --help`` prints."""
+    result = CliRunner(env=PLAIN_TERMINAL).invoke(app, [*([name] if name else []), "--help"])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+COMMANDS = sorted(typer.main.get_command(app).commands)
+
+
+def help_examples(name: str | None) -> list[Example]:
+    """Returns the example lines of a command's help (the root's with name None)."""
+    where = f"xent {name + ' ' if name else ''}--help"
+    examples = []
+    for line in help_text(name).splitlines():
+        if line.strip().startswith("xent "):
+            command, comment = split_comment(line.strip())
+            examples.append(Example(where, command, None, said_exit(comment)))
+    return examples
+
+
+EXAMPLES = [example for path in DOCUMENTS for example in document_examples(path)]
+HELP_EXAMPLES = [example for name in [None, *COMMANDS] for example in help_examples(name)]
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory) -> pathlib.Path:
+    """A directory with the repository's examples/ and the files the help texts name."""
+    where = tmp_path_factory.mktemp("examples")
+    (where / "examples").symlink_to(ROOT / "examples")
+    table = np.genfromtxt(ROOT / "examples" / "logits_k3.csv", delimiter=",", names=True)
+    z = np.column_stack([table[name] for name in ("z0", "z1", "z2")])
+    labels = table["label"].astype(np.int64)
+    shutil.copy(ROOT / "examples" / "logits_k3.csv", where / "big.csv")
+    shutil.copy(ROOT / "examples" / "my_grad.py", where / "my_grad.py")
+    np.savetxt(where / "logits.csv", z, delimiter=",", header="z0,z1,z2", comments="")
+    np.savetxt(where / "labels.csv", labels, fmt="%d", header="label", comments="")
+    np.save(where / "logits.npy", z)
+    np.save(where / "labels.npy", labels)
+    return where
+
+
+@contextlib.contextmanager
+def inside(directory: pathlib.Path):
+    before = os.getcwd()
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+_RESULTS: dict[tuple[str, ...], object] = {}  # a command shown twice runs once
+
+
+def run(runner, sandbox: pathlib.Path, command: str):
+    """Runs a shown command line in the sandbox and returns the result."""
+    args = tuple(shlex.split(command))
+    assert args[0] == "xent", command
+    if "--plot" in args:
+        pytest.importorskip("matplotlib")
+    if args not in _RESULTS:
+        with inside(sandbox):
+            _RESULTS[args] = runner.invoke(app, list(args[1:]))
+    return _RESULTS[args]
+
+
+def matches(shown: list[str], real: list[str]) -> bool:
+    """Tells whether the real lines are the shown ones, each '...' standing for any lines."""
+    if ANY_LINES not in shown:
+        return shown == real
+    at = shown.index(ANY_LINES)
+    head, rest = shown[:at], shown[at + 1:]
+    if real[:len(head)] != head:
+        return False
+    return any(matches(rest, real[start:]) for start in range(len(head), len(real) + 1))
+
+
+def unified_diff(shown: list[str], real: list[str]) -> str:
+    return "\n".join(difflib.unified_diff(shown, real, "shown", "real", lineterm=""))
+
+
+def check(example: Example, result) -> None:
+    """Asserts that a command exits and prints as its example shows."""
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"{example.where}: `{example.command}` raised") from result.exception
+    assert result.exit_code == example.exit_code, (
+        f"{example.where}: `{example.command}` exits {result.exit_code}, "
+        f"shown {example.exit_code}\n{result.output}")
+    if example.output is None:
+        return
+    shown = [line.rstrip() for line in example.output]
+    real = [line.rstrip() for line in result.output.splitlines()]
+    while real and not real[-1]:  # a fence does not show the blank line that ends the output
+        real.pop()
+    assert matches(shown, real), (
+        f"{example.where}: the output of `{example.command}` has drifted\n"
+        f"{unified_diff(shown, real)}")
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[example.where for example in EXAMPLES])
+def test_document_example_is_true(example, runner, sandbox):
+    check(example, run(runner, sandbox, example.command))
+
+
+@pytest.mark.parametrize("example", HELP_EXAMPLES,
+                         ids=[f"{example.where}: {example.command}" for example in HELP_EXAMPLES])
+def test_help_example_runs(example, runner, sandbox):
+    check(example, run(runner, sandbox, example.command))
+
+
+@pytest.mark.parametrize("name", [None, *COMMANDS])
+def test_help_shows_an_example(name):
+    assert any(example.command.startswith(f"xent {name or ''}") for example in help_examples(name))
+
+
+def test_the_documents_show_commands():
+    """The parser finds what the documents hold: a guard against examples silently skipped."""
+    transcripts = [example for example in EXAMPLES if example.output is not None]
+    assert len(transcripts) >= 5 and len(EXAMPLES) >= 15
+    assert any(example.exit_code == 1 for example in transcripts)
+    assert any(ANY_LINES in example.output for example in transcripts)
+
+
+def test_a_drifted_transcript_fails_with_its_line_and_a_diff(runner, sandbox):
+    """The same check, on a transcript whose loss is shown one digit off, fails and says where."""
+    shown = next(example for example in EXAMPLES
+                 if example.command == "xent eval examples/logits_k3.csv" and example.output)
+    stale = tuple(line.replace("0.4369983899", "0.4369983898") for line in shown.output)
+    assert stale != shown.output
+    with pytest.raises(AssertionError) as failure:
+        check(dataclasses.replace(shown, output=stale), run(runner, sandbox, shown.command))
+    message = str(failure.value)
+    assert message.startswith(f"{shown.where}: the output of `{shown.command}` has drifted")
+    assert "-│ loss        │ 0.4369983898" in message and "+│ loss        │ 0.4369983899" in message
+
+
+@pytest.mark.parametrize(("shown", "real", "expected"), [
+    (["a", "b"], ["a", "b"], True),
+    (["a", "b"], ["a", "c"], False),
+    (["a", "..."], ["a", "b", "c"], True),
+    (["a", "..."], ["a"], True),
+    (["...", "c"], ["a", "b", "c"], True),
+    (["a", "...", "c"], ["a", "c"], True),
+    (["a", "...", "c"], ["a", "b", "c", "d"], False),
+    (["a", "...", "c", "...", "e"], ["a", "b", "c", "d", "e"], True),
+    (["a", "...", "d", "...", "c"], ["a", "c", "d"], False),
+])
+def test_any_lines_stand_for_any_number_of_lines(shown, real, expected):
+    assert matches(shown, real) is expected
+
+
+@pytest.mark.parametrize(("line", "command", "exit_code"), [
+    ('xent derive --k 3 --claim "j != l: 0"      # exit status 1', 'xent derive --k 3 --claim "j != l: 0"', 1),
+    ("xent check --grad-fn f.py:g   # exit 1: names each entry", "xent check --grad-fn f.py:g", 1),
+    ('xent derive --claim "p_j - y_j"  # exit 0 if the claim holds, 1 if not', 'xent derive --claim "p_j - y_j"', 0),
+    ('xent derive --claim "0"   # does not hold', 'xent derive --claim "0"', 1),
+    ('xent derive --claim "p_j"   # holds: the case j ≠ ℓ', 'xent derive --claim "p_j"', 0),
+    ("xent derive --k 3                      # steps, the failing Case 1", "xent derive --k 3", 0),
+    ('xent check --expr "# not a comment"', 'xent check --expr "# not a comment"', 0),
+])
+def test_comments_state_the_exit_status(line, command, exit_code):
+    shown, comment = split_comment(line)
+    assert (shown, said_exit(comment)) == (command, exit_code)

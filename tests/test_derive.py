@@ -185,3 +185,17 @@ def test_soft_targets_reach_large_k():
     derivation = derive(100, 7, soft=True)
     assert derivation.verified
     assert {e.verification.method for e in derivation.gradient} == {"identity"}
+
+
+def test_at_keeps_the_digits_that_p_l_minus_1_cancels():
+    # At z = (100, 0, -100), p_1 − 1 = −(e^-100 + e^-200)/(1 + e^-100 + e^-200) ≈ −3.7e-44: 30
+    # working digits leave only rounding noise of −1 + e^100/S (about 1e-31), a wrong number.
+    derivation = derive(3, 1, hessian=True, at=(100.0, 0.0, -100.0))
+    q = np.exp(-100.0) + np.exp(-200.0)
+    p = softmax(np.array([100.0, 0.0, -100.0]))
+    assert derivation.gradient[0].at == pytest.approx(-q / (1 + q), rel=1e-9, abs=0)
+    assert derivation.hessian[0][0].at == pytest.approx(q / (1 + q) ** 2, rel=1e-9, abs=0)
+    assert derivation.hessian[1][1].at == pytest.approx(p[1] * (1 - p[1]), rel=1e-9, abs=0)
+    for step in derivation.steps:
+        if step.case == "j = ℓ" and step.at is not None and step.rule != "differentiate":
+            assert float(step.at) == pytest.approx(-q / (1 + q), rel=1e-5, abs=0), step

@@ -368,6 +368,22 @@ def _log(x):
     return sp.log(x, evaluate=False)
 
 
+def _digits(at: tuple[float, ...]) -> int:
+    """The working digits at a point that keep what p_j − 1 and p_j(1 − p_j) cancel.
+
+    1 − p_ℓ = Σ_{n≠ℓ} e^{z_n}/S loses about (max z − min z)/ln 10 digits: at z = (100, 0, −100),
+    30 digits leave rounding noise of −1 + e^{100}/S, not −3.7e-44.
+    """
+    return 30 + math.ceil((max(at) - min(at)) / math.log(10))
+
+
+def _builder(s: Symbols, at_point: Optional[dict]) -> _Builder:
+    """Returns a builder that evaluates at the point with the digits it cancels (see _digits)."""
+    if at_point is None:
+        return _Builder(s, None)
+    return _Builder(s, at_point, digits=_digits([float(at_point[zn]) for zn in s.z]))
+
+
 def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
            at: Optional[tuple[float, ...]] = None) -> Derivation:
     """Derives ∂CE/∂z_j for every j (and the Hessian) with every step verified."""
@@ -380,9 +396,12 @@ def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
     l = label - 1
     at_point = None
     if at is not None:
-        at_point = {zn: sp.Float(v, 30) for zn, v in zip(z, at)}
+        # Floats of as many digits as the builder works with: evalf cannot regain digits
+        # that a 30-digit point loses to cancellation.
+        digits = _digits(at)
+        at_point = {zn: sp.Float(v, digits) for zn, v in zip(z, at)}
         at_point[S] = s.normaliser.xreplace(at_point)
-    build = _Builder(s, at_point)
+    build = _builder(s, at_point)
     CE = sp.Symbol("CE")
     ys = sp.symbols(f"y1:{k + 1}", real=True)  # the generic targets of the definition
 
@@ -475,7 +494,7 @@ def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
     pitfall = None
     if not soft:
         j, step = results["j ≠ ℓ"]
-        pitfall_builder = _Builder(s, at_point)
+        pitfall_builder = _builder(s, at_point)
         pitfall = pitfall_builder.add("seed's Case 1", "seed", sp.Derivative(CE, z[j]),
                                       sp.Integer(0), before=step.value)
         if not pitfall.verification.ok:
@@ -502,7 +521,7 @@ def _number(build: _Builder, value: sp.Expr) -> Optional[float]:
 def _hessian(s: Symbols, l: int, soft: bool, at_point, gradient, direct_in_s):
     """The Hessian steps for i = j and i ≠ j, then every entry against SymPy's direct diff."""
     z, p, S = s.z, s.p, s.S
-    build = _Builder(s, at_point)
+    build = _builder(s, at_point)
     i = l
     for case, j in (("i = j", l), ("i ≠ j", (l + 1) % s.k)):
         lhs = sp.Derivative(sp.Symbol("CE"), z[i], z[j])

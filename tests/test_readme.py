@@ -9,8 +9,11 @@ In a code fence of README.md or docs/*.md:
   any number of lines, none included. A transcript that shows no output is a command line.
 - A command line is a line ``xent ARGS`` (output not shown).
 - The exit status shown must be the command's: ``$ echo $?`` and the number on the next line, or
-  a comment ``# exit status N`` / ``# exit N ...``; ``# does not hold`` (a claim) means 1. A
-  command that says nothing exits 0.
+  a comment ``# exit status N`` / ``# exit N ...``; a comment that begins ``does not hold`` (a
+  claim) or ``fails`` (a check) means 1. A command that says nothing exits 0.
+
+The docstrings of examples/*.py show command lines too (indented ``xent ...`` lines): the same
+rules hold for them.
 
 Each command's ``--help`` shows at least one example, a line ``xent COMMAND ...``, and each such
 line runs and exits as its comment says (0 when it says nothing).
@@ -23,6 +26,7 @@ lands in the repository. The help texts name files of the reader's own (``logits
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import difflib
@@ -77,7 +81,7 @@ def said_exit(comment: str) -> int:
     said = EXIT_SAID.search(comment)
     if said:
         return int(said.group(1))
-    return 1 if comment.startswith("does not hold") else 0
+    return 1 if comment.startswith(("does not hold", "fails")) else 0
 
 
 def fences(path: pathlib.Path) -> list[list[tuple[int, str]]]:
@@ -120,6 +124,18 @@ def document_examples(path: pathlib.Path) -> list[Example]:
     return examples
 
 
+def docstring_examples(path: pathlib.Path) -> list[Example]:
+    """Returns the command lines of a Python file's module docstring."""
+    docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    examples = []
+    for number, line in enumerate(docstring.splitlines(), start=1):
+        if line.strip().startswith("xent "):
+            command, comment = split_comment(line.strip())
+            examples.append(Example(f"{path.relative_to(ROOT)}:{number}", command, None,
+                                    said_exit(comment)))
+    return examples
+
+
 def help_text(name: str | None) -> str:
     """Returns what ``xent [NAME] --help`` prints."""
     result = CliRunner(env=PLAIN_TERMINAL).invoke(app, [*([name] if name else []), "--help"])
@@ -141,7 +157,9 @@ def help_examples(name: str | None) -> list[Example]:
     return examples
 
 
-EXAMPLES = [example for path in DOCUMENTS for example in document_examples(path)]
+EXAMPLES = ([example for path in DOCUMENTS for example in document_examples(path)]
+            + [example for path in sorted((ROOT / "examples").glob("*.py"))
+               for example in docstring_examples(path)])
 HELP_EXAMPLES = [example for name in [None, *COMMANDS] for example in help_examples(name)]
 
 
@@ -257,6 +275,18 @@ def test_a_drifted_transcript_fails_with_its_line_and_a_diff(runner, sandbox):
     assert "-│ loss        │ 0.4369983898" in message and "+│ loss        │ 0.4369983899" in message
 
 
+def test_the_layout_names_every_module_and_example():
+    """README's Layout block lists each core module and each file of examples/ that exists."""
+    layout = next("\n".join(line for _, line in block) for block in fences(ROOT / "README.md")
+                  if block and block[0][1] == "xent_cli/")
+    modules = [path.name for path in (ROOT / "xent_cli").glob("*.py")
+               if path.name not in ("__init__.py", "__main__.py")]
+    examples = [path.name for path in (ROOT / "examples").iterdir()
+                if path.suffix in (".py", ".csv")]
+    missing = [name for name in sorted(modules + examples) if name not in layout]
+    assert not missing, f"README.md's Layout does not name {', '.join(missing)}"
+
+
 @pytest.mark.parametrize(("shown", "real", "expected"), [
     (["a", "b"], ["a", "b"], True),
     (["a", "b"], ["a", "c"], False),
@@ -277,6 +307,7 @@ def test_any_lines_stand_for_any_number_of_lines(shown, real, expected):
     ("xent check --grad-fn f.py:g   # exit 1: names each entry", "xent check --grad-fn f.py:g", 1),
     ('xent derive --claim "p_j - y_j"  # exit 0 if the claim holds, 1 if not', 'xent derive --claim "p_j - y_j"', 0),
     ('xent derive --claim "0"   # does not hold', 'xent derive --claim "0"', 1),
+    ("xent check --grad-fn f.py:g      # fails: names the entries", "xent check --grad-fn f.py:g", 1),
     ('xent derive --claim "p_j"   # holds: the case j ≠ ℓ', 'xent derive --claim "p_j"', 0),
     ("xent derive --k 3                      # steps, the failing Case 1", "xent derive --k 3", 0),
     ('xent check --expr "# not a comment"', 'xent check --expr "# not a comment"', 0),

@@ -199,3 +199,23 @@ def test_at_keeps_the_digits_that_p_l_minus_1_cancels():
     for step in derivation.steps:
         if step.case == "j = ℓ" and step.at is not None and step.rule != "differentiate":
             assert float(step.at) == pytest.approx(-q / (1 + q), rel=1e-5, abs=0), step
+
+
+@pytest.mark.parametrize("argv", [["--k", "3", "--hessian"], ["--k", "3", "--label", "2", "--soft"],
+                                  ["--loss", "bce", "--k", "2", "--hessian"]])
+def test_latex_compiles_under_pdflatex_and_writes_partial_derivatives(argv, runner):
+    # A teacher pastes this into slides: pdfLaTeX stops at ℓ, ≠ or σ outside math ("Unicode
+    # character not set up"), and CE depends on every z_n, so d/dz_1 would be the wrong symbol.
+    result = runner.invoke(app, ["derive", *argv, "--format", "latex"])
+    assert result.exit_code == 0, result.output
+    body = [line for line in result.stdout.splitlines() if not line.startswith("%")]
+    assert all(line.isascii() for line in body), [line for line in body if not line.isascii()]
+    assert "\\partial" in result.stdout and "\\frac{d}" not in result.stdout
+    assert "\\frac{d^{2}}" not in result.stdout and "d z_{" not in result.stdout
+
+
+def test_markdown_writes_partial_derivatives(runner):
+    result = runner.invoke(app, ["derive", "--k", "3", "--hessian", "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    assert "\\frac{\\partial CE}{\\partial z_{1}}" in result.stdout
+    assert "\\frac{d}" not in result.stdout and "d z_{" not in result.stdout

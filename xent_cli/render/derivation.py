@@ -6,6 +6,7 @@ import json
 
 import sympy as sp
 from rich.console import Group
+from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 from rich.table import Table
 from rich.text import Text
@@ -35,6 +36,44 @@ class _Reading(StrPrinter):
         if isinstance(expr.expr, sp.Symbol):
             return f"{d}{inner}/{by}"
         return f"{d}/{by} ({inner})"
+
+
+class _Latex(LatexPrinter):
+    r"""SymPy's LaTeX with every derivative partial, as CE depends on every z_n: ∂CE/∂z1 is
+    \frac{\partial CE}{\partial z_{1}}, where SymPy writes \frac{d}{d z_{1}} CE."""
+
+    def __init__(self, settings=None):
+        super().__init__(settings)
+        self._settings["diff_operator_latex"] = r"\partial"
+
+    def _print_Derivative(self, expr):
+        if not isinstance(expr.expr, sp.Symbol):
+            return super()._print_Derivative(expr)
+        order = sum(n for _, n in expr.variable_count)
+        by = " ".join(rf"\partial {self._print(v)}" + (f"^{{{n}}}" if n > 1 else "")
+                      for v, n in reversed(expr.variable_count))
+        top = r"\partial" if order == 1 else rf"\partial^{{{order}}}"
+        return rf"\frac{{{top} {self._print(expr.expr)}}}{{{by}}}"
+
+
+def _latex(expr, printing: dict | None = None) -> str:
+    return _Latex(printing).doprint(expr)
+
+
+# pdfLaTeX reads only ASCII outside math: the symbols of rule and case names, in math mode
+_TEX_SYMBOLS = {"ℓ": r"$\ell$", "≠": r"$\neq$", "σ": r"$\sigma$", "−": "$-$"}
+
+
+def _tex_text(text: str) -> str:
+    return "".join(_TEX_SYMBOLS.get(char, char) for char in text)
+
+
+def _tex_label(step: Step) -> str:
+    """A step's rule and case in LaTeX text mode; a case like j ≠ ℓ in math mode."""
+    case = step.case
+    if "=" in case or "≠" in case:
+        case = "$" + case.replace("ℓ", r"\ell").replace("≠", r"\neq") + "$"
+    return f"{_tex_text(step.rule)}, {case}"
 
 
 def _text(expr, full: bool, printing: dict) -> str:
@@ -172,15 +211,16 @@ def to_rich(derivation: Derivation, *, full: bool = False) -> Group:
 
 
 def _latex_lhs(step: Step) -> str:
-    return sp.latex(step.lhs)
+    return _latex(step.lhs)
 
 
-def _latex_lines(steps, printing: dict) -> list[str]:
+def _latex_lines(steps, printing: dict, label=lambda step: f"{step.rule}, {step.case}") -> list:
+    """One align line a step; label gives its rule and case as LaTeX text mode."""
     lines = []
     for step in steps:
         mark = r"\checkmark" if step.verification.ok else r"\text{FAILED}"
-        lines.append(f"{_latex_lhs(step)} &= {sp.latex(step.expr, **printing)} "
-                     rf"&& \text{{{step.rule}, {step.case}}}\ {mark}")
+        lines.append(f"{_latex_lhs(step)} &= {_latex(step.expr, printing)} "
+                     rf"&& \text{{{label(step)}}}\ {mark}")
     return lines
 
 
@@ -194,12 +234,12 @@ def to_markdown(derivation: Derivation, *, full: bool = False) -> str:
                 f"*Verified by {step.verification.method}*"
                 + ("" if step.verification.ok else f": {step.verification.detail}")
                 + (f"; at z: {step.at}" if step.at else "") + ".", "",
-                f"$$ {_latex_lhs(step)} = {sp.latex(step.expr, **printing)} $$", ""]
+                f"$$ {_latex_lhs(step)} = {_latex(step.expr, printing)} $$", ""]
     if derivation.pitfall is not None:
         step = derivation.pitfall
         title = _pitfall_title(step)
         out += [f"### {title[0].upper()}{title[1:]}", "",
-                f"$$ {_latex_lhs(step)} \\overset{{?}}{{=}} {sp.latex(step.expr, **printing)} $$", "",
+                f"$$ {_latex_lhs(step)} \\overset{{?}}{{=}} {_latex(step.expr, printing)} $$", "",
                 f"✗ **failed**: {step.verification.detail}.", ""]
     out += [f"### Gradient ({_count(derivation.gradient)})", "",
             "| | j | SymPy's direct derivative | closed form |", "|---|---|---|---|"]
@@ -208,7 +248,7 @@ def to_markdown(derivation: Derivation, *, full: bool = False) -> str:
             out.append("| … | … | … | … |")
             continue
         out.append(f"| {MARK[entry.verification.ok]} | {entry.index[0]} | "
-                   f"${sp.latex(entry.direct, **printing)}$ | ${sp.latex(entry.closed, **printing)}$ |")
+                   f"${_latex(entry.direct, printing)}$ | ${_latex(entry.closed, printing)}$ |")
     if derivation.hessian is not None:
         entries = [e for row in derivation.hessian for e in row]
         out += ["", f"### Hessian {_hessian_title(derivation)} ({_count(entries)})", "",
@@ -228,7 +268,7 @@ def to_latex(derivation: Derivation, *, full: bool = False) -> str:
     """Returns an align* fragment (needs amsmath and amssymb)."""
     steps = list(derivation.steps) + list(derivation.hessian_steps)
     printing = _printing(derivation)
-    lines = _latex_lines(steps, printing)
+    lines = _latex_lines(steps, printing, _tex_label)
     body = " \\\\\n".join(lines)
     out = [f"% {_header(derivation)}", "\\begin{align*}", body, "\\end{align*}"]
     if derivation.pitfall is not None:
@@ -236,8 +276,8 @@ def to_latex(derivation: Derivation, *, full: bool = False) -> str:
         out += [f"% {PITFALL.get(step.rule, step.rule)}, checked and failed: "
                 + step.verification.detail,
                 "\\begin{align*}",
-                f"{_latex_lhs(step)} &\\neq {sp.latex(step.expr, **printing)} "
-                f"&& \\text{{{step.rule}: FAILED}}",
+                f"{_latex_lhs(step)} &\\neq {_latex(step.expr, printing)} "
+                f"&& \\text{{{_tex_text(step.rule)}: FAILED}}",
                 "\\end{align*}"]
     out += [f"% {row.topic}: softmax {row.softmax}; binary {row.bce} ({row.evidence})"
             for row in derivation.contrast]

@@ -7,7 +7,8 @@ In a code fence of README.md or docs/*.md:
   the fence's end: the output it shows. That output must equal the command's (stdout and stderr
   as a terminal shows them) line for line, trailing spaces stripped; a line ``...`` stands for
   any number of lines, none included. A transcript that shows no output is a command line.
-- A command line is a line ``xent ARGS`` (output not shown).
+- A command line is a line ``xent ARGS`` (output not shown), or the ``xent ARGS`` after ``&&``
+  in a line such as ``pip install . && xent derive --k 3``.
 - The exit status shown must be the command's: ``$ echo $?`` and the number on the next line, or
   a comment ``# exit status N`` / ``# exit N ...``; a comment that begins ``does not hold`` (a
   claim) or ``fails`` (a check) means 1. A command that says nothing exits 0.
@@ -108,6 +109,8 @@ def document_examples(path: pathlib.Path) -> list[Example]:
             number, line = block[i]
             i += 1
             prompt = line.startswith("$ xent ")
+            if not prompt and " && xent " in line:  # pip install . && xent ...
+                line = line[line.index(" && xent ") + len(" && "):]
             if not (prompt or line.startswith("xent ")):
                 continue
             command, comment = split_comment(line.removeprefix("$ "))

@@ -130,8 +130,25 @@ CASES = {
                                     files={"z.npy": Z3, "y.csv": "label\n0\n1\n2\n"}),
     "npz-labels-several-arrays": Case("an .npz of labels with several arrays, none named labels",
                                       ("eval", "z.npy", "--labels", "y.npz"),
-                                      "y.npz: has no array 'labels' (it has a, b)",
+                                      "y.npz: has no array 'labels' (it has a, b); name it: "
+                                      "np.savez(path, labels=...)",
                                       files={"z.npy": Z3, "y.npz": npz(a=[0, 1], b=[1, 1])}),
+    "npz-positional": Case("an .npz saved as np.savez(path, z, y): arrays arr_0, arr_1",
+                           ("eval", "z.npz"),
+                           "z.npz: has no array 'logits' (it has arr_0, arr_1); name them: "
+                           "np.savez(path, logits=z, labels=y)",
+                           files={"z.npz": npz(arr_0=[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], arr_1=[0, 2])}),
+    "npy-3d-logits": Case("a language model's (batch, time, classes) logits",
+                          ("eval", "z.npy", "--labels", "y.npy"),
+                          "z.npy: logits must be a 2-d numeric array (samples, classes), got shape "
+                          "(2, 1, 3) of float64; reshape them, as for F.cross_entropy: "
+                          "z.reshape(-1, z.shape[-1])",
+                          files={"z.npy": npy([[[1.0, 2.0, 3.0]], [[0.0, 0.0, 0.0]]]), "y.npy": npy([0, 2])}),
+    "npy-2d-labels": Case("a language model's (batch, time) labels",
+                          ("eval", "z.npy", "--labels", "y.npy"),
+                          "y.npy: labels must be a 1-d array of integers, got shape (2, 1) of int64; "
+                          "flatten (batch, time) labels as for F.cross_entropy: y.reshape(-1)",
+                          files={"z.npy": Z3, "y.npy": npy([[0], [2]])}),
     "npy-negative-target": Case("a negative probability in a .npy of soft targets",
                                 ("eval", "z.npy", "--targets", "t.npy"),
                                 "t.npy, row 1, column '2': target probability -0.5 is negative",
@@ -151,6 +168,10 @@ CASES = {
     "duplicate-header": eval_case("a column name twice", "a,a,label\n1,2,0\n", "z.csv, line 1: column name 'a' appears twice"),
     "empty-header-name": eval_case("a header cell without a name", "a,,label\n1,2,0\n",
                                    "z.csv, line 1: column 2 of the header has no name"),
+    "pandas-index": eval_case("pandas' to_csv with its index, an unnamed first column",
+                              ",z0,z1,label\n0,1,2,0\n1,0,0,1\n",
+                              "z.csv, line 1: column 1 of the header has no name; pandas writes its "
+                              "index there: save with to_csv(path, index=False)"),
     "one-class": eval_case("one logit column", "z0,label\n1,0\n", "z.csv, line 1: found 1 logit column; cross-entropy needs at least 2"),
     "no-label-column": eval_case("no label column and no --labels/--targets", TWO, "z.csv, line 1: there is no column 'label'"),
     # --- eval: the cells

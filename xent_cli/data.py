@@ -301,7 +301,10 @@ def _header(cells: tuple[str, ...], path: str, line: int) -> tuple[str, ...]:
     """Returns the header; empty or repeated names are errors."""
     for c, name in enumerate(cells):
         if not name:
-            raise InputError(f"column {c + 1} of the header has no name", source=path, line=line)
+            # pandas' to_csv writes its index as an unnamed first column
+            hint = "; pandas writes its index there: save with to_csv(path, index=False)" if c == 0 else ""
+            raise InputError(f"column {c + 1} of the header has no name{hint}", source=path,
+                             line=line)
         if name in cells[:c]:
             raise InputError(f"column name {name!r} appears twice in the header", source=path,
                              line=line)

@@ -692,8 +692,8 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
     elif suffix == ".npz":
         arrays = _load_npz(path)
         if "logits" not in arrays:
-            raise InputError(f"has no array 'logits' (it has {', '.join(arrays) or 'none'})",
-                             source=path)
+            raise InputError(f"has no array 'logits' (it has {', '.join(arrays) or 'none'}); "
+                             "name them: np.savez(path, logits=z, labels=y)", source=path)
         logits = arrays["logits"]
         if "labels" in arrays:
             labels, target_column = arrays["labels"], "'labels'"
@@ -757,8 +757,11 @@ def _whole_labels(labels, source: str) -> np.ndarray:
     no whole number or beyond int64 (a CSV's labels were checked as they were read)."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.dtype.kind not in "iuf":
+        flatten = ("; flatten (batch, time) labels as for F.cross_entropy: y.reshape(-1); "
+                   "give one-hot or soft (samples, classes) arrays as --targets"
+                   if labels.ndim > 1 and labels.dtype.kind in "iuf" else "")
         raise InputError(f"labels must be a 1-d array of integers, got shape {labels.shape} "
-                         f"of {labels.dtype}", source=source)
+                         f"of {labels.dtype}{flatten}", source=source)
     if labels.dtype.kind == "f":
         whole = np.isfinite(labels) & (labels == np.round(labels))
         if not whole.all():
@@ -841,8 +844,8 @@ def _read_side(path: str, delimiter: str | None, what: str
             return arrays[what], None, None
         if len(arrays) == 1:
             return next(iter(arrays.values())), None, None
-        raise InputError(f"has no array {what!r} (it has {', '.join(arrays) or 'none'})",
-                         source=path)
+        raise InputError(f"has no array {what!r} (it has {', '.join(arrays) or 'none'}); "
+                         f"name it: np.savez(path, {what}=...)", source=path)
     if what == "labels":
         labels, name, lines = data._read_labels(path, delimiter)
         return labels, lines, None if name is None else (name,)
@@ -860,8 +863,11 @@ def _float_matrix(array, path: str, what: str, min_classes: int = 2) -> np.ndarr
     if array.ndim == 1 and min_classes == 1:  # a binary classifier's (N,) logits or targets
         array = array[:, None]
     if array.ndim != 2 or array.dtype.kind not in "iuf":
+        # a language model's (batch, time, classes) logits: F.cross_entropy takes them reshaped
+        reshape = ("; reshape them, as for F.cross_entropy: z.reshape(-1, z.shape[-1])"
+                   if array.ndim > 2 and what == "logits" and array.dtype.kind in "iuf" else "")
         raise InputError(f"{what} must be a 2-d numeric array (samples, classes), got shape "
-                         f"{array.shape} of {array.dtype}", source=path)
+                         f"{array.shape} of {array.dtype}{reshape}", source=path)
     if what == "logits" and array.shape[1] < min_classes:
         raise InputError(("cross-entropy needs at least 2 classes" if min_classes >= 2 else
                           "binary cross-entropy needs at least 1 logit column"), source=path)

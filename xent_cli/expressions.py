@@ -45,6 +45,17 @@ VARIABLES = ("p", "y", "z")
 INDEXES = ("j", "l", "n")
 FUNCTIONS = ("exp", "log", "sum")
 NAMES_HELP = "names are p_j, y_j, z_j, p_l, y_l, z_l, j, l, k, and the functions exp, log, sum"
+DELTA_HELP = "Kronecker's delta δ_jl is [j = l]"
+# What a student who has read a derivation types, and how the language writes it
+NAME_HINTS = {
+    "S": "S = Σ_n e^{z_n} is sum(exp(z))",
+    "softmax": "softmax(z)_j is p_j",
+    "delta": DELTA_HELP, "delta_jl": DELTA_HELP, "delta_lj": DELTA_HELP,
+    "dCE": "give the right-hand side only, as in p_j - y_j",
+    "dL": "give the right-hand side only, as in p_j - y_j",
+}
+INDEX_HELP = ("entries are p_j, y_j, z_j (class j) and p_l, y_l, z_l (the label's); for one case "
+              "write a guard, as in 'j = l: p_j - 1'")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,6 +158,24 @@ def _fail(message: str, column: int, hint: str = "") -> ExpressionError:
     return ExpressionError(f"{message} at column {column}" + (f"; {hint}" if hint else ""))
 
 
+def _unknown(word: str, column: int) -> ExpressionError:
+    """The error for a name outside the language, with the spelling it has where one is likely."""
+    variable, _, index = word.partition("_")
+    if word in NAME_HINTS:
+        hint = NAME_HINTS[word]
+    elif variable in VARIABLES and index.isdigit():
+        hint = INDEX_HELP
+    else:
+        hint = NAMES_HELP
+    return _fail(f"unknown name '{_clip(word)}'", column, hint)
+
+
+def _product_hint(text: str, column: int) -> str:
+    """Says to write '*', with the user's text mended when it is short."""
+    mended = text[:column - 1].rstrip() + " * " + text[column - 1:].lstrip()
+    return f"write '*' for a product, as in {mended if len(mended) <= 40 else '2 * p_j'}"
+
+
 def _known(word: str) -> bool:
     """Says whether a word is in the vocabulary (the parser checks where it may appear)."""
     variable, _, index = word.partition("_")
@@ -180,7 +209,8 @@ def tokenize(text: str) -> list[Token]:
                     end += 1
             if end < len(text) and (text[end].isalnum() or text[end] in "_."):
                 raise _fail(f"malformed number '{_clip(text[i:end + 1])}'", column,
-                            "numbers are decimals like 2 or 0.5")
+                            _product_hint(text, end + 1) if text[end].isalpha()
+                            else "numbers are decimals like 2 or 0.5")
             tokens.append(Token("number", text[i:end], column))
             i = end
         elif char.isascii() and (char.isalpha() or char == "_") or char == "ℓ":
@@ -190,7 +220,7 @@ def tokenize(text: str) -> list[Token]:
                 end += 1
             word = text[i:end].replace("ℓ", "l")
             if not _known(word):
-                raise _fail(f"unknown name '{_clip(text[i:end])}'", column, NAMES_HELP)
+                raise _unknown(text[i:end], column)
             tokens.append(Token("name", word, column))
             i = end
         elif text[i:i + 2] in SYMBOLS:
@@ -201,7 +231,7 @@ def tokenize(text: str) -> list[Token]:
             i += 1
         else:
             shown = char if char.isprintable() else repr(char)[1:-1]
-            raise _fail(f"unexpected character '{shown}'", column)
+            raise _fail(f"unexpected character '{shown}'", column, DELTA_HELP if char == "δ" else "")
     tokens.append(Token("end", "", len(text) + 1))
     return tokens
 
@@ -242,6 +272,7 @@ class _Parser:
     """Recursive descent over the token list; ``depth`` bounds the recursion."""
 
     def __init__(self, text: str):
+        self.text = text
         self.tokens = tokenize(text)
         self.position = 0
         self.depth = 0
@@ -308,6 +339,9 @@ class _Parser:
         while self.at("*", "/"):
             op = self.advance().text
             node = self.folded(Binary(op, node, self.unary()))
+        if self.token.kind in ("number", "name") or self.at("(", "["):  # 2 p_j, p_j(1 - p_j)
+            raise _fail(f"unexpected {self.describe()}", self.token.column,
+                        _product_hint(self.text, self.token.column))
         return node
 
     def unary(self) -> Node:
@@ -407,7 +441,7 @@ class _Parser:
             return Entry(variable, index)
         if word in ("j", "l", "k") or (word == "n" and self.in_sum):
             return Index(word)
-        raise _fail(f"unknown name '{word}'", token.column, NAMES_HELP)
+        raise _unknown(word, token.column)
 
 
 def _clip(text: str) -> str:

@@ -278,6 +278,19 @@ def test_a_drifted_transcript_fails_with_its_line_and_a_diff(runner, sandbox):
     assert "-│ loss        │ 0.4369983898" in message and "+│ loss        │ 0.4369983899" in message
 
 
+OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def test_every_option_the_documents_name_exists():
+    """An option renamed or removed in the code is not left behind in the prose."""
+    known = {option for name in [None, *COMMANDS] for option in OPTION.findall(help_text(name))}
+    # docs/reliability.md is generated from real commands, and names a --bogus option on purpose
+    named = {option for path in (ROOT / "README.md", ROOT / "docs" / "expressions.md")
+             for option in OPTION.findall(path.read_text(encoding="utf-8"))}
+    # --quick is bench/run.py's (README's Speed), not xent's
+    assert named - known == {"--quick"}
+
+
 def test_the_layout_names_every_module_and_example():
     """README's Layout block lists each core module and each file of examples/ that exists."""
     layout = next("\n".join(line for _, line in block) for block in fences(ROOT / "README.md")

@@ -374,6 +374,13 @@ CASES = {
     "claim-class-number": Case("derive: --claim about one class by its number", ("derive", "--claim", "p_1 - 1"),
                                "unknown name 'p_1' at column 1; entries are p_j, y_j, z_j (class j) and p_l, y_l, "
                                "z_l (the label's); for one case write a guard, as in 'j = l: p_j - 1'"),
+    "claim-at": Case("derive: --claim with --at, which it would not use", ("derive", "--claim", "p_j", "--at", "1,2,3"),
+                     "--at does not apply to --claim, which is checked for every z; drop --claim to "
+                     "see each step at --at"),
+    "claim-hessian": Case("derive: --claim with --hessian, which it would not use",
+                          ("derive", "--claim", "p_j", "--hessian"),
+                          "--hessian does not apply to --claim, a formula for dCE/dz_j; drop --claim to "
+                          "derive the Hessian"),
     "claim-power": Case("derive: --claim 9**9**9**9", ("derive", "--claim", "9**9**9**9"),
                         "powers are limited to ±64"),
     "claim-deep": Case("derive: --claim nested 120 deep", ("derive", "--claim", "(" * 120 + "p_j" + ")" * 120),

@@ -617,7 +617,9 @@ def derive_command(
              "symbol).")] = None,
     claim: Annotated[Optional[str], typer.Option(
         metavar="EXPR", help="Check a claimed formula for dCE/dz_j instead (exit 1 if false; "
-                             "ce only).")] = None,
+                             "ce only), e.g. 'p_j - y_j', 'j != l: p_j': names p_j y_j z_j, "
+                             "p_l y_l z_l (the label's), k; exp, log, sum(...); [j = l] is 1 "
+                             "when j = ℓ.")] = None,
     full: Annotated[bool, typer.Option("--full", help="Show every row and whole expressions.")] = False,
     output_format: Annotated[DeriveFormat, typer.Option(
         "--format", help="rich, markdown, latex or json.")] = DeriveFormat.rich,
@@ -669,6 +671,13 @@ def derive_command(
             label = 1 if label is None else label
             core.check_size(k, label, hessian, soft)
             if claim is not None:
+                for given, option, why in (
+                        (at is not None, "--at", "which is checked for every z; drop --claim to "
+                                               "see each step at --at"),
+                        (hessian, "--hessian", "a formula for dCE/dz_j; drop --claim to derive "
+                                               "the Hessian")):
+                    if given:
+                        raise XentError(f"{option} does not apply to --claim, {why}")
                 from xent_cli.claims import check_claim
                 from xent_cli.render import claim as claim_render
 

@@ -16,6 +16,8 @@ In a code fence of README.md or docs/*.md:
 The docstrings of examples/*.py show command lines too (indented ``xent ...`` lines): the same
 rules hold for them.
 
+A command that does not exit 2 (bad input) writes nothing on stderr: no warning.
+
 Each command's ``--help`` shows at least one example, a line ``xent COMMAND ...``, and each such
 line runs and exits as its comment says (0 when it says nothing).
 
@@ -129,9 +131,10 @@ def document_examples(path: pathlib.Path) -> list[Example]:
 
 def docstring_examples(path: pathlib.Path) -> list[Example]:
     """Returns the command lines of a Python file's module docstring."""
-    docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    module = ast.parse(path.read_text(encoding="utf-8"))
+    docstring = ast.get_docstring(module, clean=False) or ""
     examples = []
-    for number, line in enumerate(docstring.splitlines(), start=1):
+    for number, line in enumerate(docstring.splitlines(), start=module.body[0].lineno):
         if line.strip().startswith("xent "):
             command, comment = split_comment(line.strip())
             examples.append(Example(f"{path.relative_to(ROOT)}:{number}", command, None,
@@ -169,7 +172,7 @@ HELP_EXAMPLES = [example for name in [None, *COMMANDS] for example in help_examp
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory) -> pathlib.Path:
     """A directory with the repository's examples/ and the files the help texts name."""
-    where = tmp_path_factory.mktemp("examples")
+    where = tmp_path_factory.mktemp("sandbox")
     (where / "examples").symlink_to(ROOT / "examples")
     table = np.genfromtxt(ROOT / "examples" / "logits_k3.csv", delimiter=",", names=True)
     z = np.column_stack([table[name] for name in ("z0", "z1", "z2")])
@@ -230,6 +233,8 @@ def check(example: Example, result) -> None:
     assert result.exit_code == example.exit_code, (
         f"{example.where}: `{example.command}` exits {result.exit_code}, "
         f"shown {example.exit_code}\n{result.output}")
+    if example.exit_code != 2:  # results go to stdout; a warning there would surprise a reader
+        assert result.stderr == "", f"{example.where}: `{example.command}` warns\n{result.stderr}"
     if example.output is None:
         return
     shown = [line.rstrip() for line in example.output]

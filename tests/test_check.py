@@ -333,3 +333,26 @@ def test_help_documents_the_contract_with_an_example(runner):
     assert result.exit_code == 0
     assert "xent check --grad-fn examples/my_grad.py:grad --method complex" in result.stdout
     assert "(N, k)" in result.stdout
+
+
+@pytest.mark.parametrize("body, says", [
+    # backward() of F.cross_entropy's default reduction='mean': every entry 1/N of sample i's own
+    ("    return (p - y1) / len(z)\n", "1/8 of the numeric one (1/N for N = 8 samples)"),
+    ("    return y1 - p\n", "-1 times the numeric one: the sign is flipped"),
+])
+def test_a_gradient_off_by_a_constant_factor_says_so(runner, tmp_path, body, says):
+    code = tmp_path / "scaled.py"
+    code.write_text("import numpy as np\n\n\ndef grad(z, y):\n"
+                    "    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)\n"
+                    "    y1 = np.eye(z.shape[1])[y]\n" + body)
+    result = check(runner, "--grad-fn", f"{code}:grad")
+    assert result.exit_code == 1, result.output
+    assert says in " ".join(result.stdout.split()), result.stdout
+    report = as_json(check(runner, "--grad-fn", f"{code}:grad", "--format", "json"))
+    expected = 1 / 8 if "len(z)" in body else -1.0
+    assert report["scale"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_wrong_gradient_without_a_constant_factor_has_no_scale(runner):
+    report = as_json(check(runner, "--grad-fn", f"{MY_GRAD}:seed_grad", "--format", "json"))
+    assert report["scale"] is None

@@ -420,6 +420,7 @@ class CheckReport:
     agreements: tuple[Agreement, ...] = ()
     sweep: tuple[SweepPoint, ...] = field(default=())
     loss: str = "ce"  # the loss whose derivative this is: 'ce' or 'bce'
+    scale: float | None = None  # a failing analytic side that is this constant times the numeric
 
     @property
     def passed(self) -> bool:
@@ -486,6 +487,7 @@ def compare(analytic: np.ndarray, numeric: np.ndarray, tol: Tolerance, *, quanti
         counted = (labels >= 0) & (labels < failing.shape[1])
         on_label[np.flatnonzero(counted), labels[counted]] = True
         off_label = int((failing & ~on_label).sum())
+    scale = _constant_factor(analytic, numeric, allowed) if failing.any() and finite.all() else None
     notes = [note for note in (_nonfinite_note(analytic, f"the analytic {quantity}"),
                                _nonfinite_note(numeric, f"the numeric {quantity}")) if note]
     shape = analytic.shape
@@ -498,7 +500,24 @@ def compare(analytic: np.ndarray, numeric: np.ndarray, tol: Tolerance, *, quanti
         max_rel_err=float(rel_err[finite].max(initial=0.0)),
         max_error_estimate=None if estimate is None else float(
             estimate[np.isfinite(estimate)].max(initial=0.0)),
-        nonfinite="; ".join(notes) or None, agreements=agreements, sweep=sweep, loss=loss)
+        nonfinite="; ".join(notes) or None, agreements=agreements, sweep=sweep, loss=loss,
+        scale=scale)
+
+
+def _constant_factor(analytic: np.ndarray, numeric: np.ndarray, allowed: np.ndarray) -> float | None:
+    """Returns c when analytic = c · numeric within the tolerance everywhere (c ≠ 0, 1), else None.
+
+    A gradient off by one factor is a reduction or a sign: backward() of a 'mean' loss gives
+    1/N of each sample's own gradient, and y − p is −1 times p − y.
+    """
+    norm = float(np.dot(numeric.ravel(), numeric.ravel()))
+    if norm == 0:
+        return None
+    c = float(np.dot(analytic.ravel(), numeric.ravel())) / norm  # least squares
+    if c == 0 or np.isclose(c, 1.0):
+        return None
+    fits = np.abs(analytic - c * numeric) <= allowed * max(1.0, abs(c))
+    return c if bool(fits.all()) else None
 
 
 def _failure(index: tuple[int, ...], analytic, numeric, abs_err, rel_err,

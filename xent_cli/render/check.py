@@ -155,11 +155,26 @@ def _first_failure(report: CheckReport) -> str:
     if report.failed_off_label == report.failed:
         text += (" Entries off the label fail too: the gradient of every class j carries p_j, "
                  "because the normaliser Σ exp(z) depends on every logit.")
+    if report.scale is not None:
+        text += " " + _scale_note(report)
     if report.loss == "bce" and report.quantity == "gradient":
         text += (" In binary cross-entropy each class is its own yes/no question: the derivative "
                  "by z_c is σ(z_c) − y_c (times the weights), from its own logit only, with no "
                  "softmax coupling the classes.")
     return text
+
+
+def _scale_note(report: CheckReport) -> str:
+    """Names a constant factor between the two sides, and its likely cause."""
+    c = report.scale
+    if abs(c * report.n - 1) < 1e-6:
+        return (f"Every analytic entry is 1/{report.n} of the numeric one (1/N for N = "
+                f"{report.n} samples): that is backward() of a reduction='mean' loss; give each "
+                f"sample's own {report.quantity} (reduction='sum' or 'none').")
+    if abs(c + 1) < 1e-6:
+        return ("Every analytic entry is -1 times the numeric one: the sign is flipped; the "
+                f"gradient of the loss is {'σ(z)' if report.loss == 'bce' else 'p'} − y.")
+    return f"Every analytic entry is {c:.6g} times the numeric one: a constant factor is off."
 
 
 def _finite(x: float | None) -> float | None:
@@ -187,6 +202,7 @@ def fields(report: CheckReport) -> dict:
         "entries": report.entries,
         "failed": report.failed,
         "failed_off_label": report.failed_off_label,
+        "scale": report.scale,
         "max_abs_err": _finite(report.max_abs_err),
         "max_rel_err": _finite(report.max_rel_err),
         "max_error_estimate": report.max_error_estimate,

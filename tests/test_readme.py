@@ -38,6 +38,7 @@ import pathlib
 import re
 import shlex
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -268,6 +269,30 @@ def test_the_documents_show_commands():
     assert len(transcripts) >= 5 and len(EXAMPLES) >= 15
     assert any(example.exit_code == 1 for example in transcripts)
     assert any(ANY_LINES in example.output for example in transcripts)
+
+
+def test_a_document_is_read_as_transcripts_and_command_lines(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    (tmp_path / "doc.md").write_text(
+        "xent eval not-in-a-fence.csv\n"
+        "```\n"
+        "$ xent check --k 3   # shown failing\n"
+        "check of the gradient\n"
+        "...\n"
+        "$ echo $?\n"
+        "1\n"
+        "$ xent derive --k 2\n"
+        "```\n"
+        "```\n"
+        "xent derive --claim '0'   # exit status 1\n"
+        "pip install . && xent derive --k 3   # install, then derive\n"
+        "```\n", encoding="utf-8")
+    assert document_examples(tmp_path / "doc.md") == [
+        Example("doc.md:3", "xent check --k 3", ("check of the gradient", "..."), 1),
+        Example("doc.md:8", "xent derive --k 2", None, 0),
+        Example("doc.md:11", "xent derive --claim '0'", None, 1),
+        Example("doc.md:12", "xent derive --k 3", None, 0),
+    ]
 
 
 def test_a_drifted_transcript_fails_with_its_line_and_a_diff(runner, sandbox):

@@ -168,6 +168,13 @@ CASES = {
     "duplicate-header": eval_case("a column name twice", "a,a,label\n1,2,0\n", "z.csv, line 1: column name 'a' appears twice"),
     "empty-header-name": eval_case("a header cell without a name", "a,,label\n1,2,0\n",
                                    "z.csv, line 1: column 2 of the header has no name"),
+    "no-header": Case("np.savetxt's CSV without a header row", ("eval", "z.csv", "--labels", "y.npy"),
+                      "z.csv, line 1: holds numbers (1.5, 2.5e+00, -0.5), not column names: the file "
+                      "has no header row; add one, as np.savetxt(..., header='z0,z1,z2', comments='') does",
+                      files={"z.csv": "1.5,2.5e+00,-0.5\n0,0,1\n", "y.npy": npy([0, 1])}),
+    "space-delimited": eval_case("cells separated by spaces (np.savetxt's default)", "z0 z1 z2 label\n1 2 3 0\n",
+                                 "z.csv, line 1: the header is one column 'z0 z1 z2 label'; the cells seem to "
+                                 "be separated by ' ': give --delimiter ' '"),
     "pandas-index": eval_case("pandas' to_csv with its index, an unnamed first column",
                               ",z0,z1,label\n0,1,2,0\n1,0,0,1\n",
                               "z.csv, line 1: column 1 of the header has no name; pandas writes its "

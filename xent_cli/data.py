@@ -196,6 +196,7 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
         _same_length(table, target_lines, labels_path, "labels")
     else:
         target_table = read_table(targets_path, delimiter)
+        _check_names(target_table)
         target_source, target_lines = targets_path, target_table.lines
         if len(target_table.header) != len(class_names):
             raise InputError(f"has {len(target_table.header)} target columns, the logits have "
@@ -238,6 +239,7 @@ def read_logits(path: str, *, label_col: str = "label", targets_from: str | None
         raise InputError(f"has a column {label_col!r} and labels come from {targets_from}; "
                          f"remove one of them", source=path, line=table.header_line)
     _check_delimiter(table, delimiter)
+    _check_names(table)
     if not (targets_from or has_label_col):
         raise InputError(f"there is no column {label_col!r}; name the label column with "
                          f"--label-col, or give --labels or --targets", source=path,
@@ -290,11 +292,34 @@ def _check_delimiter(table: Table, delimiter: str | None) -> None:
     """Raises InputError when a one-column header holds another delimiter: the wrong one was used."""
     if len(table.header) != 1:
         return
-    for other, option in ((";", "';'"), ("\t", "'\\t'"), (",", "','"), ("|", "'|'")):
+    for other, option in ((";", "';'"), ("\t", "'\\t'"), (",", "','"), ("|", "'|'"),
+                          (" ", "' '")):
         if other != delimiter and other in table.header[0]:
             raise InputError(f"the header is one column {table.header[0]!r}; the cells seem to "
                              f"be separated by {option}: give --delimiter {option}",
                              source=table.source, line=table.header_line)
+
+
+def _looks_like_data(header: tuple[str, ...]) -> bool:
+    """Tells whether a header row is numbers, some not plain class numbers like 0, 1, 2:
+    np.savetxt writes no header, and its first row of logits would be read as one."""
+    return (all(_NUMBER.fullmatch(name) for name in header)
+            and not all(name.isdigit() for name in header))
+
+
+def check_names(header: tuple[str, ...], source: str, line: int = 1) -> None:
+    """Raises InputError when a header is a row of data."""
+    if _looks_like_data(header):
+        more = len(header) > 3
+        names = ",".join(f"z{c}" for c in range(min(len(header), 3))) + (",…" if more else "")
+        raise InputError(f"holds numbers ({', '.join(header[:3])}{', …' if more else ''}), not "
+                         f"column names: the file has no header row; add one, as "
+                         f"np.savetxt(..., header='{names}', comments='') does",
+                         source=source, line=line)
+
+
+def _check_names(table: Table) -> None:
+    check_names(table.header, table.source, table.header_line)
 
 
 def _header(cells: tuple[str, ...], path: str, line: int) -> tuple[str, ...]:

@@ -484,6 +484,7 @@ def _plain_header(path: str, delimiter: str) -> tuple[tuple[str, ...], int]:
     except UnicodeDecodeError:
         return (), len(first)
     header = tuple(cell.strip() for cell in text.strip("\r\n").split(delimiter))
+    data.check_names(header, path)  # before reading a large file that has no header
     if len(set(header)) != len(header) or not all(header) or '"' in text:
         return (), len(first)  # the strict reader explains, or reads quoted headers properly
     return header, len(first)

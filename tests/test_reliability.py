@@ -149,6 +149,21 @@ CASES = {
                           "y.npy: labels must be a 1-d array of integers, got shape (2, 1) of int64; "
                           "flatten (batch, time) labels as for F.cross_entropy: y.reshape(-1)",
                           files={"z.npy": Z3, "y.npy": npy([[0], [2]])}),
+    "npy-targets-class-indices": Case("class indices given as --targets (PyTorch calls them target)",
+                                      ("eval", "z.npy", "--targets", "y.npy"),
+                                      "y.npy: targets must be a 2-d numeric array (samples, classes), got shape "
+                                      "(2,) of int64; class indices go to --labels",
+                                      files={"z.npy": Z3, "y.npy": npy([0, 2])}),
+    "csv-targets-class-indices": Case("a CSV of class indices given as --targets",
+                                      ("eval", "z.npy", "--targets", "y.csv"),
+                                      "y.csv: has 1 target columns, the logits have 3 classes; "
+                                      "class indices go to --labels",
+                                      files={"z.npy": Z3, "y.csv": "label\n0\n2\n"}),
+    "npy-multi-hot-targets": Case("multi-hot targets for softmax cross-entropy",
+                                  ("eval", "z.npy", "--targets", "t.npy"),
+                                  "t.npy, row 1: target probabilities sum to 2, not 1; several 1s in a row "
+                                  "are multi-label targets: --loss bce",
+                                  files={"z.npy": Z3, "t.npy": npy([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])}),
     "npy-negative-target": Case("a negative probability in a .npy of soft targets",
                                 ("eval", "z.npy", "--targets", "t.npy"),
                                 "t.npy, row 1, column '2': target probability -0.5 is negative",

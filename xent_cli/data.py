@@ -199,8 +199,9 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
         _check_names(target_table)
         target_source, target_lines = targets_path, target_table.lines
         if len(target_table.header) != len(class_names):
+            indices = "; class indices go to --labels" if len(target_table.header) == 1 else ""
             raise InputError(f"has {len(target_table.header)} target columns, the logits have "
-                             f"{len(class_names)} classes", source=targets_path,
+                             f"{len(class_names)} classes{indices}", source=targets_path,
                              line=target_table.header_line)
         if (tuple(target_table.header) != class_names
                 and sorted(target_table.header) == sorted(class_names)):

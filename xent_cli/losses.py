@@ -644,7 +644,10 @@ def _soft_target(t: np.ndarray, n: int, k: int, dtype: np.dtype) -> np.ndarray:
     off = np.flatnonzero(np.abs(sums - 1) > SOFT_TARGET_TOLERANCE * k)
     if off.size:
         i = off[0]
-        raise InputError(f"target probabilities sum to {sums[i]:.9g}, not 1", sample=int(i))
+        multi_hot = sums[i] > 1 and np.isin(t[i], (0.0, 1.0)).all()
+        raise InputError(f"target probabilities sum to {sums[i]:.9g}, not 1"
+                         + ("; several 1s in a row are multi-label targets: --loss bce"
+                            if multi_hot else ""), sample=int(i))
     return t.astype(dtype, copy=False)
 
 

@@ -56,6 +56,15 @@ def npy(values) -> bytes:
     return buffer.getvalue()
 
 
+def parquet(**columns) -> bytes:
+    """Returns the bytes of a Parquet file of the columns, as Polars writes it."""
+    import polars as pl
+
+    buffer = io.BytesIO()
+    pl.DataFrame(columns).write_parquet(buffer)
+    return buffer.getvalue()
+
+
 def npz(**arrays) -> bytes:
     """Returns the bytes of an .npz archive of the arrays."""
     buffer = io.BytesIO()
@@ -103,6 +112,11 @@ CASES = {
                         files={"z.npz": b"PK\x03\x04 cut short"}),
     "npy-not-npy": Case("a .npy that is not NumPy's format", ("eval", "z.npy", "--labels", "y.csv"),
                         "z.npy: is not a readable .npy array", files={"z.npy": K3, "y.csv": "0\n1\n"}),
+    "parquet-list-column": Case("a .parquet file with the logits as one list column, as pl.DataFrame({'logits': z}) writes",
+                                ("eval", "z.parquet"),
+                                "z.parquet: column 'logits' holds a list per sample; give one number column per class, "
+                                "as pl.DataFrame(z) writes, or save arrays with np.save",
+                                files={"z.parquet": parquet(logits=[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], label=[0, 2])}),
     "parquet-corrupt": Case("a corrupt .parquet file", ("eval", "z.parquet"),
                             "z.parquet: is not a readable Parquet file", files={"z.parquet": b"PAR1 cut short"}),
     # --- eval: arrays have rows, from 0, where a CSV has lines

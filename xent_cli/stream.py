@@ -823,6 +823,11 @@ def _read_parquet(path: str, label_col: str):
     names = tuple(frame.columns)
     logit_names = tuple(name for name in names if name != label_col)
     labels = frame[label_col].to_numpy() if label_col in names else None
+    for name in logit_names:
+        if isinstance(frame.schema[name], (pl.List, pl.Array)):
+            raise InputError(f"column {name!r} holds a list per sample; give one number column "
+                             "per class, as pl.DataFrame(z) writes, or save arrays with np.save",
+                             source=path)
     try:
         logits = frame.select(logit_names).to_numpy().astype(np.float64)
     except (TypeError, ValueError) as error:

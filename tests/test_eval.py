@@ -513,3 +513,30 @@ def test_class_names_are_shown_as_written_not_as_markup(runner, tmp_path):
     result = runner.invoke(app, ["eval", str(path), "--show", "1"])
     assert result.exit_code == 0, result.output
     assert "[red]z0" in result.stdout and ":smile:" in result.stdout
+
+
+def test_a_language_models_vocabulary_stays_readable(runner, tmp_path):
+    # (N·T, V) logits with V in the thousands: the summary listed every class name and each
+    # worked sample was a table of 3000 empty columns.
+    rng = np.random.default_rng(5)
+    v = 3000
+    z = rng.standard_normal((4, v))
+    labels = np.array([17, -100, 2999, 5])
+    z[0, 1234] = 9.0  # sample 0 predicts class 1234
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", labels)
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy"),
+                                 "--weight", ",".join(["1"] * v), "--show", "1"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert len(out.splitlines()) < 60, out
+    assert "3000: 0, 1, 2, …, 2999" in out
+    assert "weight      │ 1, 1, 1, …, 1" in out
+    header = next(line for line in out.splitlines() if "step" in line)
+    for shown in ("0", "1", "17", "1234", "2999", "…"):
+        assert f" {shown} " in header, header
+    p = np.exp(z[0] - z[0].max())
+    p /= p.sum()
+    row = next(line for line in out.splitlines() if line.startswith("│ p = exp / sum"))
+    cells = [cell.strip() for cell in row.split("│")[2:-1]]
+    assert cells[0] == f"{p[0]:.6g}" and f"{p[17]:.6g}" in cells and f"{p[1234]:.6g}" in cells

@@ -23,6 +23,17 @@ def _g(x: float) -> str:
     return f"{x:.6g}"
 
 
+MAX_LISTED = 12  # classes (names, weights, worked columns) shown in full; beyond, a selection
+
+
+def _listed(items) -> str:
+    """Joins items, the first three and the last of a long list around an ellipsis."""
+    items = list(items)
+    if len(items) > MAX_LISTED:
+        items = items[:3] + ["…", items[-1]]
+    return ", ".join(items)
+
+
 def _finite(x: float | None) -> float | None:
     """Returns x, or None where it is infinite or undefined (JSON has no inf or NaN)."""
     return x if x is not None and x - x == 0 else None
@@ -57,7 +68,7 @@ def summary_table(summary: Summary) -> Table:
     if summary.ignored:
         table.add_row("ignored", f"{summary.ignored} (label {summary.ignore_index})")
     if summary.weight is not None:
-        table.add_row("weight", ", ".join(_g(w) for w in summary.weight))
+        table.add_row("weight", _listed(_g(w) for w in summary.weight))
     if summary.label_smoothing:
         table.add_row("label smoothing", _g(summary.label_smoothing))
     table.add_row("reduction", _reduction_note(summary))
@@ -82,7 +93,7 @@ def _summary_head(summary: Summary, loss: str) -> Table:
     table.add_column("quantity", style="bold")
     table.add_column("value")
     table.add_row("samples (n)", str(summary.n))
-    table.add_row("classes (k)", f"{summary.k}: {', '.join(summary.class_names)}")
+    table.add_row("classes (k)", f"{summary.k}: {_listed(summary.class_names)}")
     return table
 
 
@@ -91,9 +102,9 @@ def _binary_summary_table(summary: Summary) -> Table:
     table = _summary_head(summary, "binary cross-entropy")
     table.add_row("targets", f"one per class from {summary.target_source}")
     if summary.weight is not None:
-        table.add_row("weight", ", ".join(_g(w) for w in summary.weight))
+        table.add_row("weight", _listed(_g(w) for w in summary.weight))
     if summary.pos_weight is not None:
-        table.add_row("pos_weight", ", ".join(_g(w) for w in summary.pos_weight))
+        table.add_row("pos_weight", _listed(_g(w) for w in summary.pos_weight))
     table.add_row("reduction", _reduction_note(summary))
     if summary.loss is not None:
         table.add_row("loss", f"{summary.loss:.10g}")
@@ -126,14 +137,26 @@ def _sample_name(sample) -> str:
     return f"sample {sample.sample}" + ("" if sample.line is None else f" (line {sample.line})")
 
 
-def _steps_by_class(title: str, names, rows) -> Table:
-    """Returns a worked sample's table: a row per step, a column per class."""
+def _steps_by_class(title: str, names, rows, keep=()) -> Table:
+    """Returns a worked sample's table: a row per step, a column per class.
+
+    Beyond MAX_LISTED classes, the columns are the first two, the classes in keep (the label,
+    the prediction) and the last, with '…' where classes are left out.
+    """
+    shown: list = list(range(len(names)))
+    if len(names) > MAX_LISTED:
+        picked = sorted({0, 1, len(names) - 1, *(int(c) for c in keep if 0 <= c < len(names))})
+        shown = []
+        for c in picked:
+            if shown and c != shown[-1] + 1:
+                shown.append(None)  # a gap
+            shown.append(c)
     table = Table(title=title, title_justify="left")
     table.add_column("step")
-    for name in names:
-        table.add_column(name, justify="right")
+    for c in shown:
+        table.add_column("…" if c is None else names[c], justify="right")
     for label, values in rows:
-        table.add_row(label, *(_g(v) for v in values))
+        table.add_row(label, *("…" if c is None else _g(values[c]) for c in shown))
     return table
 
 
@@ -149,7 +172,7 @@ def worked_sample(summary: Summary, sample: WorkedSample) -> Group:
         ("target y", sample.y),
         ("p − y", sample.p_minus_y),
         ("gradient", sample.grad),
-    ])
+    ], keep=(() if sample.label is None else (sample.label,)) + (int(sample.z.argmax()),))
     lines = [f"sum of exp = {_g(sample.exp_sum)}"]
     weighted = summary.weight is not None or bool(summary.label_smoothing)
     if sample.neg_log_p is not None:
@@ -175,7 +198,7 @@ def binary_worked_sample(summary: Summary, sample: BinaryWorkedSample) -> Group:
         ("loss ℓ", sample.elements),
         ("σ − t", sample.sigma - sample.t),
         ("gradient", sample.grad),
-    ])
+    ], keep=(int(sample.z.argmax()),))
     weighted = summary.weight is not None or summary.pos_weight is not None
     element = ("ℓ = −w [p_w t log σ + (1 − t) log(1 − σ)]" if weighted
                else "ℓ = −[t log σ + (1 − t) log(1 − σ)]")

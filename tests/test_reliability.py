@@ -152,6 +152,10 @@ CASES = {
                            "z.npz: has no array 'logits' (it has arr_0, arr_1); name them: "
                            "np.savez(path, logits=z, labels=y)",
                            files={"z.npz": npz(arr_0=[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], arr_1=[0, 2])}),
+    "npy-transposed-logits": Case("logits saved as (classes, samples)", ("eval", "z.npy", "--labels", "y.npy"),
+                                  "y.npy: has 3 labels for 2 rows of logits; the logits look transposed, "
+                                  "(2, 3): give them as (samples, classes), z.T",
+                                  files={"z.npy": npy([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]]), "y.npy": npy([0, 1, 1])}),
     "npy-3d-logits": Case("a language model's (batch, time, classes) logits",
                           ("eval", "z.npy", "--labels", "y.npy"),
                           "z.npy: logits must be a 2-d numeric array (samples, classes), got shape "

@@ -277,3 +277,12 @@ def test_any_valid_claim_gets_a_verdict_or_a_clear_error_within_seconds(guard, b
             assert verdict.counterexample is not None or verdict.method == "exact"
         json.dumps(claim_to_json(verdict), allow_nan=False)
     assert time.perf_counter() - started < 5.0
+
+
+def test_markdown_shows_the_claimed_equation_in_a_math_block():
+    # A teacher pastes the Markdown into slides: the claim should render as an equation there too.
+    markdown = claim_to_markdown(check_claim("j != l: p_j", k=3, label=1))
+    assert ("$$ \\frac{\\partial \\mathrm{CE}}{\\partial z_j} \\overset{?}{=} p_{j}\\quad (j \\neq \\ell) $$"
+            in markdown.splitlines())
+    every = claim_to_markdown(check_claim("p_j - y_j", k=3, label=1))
+    assert "$$ \\frac{\\partial \\mathrm{CE}}{\\partial z_j} \\overset{?}{=} p_{j} - y_{j} $$" in every.splitlines()

@@ -76,10 +76,19 @@ def claim_to_json(verdict: ClaimVerdict) -> dict:
     }
 
 
+def _equation(verdict: ClaimVerdict) -> str:
+    """The claimed equation in LaTeX: ∂CE/∂z_j =? the claim, with its case."""
+    condition = {"every j": "", "j = ℓ": r"\quad (j = \ell)", "j ≠ ℓ": r"\quad (j \neq \ell)"}
+    return (rf"\frac{{\partial \mathrm{{CE}}}}{{\partial z_j}} \overset{{?}}{{=}} "
+            rf"{verdict.claimed_latex}{condition[verdict.scope]}")
+
+
 def claim_to_markdown(verdict: ClaimVerdict) -> str:
-    """Returns the verdict as a Markdown section."""
+    """Returns the verdict as a Markdown section, the claimed equation in a $$ block."""
     lines = [
         f"### Claim: `{verdict.claim}`",
+        "",
+        f"$$ {_equation(verdict)} $$",
         "",
         f"**{_headline(verdict)}.**",
         "",
@@ -108,12 +117,10 @@ def claim_to_markdown(verdict: ClaimVerdict) -> str:
 
 def claim_to_latex(verdict: ClaimVerdict) -> str:
     """Returns the verdict as a LaTeX fragment: the claimed equation, then the verdict."""
-    condition = {"every j": "", "j = ℓ": r"\quad (j = \ell)", "j ≠ ℓ": r"\quad (j \neq \ell)"}
     verb = "holds" if verdict.holds else "does not hold"
     lines = [
         r"\[",
-        rf"\frac{{\partial \mathrm{{CE}}}}{{\partial z_j}} \overset{{?}}{{=}} "
-        rf"{verdict.claimed_latex}{condition[verdict.scope]}",
+        _equation(verdict),
         r"\]",
         rf"The claim {verb} (k = {verdict.k}, $\ell = {verdict.label}$); the true gradient is "
         r"$p_j - y_j$ with $p = \mathrm{softmax}(z)$.",

@@ -147,6 +147,11 @@ CASES = {
                                       "y.npz: has no array 'labels' (it has a, b); name it: "
                                       "np.savez(path, labels=...)",
                                       files={"z.npy": Z3, "y.npz": npz(a=[0, 1], b=[1, 1])}),
+    "npz-labels-named-otherwise": Case("an .npz with logits and its labels under another name",
+                                       ("eval", "z.npz"),
+                                       "z.npz: has no labels; its arrays are logits, y: name the labels "
+                                       "np.savez(path, logits=z, labels=y), or give --labels or --targets",
+                                       files={"z.npz": npz(logits=[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], y=[0, 2])}),
     "npz-positional": Case("an .npz saved as np.savez(path, z, y): arrays arr_0, arr_1",
                            ("eval", "z.npz"),
                            "z.npz: has no array 'logits' (it has arr_0, arr_1); name them: "

@@ -700,6 +700,10 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
             labels, target_column = arrays["labels"], "'labels'"
         elif "targets" in arrays:
             targets = arrays["targets"]
+        elif len(arrays) > 1 and not (labels_path or targets_path):
+            raise InputError(f"has no labels; its arrays are {', '.join(arrays)}: name the labels "
+                             "np.savez(path, logits=z, labels=y), or give --labels or --targets",
+                             source=path)
     else:
         logits, labels, class_names = _read_parquet(path, label_col)
         if labels is not None:

@@ -213,6 +213,9 @@ CASES = {
     "space-delimited": eval_case("cells separated by spaces (np.savetxt's default)", "z0 z1 z2 label\n1 2 3 0\n",
                                  "z.csv, line 1: the header is one column 'z0 z1 z2 label'; the cells seem to "
                                  "be separated by ' ': give --delimiter ' '"),
+    "label-class-name": eval_case("a label written as its class's column name", "cat,dog,bird,label\n1,2,3,dog\n",
+                                  "z.csv, line 2, column 'label': label 'dog' is not a number; 'dog' names class 1: "
+                                  "labels are class indices 0..2"),
     "pandas-index": eval_case("pandas' to_csv with its index, an unnamed first column",
                               ",z0,z1,label\n0,1,2,0\n1,0,0,1\n",
                               "z.csv, line 1: column 1 of the header has no name; pandas writes its "

@@ -406,6 +406,11 @@ def _labels(table: Table, column: int) -> np.ndarray:
                 raise ValueError(f"label {row[column]!r} is out of range")
         except ValueError as error:
             message = str(error) if str(error).startswith("label") else f"label {error}"
+            classes = [name for c, name in enumerate(table.header) if c != column]
+            if row[column].strip() in classes:  # the class's name where its index belongs
+                message += (f"; {row[column].strip()!r} names class "
+                            f"{classes.index(row[column].strip())}: labels are class indices "
+                            f"0..{len(classes) - 1}")
             raise InputError(message, source=table.source, line=table.lines[i],
                              column=repr(table.header[column])) from None
         out[i] = value

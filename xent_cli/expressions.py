@@ -46,10 +46,12 @@ INDEXES = ("j", "l", "n")
 FUNCTIONS = ("exp", "log", "sum")
 NAMES_HELP = "names are p_j, y_j, z_j, p_l, y_l, z_l, j, l, k, and the functions exp, log, sum"
 DELTA_HELP = "Kronecker's delta δ_jl is [j = l]"
+SIGMOID_HELP = "under --loss bce σ(z) is p, or write 1/(1 + exp(-z))"
 # What a student who has read a derivation types, and how the language writes it
 NAME_HINTS = {
     "S": "S = Σ_n e^{z_n} is sum(exp(z))",
     "softmax": "softmax(z)_j is p_j",
+    "sigmoid": SIGMOID_HELP, "sigma": SIGMOID_HELP,
     "delta": DELTA_HELP, "delta_jl": DELTA_HELP, "delta_lj": DELTA_HELP,
     "dCE": "give the right-hand side only, as in p_j - y_j",
     "dL": "give the right-hand side only, as in p_j - y_j",
@@ -231,7 +233,8 @@ def tokenize(text: str) -> list[Token]:
             i += 1
         else:
             shown = char if char.isprintable() else repr(char)[1:-1]
-            raise _fail(f"unexpected character '{shown}'", column, DELTA_HELP if char == "δ" else "")
+            raise _fail(f"unexpected character '{shown}'", column,
+                        {"δ": DELTA_HELP, "σ": SIGMOID_HELP}.get(char, ""))
     tokens.append(Token("end", "", len(text) + 1))
     return tokens
 

@@ -219,3 +219,13 @@ def test_markdown_writes_partial_derivatives(runner):
     assert result.exit_code == 0, result.output
     assert "\\frac{\\partial CE}{\\partial z_{1}}" in result.stdout
     assert "\\frac{d}" not in result.stdout and "d z_{" not in result.stdout
+
+
+@pytest.mark.parametrize("at", [(1e6, 0.0, -1e6), (1e300, 0.0, -1e300)])
+def test_at_far_from_0_finishes_and_shows_what_float64_holds(at):
+    # The working digits follow the spread of z only as far as float64 can show the difference:
+    # digits for a spread of 2e6 took minutes, and 1e300 crashed SymPy's evalf.
+    derivation = derive(3, 1, hessian=True, at=at)
+    assert derivation.verified
+    assert [abs(e.at) for e in derivation.gradient] == [0.0, 0.0, 0.0]  # p − y underflows
+    assert abs(derivation.hessian[0][1].at) == 0.0

@@ -374,7 +374,9 @@ def _digits(at: tuple[float, ...]) -> int:
     1 − p_ℓ = Σ_{n≠ℓ} e^{z_n}/S loses about (max z − min z)/ln 10 digits: at z = (100, 0, −100),
     30 digits leave rounding noise of −1 + e^{100}/S, not −3.7e-44.
     """
-    return 30 + math.ceil((max(at) - min(at)) / math.log(10))
+    # Beyond a spread of 760, what cancels is below float64's smallest number (e^-745), so
+    # more digits would change no value shown, and evalf would take minutes at z = 1e6.
+    return 30 + math.ceil(min(max(at) - min(at), 760.0) / math.log(10))
 
 
 def _builder(s: Symbols, at_point: Optional[dict]) -> _Builder:

@@ -423,6 +423,8 @@ CASES = {
                               "unexpected character 'δ' at column 7; Kronecker's delta δ_jl is [j = l]"),
     "claim-equation": Case("derive: --claim written as an equation", ("derive", "--claim", "dCE/dz_j = p_j - y_j"),
                            "unknown name 'dCE' at column 1; give the right-hand side only, as in p_j - y_j"),
+    "claim-capitals": Case("derive: --claim in capitals", ("derive", "--claim", "P_j - Y_j"),
+                           "unknown name 'P_j' at column 1; names are lower case: p_j"),
     "claim-class-number": Case("derive: --claim about one class by its number", ("derive", "--claim", "p_1 - 1"),
                                "unknown name 'p_1' at column 1; entries are p_j, y_j, z_j (class j) and p_l, y_l, "
                                "z_l (the label's); for one case write a guard, as in 'j = l: p_j - 1'"),

@@ -167,6 +167,8 @@ def _unknown(word: str, column: int) -> ExpressionError:
         hint = NAME_HINTS[word]
     elif variable in VARIABLES and index.isdigit():
         hint = INDEX_HELP
+    elif word != word.lower() and _known(word.lower()):
+        hint = f"names are lower case: {word.lower()}"
     else:
         hint = NAMES_HELP
     return _fail(f"unknown name '{_clip(word)}'", column, hint)

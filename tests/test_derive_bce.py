@@ -263,6 +263,7 @@ def test_bad_targets_are_one_line_and_exit_2(argv, runner):
     ["--k", "0"], ["--k", "501"], ["--k", "61", "--hessian"], ["--k", "3", "--label", "2"],
     ["--k", "3", "--soft"], ["--k", "3", "--claim", "p_j - y_j"], ["--k", "3", "--at", "1,2"],
     ["--k", "3", "--at", "1,x,2"], ["--k", "3", "--at", "1,inf,2"], ["--loss", "mse"],
+    ["--k", "2", "--at", "0,-1e6"],
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, runner):
     result = runner.invoke(app, ["derive", "--loss", "bce", *argv] if argv[0] != "--loss"
@@ -270,6 +271,13 @@ def test_bad_input_is_one_line_and_exit_2(argv, runner):
     assert result.exit_code == 2, result.output
     if argv[0] != "--loss":  # Click's own usage errors take several lines
         assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_logits_too_large_to_evaluate_exactly_are_refused_at_once(runner):
+    # 1 − σ(z) needs about |z| / ln 10 exact digits: at z = 1e6 evalf ran for minutes
+    result = runner.invoke(app, ["derive", "--loss", "bce", "--k", "2", "--at", "3,1e6"])
+    assert result.exit_code == 2, result.output
+    assert "z2 = 1e+06 is beyond ±10000" in result.stderr
 
 
 def test_exit_1_when_a_step_fails(monkeypatch, runner):

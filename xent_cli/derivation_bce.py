@@ -177,6 +177,11 @@ def derive_bce(k: int, hessian: bool = False, at: Optional[tuple[float, ...]] = 
     check_size(k, hessian)
     if at is not None and len(at) != k:
         raise InputError(f"--at has {len(at)} values; --k is {k}")
+    if at is not None and max(map(abs, at)) > AT_LIMIT:
+        n = max(range(k), key=lambda c: abs(at[c]))
+        raise InputError(f"--at: z{n + 1} = {at[n]:g} is beyond ±{AT_LIMIT:g}: the steps' exact "
+                         f"values there need {abs(at[n]) / math.log(10):,.0f} digits (1 − σ(z) "
+                         f"cancels), too many to work with; give logits within ±{AT_LIMIT:g}")
     if at_targets is not None and (at is None or len(at_targets) != k):
         raise InputError("--y needs --at, and one target per class" if at is None else
                          f"--y has {len(at_targets)} values; --k is {k}")
@@ -289,6 +294,11 @@ def _diagonal_entries(s: BinarySymbols, build: _Builder, direct_of, template: sp
         at = _number(build, s.value(closed)) if build.at_point is not None else None
         entries.append(Entry((n + 1,) * order, direct, closed, check, at))
     return entries
+
+
+# --at's largest |z|: the digits _builder works with grow with |z|, and evalf's time faster
+# (about 1 s at 10^4, 24 s at 10^5 on the benchmark machine).
+AT_LIMIT = 1e4
 
 
 def _builder(s: BinarySymbols, at_point) -> _Builder:

@@ -336,11 +336,10 @@ def _fill_index(z: np.ndarray, y: np.ndarray, ignored: np.ndarray, weight: np.nd
         e_label = flat[label]
         flat[label] = 0
         rest = _sum_classes(e, blocks.axis)  # sum_{c != y} exp(z_c - max), exact if y is confident
-        total = rest + e_label
-        # -log p_y = log(1 + rest / e_y): with the label within log 2 of the row's maximum, log1p
-        # keeps a tiny loss exact; otherwise p_y < 1/3, and log(total) - shifted loses nothing.
-        loss = np.where(e_label >= 0.5, np.log1p(rest / np.maximum(e_label, 0.5)),
-                        np.log(total) - shifted_label)
+        # -log p_y = log1p(rest + e_y - 1) - (z_y - max). At the maximum e_y - 1 = 0, and log1p
+        # keeps a confident sample's tiny loss; below it rest >= 1 (the maximum's own exp(0)),
+        # the loss exceeds log 2, and neither part cancels the other.
+        loss = np.log1p(rest + (e_label - 1)) - shifted_label
         per = per_sample[start:stop]
         if c is None:
             per[...] = loss
@@ -353,6 +352,7 @@ def _fill_index(z: np.ndarray, y: np.ndarray, ignored: np.ndarray, weight: np.nd
             _refuse_infinite_label(z, y, c, dtype, start, stop)
         if grad is None:
             continue
+        total = rest + e_label
         factor = scale / total
         if c is not None:
             factor *= c[start:stop]

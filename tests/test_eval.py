@@ -135,6 +135,33 @@ def test_eval_does_not_import_sympy():
     assert loaded.isdisjoint({"sympy", "pandas", "torch", "matplotlib", "pydantic"})
 
 
+def _eval_threads(environment: dict) -> tuple[str, int]:
+    """Runs eval in a fresh process; returns its OPENBLAS_NUM_THREADS and its number of threads."""
+    code = (
+        "import os, sys\n"
+        "from xent_cli.cli import app\n"
+        "try:\n"
+        f"    app(['eval', {str(EXAMPLES / 'logits_k3.csv')!r}, '--show', '0'], prog_name='xent')\n"
+        "except SystemExit as done:\n"
+        "    assert done.code in (0, None), done.code\n"
+        "print(os.environ.get('OPENBLAS_NUM_THREADS', 'unset'),\n"
+        "      len(os.listdir('/proc/self/task')), file=sys.stderr)\n"
+    )
+    env = {name: value for name, value in os.environ.items() if name != "OPENBLAS_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**env, **environment})
+    setting, threads = done.stderr.split()[-2:]
+    return setting, int(threads)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_eval_starts_no_blas_threads_unless_asked():
+    # eval does no linear algebra; OpenBLAS's idle workers spun for 0.1 CPU s of every run
+    assert _eval_threads({}) == _eval_threads({"OPENBLAS_NUM_THREADS": "1"})
+    assert _eval_threads({})[0] == "1"
+    assert _eval_threads({"OPENBLAS_NUM_THREADS": "2"})[0] == "2"  # the user's setting wins
+
+
 def test_help_shows_an_example(runner):
     result = runner.invoke(app, ["eval", "--help"])
     assert result.exit_code == 0

@@ -280,6 +280,9 @@ def eval_command(
       xent eval logits.npy --labels labels.npy --quiet
       xent eval examples/multilabel_logits.csv --loss bce --targets examples/multilabel_targets.csv
     """
+    # eval does no linear algebra, and OpenBLAS's idle worker threads would spin for about 0.1
+    # CPU s after NumPy's import, on the cores the parser needs. A user's own setting wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from xent_cli import data, stream
     from xent_cli.render import eval as render
 

@@ -167,6 +167,10 @@ def read_table(path: str, delimiter: str | None = None, *, require_rows: bool = 
                  header_line=header_line)
 
 
+# Soft targets of one column are most likely class indices: PyTorch's target= takes either.
+INDICES_HINT = "; class indices go to --labels"
+
+
 def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: str | None = None,
                     targets_path: str | None = None, delimiter: str | None = None,
                     min_classes: int = 2) -> EvalInput:
@@ -199,7 +203,7 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
         _check_names(target_table)
         target_source, target_lines = targets_path, target_table.lines
         if len(target_table.header) != len(class_names):
-            indices = "; class indices go to --labels" if len(target_table.header) == 1 else ""
+            indices = INDICES_HINT if len(target_table.header) == 1 else ""
             raise InputError(f"has {len(target_table.header)} target columns, the logits have "
                              f"{len(class_names)} classes{indices}", source=targets_path,
                              line=target_table.header_line)
@@ -328,7 +332,8 @@ def _header(cells: tuple[str, ...], path: str, line: int) -> tuple[str, ...]:
     for c, name in enumerate(cells):
         if not name:
             # pandas' to_csv writes its index as an unnamed first column
-            hint = "; pandas writes its index there: save with to_csv(path, index=False)" if c == 0 else ""
+            hint = ("; pandas writes its index there: save with to_csv(path, index=False)"
+                    if c == 0 else "")
             raise InputError(f"column {c + 1} of the header has no name{hint}", source=path,
                              line=line)
         if name in cells[:c]:

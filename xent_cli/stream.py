@@ -734,7 +734,7 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
         targets = _float_matrix(targets, target_source, "targets", min_classes)
         count = targets.shape[0]
         if targets.shape[1] != logits.shape[1]:
-            indices = "; class indices go to --labels" if targets.shape[1] == 1 else ""
+            indices = data.INDICES_HINT if targets.shape[1] == 1 else ""
             raise InputError(f"has {targets.shape[1]} target columns, the logits have "
                              f"{logits.shape[1]} classes{indices}", source=target_source)
     if count != n:
@@ -880,7 +880,7 @@ def _float_matrix(array, path: str, what: str, min_classes: int = 2) -> np.ndarr
         reshape = ("; reshape them, as for F.cross_entropy: z.reshape(-1, z.shape[-1])"
                    if array.ndim > 2 and what == "logits" and array.dtype.kind in "iuf" else "")
         if what == "targets" and array.ndim == 1 and array.dtype.kind in "iu":
-            reshape = "; class indices go to --labels"  # PyTorch's target= takes either
+            reshape = data.INDICES_HINT
         raise InputError(f"{what} must be a 2-d numeric array (samples, classes), got shape "
                          f"{array.shape} of {array.dtype}{reshape}", source=path)
     if what == "logits" and array.shape[1] < min_classes:

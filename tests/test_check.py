@@ -356,3 +356,14 @@ def test_a_gradient_off_by_a_constant_factor_says_so(runner, tmp_path, body, say
 def test_a_wrong_gradient_without_a_constant_factor_has_no_scale(runner):
     report = as_json(check(runner, "--grad-fn", f"{MY_GRAD}:seed_grad", "--format", "json"))
     assert report["scale"] is None
+
+
+@pytest.mark.parametrize("given", [["--k", "5"], ["--random", "3"], ["--random", "3", "--k", "3"]])
+def test_random_input_options_with_a_file_are_refused(runner, given):
+    # they shaped nothing: the file gives N and k, and a user who typed --k 5 would not know
+    result = runner.invoke(app, ["check", LOGITS_K3, "--expr", "p - y", *given])
+    assert result.exit_code == 2, result.output
+    named = " and ".join(option for option in ("--random", "--k") if option in given)
+    verb = "shape" if " and " in named else "shapes"
+    assert result.stderr == (f"Error: {named} {verb} random inputs; {LOGITS_K3} gives its own "
+                             f"samples and classes: drop {named}\n")

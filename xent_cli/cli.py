@@ -415,6 +415,7 @@ class CheckFormat(str, enum.Enum):
 
 @app.command("check")
 def check_command(
+    ctx: typer.Context,
     logits: Annotated[Optional[str], typer.Argument(
         metavar="LOGITS",
         help="Logits read exactly as 'xent eval' reads them (CSV, .npy, .npz, .parquet); without "
@@ -538,6 +539,12 @@ def check_command(
         if logits is None and (labels is not None or targets is not None):
             raise XentError(f"{'--labels' if labels is not None else '--targets'} belongs to a "
                             f"LOGITS file; without one, check draws random inputs and targets")
+        given = [option for option, name in (("--random", "random"), ("--k", "k"))
+                 if ctx.get_parameter_source(name).name != "DEFAULT"]
+        if logits is not None and given:
+            options = " and ".join(given)
+            raise XentError(f"{options} {'shape' if len(given) > 1 else 'shapes'} random inputs; "
+                            f"{logits} gives its own samples and classes: drop {options}")
         # random inputs draw their own targets, so only a file needs --targets
         _check_loss_options(loss, logits or "", labels,
                             targets if logits is not None else "random", pos_weight, ignore_index,

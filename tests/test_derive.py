@@ -229,3 +229,12 @@ def test_at_far_from_0_finishes_and_shows_what_float64_holds(at):
     assert derivation.verified
     assert [abs(e.at) for e in derivation.gradient] == [0.0, 0.0, 0.0]  # p − y underflows
     assert abs(derivation.hessian[0][1].at) == 0.0
+
+
+def test_second_derivatives_read_as_written_by_hand(runner):
+    # twice by one variable is ∂²CE/∂z1², not ∂²CE/∂z1∂z1; mixed stays ∂²CE/∂z1∂z2
+    result = runner.invoke(app, ["derive", "--k", "2", "--hessian"])
+    assert result.exit_code == 0, result.output
+    assert "∂²CE/∂z1² = ∂p1/∂z1" in result.stdout
+    assert "∂²CE/∂z1∂z2 = ∂p1/∂z2" in result.stdout
+    assert "∂z1∂z1" not in result.stdout

@@ -26,10 +26,12 @@ def _printing(derivation: Derivation) -> dict:
 
 
 class _Reading(StrPrinter):
-    """SymPy's plain text for reading: a derivative is ∂f/∂z1 (or ∂/∂z1 (f) for a long f)."""
+    """SymPy's plain text for reading: a derivative is ∂f/∂z1 (or ∂/∂z1 (f) for a long f), twice
+    by one variable ∂²f/∂z1², as it is written by hand."""
 
     def _print_Derivative(self, expr):
-        by = "".join(f"∂{self._print(v)}" * n for v, n in expr.variable_count)
+        power = {1: "", 2: "²"}
+        by = "".join(f"∂{self._print(v)}{power.get(n, f'^{n}')}" for v, n in expr.variable_count)
         order = sum(n for _, n in expr.variable_count)
         d = "∂" if order == 1 else "∂²" if order == 2 else f"∂^{order}"
         inner = self._print(expr.expr)

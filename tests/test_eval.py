@@ -567,3 +567,16 @@ def test_a_language_models_vocabulary_stays_readable(runner, tmp_path):
     row = next(line for line in out.splitlines() if line.startswith("│ p = exp / sum"))
     cells = [cell.strip() for cell in row.split("│")[2:-1]]
     assert cells[0] == f"{p[0]:.6g}" and f"{p[17]:.6g}" in cells and f"{p[1234]:.6g}" in cells
+
+
+@pytest.mark.parametrize("names", ["0,1,2", "-1,0,1", "+1,0,-1"])
+def test_a_header_of_class_numbers_is_a_header(runner, tmp_path, names):
+    # sentiment classes -1, 0, 1 are names, not a headerless first sample (np.savetxt writes
+    # its logits as decimals: 1.000000000000000000e+00)
+    (tmp_path / "z.csv").write_text(f"{names}\n1,2,3\n0,0,5\n")
+    (tmp_path / "y.txt").write_text("0\n2\n")
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--labels", str(tmp_path / "y.txt"),
+                                 "--show", "0", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    expected = np.mean([np.log(np.exp([1, 2, 3]).sum()) - 1, np.log(np.exp([0, 0, 5]).sum()) - 5])
+    assert json.loads(result.stdout)["loss"] == pytest.approx(expected, rel=1e-12)

@@ -306,10 +306,10 @@ def _check_delimiter(table: Table, delimiter: str | None) -> None:
 
 
 def _looks_like_data(header: tuple[str, ...]) -> bool:
-    """Tells whether a header row is numbers, some not plain class numbers like 0, 1, 2:
-    np.savetxt writes no header, and its first row of logits would be read as one."""
+    """Tells whether a header row is numbers, some not whole like the class numbers 0, 1, 2 or
+    -1, 0, 1: np.savetxt writes no header, and its first row of logits would be read as one."""
     return (all(_NUMBER.fullmatch(name) for name in header)
-            and not all(name.isdigit() for name in header))
+            and not all(_INTEGER.fullmatch(name) for name in header))
 
 
 def check_names(header: tuple[str, ...], source: str, line: int = 1) -> None:

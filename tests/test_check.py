@@ -358,6 +358,24 @@ def test_a_wrong_gradient_without_a_constant_factor_has_no_scale(runner):
     assert report["scale"] is None
 
 
+@pytest.mark.parametrize("body, scale", [
+    # noise far below the tolerance is not 1e-10 times the gradient: a small factor needs the
+    # entries to fit as closely, relative to their size
+    ("    return 1e-9 * np.sin(7.3 * np.arange(z.size)).reshape(z.shape)\n", None),
+    ("    return np.where(np.abs(p - y1) < 0.05, 0.0, p - y1)\n", None),  # right except zeros
+    ("    return 1e-9 * (p - y1)\n", 1e-9),
+    ("    return 1000 * (p - y1)\n", 1000),
+])
+def test_a_constant_factor_fits_every_entry_at_its_own_size(runner, tmp_path, body, scale):
+    code = tmp_path / "scaled.py"
+    code.write_text("import numpy as np\n\n\ndef grad(z, y):\n"
+                    "    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)\n"
+                    "    y1 = np.eye(z.shape[1])[y]\n" + body)
+    report = as_json(check(runner, "--grad-fn", f"{code}:grad", "--format", "json"))
+    assert report["failed"] > 0
+    assert report["scale"] == (None if scale is None else pytest.approx(scale, rel=1e-6))
+
+
 @pytest.mark.parametrize("given", [["--k", "5"], ["--random", "3"], ["--random", "3", "--k", "3"]])
 def test_random_input_options_with_a_file_are_refused(runner, given):
     # they shaped nothing: the file gives N and k, and a user who typed --k 5 would not know

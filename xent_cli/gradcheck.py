@@ -516,7 +516,9 @@ def _constant_factor(analytic: np.ndarray, numeric: np.ndarray, allowed: np.ndar
     c = float(np.dot(analytic.ravel(), numeric.ravel())) / norm  # least squares
     if c == 0 or np.isclose(c, 1.0):
         return None
-    fits = np.abs(analytic - c * numeric) <= allowed * max(1.0, abs(c))
+    # analytic / c must meet the numeric side within the tolerance: a tiny c with a tolerance
+    # not scaled by it would call any gradient far below the tolerance a multiple
+    fits = np.abs(analytic - c * numeric) <= allowed * abs(c)
     return c if bool(fits.all()) else None
 
 

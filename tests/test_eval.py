@@ -575,8 +575,23 @@ def test_a_header_of_class_numbers_is_a_header(runner, tmp_path, names):
     # its logits as decimals: 1.000000000000000000e+00)
     (tmp_path / "z.csv").write_text(f"{names}\n1,2,3\n0,0,5\n")
     (tmp_path / "y.txt").write_text("0\n2\n")
-    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--labels", str(tmp_path / "y.txt"),
-                                 "--show", "0", "--format", "json"])
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--labels",
+                                 str(tmp_path / "y.txt"), "--show", "0", "--format", "json"])
     assert result.exit_code == 0, result.output
     expected = np.mean([np.log(np.exp([1, 2, 3]).sum()) - 1, np.log(np.exp([0, 0, 5]).sum()) - 5])
     assert json.loads(result.stdout)["loss"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_cut_worked_sample_keeps_a_soft_targets_main_class(runner, tmp_path):
+    # soft targets have no label: the class most of the target's mass is on is the one to see
+    k = 20
+    z = np.zeros((1, k))
+    t = np.full((1, k), 0.1 / (k - 1))
+    t[0, 9] = 0.9
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "t.npy", t)
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.npy"), "--targets",
+                                 str(tmp_path / "t.npy"), "--show", "1"])
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if "step" in line)
+    assert [cell.strip() for cell in header.split("┃")[2:-1]] == ["0", "1", "…", "9", "…", "19"]

@@ -610,3 +610,18 @@ def test_bce_refuses_logits_without_a_column(runner, tmp_path):
                                  str(tmp_path / "t.npy"), "--loss", "bce"])
     assert result.exit_code == 2
     assert "binary cross-entropy needs at least 1 logit column" in result.stderr
+
+
+def test_a_cut_worked_sample_keeps_the_positive_targets(runner, tmp_path):
+    # beyond 12 classes the columns are a selection: a class whose target is 1 is the one a
+    # reader checks σ − t at (it is −0.5 at z = 0, where every other class has 0.5)
+    k = 13
+    t = np.zeros((1, k))
+    t[0, 7] = 1
+    np.save(tmp_path / "z.npy", np.zeros((1, k)))
+    np.save(tmp_path / "t.npy", t)
+    result = run(runner, tmp_path / "z.npy", "--targets", tmp_path / "t.npy", "--show", "1")
+    header = next(line for line in result.stdout.splitlines() if "step" in line)
+    assert " 7 " in header, header
+    row = next(line for line in result.stdout.splitlines() if line.startswith("│ σ − t"))
+    assert "-0.5" in row, row

@@ -140,7 +140,7 @@ def _sample_name(sample) -> str:
 def _steps_by_class(title: str, names, rows, keep=()) -> Table:
     """Returns a worked sample's table: a row per step, a column per class.
 
-    Beyond MAX_LISTED classes, the columns are the first two, the classes in keep (the label,
+    Beyond MAX_LISTED classes, the columns are the first two, the classes in keep (the target's,
     the prediction) and the last, with '…' where classes are left out.
     """
     shown: list = list(range(len(names)))
@@ -172,7 +172,7 @@ def worked_sample(summary: Summary, sample: WorkedSample) -> Group:
         ("target y", sample.y),
         ("p − y", sample.p_minus_y),
         ("gradient", sample.grad),
-    ], keep=(() if sample.label is None else (sample.label,)) + (int(sample.z.argmax()),))
+    ], keep=(int(sample.y.argmax()), int(sample.z.argmax())))  # the target's main class, the guess
     lines = [f"sum of exp = {_g(sample.exp_sum)}"]
     weighted = summary.weight is not None or bool(summary.label_smoothing)
     if sample.neg_log_p is not None:
@@ -198,7 +198,7 @@ def binary_worked_sample(summary: Summary, sample: BinaryWorkedSample) -> Group:
         ("loss ℓ", sample.elements),
         ("σ − t", sample.sigma - sample.t),
         ("gradient", sample.grad),
-    ], keep=(int(sample.z.argmax()),))
+    ], keep=(int(sample.z.argmax()), *sample.t.nonzero()[0][:MAX_LISTED // 2]))  # and the yeses
     weighted = summary.weight is not None or summary.pos_weight is not None
     element = ("ℓ = −w [p_w t log σ + (1 − t) log(1 − σ)]" if weighted
                else "ℓ = −[t log σ + (1 − t) log(1 − σ)]")

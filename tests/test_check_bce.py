@@ -469,3 +469,14 @@ def test_softmax_still_refuses_one_class(runner, tmp_path):
     assert result.exit_code == 2
     assert "found 1 logit column; cross-entropy needs at least 2 classes" in result.stderr
     assert check(runner, "--k", "0").exit_code == 2  # below 1 is refused for bce too
+
+
+def test_backward_of_a_mean_bce_loss_is_named(runner, tmp_path):
+    # BCEWithLogitsLoss's reduction='mean' averages over every element, N·k of them: its
+    # backward() is 1/(N·k) of each sample's own gradient, the bce user's first mistake
+    code = write_user_code(tmp_path, "def grad(z, t):\n"
+                                     "    return (1 / (1 + np.exp(-z)) - t) / z.size\n")
+    result = check(runner, "--grad-fn", f"{code}:grad", "--random", "8", "--k", "3")
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.stdout.split())
+    assert "1/24 of the numeric one" in text and "reduction='mean'" in text, text

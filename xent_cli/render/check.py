@@ -152,11 +152,11 @@ def render(report: CheckReport, *, explain: bool = False, limit: int = FAILURES_
 def _first_failure(report: CheckReport) -> str:
     first = report.failures[0]
     text = f"First failure: {first.describe()}."
+    if report.scale is not None:
+        return text + " " + _scale_note(report)  # the cause, named: the notes below miss it
     if report.failed_off_label == report.failed:
         text += (" Entries off the label fail too: the gradient of every class j carries p_j, "
                  "because the normaliser Σ exp(z) depends on every logit.")
-    if report.scale is not None:
-        text += " " + _scale_note(report)
     if report.loss == "bce" and report.quantity == "gradient":
         text += (" In binary cross-entropy each class is its own yes/no question: the derivative "
                  "by z_c is σ(z_c) − y_c (times the weights), from its own logit only, with no "
@@ -167,6 +167,12 @@ def _first_failure(report: CheckReport) -> str:
 def _scale_note(report: CheckReport) -> str:
     """Names a constant factor between the two sides, and its likely cause."""
     c = report.scale
+    elements = report.n * report.k
+    if report.loss == "bce" and abs(c * elements - 1) < 1e-6:  # BCEWithLogitsLoss's mean
+        return (f"Every analytic entry is 1/{elements} of the numeric one (1/(N·k) for N = "
+                f"{report.n} samples of k = {report.k} classes): that is backward() of a "
+                f"reduction='mean' loss, which averages every element; give each sample's own "
+                f"{report.quantity} (reduction='sum' or 'none').")
     if abs(c * report.n - 1) < 1e-6:
         return (f"Every analytic entry is 1/{report.n} of the numeric one (1/N for N = "
                 f"{report.n} samples): that is backward() of a reduction='mean' loss; give each "

@@ -625,3 +625,23 @@ def test_a_cut_worked_sample_keeps_the_positive_targets(runner, tmp_path):
     assert " 7 " in header, header
     row = next(line for line in result.stdout.splitlines() if line.startswith("│ σ − t"))
     assert "-0.5" in row, row
+
+
+def test_a_one_logit_column_named_with_a_space_is_read(runner, tmp_path):
+    # a binary classifier's single column 'spam score' is a name, not cells separated by ' ':
+    # its rows hold one number each
+    (tmp_path / "z.csv").write_text("spam score\n1.5\n-2\n")
+    (tmp_path / "t.csv").write_text("spam score\n1\n0\n")
+    result = run(runner, tmp_path / "z.csv", "--targets", tmp_path / "t.csv", "--format", "json",
+                 "--show", "0")
+    softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    assert json.loads(result.stdout)["loss"] == pytest.approx((softplus(-1.5) + softplus(-2)) / 2)
+
+
+def test_space_separated_cells_are_named(runner, tmp_path):
+    (tmp_path / "z.csv").write_text("a b\n1.5 2\n")
+    (tmp_path / "t.csv").write_text("a,b\n1,0\n")
+    result = runner.invoke(app, ["eval", "--loss", "bce", str(tmp_path / "z.csv"), "--targets",
+                                 str(tmp_path / "t.csv")])
+    assert result.exit_code == 2
+    assert "give --delimiter ' '" in result.stderr

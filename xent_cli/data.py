@@ -294,12 +294,14 @@ def _read_text(path: str) -> str:
 
 
 def _check_delimiter(table: Table, delimiter: str | None) -> None:
-    """Raises InputError when a one-column header holds another delimiter: the wrong one was used."""
+    """Raises InputError when a one-column header and its first row hold another delimiter: the
+    wrong one was used. (A binary classifier's one column may be named 'spam score'.)"""
     if len(table.header) != 1:
         return
+    first = table.rows[0][0] if table.rows else ""
     for other, option in ((";", "';'"), ("\t", "'\\t'"), (",", "','"), ("|", "'|'"),
                           (" ", "' '")):
-        if other != delimiter and other in table.header[0]:
+        if other != delimiter and other in table.header[0] and (not table.rows or other in first):
             raise InputError(f"the header is one column {table.header[0]!r}; the cells seem to "
                              f"be separated by {option}: give --delimiter {option}",
                              source=table.source, line=table.header_line)

@@ -358,6 +358,20 @@ def test_a_wrong_gradient_without_a_constant_factor_has_no_scale(runner):
     assert report["scale"] is None
 
 
+def test_a_mean_gradients_hessian_names_the_side_of_the_code_under_test(runner, tmp_path):
+    # with --hessian the user's gradient is differentiated numerically, against xent's Hessian:
+    # backward() of a 'mean' loss makes the numeric side 1/N, not the analytic side N times
+    code = tmp_path / "mean.py"
+    code.write_text("import numpy as np\n\n\ndef grad(z, y):\n"
+                    "    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)\n"
+                    "    return (p - np.eye(z.shape[1])[y]) / len(z)\n")
+    result = check(runner, "--grad-fn", f"{code}:grad", "--hessian")
+    assert result.exit_code == 1, result.output
+    hessian = " ".join(result.stdout.split("check of the Hessian")[1].split())
+    assert "Every numeric entry is 1/8 of the analytic one" in hessian, hessian
+    assert "reduction='mean'" in hessian, hessian
+
+
 @pytest.mark.parametrize("body, scale", [
     # noise far below the tolerance is not 1e-10 times the gradient: a small factor needs the
     # entries to fit as closely, relative to their size

@@ -86,7 +86,10 @@ def failures_table(report: CheckReport, limit: int = FAILURES_SHOWN) -> Table:
     more = report.failed - len(shown)
     caption = f"… and {more} more failing entries" if more > 0 else None
     numeric = "complex step" if report.tolerance.method == "complex" else "finite differences"
-    table = Table(title=f"failing entries (analytic: the code under test; numeric: {numeric})",
+    sides = f"analytic: the code under test; numeric: {numeric}"
+    if _tested_numerically(report):
+        sides = f"analytic: xent's; numeric: {numeric} of the code under test"
+    table = Table(title=f"failing entries ({sides})",
                   title_justify="left", caption=caption, caption_justify="left")
     table.add_column("sample", justify="right")
     has_labels = any(f.label is not None for f in shown)
@@ -164,23 +167,31 @@ def _first_failure(report: CheckReport) -> str:
     return text
 
 
+def _tested_numerically(report: CheckReport) -> bool:
+    """Says whether the code under test is the numeric side (--hessian differentiates it)."""
+    return report.analytic_source.startswith("xent's") and "xent's" not in report.numeric_source
+
+
 def _scale_note(report: CheckReport) -> str:
-    """Names a constant factor between the two sides, and its likely cause."""
-    c = report.scale
+    """Names a constant factor between the code under test and xent, and its likely cause."""
+    c, side, other, given = report.scale, "analytic", "numeric", report.quantity
+    if _tested_numerically(report):  # the Hessian of the gradient under test
+        c, side, other, given = 1 / c, "numeric", "analytic", "gradient"
     elements = report.n * report.k
     if report.loss == "bce" and abs(c * elements - 1) < 1e-6:  # BCEWithLogitsLoss's mean
-        return (f"Every analytic entry is 1/{elements} of the numeric one (1/(N·k) for N = "
+        return (f"Every {side} entry is 1/{elements} of the {other} one (1/(N·k) for N = "
                 f"{report.n} samples of k = {report.k} classes): that is backward() of a "
                 f"reduction='mean' loss, which averages every element; give each sample's own "
-                f"{report.quantity} (reduction='sum' or 'none').")
+                f"{given} (reduction='sum' or 'none').")
     if abs(c * report.n - 1) < 1e-6:
-        return (f"Every analytic entry is 1/{report.n} of the numeric one (1/N for N = "
+        return (f"Every {side} entry is 1/{report.n} of the {other} one (1/N for N = "
                 f"{report.n} samples): that is backward() of a reduction='mean' loss; give each "
-                f"sample's own {report.quantity} (reduction='sum' or 'none').")
+                f"sample's own {given} (reduction='sum' or 'none').")
     if abs(c + 1) < 1e-6:
-        return ("Every analytic entry is -1 times the numeric one: the sign is flipped; the "
-                f"gradient of the loss is {'σ(z)' if report.loss == 'bce' else 'p'} − y.")
-    return f"Every analytic entry is {c:.6g} times the numeric one: a constant factor is off."
+        gradient = (f"; the gradient of the loss is {'σ(z)' if report.loss == 'bce' else 'p'} − y"
+                    if report.quantity == "gradient" else "")
+        return f"Every {side} entry is -1 times the {other} one: the sign is flipped{gradient}."
+    return f"Every {side} entry is {c:.6g} times the {other} one: a constant factor is off."
 
 
 def _finite(x: float | None) -> float | None:

@@ -59,6 +59,7 @@ class _Latex(LatexPrinter):
 
 
 def _latex(expr, printing: dict | None = None) -> str:
+    """Returns expr in LaTeX, every derivative partial."""
     return _Latex(printing).doprint(expr)
 
 
@@ -67,6 +68,7 @@ _TEX_SYMBOLS = {"ℓ": r"$\ell$", "≠": r"$\neq$", "σ": r"$\sigma$", "−": "$
 
 
 def _tex_text(text: str) -> str:
+    """Returns text for LaTeX text mode, its symbols in math mode."""
     return "".join(_TEX_SYMBOLS.get(char, char) for char in text)
 
 

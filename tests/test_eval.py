@@ -595,3 +595,15 @@ def test_a_cut_worked_sample_keeps_a_soft_targets_main_class(runner, tmp_path):
     assert result.exit_code == 0, result.output
     header = next(line for line in result.stdout.splitlines() if "step" in line)
     assert [cell.strip() for cell in header.split("┃")[2:-1]] == ["0", "1", "…", "9", "…", "19"]
+
+
+def test_too_few_labels_for_more_samples_than_classes_is_not_called_transposed(runner, tmp_path):
+    # (5 samples, 3 classes) with 3 labels: z.T would be read as 3 samples of 5 classes, and the
+    # labels 0..2 would pass as a wrong result. Saved transposed, classes are usually the fewer.
+    np.save(tmp_path / "z.npy", np.zeros((5, 3)))
+    np.save(tmp_path / "y.npy", np.array([0, 1, 2]))
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.npy"), "--labels",
+                                 str(tmp_path / "y.npy")])
+    assert result.exit_code == 2
+    assert "has 3 labels for 5 rows of logits" in result.stderr
+    assert "transposed" not in result.stderr

@@ -741,8 +741,10 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
         what = "labels" if labels is not None else "target rows"
         # in a CSV, the first line without logits; an array's surplus rows have no line
         surplus = target_lines[n] if count > n and target_lines is not None else None
+        # (classes, samples): as many labels as columns, and fewer rows, as classes usually are
+        looks_transposed = lines is None and count == logits.shape[1] > n
         transposed = (f"; the logits look transposed, {logits.shape}: give them as (samples, "
-                      "classes), z.T" if lines is None and count == logits.shape[1] else "")
+                      "classes), z.T" if looks_transposed else "")
         raise InputError(f"has {count} {what} for {n} rows of logits{transposed}",
                          source=target_source, line=surplus)
     class_names = class_names or tuple(str(c) for c in range(logits.shape[1]))

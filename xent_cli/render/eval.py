@@ -198,7 +198,7 @@ def binary_worked_sample(summary: Summary, sample: BinaryWorkedSample) -> Group:
         ("loss ℓ", sample.elements),
         ("σ − t", sample.sigma - sample.t),
         ("gradient", sample.grad),
-    ], keep=(int(sample.z.argmax()), *sample.t.nonzero()[0][:MAX_LISTED // 2]))  # and the yeses
+    ], keep=(int(sample.z.argmax()), *sample.t.nonzero()[0][:3]))  # and the first 3 yeses
     weighted = summary.weight is not None or summary.pos_weight is not None
     element = ("ℓ = −w [p_w t log σ + (1 − t) log(1 − σ)]" if weighted
                else "ℓ = −[t log σ + (1 − t) log(1 − σ)]")

@@ -288,3 +288,17 @@ def test_evaluate_refuses_mismatched_arrays_and_labels_out_of_range():
         evaluate(tree, z=np.zeros((2, 3)), p=np.zeros((2, 3)), y=np.zeros((2, 4)), labels=[0, 1])
     with pytest.raises(ValueError, match="labels must lie in 0..2"):
         evaluate(tree, z=np.zeros((2, 3)), p=np.zeros((2, 3)), y=np.zeros((2, 3)), labels=[0, 3])
+
+
+@pytest.mark.parametrize("text, hint", [
+    ("2p_j", "write '*' for a product, as in 2 * p_j"),
+    ("2exp(z_j)", "write '*' for a product, as in 2 * exp(z_j)"),
+    # scientific notation is a number the language lacks, not a product with a name 'e'
+    ("p_j - y_j + 0*1e-3", "numbers are decimals like 2 or 0.5"),
+    ("1E3 * p_j", "numbers are decimals like 2 or 0.5"),
+    ("2.5e+2", "numbers are decimals like 2 or 0.5"),
+])
+def test_a_malformed_number_gets_the_hint_that_fits(text, hint):
+    with pytest.raises(ExpressionError) as caught:
+        parse_claim(text)
+    assert hint in str(caught.value)

@@ -212,8 +212,12 @@ def tokenize(text: str) -> list[Token]:
                 while end < len(text) and text[end] in "0123456789":
                     end += 1
             if end < len(text) and (text[end].isalnum() or text[end] in "_."):
+                # 2p_j is a product without '*'; 1e-3 is scientific notation, not 1 * e-3
+                exponent = text[end + 1:end + 3].removeprefix("+").removeprefix("-")
+                scientific = text[end] in "eE" and exponent[:1] in tuple("0123456789")
                 raise _fail(f"malformed number '{_clip(text[i:end + 1])}'", column,
-                            _product_hint(text, end + 1) if text[end].isalpha()
+                            _product_hint(text, end + 1)
+                            if text[end].isalpha() and not scientific
                             else "numbers are decimals like 2 or 0.5")
             tokens.append(Token("number", text[i:end], column))
             i = end

@@ -164,8 +164,10 @@ CASES = {
     "npy-3d-logits": Case("a language model's (batch, time, classes) logits",
                           ("eval", "z.npy", "--labels", "y.npy"),
                           "z.npy: logits must be a 2-d numeric array (samples, classes), got shape "
-                          "(2, 1, 3) of float64; reshape them, as for F.cross_entropy: "
-                          "z.reshape(-1, z.shape[-1])",
+                          "(2, 1, 3) of float64; reshape them to (samples, classes): "
+                          "z.reshape(-1, z.shape[-1]) for (batch, time, classes), "
+                          "z.transpose(0, 2, 1).reshape(-1, z.shape[1]) for F.cross_entropy's "
+                          "(batch, classes, time)",
                           files={"z.npy": npy([[[1.0, 2.0, 3.0]], [[0.0, 0.0, 0.0]]]), "y.npy": npy([0, 2])}),
     "npy-2d-labels": Case("a language model's (batch, time) labels",
                           ("eval", "z.npy", "--labels", "y.npy"),

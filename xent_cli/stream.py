@@ -878,9 +878,12 @@ def _float_matrix(array, path: str, what: str, min_classes: int = 2) -> np.ndarr
     if array.ndim == 1 and min_classes == 1:  # a binary classifier's (N,) logits or targets
         array = array[:, None]
     if array.ndim != 2 or array.dtype.kind not in "iuf":
-        # a language model's (batch, time, classes) logits: F.cross_entropy takes them reshaped
-        reshape = ("; reshape them, as for F.cross_entropy: z.reshape(-1, z.shape[-1])"
-                   if array.ndim > 2 and what == "logits" and array.dtype.kind in "iuf" else "")
+        # a language model's (batch, time, classes) logits, or the (batch, classes, time) that
+        # F.cross_entropy takes: each needs its own reshape, and the wrong one mixes classes
+        reshape = ("; reshape them to (samples, classes): z.reshape(-1, z.shape[-1]) for (batch, "
+                   "time, classes), z.transpose(0, 2, 1).reshape(-1, z.shape[1]) for "
+                   "F.cross_entropy's (batch, classes, time)"
+                   if array.ndim == 3 and what == "logits" and array.dtype.kind in "iuf" else "")
         if what == "targets" and array.ndim == 1 and array.dtype.kind in "iu":
             reshape = data.INDICES_HINT
         raise InputError(f"{what} must be a 2-d numeric array (samples, classes), got shape "

@@ -645,3 +645,13 @@ def test_space_separated_cells_are_named(runner, tmp_path):
                                  str(tmp_path / "t.csv")])
     assert result.exit_code == 2
     assert "give --delimiter ' '" in result.stderr
+
+
+def test_an_npz_without_named_targets_asks_for_targets(runner, tmp_path):
+    # binary cross-entropy takes per-class targets, never class labels
+    np.savez(tmp_path / "z.npz", logits=np.zeros((2, 3)), t=np.zeros((2, 3)))
+    result = runner.invoke(app, ["eval", "--loss", "bce", str(tmp_path / "z.npz")])
+    assert result.exit_code == 2
+    assert "has no targets; its arrays are logits, t: name the targets np.savez(path, logits=z, " \
+           "targets=t), or give --targets" in " ".join(result.stderr.split())
+    assert "--labels" not in result.stderr

@@ -701,6 +701,10 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
         elif "targets" in arrays:
             targets = arrays["targets"]
         elif len(arrays) > 1 and not (labels_path or targets_path):
+            if min_classes == 1:  # binary cross-entropy takes targets, never labels
+                raise InputError(f"has no targets; its arrays are {', '.join(arrays)}: name the "
+                                 "targets np.savez(path, logits=z, targets=t), or give --targets",
+                                 source=path)
             raise InputError(f"has no labels; its arrays are {', '.join(arrays)}: name the labels "
                              "np.savez(path, logits=z, labels=y), or give --labels or --targets",
                              source=path)

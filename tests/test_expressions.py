@@ -302,3 +302,12 @@ def test_a_malformed_number_gets_the_hint_that_fits(text, hint):
     with pytest.raises(ExpressionError) as caught:
         parse_claim(text)
     assert hint in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["0A\n", "2 p_j\t", "2\rp_j"])
+def test_product_hint_stays_one_line_whatever_the_text_holds(text):
+    # Hypothesis found '0A\n': the hint echoed the newline, and the error took two lines
+    with pytest.raises(ExpressionError) as error:
+        parse_expression(text)
+    assert "\n" not in str(error.value) and "\r" not in str(error.value)
+    assert "write '*' for a product" in str(error.value)

@@ -175,9 +175,10 @@ def _unknown(word: str, column: int) -> ExpressionError:
 
 
 def _product_hint(text: str, column: int) -> str:
-    """Says to write '*', with the user's text mended when it is short."""
+    """Says to write '*', with the user's text mended when it is short and one printable line."""
     mended = text[:column - 1].rstrip() + " * " + text[column - 1:].lstrip()
-    return f"write '*' for a product, as in {mended if len(mended) <= 40 else '2 * p_j'}"
+    shown = mended if len(mended) <= 40 and mended.isprintable() else "2 * p_j"
+    return f"write '*' for a product, as in {shown}"
 
 
 def _known(word: str) -> bool:

@@ -1,4 +1,6 @@
-"""Times `xent eval` as whole processes against a plain parser, numpy.loadtxt and start-up.
+"""Times `xent eval` as whole processes against a plain parser, numpy.loadtxt and start-up,
+beside two references that bound what it can reach: its block reader with no loss computed,
+and Polars parsing the file and writing float columns as CSV.
 
 Every figure is a whole process (start-up included) timed with wall-clock, its peak RSS read
 from getrusage(RUSAGE_CHILDREN) in a fresh wrapper process. Data goes to bench/data/ (ignored
@@ -41,6 +43,20 @@ PANDAS_PARSE = (
     "import sys, pandas as pd\n"
     "for part in pd.read_csv(sys.argv[1], engine='c', dtype='float64', chunksize=1 << 18):\n"
     "    part.sum()\n"
+)
+# References that bound what xent can reach: xent's own block reader with nothing computed (the
+# summary's ceiling: the parse, checks and copies, no loss), and Polars parsing the file and
+# writing as many full-precision float columns as CSV (what --output .csv costs at the least).
+READER_ONLY = (
+    "import os, sys\n"
+    "os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')  # as xent eval does\n"
+    "from xent_cli import stream\n"
+    "print(sum(len(chunk.data.lines) for chunk in stream.open_source(sys.argv[1]).chunks()))\n"
+)
+POLARS_WRITE_CSV = (
+    "import sys, polars as pl\n"
+    "pl.scan_csv(sys.argv[1], schema_overrides={'label': pl.Float64})"
+    ".select(pl.all() / 3).sink_csv(sys.argv[2])\n"
 )
 # The straightforward route a notebook takes: numpy.loadtxt, then a stable NumPy loss and grad.
 LOADTXT_LOSS = (
@@ -150,7 +166,10 @@ def run(quick: bool = False, repeat: int = 3) -> list[dict]:
     if _has("pandas"):
         big_runs["pandas read_csv C chunks"] = python(PANDAS_PARSE, str(big))
     big_runs["xent"] = xent("eval", str(big), "--show", "0", "--format", "json", "--quiet")
-    outputs, removes = {}, {}
+    big_runs["reader"] = python(READER_ONLY, str(big))
+    removes = {"polars csv": DATA / "polars_written.csv"}
+    big_runs["polars csv"] = python(POLARS_WRITE_CSV, str(big), str(removes["polars csv"]))
+    outputs = {}
     for suffix, reduction, columns in ((".npy", "mean", "loss,grad"), (".npy", "sum", "loss,grad"),
                                        (".parquet", "mean", "loss,grad"),
                                        (".csv", "mean", "loss,grad"), (".npy", "mean", None)):
@@ -161,7 +180,7 @@ def run(quick: bool = False, repeat: int = 3) -> list[dict]:
                               *(("--columns", columns) if columns else ()))
         outputs[name] = 0.5 if columns else None  # every column: for reference
     figures = best_of(big_runs, repeat, removes)
-    summary = figures.pop("xent")
+    summary, reader, polars_csv = figures.pop("xent"), figures.pop("reader"), figures.pop("polars csv")
     written = {name: figures.pop(name) for name in outputs}
     parser_name = min(figures, key=lambda name: figures[name]["seconds"])
     parser = figures[parser_name]
@@ -171,11 +190,19 @@ def run(quick: bool = False, repeat: int = 3) -> list[dict]:
         parser["seconds"] / summary["seconds"], 0.8,
         f"{megabytes / summary['seconds']:.0f} MB/s; CPU s {summary['cpu_seconds']:.2f} vs "
         f"{parser['cpu_seconds']:.2f}, ratio {parser['cpu_seconds'] / summary['cpu_seconds']:.2f}")
+    add(f"xent block reader alone, no loss ({megabytes:.0f} MB)", reader, parser_name, parser,
+        parser["seconds"] / reader["seconds"],
+        note=f"the summary's ceiling; CPU ratio {parser['cpu_seconds'] / reader['cpu_seconds']:.2f}")
+    add(f"polars scan_csv -> sink_csv, 11 float columns ({megabytes:.0f} MB)", polars_csv,
+        parser_name, parser, parser["seconds"] / polars_csv["seconds"],
+        note=f"writes {polars_csv['written_mb']:.0f} MB: --output .csv's floor")
     for name, figure in written.items():
         add(f"xent eval {name} ({megabytes:.0f} MB)", figure, parser_name, parser,
             parser["seconds"] / figure["seconds"], outputs[name],
             f"{megabytes / figure['seconds']:.0f} MB/s in, writes {figure['written_mb']:.0f} MB; "
-            f"CPU ratio {parser['cpu_seconds'] / figure['cpu_seconds']:.2f}")
+            f"CPU ratio {parser['cpu_seconds'] / figure['cpu_seconds']:.2f}"
+            + (f"; {polars_csv['seconds'] / figure['seconds']:.2f}x Polars' own parse and CSV write"
+               if ".csv" in name else ""))
 
     # On the small file: the RSS reference and numpy.loadtxt (a tenth of the speed, so compared
     # in MB/s).

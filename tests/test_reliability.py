@@ -102,6 +102,14 @@ CASES = {
     "wrong-delimiter": eval_case("';'-separated cells read with ','", "z0;z1;label\n1;2;0\n",
                                  "z.csv, line 1: the header is one column 'z0;z1;label'; the cells seem "
                                  "to be separated by ';': give --delimiter ';'"),
+    "decimal-commas": eval_case("';'-separated cells with decimal commas, as a European spreadsheet saves",
+                                "z0;z1;label\n1,5;-2,25;0\n",
+                                "z.csv, line 1: the header is one column 'z0;z1;label'; the cells seem to be "
+                                "separated by ';', with decimal commas, which xent does not read: write 1.5, "
+                                "not 1,5, and give --delimiter ';'"),
+    "decimal-comma-cell": eval_case("a decimal comma, the delimiter given", "z0;z1;label\n1,5;2;0\n",
+                                    "z.csv, line 2, column 'z0': logit '1,5' is not a number; write a "
+                                    "decimal point: 1.5", "--delimiter", ";"),
     "tab-in-csv": eval_case("tab-separated cells in a .csv", "z0\tz1\tlabel\n1\t2\t0\n",
                             "z.csv, line 1: the header is one column 'z0\\tz1\\tlabel'; the cells seem "
                             "to be separated by '\\t'"),

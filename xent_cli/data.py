@@ -32,6 +32,8 @@ STDIN = "-"
 
 # ASCII digits only: Python's float() also reads '١' and '１', which no CSV writer means as numbers.
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# A decimal written with a comma, as spreadsheets in many locales save it: 1,5 for 1.5.
+_DECIMAL_COMMA = re.compile(r"[+-]?[0-9]*,[0-9]+(?:[eE][+-]?[0-9]+)?")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
@@ -129,14 +131,20 @@ class Evaluation:
 
 # --- reading ----------------------------------------------------------------------------------
 
+def delimiter_of(path: str, delimiter: str | None) -> str:
+    """Returns the delimiter a CSV is read with: the given one, or by extension."""
+    if delimiter is not None:
+        return delimiter
+    return "\t" if path.lower().endswith(".tsv") else ","
+
+
 def read_table(path: str, delimiter: str | None = None, *, require_rows: bool = True) -> Table:
     """Returns the header and rows of a CSV file ('-' reads stdin).
 
     This is the one place that parses text, so a faster engine can replace it.
     """
     text = _read_text(path)
-    if delimiter is None:
-        delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    delimiter = delimiter_of(path, delimiter)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True)
     header, header_line, rows, lines = None, 1, [], []
     end = 0  # the line the previous row ended on
@@ -153,6 +161,7 @@ def read_table(path: str, delimiter: str | None = None, *, require_rows: bool = 
                 header, header_line = _header(cells, path, reader.line_num), reader.line_num
                 continue
             if len(cells) != len(header):
+                _check_delimiter(header, cells, delimiter, path, header_line)
                 raise InputError(f"row has {len(cells)} cells, the header has {len(header)}",
                                  source=path, line=reader.line_num)
             rows.append(cells)
@@ -243,7 +252,8 @@ def read_logits(path: str, *, label_col: str = "label", targets_from: str | None
     if targets_from and has_label_col:
         raise InputError(f"has a column {label_col!r} and labels come from {targets_from}; "
                          f"remove one of them", source=path, line=table.header_line)
-    _check_delimiter(table, delimiter)
+    _check_delimiter(table.header, table.rows[0] if table.rows else None,
+                     delimiter_of(path, delimiter), path, table.header_line)
     _check_names(table)
     if not (targets_from or has_label_col):
         raise InputError(f"there is no column {label_col!r}; name the label column with "
@@ -293,18 +303,24 @@ def _read_text(path: str) -> str:
         raise InputError(f"is not UTF-8 text (byte {error.start})", source=path, line=line) from None
 
 
-def _check_delimiter(table: Table, delimiter: str | None) -> None:
-    """Raises InputError when a one-column header and its first row hold another delimiter: the
-    wrong one was used. (A binary classifier's one column may be named 'spam score'.)"""
-    if len(table.header) != 1:
+def _check_delimiter(header: tuple[str, ...], first: tuple[str, ...] | None, delimiter: str,
+                     path: str, line: int) -> None:
+    """Raises InputError when a one-column header and the first row's cells (if any) hold
+    another delimiter: the wrong one was used. (A binary classifier's one column may be named
+    'spam score'.)"""
+    if len(header) != 1:
         return
-    first = table.rows[0][0] if table.rows else ""
+    first_row = header[0] if first is None else delimiter.join(first)  # the line as written
     for other, option in ((";", "';'"), ("\t", "'\\t'"), (",", "','"), ("|", "'|'"),
                           (" ", "' '")):
-        if other != delimiter and other in table.header[0] and (not table.rows or other in first):
-            raise InputError(f"the header is one column {table.header[0]!r}; the cells seem to "
-                             f"be separated by {option}: give --delimiter {option}",
-                             source=table.source, line=table.header_line)
+        if other != delimiter and other in header[0] and other in first_row:
+            commas = delimiter == "," and any(_DECIMAL_COMMA.fullmatch(cell.strip())
+                                              for cell in first_row.split(other))
+            how = (", with decimal commas, which xent does not read: write 1.5, not 1,5, and "
+                   if commas else ": ")
+            raise InputError(f"the header is one column {header[0]!r}; the cells seem to be "
+                             f"separated by {option}{how}give --delimiter {option}",
+                             source=path, line=line)
 
 
 def _looks_like_data(header: tuple[str, ...]) -> bool:
@@ -365,6 +381,9 @@ def parse_number(text: str) -> float:
     if not _NUMBER.fullmatch(text):
         if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
             raise ValueError(f"{text!r} is not a finite number")
+        if _DECIMAL_COMMA.fullmatch(text):
+            raise ValueError(f"{text!r} is not a number; write a decimal point: "
+                             f"{text.replace(',', '.')}")
         raise ValueError(f"{text!r} is not a number" if text else "is missing (empty cell)")
     value = float(text)
     if value in (float("inf"), float("-inf")):

@@ -234,7 +234,7 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
         import polars  # noqa: F401  (only large files pay its import)
     except ImportError:
         return None
-    delimiter = _delimiter_of(path, delimiter)
+    delimiter = data.delimiter_of(path, delimiter)
     header, offset = _plain_header(path, delimiter)
     if label_col not in header or len(header) < 3:
         return None  # the strict reader explains
@@ -299,8 +299,8 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
         import polars  # noqa: F401  (only large files pay its import)
     except ImportError:
         return None
-    delimiter, target_delimiter = (_delimiter_of(path, delimiter),
-                                   _delimiter_of(targets_path, delimiter))
+    delimiter, target_delimiter = (data.delimiter_of(path, delimiter),
+                                   data.delimiter_of(targets_path, delimiter))
     if not os.path.isfile(targets_path):
         return None
     header, offset = _plain_header(path, delimiter)
@@ -354,7 +354,7 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
         import polars  # noqa: F401  (only large files pay its import)
     except ImportError:
         return None
-    delimiter = _delimiter_of(path, delimiter)
+    delimiter = data.delimiter_of(path, delimiter)
     header, offset = _plain_header(path, delimiter)
     k = len(header)
     if k < min_classes or label_col in header:
@@ -465,13 +465,6 @@ def _block_rows(path: str, offset: int, columns: int, delimiter: str) -> Iterato
 
     for rows, _ in _prefetched(_parsed_blocks(path, offset, rows_of)):
         yield rows
-
-
-def _delimiter_of(path: str, delimiter: str | None) -> str:
-    """Returns the delimiter the strict reader uses for a file: the given one, or by extension."""
-    if delimiter is not None:
-        return delimiter
-    return "\t" if path.lower().endswith(".tsv") else ","
 
 
 def _plain_header(path: str, delimiter: str) -> tuple[tuple[str, ...], int]:

@@ -115,7 +115,7 @@ def test_the_seed_gradient_still_fails_at_float32_defaults(runner):
     (["--loss-fn", f"{CASES}:loss_mean"],
      "usercode_cases.py:loss_mean returned shape (); the loss must have shape (8,)"),
     (["--grad-fn", f"{CASES}:nope"], "has no name 'nope'; it defines grad,"),
-    (["--grad-fn", f"{CASES}:NOT_A_FUNCTION"], "NOT_A_FUNCTION is a int, not a function"),
+    (["--grad-fn", f"{CASES}:NOT_A_FUNCTION"], "NOT_A_FUNCTION is an int, not a function"),
     (["--grad-fn", str(ROOT / "tests" / "fixtures" / "syntax_error.py:grad")],
      "syntax_error.py raised SyntaxError"),
     (["--grad-fn", "no_such_file.py:grad"], "no such file no_such_file.py"),
@@ -399,3 +399,74 @@ def test_random_input_options_with_a_file_are_refused(runner, given):
     verb = "shape" if " and " in named else "shapes"
     assert result.stderr == (f"Error: {named} {verb} random inputs; {LOGITS_K3} gives its own "
                              f"samples and classes: drop {named}\n")
+
+
+# --- the user's code as people write it ----------------------------------------------------------
+
+
+def test_the_users_prints_go_to_stderr_and_leave_json_clean(runner, tmp_path):
+    # a debugging print on stdout would corrupt the JSON a script reads there
+    code = tmp_path / "chatty.py"
+    code.write_text("import numpy as np\nprint('loading my grads')\n\n\ndef grad(z, y):\n"
+                    "    print('grad of', z.shape)\n"
+                    "    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)\n"
+                    "    return p - np.eye(z.shape[1])[y]\n")
+    result = check(runner, "--grad-fn", f"{code}:grad", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert as_json(result)["passed"] is True
+    assert "loading my grads" in result.stderr and "grad of (8, 4)" in result.stderr
+
+
+def test_an_exception_in_the_users_code_names_its_line_and_the_inputs(runner, tmp_path):
+    code = tmp_path / "onehot.py"
+    code.write_text("import numpy as np\n\n\ndef grad(z, y):\n"
+                    "    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)\n"
+                    "    return p - y  # y taken for one-hot rows\n")
+    result = check(runner, "--grad-fn", f"{code}:grad")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1, result.stderr
+    message = result.stderr
+    assert "onehot.py:grad raised ValueError: operands could not be broadcast" in message
+    assert "onehot.py, line 6" in message, message
+    assert "z (8, 4) float64 and y (8,) int64 class labels" in message, message
+    assert "np.eye(k)[y]" in message, message
+
+
+def test_a_missing_module_says_which_python_runs_the_code(runner, tmp_path):
+    # xent often lives in a venv of its own, without the user's torch
+    code = tmp_path / "needs.py"
+    code.write_text("import numpy as np\nimport no_such_module_xent_test\n")
+    result = check(runner, "--grad-fn", f"{code}:grad")
+    assert result.exit_code == 2, result.output
+    assert "ModuleNotFoundError: No module named 'no_such_module_xent_test'" in result.stderr
+    assert "line 2" in result.stderr and sys.executable in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("spec", ["mine:grad", "pkg.mine:grad", "./mine.py:grad"])
+def test_a_module_colon_function_spec_finds_the_file(runner, tmp_path, monkeypatch, spec):
+    # module:function is how uvicorn, entry points and pytest name code; the file is module.py
+    source = pathlib.Path(CASES).read_text()
+    (tmp_path / "mine.py").write_text(source)
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mine.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    result = check(runner, "--grad-fn", spec)
+    assert result.exit_code == 0, result.output
+    assert "mine.py:grad" in result.stdout
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("mine.py", "mine.py defines grad, hessian, loss"),
+    ("mine.grad", "e.g. mine.py:grad"),
+    ("nothere:grad", "no such file nothere.py"),
+])
+def test_a_spec_without_a_function_name_lists_the_files_functions(runner, tmp_path, monkeypatch,
+                                                                    spec, says):
+    (tmp_path / "mine.py").write_text("import numpy as np\n\n\ndef grad(z, y):\n    return z\n\n\n"
+                                      "def hessian(z, y):\n    return z\n\n\n"
+                                      "def loss(z, y):\n    return z\n\n\ndef _private(z):\n"
+                                      "    return z\n")
+    monkeypatch.chdir(tmp_path)
+    result = check(runner, "--grad-fn", spec)
+    assert result.exit_code == 2, result.output
+    assert says in result.stderr and result.stderr.count("\n") == 1, result.stderr

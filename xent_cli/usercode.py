@@ -14,12 +14,15 @@ for binary cross-entropy, (N, k) in [0, 1]):
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import importlib.util
 import os
 import sys
+import traceback
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -36,17 +39,26 @@ class UserCodeError(XentError):
 
 @dataclass(frozen=True)
 class UserFunction:
-    """A function of the user's and how to name it ("my_grad.py:grad")."""
+    """A function of the user's, how to name it ("my_grad.py:grad") and the file it is in."""
 
     name: str
     function: Callable
+    path: str = ""
 
 
 def load(spec: str, option: str = "--grad-fn") -> UserFunction:
-    """Returns the function NAME of the Python file FILE, from the spec 'FILE.py:NAME'."""
+    """Returns the function NAME of the Python file FILE, from the spec 'FILE.py:NAME'.
+
+    'MODULE:NAME' (uvicorn's and entry points' form) names the file MODULE.py, dots as folders,
+    from the current folder.
+    """
     path, sep, name = spec.rpartition(":")
     if not sep or not path or not name:
-        raise UserCodeError(f"{option} {spec!r}: expected FILE.py:NAME, e.g. my_grad.py:grad")
+        raise UserCodeError(f"{option} {spec!r}: expected FILE.py:NAME, e.g. "
+                            f"{_example(spec)}")
+    if not os.path.isfile(path) and not path.endswith(".py"):
+        module_file = path.replace(".", os.sep) + ".py"
+        path = module_file if os.path.isfile(module_file) else path + ".py"
     label = f"{os.path.basename(path)}:{name}"
     if not os.path.isfile(path):
         raise UserCodeError(f"{option} {spec!r}: no such file {path}")
@@ -58,9 +70,12 @@ def load(spec: str, option: str = "--grad-fn") -> UserFunction:
     folder = os.path.dirname(os.path.abspath(path))
     sys.path.insert(0, folder)  # the user's file may import its neighbours
     try:
-        loader_spec.loader.exec_module(module)
+        with _prints_to_stderr():
+            loader_spec.loader.exec_module(module)
     except USER_FAULTS as error:
-        raise UserCodeError(f"{option}: importing {path} raised {_describe(error)}") from None
+        where = "" if isinstance(error, SyntaxError) else _line_in(error, path)
+        raise UserCodeError(f"{option}: importing {path} raised {_describe(error)}"
+                            f"{where and f' ({where})'}{_missing_module_hint(error)}") from None
     finally:
         if sys.path and sys.path[0] == folder:
             sys.path.pop(0)
@@ -71,14 +86,59 @@ def load(spec: str, option: str = "--grad-fn") -> UserFunction:
         raise UserCodeError(f"{option}: {path} has no name {name!r}{hint}")
     function = getattr(module, name)
     if not callable(function):
-        raise UserCodeError(f"{option}: {label} is a {type(function).__name__}, not a function")
-    return UserFunction(name=label, function=function)
+        kind = type(function).__name__
+        raise UserCodeError(f"{option}: {label} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, "
+                            f"not a function")
+    return UserFunction(name=label, function=function, path=os.path.abspath(path))
+
+
+def _example(spec: str) -> str:
+    """Returns a FILE.py:NAME for a spec without its name: the file's own functions if it has any.
+
+    The file is parsed, not run, to list them: 'mine.py' and 'mine.grad' both mean mine.py.
+    """
+    path, name = spec, "grad"
+    if not os.path.isfile(path) and "." in spec and not spec.endswith(".py"):
+        path, name = spec.rsplit(".", 1)[0] + ".py", spec.rsplit(".", 1)[1]
+    try:
+        with open(path, encoding="utf-8") as file:
+            tree = ast.parse(file.read())
+    except (OSError, ValueError, SyntaxError):
+        return f"{spec if spec.endswith('.py') else 'my_grad.py'}:{name}"
+    defined = sorted(node.name for node in tree.body
+                     if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"))
+    example = f"{path}:{name if name in defined or not defined else defined[0]}"
+    return f"{example}; {path} defines {', '.join(defined)}" if defined else example
+
+
+@contextlib.contextmanager
+def _prints_to_stderr() -> Iterator[None]:
+    """Sends what the user's code prints to stderr: stdout holds the report (JSON a script reads)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def _describe(error: BaseException) -> str:
     """Returns 'TypeError: message' for an exception."""
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _line_in(error: BaseException, path: str) -> str:
+    """Returns 'file.py, line 6': the last line of the user's file that the error went through."""
+    line = None
+    for frame, number in traceback.walk_tb(error.__traceback__):
+        if os.path.abspath(frame.f_code.co_filename) == os.path.abspath(path):
+            line = number
+    return "" if line is None else f"{os.path.basename(path)}, line {line}"
+
+
+def _missing_module_hint(error: BaseException) -> str:
+    """Says which Python runs the user's code: xent's venv often lacks the user's packages."""
+    if not isinstance(error, ModuleNotFoundError) or not error.name:
+        return ""
+    return (f"; xent runs your code under {sys.executable}: install {error.name.split('.')[0]} "
+            f"there, or install xent where it is")
 
 
 def call(user: UserFunction, z: np.ndarray, y: np.ndarray, shape: tuple[int, ...],
@@ -91,14 +151,16 @@ def call(user: UserFunction, z: np.ndarray, y: np.ndarray, shape: tuple[int, ...
     complex_input = np.iscomplexobj(z)
     try:
         # NaN, inf and dropped imaginary parts are reported from the values, not warned
-        with np.errstate(all="ignore"), warnings.catch_warnings():
+        with np.errstate(all="ignore"), warnings.catch_warnings(), _prints_to_stderr():
             warnings.simplefilter("ignore")
             out = user.function(z.copy(), y.copy())
     except USER_FAULTS as error:
         if complex_input:
             raise UserCodeError(_not_complex_safe(user, f"it raises {_describe(error)}")) from None
-        raise UserCodeError(f"{user.name} raised {_describe(error)} when called as "
-                            f"{user.name.split(':')[1]}(z, y) with z of shape {z.shape}") from None
+        where = _line_in(error, user.path)
+        raise UserCodeError(f"{user.name} raised {_describe(error)}{where and f' ({where})'} "
+                            f"when called as {user.name.split(':')[1]}(z, y) with "
+                            f"{_inputs(z, y)}{_one_hot_hint(error, z, y)}") from None
     try:
         out = np.asarray(out)
     except Exception:
@@ -118,6 +180,19 @@ def call(user: UserFunction, z: np.ndarray, y: np.ndarray, shape: tuple[int, ...
         raise UserCodeError(f"{user.name} returned shape {out.shape}; the {what} must have shape "
                             f"{shape} ({expected}: {_layout(what)})")
     return out
+
+
+def _inputs(z: np.ndarray, y: np.ndarray) -> str:
+    """Describes the arguments: 'z (8, 4) float64 and y (8,) int64 class labels'."""
+    kind = "class labels" if y.ndim == 1 and np.issubdtype(y.dtype, np.integer) else "targets"
+    return f"z {z.shape} {z.dtype} and y {y.shape} {y.dtype} {kind}"
+
+
+def _one_hot_hint(error: BaseException, z: np.ndarray, y: np.ndarray) -> str:
+    """Names the usual cause of a broadcast error: code written for one-hot rows gets labels."""
+    if y.ndim == 1 and z.ndim == 2 and "broadcast" in str(error):
+        return "; y holds class indices, not one-hot rows: np.eye(k)[y] makes the rows"
+    return ""
 
 
 def _layout(what: str) -> str:

@@ -597,6 +597,29 @@ def test_ctrl_c_while_the_results_print_is_told_as_inside_the_command(runner, tm
     assert result.stderr.strip() == "Interrupted." and "Traceback" not in result.output
 
 
+class _LoadingInterrupted:
+    """Stands for xent_cli.cli while Ctrl-C lands in the imports of Typer, Rich and NumPy."""
+
+    def __getattr__(self, name):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_the_cli_loads_is_told_as_inside_the_command(monkeypatch, capsys):
+    import importlib.metadata
+    import sys
+
+    from xent_cli import __main__ as entry
+
+    monkeypatch.setitem(sys.modules, "xent_cli.cli", _LoadingInterrupted())
+    with pytest.raises(SystemExit) as leaving:
+        entry.run()
+    assert leaving.value.code == 130
+    assert capsys.readouterr().err == "Interrupted.\n"
+    # the console script goes through it too, not straight to the module that loads slowly
+    scripts = importlib.metadata.entry_points(group="console_scripts", name="xent")
+    assert [script.value for script in scripts] == ["xent_cli.__main__:run"]
+
+
 def test_the_process_leaves_with_its_exit_code_and_all_its_output(tmp_path):
     """xent exits without finalising Python (cli.main): nothing written may be lost on the way."""
     import json

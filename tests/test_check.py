@@ -470,3 +470,18 @@ def test_a_spec_without_a_function_name_lists_the_files_functions(runner, tmp_pa
     result = check(runner, "--grad-fn", spec)
     assert result.exit_code == 2, result.output
     assert says in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_result_numpy_cannot_read_says_why(runner, tmp_path):
+    # torch's tensor that requires grad refuses np.asarray; its own message names the fix
+    code = tmp_path / "tensor.py"
+    code.write_text("class Tensor:\n    def __array__(self, dtype=None, copy=None):\n"
+                    "        raise RuntimeError(\"Can't call numpy() on Tensor that requires grad. "
+                    "Use tensor.detach().numpy() instead.\")\n\n\n"
+                    "def grad(z, y):\n    return Tensor()\n")
+    result = check(runner, "--grad-fn", f"{code}:grad")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert ("tensor.py:grad returned a Tensor that NumPy cannot read (RuntimeError: Can't call "
+            "numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.)"
+            in result.stderr), result.stderr

@@ -163,8 +163,9 @@ def call(user: UserFunction, z: np.ndarray, y: np.ndarray, shape: tuple[int, ...
                             f"{_inputs(z, y)}{_one_hot_hint(error, z, y)}") from None
     try:
         out = np.asarray(out)
-    except Exception:
-        raise UserCodeError(f"{user.name} returned a {type(out).__name__}, not an array") from None
+    except Exception as error:
+        raise UserCodeError(f"{user.name} returned a {type(out).__name__} that NumPy cannot read "
+                            f"({_describe(error)})") from None
     if out.dtype == object or not (np.issubdtype(out.dtype, np.number) or out.dtype == bool):
         raise UserCodeError(f"{user.name} returned an array of {out.dtype}, not numbers")
     if complex_input and not np.iscomplexobj(out):

@@ -681,7 +681,9 @@ def test_the_process_leaves_with_its_exit_code_and_all_its_output(tmp_path):
     ("2>&-", ("eval", "nope.csv"), 2),
     (">&- 2>&-", ("eval", "nope.csv"), 2),
     (">&-", ("check", "z.csv", "--expr", "p"), 1),
-], ids=["stdout", "stderr", "both", "check-fails"])
+    ("<&-", ("eval", "-"), 2),
+    ("<&-", ("check", "-"), 2),
+], ids=["stdout", "stderr", "both", "check-fails", "stdin", "stdin-check"])
 def test_a_stream_closed_before_xent_starts_keeps_the_exit_code(tmp_path, closed, arguments, exit):
     """The shell's `>&-` leaves Python a stream of None: the exit flushes the others, and the
     command's exit code is the process's."""
@@ -696,6 +698,8 @@ def test_a_stream_closed_before_xent_starts_keeps_the_exit_code(tmp_path, closed
                          text=True, timeout=120)
     assert run.returncode == exit, run.stderr
     assert "Traceback" not in run.stderr
+    if closed == "<&-":
+        assert run.stderr == "Error: -: stdin is closed; pipe or redirect a file into it\n"
 
 
 @pytest.mark.parametrize("plain", [{"NO_COLOR": "1"}, {"TERM": "dumb"}], ids=["NO_COLOR", "TERM=dumb"])

@@ -452,3 +452,69 @@ def test_an_npy_array_named_npz_is_told_so(tmp_path):
     (tmp_path / "z.npy").rename(tmp_path / "z.npz")
     with pytest.raises(InputError, match="holds one array, as an .npy file does.*name it .npy"):
         stream.open_source(str(tmp_path / "z.npz"))
+
+
+# --- stdin: copied to a temporary file, so that a large stream streams ---------------------------
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """Points temporary files at a directory of the test's own, to see what is left there."""
+    import tempfile
+
+    directory = tmp_path / "scratch"
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    return directory
+
+
+def test_stdin_takes_the_fast_reader_and_gives_the_file_s_results(runner, tmp_path, monkeypatch,
+                                                                  fast, scratch):
+    rng = np.random.default_rng(11)
+    text = _csv(rng.normal(scale=3, size=(200, 4)), rng.integers(0, 4, size=200))
+    (tmp_path / "z.csv").write_text(text)
+    opened = []
+    real = stream._fast_csv
+    monkeypatch.setattr(stream, "_fast_csv", lambda *a, **o: opened.append(a[0]) or real(*a, **o))
+    for reduction in ("mean", "sum"):
+        piped_out, file_out = tmp_path / f"piped_{reduction}.csv", tmp_path / f"file_{reduction}.csv"
+        piped = runner.invoke(app, ["eval", "-", "--format", "json", "--reduction", reduction,
+                                    "--output", str(piped_out)], input=text)
+        from_file = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--format", "json",
+                                        "--reduction", reduction, "--output", str(file_out)])
+        assert piped.exit_code == from_file.exit_code == 0, piped.output + from_file.output
+        piped_fields, file_fields = json.loads(piped.stdout), json.loads(from_file.stdout)
+        assert piped_fields.pop("source") == "-"
+        assert file_fields.pop("source") == str(tmp_path / "z.csv")
+        assert piped_fields == file_fields
+        assert piped_out.read_bytes() == file_out.read_bytes()  # 'mean' reads its input twice
+    assert len(opened) == 4 and all(path.startswith(str(scratch)) for path in opened[::2])
+    assert list(scratch.iterdir()) == []  # the copy is gone
+
+
+def test_stdin_errors_name_dash_and_leave_no_copy(runner, fast, scratch):
+    # the fast reader meets 'x', the strict reader reads the copy again and names the line
+    result = runner.invoke(app, ["eval", "-"], input="z0,z1,label\n1,2,0\n3,x,1\n")
+    assert result.exit_code == 2
+    assert result.stderr == "Error: -, line 3, column 'z1': logit 'x' is not a number\n"
+    assert list(scratch.iterdir()) == []
+
+
+def test_stdin_table_names_dash_for_the_input_and_its_labels(runner, scratch):
+    result = runner.invoke(app, ["eval", "-", "--show", "0"], input="z0,z1,label\n1,2,0\n3,4,1\n")
+    assert result.exit_code == 0, result.output
+    assert "cross-entropy of -" in result.stdout and "labels from -" in result.stdout
+
+
+def test_stdin_that_cannot_be_copied_is_one_line(runner, monkeypatch, scratch):
+    import errno
+
+    def full(*arguments):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(stream.shutil, "copyfileobj", full)
+    result = runner.invoke(app, ["eval", "-"], input="z0,z1,label\n1,2,0\n")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: -: cannot be copied to a temporary file in ")
+    assert result.stderr.endswith(": No space left on device; set TMPDIR to a directory with "
+                                  "room for it\n")
+    assert list(scratch.iterdir()) == []

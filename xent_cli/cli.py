@@ -302,28 +302,26 @@ def eval_command(
         if columns is not None:  # a misspelt name is told before a large input is read
             rows_file.columns(columns, has_labels=targets is None, has_predictions=loss is Loss.ce)
         min_classes = _min_classes(loss)
-        source = stream.open_source(logits, label_col=label_col, labels_path=labels,
-                                    targets_path=targets, delimiter=delimiter,
-                                    min_classes=min_classes)
-        weights = None if weight is None else data.parse_weights(weight, len(source.class_names))
-        options = dict(loss=loss.value, weight=weights,
-                       pos_weight=_pos_weights(pos_weight, len(source.class_names)),
-                       ignore_index=ignore_index, label_smoothing=label_smoothing,
-                       reduction=reduction.value, dtype=dtype.value, show=show,
-                       fallback=lambda: stream.strict_source(logits, label_col=label_col,
-                                                             labels_path=labels,
-                                                             targets_path=targets,
-                                                             delimiter=delimiter,
-                                                             min_classes=min_classes))
-        with _eval_progress(source, quiet) as progress:
-            if output is None:
-                summary = stream.evaluate(source, progress=progress, **options)
-            else:
-                written = rows_file.columns(columns, has_labels=source.has_labels,
-                                            has_predictions=loss is Loss.ce)
-                with rows_file.writer(output, [logits, labels, targets], written) as write:
-                    summary = stream.evaluate(source, progress=progress, rows=write,
-                                              rows_with=written, **options)
+        reading = dict(label_col=label_col, labels_path=labels, targets_path=targets,
+                       delimiter=delimiter, min_classes=min_classes, name=logits)
+        with stream.stdin_copied(logits, beside=(labels, targets)) as readable:
+            source = stream.open_source(readable, **reading)
+            k = len(source.class_names)
+            options = dict(loss=loss.value,
+                           weight=None if weight is None else data.parse_weights(weight, k),
+                           pos_weight=_pos_weights(pos_weight, k),
+                           ignore_index=ignore_index, label_smoothing=label_smoothing,
+                           reduction=reduction.value, dtype=dtype.value, show=show,
+                           fallback=lambda: stream.strict_source(readable, **reading))
+            with _eval_progress(source, quiet) as progress:
+                if output is None:
+                    summary = stream.evaluate(source, progress=progress, **options)
+                else:
+                    written = rows_file.columns(columns, has_labels=source.has_labels,
+                                                has_predictions=loss is Loss.ce)
+                    with rows_file.writer(output, [logits, labels, targets], written) as write:
+                        summary = stream.evaluate(source, progress=progress, rows=write,
+                                                  rows_with=written, **options)
     console = stdout()
     if output_format is EvalFormat.json:
         console.out(render.to_json(summary), highlight=False)

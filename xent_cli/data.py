@@ -21,7 +21,7 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
@@ -275,14 +275,22 @@ def _too_few_classes(found: int, min_classes: int) -> str:
     return f"found no logit column; binary cross-entropy needs at least {min_classes}"
 
 
+def stdin_bytes() -> BinaryIO:
+    """Returns stdin as bytes; an error when it was closed before xent started (<&-)."""
+    if sys.stdin is None:
+        raise InputError("stdin is closed; pipe or redirect a file into it", source=STDIN)
+    if getattr(sys.stdin, "buffer", None) is None:  # a text stream alone (an embedding program's)
+        return io.BytesIO(sys.stdin.read().encode("utf-8"))
+    return sys.stdin.buffer
+
+
 def _read_text(path: str) -> str:
     """Returns a file's text (stdin for '-'); binary or undecodable input is an error."""
     if not path:
         raise InputError("the file name is empty ('' was given); name a CSV file, or '-' for stdin")
     try:
         if path == STDIN:
-            stream = getattr(sys.stdin, "buffer", None)
-            raw = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
+            raw = stdin_bytes().read()
         else:
             with open(path, "rb") as file:
                 raw = file.read()

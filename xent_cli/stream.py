@@ -5,7 +5,8 @@ softmax cross-entropy (``losses``) and binary cross-entropy per class (``bce``);
 combine the same way for both.
 
 A source yields chunks of samples (an EvalInput each, with the file lines of its samples). Small
-CSV files and stdin go through the strict reader of ``data``; a large CSV goes through a fast
+CSV files go through the strict reader of ``data`` (stdin is read from a copy in a temporary
+file, as a file of its size is); a large CSV goes through a fast
 block reader (Polars on byte blocks cut at line ends) that checks every block vectorised and, on
 anything unusual, hands the file back to the strict reader, whose message names the exact line
 and column. ``.npy`` (memory-mapped), ``.npz`` and ``.parquet`` are chosen by extension, and
@@ -25,6 +26,8 @@ import functools
 import io
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Callable, Collection, Iterator
 
@@ -133,13 +136,61 @@ class Summary:
 
 # --- sources ----------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def stdin_copied(path: str, beside: Collection[str | None] = ()) -> Iterator[str]:
+    """Yields the file to read path from: path itself, or for stdin ('-') a temporary copy.
+
+    Through a copy, a large stream takes the fast reader in bounded memory and can go back to
+    the strict reader when a block is unusual, as a file does. The copy's errors name '-' (as
+    do sources opened with name='-'); it is deleted on the way out. Stdin is left alone when
+    beside (the labels or targets) reads it too: the strict reader says it can be read once.
+    """
+    if path != data.STDIN or data.STDIN in beside:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="xent-") as directory:
+        copy = os.path.join(directory, "stdin.csv")
+        try:
+            with open(copy, "wb") as file:
+                shutil.copyfileobj(data.stdin_bytes(), file, 1 << 20)
+        except OSError as error:
+            raise InputError(f"cannot be copied to a temporary file in {directory}: "
+                             f"{error.strerror or error}; set TMPDIR to a directory with room "
+                             f"for it", source=data.STDIN) from None
+        try:
+            yield copy
+        except InputError as error:
+            if error.source != copy:
+                raise
+            raise InputError(error.message, source=data.STDIN, line=error.line,
+                             sample=error.sample, column=error.column, row=error.row) from None
+
+
+def _named(source: Source, path: str, name: str | None) -> Source:
+    """Returns source named name (where given) in results, as its targets are when in it."""
+    if name is None or name == path:
+        return source
+    target_source = name if source.target_source == path else source.target_source
+    return dataclasses.replace(source, name=name, target_source=target_source)
+
+
 def open_source(path: str, *, label_col: str = "label", labels_path: str | None = None,
                 targets_path: str | None = None, delimiter: str | None = None,
-                chunk_rows: int | None = None, min_classes: int = 2) -> Source:
+                chunk_rows: int | None = None, min_classes: int = 2,
+                name: str | None = None) -> Source:
     """Opens logits (CSV, .npy, .npz, .parquet by extension) with their targets for streaming.
 
-    min_classes is 2 for softmax cross-entropy, 1 for binary cross-entropy.
+    min_classes is 2 for softmax cross-entropy, 1 for binary cross-entropy. name, when given,
+    is what results call the input (stdin's '-' for its copy).
     """
+    return _named(_open_source(path, label_col=label_col, labels_path=labels_path,
+                               targets_path=targets_path, delimiter=delimiter,
+                               chunk_rows=chunk_rows, min_classes=min_classes), path, name)
+
+
+def _open_source(path: str, *, label_col: str, labels_path: str | None,
+                 targets_path: str | None, delimiter: str | None, chunk_rows: int | None,
+                 min_classes: int) -> Source:
     if labels_path is not None and targets_path is not None:
         raise InputError("give either labels or soft targets, not both")
     side = labels_path or targets_path
@@ -191,11 +242,13 @@ def _has_arrays(path: str, labels_path: str | None, targets_path: str | None) ->
 
 def strict_source(path: str, *, label_col: str = "label", labels_path: str | None = None,
                   targets_path: str | None = None, delimiter: str | None = None,
-                  chunk_rows: int | None = None, min_classes: int = 2) -> Source:
-    """Opens a CSV (with its labels or targets, if any) with the strict reader, whatever its size."""
+                  chunk_rows: int | None = None, min_classes: int = 2,
+                  name: str | None = None) -> Source:
+    """Opens a CSV (with its labels or targets, if any) with the strict reader, whatever its
+    size; name as for open_source."""
     loaded = read_input(path, label_col=label_col, labels_path=labels_path,
                         targets_path=targets_path, delimiter=delimiter, min_classes=min_classes)
-    return _in_memory(loaded, chunk_rows)
+    return _named(_in_memory(loaded, chunk_rows), path, name)
 
 
 def _in_memory(loaded: data.EvalInput, chunk_rows: int | None) -> Source:

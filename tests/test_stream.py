@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import io
 import json
 import math
 import subprocess
@@ -508,13 +509,33 @@ def test_stdin_table_names_dash_for_the_input_and_its_labels(runner, scratch):
 def test_stdin_that_cannot_be_copied_is_one_line(runner, monkeypatch, scratch):
     import errno
 
-    def full(*arguments):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class Full(io.BytesIO):
+        def write(self, piece):
+            raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(stream.shutil, "copyfileobj", full)
+    monkeypatch.setattr(stream, "open", lambda *arguments: Full(), raising=False)
     result = runner.invoke(app, ["eval", "-"], input="z0,z1,label\n1,2,0\n")
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: -: cannot be copied to a temporary file in ")
     assert result.stderr.endswith(": No space left on device; set TMPDIR to a directory with "
                                   "room for it\n")
     assert list(scratch.iterdir()) == []
+
+
+def test_stdin_copy_shows_its_progress_and_ends_it_before_the_reading(monkeypatch, scratch):
+    import contextlib
+
+    text = "z0,z1,label\n" + "1,2,0\n" * 300_000  # 1.8 MB: two pieces of 1 MiB
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    shown, events = [], []
+
+    @contextlib.contextmanager
+    def progress():
+        events.append("shown")
+        yield shown.append
+        events.append("hidden")
+
+    with stream.stdin_copied("-", progress=progress) as path:
+        events.append("read")
+        assert open(path, encoding="utf-8").read() == text
+    assert shown == [1 << 20, len(text)] and events == ["shown", "hidden", "read"]

@@ -304,7 +304,8 @@ def eval_command(
         min_classes = _min_classes(loss)
         reading = dict(label_col=label_col, labels_path=labels, targets_path=targets,
                        delimiter=delimiter, min_classes=min_classes, name=logits)
-        with stream.stdin_copied(logits, beside=(labels, targets)) as readable:
+        with stream.stdin_copied(logits, beside=(labels, targets),
+                                 progress=lambda: _copy_progress(quiet)) as readable:
             source = stream.open_source(readable, **reading)
             k = len(source.class_names)
             options = dict(loss=loss.value,
@@ -370,6 +371,24 @@ def _pos_weights(text: str | None, k: int) -> tuple[float, ...] | None:
         return data.parse_weights(text, k)
     except InputError as error:  # its messages name --weight, the option it was written for
         raise InputError(error.message.replace("--weight", "--pos-weight", 1)) from None
+
+
+@contextlib.contextmanager
+def _copy_progress(quiet: bool):
+    """Yields a callback showing how much of stdin has been copied, or None when it would not be
+    seen: a stream has no size to show a bar against."""
+    console = stderr()
+    if quiet or not console.is_terminal:
+        yield None
+        return
+    from rich import progress as rich_progress
+
+    with rich_progress.Progress(rich_progress.TextColumn("reading stdin"),
+                                rich_progress.DownloadColumn(),
+                                rich_progress.TransferSpeedColumn(),
+                                console=console, transient=True) as bar:
+        task = bar.add_task("stdin", total=None)
+        yield lambda copied: bar.update(task, completed=copied)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,6 @@ import functools
 import io
 import math
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from typing import Callable, Collection, Iterator
@@ -137,13 +136,17 @@ class Summary:
 # --- sources ----------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def stdin_copied(path: str, beside: Collection[str | None] = ()) -> Iterator[str]:
+def stdin_copied(path: str, beside: Collection[str | None] = (),
+                 progress: Callable[[], contextlib.AbstractContextManager] | None = None
+                 ) -> Iterator[str]:
     """Yields the file to read path from: path itself, or for stdin ('-') a temporary copy.
 
     Through a copy, a large stream takes the fast reader in bounded memory and can go back to
     the strict reader when a block is unusual, as a file does. The copy's errors name '-' (as
     do sources opened with name='-'); it is deleted on the way out. Stdin is left alone when
     beside (the labels or targets) reads it too: the strict reader says it can be read once.
+    progress, when given, makes a context for the copy alone, which yields None or a callback
+    that receives the number of bytes copied so far.
     """
     if path != data.STDIN or data.STDIN in beside:
         yield path
@@ -151,8 +154,14 @@ def stdin_copied(path: str, beside: Collection[str | None] = ()) -> Iterator[str
     with tempfile.TemporaryDirectory(prefix="xent-") as directory:
         copy = os.path.join(directory, "stdin.csv")
         try:
-            with open(copy, "wb") as file:
-                shutil.copyfileobj(data.stdin_bytes(), file, 1 << 20)
+            shown = progress() if progress is not None else contextlib.nullcontext()
+            with open(copy, "wb") as file, shown as update:
+                stdin, copied = data.stdin_bytes(), 0
+                while piece := stdin.read(1 << 20):
+                    file.write(piece)
+                    copied += len(piece)
+                    if update is not None:
+                        update(copied)
         except OSError as error:
             raise InputError(f"cannot be copied to a temporary file in {directory}: "
                              f"{error.strerror or error}; set TMPDIR to a directory with room "

@@ -16,7 +16,8 @@ for Richardson). It returns a CheckReport; the caller decides what to print and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -88,6 +89,11 @@ class Problem:
     source: str  # where the inputs come from, for the report
     loss: str = "ce"
     b: np.ndarray | None = None  # (N, k), 'bce' only
+    # The options 'a' was built from, for gradients under other options (diagnose); 'ce' only
+    weight: np.ndarray | None = None  # (k,) class weights as given, None without --weight
+    label_smoothing: float = 0.0
+    ignored: np.ndarray | None = None  # (N,) samples whose label is ignore_index
+    divisor: float = 1.0  # what reduction='mean' divides the summed loss by
 
     @property
     def n(self) -> int:
@@ -101,6 +107,11 @@ class Problem:
     def labels(self) -> np.ndarray | None:
         """Returns the class labels, or None for soft or per-class targets."""
         return self.target if self.target.ndim == 1 else None
+
+    @functools.cached_property
+    def probabilities(self) -> np.ndarray:
+        """Returns softmax(z) row by row, computed once: the diagnosis rebuilds many gradients."""
+        return losses.softmax(self.z)
 
     @property
     def class_targets(self) -> np.ndarray | None:
@@ -124,14 +135,16 @@ def problem(z, target, *, loss: str = "ce", weight=None, pos_weight=None, ignore
                                   label_smoothing=label_smoothing, reduction="sum", dtype=dtype)
     z = np.asarray(z, dtype=np.float64)
     k = z.shape[1]
-    weight = np.ones(k) if weight is None else np.asarray(weight, dtype=np.float64)
+    given = None if weight is None else np.asarray(weight, dtype=np.float64)
+    weight = np.ones(k) if weight is None else given
     target = np.asarray(target)
     if target.ndim == 1:
         target = target.astype(np.int64)
     a = losses.coefficients(target if target.ndim == 1 else target.astype(np.float64), k, weight,
                             label_smoothing, result.ignored)
     return Problem(z=z, target=target, a=a, grad=result.grad, per_sample=result.per_sample,
-                   source=source)
+                   source=source, weight=given, label_smoothing=float(label_smoothing),
+                   ignored=result.ignored, divisor=float(result.divisor))
 
 
 def _bce_problem(z, target, weight, pos_weight, dtype: str, source: str) -> Problem:
@@ -399,6 +412,23 @@ class SweepPoint:
 
 
 @dataclass(frozen=True)
+class Diagnosis:
+    """A typical mistake that explains every entry of a failing gradient within the tolerance.
+
+    The code under test computes the mistake's gradient (``formula``, with ``parameter``),
+    divided by ``divisor`` when it is backward() of a reduction='mean' loss.
+    """
+
+    mistake: str  # the name of one of MISTAKES
+    formula: str  # the wrong gradient, e.g. "p − ((1 − ε)·y + ε/k)"
+    parameter: float | int | tuple[float | None, ...] | None = None  # ε, the shift, weights
+    given: float | tuple[float, ...] | None = None  # what xent was given in its place
+    divisor: float | None = None  # what the gradient is divided by, if anything
+    max_abs_diff: float = 0.0  # the largest |analytic · divisor − the mistake's gradient|
+    weighted: bool = False  # xent was given class weights: each row carries its sample's S
+
+
+@dataclass(frozen=True)
 class CheckReport:
     """The verdict of one check, entry by entry, with everything a reader needs to trust it."""
 
@@ -421,6 +451,7 @@ class CheckReport:
     sweep: tuple[SweepPoint, ...] = field(default=())
     loss: str = "ce"  # the loss whose derivative this is: 'ce' or 'bce'
     scale: float | None = None  # a failing analytic side that is this constant times the numeric
+    diagnosis: Diagnosis | None = None  # a typical mistake that explains every entry, if one does
 
     @property
     def passed(self) -> bool:
@@ -547,11 +578,14 @@ def check_gradient(problem: Problem, analytic: np.ndarray, loss: Function, tol: 
     """Checks a per-sample gradient (N, k) against the numeric derivative of the loss."""
     numeric, estimate = derivative(loss, problem.z, tol.method, tol.eps)
     points = sweep_steps(loss, problem.z, analytic, tol.method) if sweep else ()
-    return compare(analytic, numeric, tol, quantity="gradient", analytic_source=analytic_source,
-                   numeric_source=f"{method_name(tol.method)} of {loss_source}",
-                   source=problem.source, estimate=estimate, agreements=agreements,
-                   sweep=points, labels=problem.labels, loss=problem.loss,
-                   targets=problem.class_targets)
+    report = compare(analytic, numeric, tol, quantity="gradient", analytic_source=analytic_source,
+                     numeric_source=f"{method_name(tol.method)} of {loss_source}",
+                     source=problem.source, estimate=estimate, agreements=agreements,
+                     sweep=points, labels=problem.labels, loss=problem.loss,
+                     targets=problem.class_targets)
+    if report.failed and report.scale is None and report.nonfinite is None:
+        report = replace(report, diagnosis=diagnose(problem, analytic, tol))
+    return report
 
 
 def check_directional(problem: Problem, analytic: np.ndarray, loss: Function, tol: Tolerance, *,
@@ -751,6 +785,175 @@ def _bce_symbolic_gradient(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, bo
                      for symbol, v in zip(arguments, (*z[i], *y[i])) if symbol in free}
             out[i, c] = float(direct.xreplace(point).evalf(digits))
     return out, derived.verified
+
+
+# --- diagnosis: the typical mistakes behind a wrong gradient -------------------------------------
+
+# The weights' fit holds one (N, k) gradient per class; above this many numbers it is skipped.
+WEIGHTS_FIT_MAX = 4_000_000
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A typical wrong gradient of the softmax cross-entropy, computed from the problem.
+
+    ``fit(problem, g)`` returns (gradient, parameter) pairs: the mistake's gradients nearest g
+    (a fitted ε or weights; each label shift), none where the mistake cannot apply.
+    """
+
+    name: str
+    formula: str  # the wrong gradient, in the report's notation (y: the targets xent uses)
+    fit: Callable[[Problem, np.ndarray], list[tuple[np.ndarray, object]]]
+    divisible: bool = True  # tried divided by the mean's divisor too (fitted weights absorb it)
+
+
+def _ce_gradient(problem: Problem, *, target: np.ndarray | None = None,
+                 weight: np.ndarray | None = None, label_smoothing: float | None = None,
+                 p: np.ndarray | None = None) -> np.ndarray:
+    """Returns S·p − a, the per-sample gradient with some of the problem's options replaced."""
+    target = problem.target if target is None else target
+    if target.ndim == 2:
+        target = target.astype(np.float64)
+    weight = (np.ones(problem.k) if problem.weight is None else problem.weight) \
+        if weight is None else weight
+    smoothing = problem.label_smoothing if label_smoothing is None else label_smoothing
+    a = losses.coefficients(target, problem.k, weight, smoothing, problem.ignored)
+    p = problem.probabilities if p is None else p
+    with np.errstate(invalid="ignore"):  # S = 0 on ignored rows, where p may be inf (exp)
+        return np.where(a.sum(axis=1, keepdims=True) > 0, a.sum(axis=1, keepdims=True) * p, 0) - a
+
+
+def _free_entries(problem: Problem) -> int:
+    """Returns how many entries a fitted parameter has to explain: each row sums to 0, so k − 1."""
+    return int(np.count_nonzero(~problem.ignored)) * (problem.k - 1)
+
+
+def _smoothing(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
+    """p − ((1 − ε)·y + ε/k), ε fitted by least squares: smoothing xent was not told of, or another ε."""
+    g0 = _ce_gradient(problem, label_smoothing=0.0)
+    d = _ce_gradient(problem, label_smoothing=1.0) - g0  # the gradient is linear in ε
+    norm = float(np.vdot(d, d))
+    if norm == 0 or _free_entries(problem) <= 1:
+        return []
+    eps = float(np.vdot(g - g0, d)) / norm
+    if not -1e-9 <= eps <= 1 + 1e-9:  # PyTorch takes ε in [0, 1]
+        return []
+    eps = min(max(eps, 0.0), 1.0)
+    return [(g0 + eps * d, eps)]
+
+
+def _shifted_labels(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
+    """p − onehot(y ∓ 1): each label one class off, as 1-based labels read as 0-based do."""
+    labels = problem.labels
+    if labels is None:
+        return []
+    shifts = (-1,) if problem.k == 2 else (-1, 1)  # with two classes both name the other one
+    return [(_ce_gradient(problem, target=np.where(problem.ignored, labels,
+                                                    (labels + shift) % problem.k)), shift)
+            for shift in shifts]
+
+
+def _weights(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
+    """Σ_c w_c·∂loss/∂z under weight e_c, w fitted: class weights left out, or applied unasked."""
+    n, k = problem.z.shape
+    if n * k * k > WEIGHTS_FIT_MAX:
+        return []
+    # The gradient is linear in the weights: one column per class, the gradient under weight e_c
+    columns = np.stack([_ce_gradient(problem, weight=np.eye(k)[c]).ravel() for c in range(k)],
+                       axis=1)
+    seen = np.abs(columns).sum(axis=0) > 0  # a class no sample weighs has no say
+    basis = columns[:, seen]
+    gram = basis.T @ basis  # least squares by the k x k normal equations: N·k rows are many
+    rank = np.linalg.matrix_rank(gram, hermitian=True) if basis.size else 0
+    if rank == 0 or rank < basis.shape[1] or _free_entries(problem) <= rank:
+        return []
+    w = np.linalg.solve(gram, basis.T @ g.ravel())
+    given = (np.ones(k) if problem.weight is None else problem.weight)[seen]
+    if np.allclose(w * given[0], given * w[0], rtol=1e-9, atol=0):
+        return []  # the right weights times a constant: the scale note's case, not weights
+    weights = iter(w)
+    return [((basis @ w).reshape(g.shape),
+             tuple(float(next(weights)) if s else None for s in seen))]
+
+
+def _probabilities(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
+    """S·p: the target never subtracted."""
+    return [(problem.grad + problem.a, None)]
+
+
+def _target_only(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
+    """−a: the softmax term missing, only −y left."""
+    return [(-problem.a, None)]
+
+
+def _column_softmax(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
+    """S·softmax(z, axis=0) − a: the softmax over the samples of each class, not each row."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(problem.z - problem.z.max(axis=0, keepdims=True))
+        return [(_ce_gradient(problem, p=e / e.sum(axis=0, keepdims=True)), None)]
+
+
+def _sigmoid(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
+    """S·σ(z) − a: a sigmoid in place of the softmax."""
+    return [(_ce_gradient(problem, p=bce.sigmoid(problem.z)), None)]
+
+
+def _unnormalised(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
+    """S·exp(z) − a: the softmax without its normaliser Σ exp(z)."""
+    with np.errstate(over="ignore"):
+        return [(_ce_gradient(problem, p=np.exp(problem.z)), None)]
+
+
+# Tried in this order, the fewest fitted parameters first: where few samples let two mistakes
+# explain the same numbers (k weights can mimic smoothing when every label is one class), the
+# plainer one is named. The first that explains every entry is the diagnosis.
+MISTAKES = (
+    Mistake("target_missing", "p", _probabilities),
+    Mistake("softmax_missing", "−y", _target_only),
+    Mistake("shifted_labels", "p − onehot(y + s)", _shifted_labels),
+    Mistake("softmax_axis", "softmax(z, axis=0) − y", _column_softmax),
+    Mistake("sigmoid", "σ(z) − y", _sigmoid),
+    Mistake("normaliser_missing", "exp(z) − y", _unnormalised),
+    Mistake("label_smoothing", "p − ((1 − ε)·y + ε/k)", _smoothing),
+    Mistake("class_weights", "the gradient weighted by w", _weights, divisible=False),
+)
+
+
+def _within(analytic: np.ndarray, candidate: np.ndarray, tol: Tolerance) -> np.ndarray:
+    """Returns where analytic meets candidate by the check's own test, entry by entry."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.abs(analytic - candidate) <= tol.atol + tol.rtol * np.abs(candidate)
+
+
+def diagnose(problem: Problem, analytic: np.ndarray, tol: Tolerance) -> Diagnosis | None:
+    """Returns the first typical mistake whose gradient is the analytic one at every entry.
+
+    A mistake counts only when it explains every entry within the check's tolerance and its
+    gradient is not the right one: a diagnosis is never a guess. Each is tried as it stands
+    and divided by what reduction='mean' divides by (backward() of a mean loss).
+    """
+    if problem.loss != "ce" or problem.ignored is None:
+        return None
+    analytic = np.asarray(analytic, dtype=np.float64)
+    if not np.isfinite(analytic).all():
+        return None
+    divisors = [None] + sorted({d for d in (problem.divisor, float(problem.n)) if d not in (0, 1)})
+    given = {"label_smoothing": problem.label_smoothing,
+             "class_weights": None if problem.weight is None else tuple(
+                 float(w) for w in problem.weight)}
+    for mistake in MISTAKES:
+        for divisor in divisors if mistake.divisible else [None]:
+            g = analytic if divisor is None else analytic * divisor
+            for candidate, parameter in mistake.fit(problem, g):
+                if _within(g, candidate, tol).all() and not _within(candidate, problem.grad,
+                                                                    tol).all():
+                    with np.errstate(invalid="ignore", over="ignore"):
+                        diff = float(np.abs(g - candidate).max(initial=0.0))
+                    return Diagnosis(mistake=mistake.name, formula=mistake.formula,
+                                     parameter=parameter, given=given.get(mistake.name),
+                                     divisor=divisor, max_abs_diff=diff,
+                                     weighted=problem.weight is not None)
+    return None
 
 
 # --- the whole check ----------------------------------------------------------------------------

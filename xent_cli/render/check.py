@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from xent_cli.errors import XentError
-from xent_cli.gradcheck import CheckReport, Failure, method_name
+from xent_cli.gradcheck import CheckReport, Diagnosis, Failure, method_name
 
 FAILURES_SHOWN = 20
 
@@ -157,6 +157,8 @@ def _first_failure(report: CheckReport) -> str:
     text = f"First failure: {first.describe()}."
     if report.scale is not None:
         return text + " " + _scale_note(report)  # the cause, named: the notes below miss it
+    if report.diagnosis is not None:
+        return text + " " + diagnosis_note(report)
     if report.failed_off_label == report.failed:
         text += (" Entries off the label fail too: the gradient of every class j carries p_j, "
                  "because the normaliser Σ exp(z) depends on every logit.")
@@ -194,6 +196,112 @@ def _scale_note(report: CheckReport) -> str:
     return f"Every {side} entry is {c:.6g} times the {other} one: a constant factor is off."
 
 
+def _number(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def _weights(weights) -> str:
+    """Returns weights as --weight takes them, '?' for a class whose weight does not show."""
+    return ",".join("?" if w is None else _number(w) for w in weights)
+
+
+def _smoothing_cause(d: Diagnosis, report: CheckReport) -> str:
+    eps, given = d.parameter, d.given
+    if not given:
+        return (f"your gradient smooths the targets and xent was not told: give --label-smoothing "
+                f"{_number(eps)} (PyTorch's label_smoothing={_number(eps)}), or drop the smoothing "
+                f"from the gradient.")
+    if eps == 0:
+        return (f"your gradient does not smooth the targets, and xent was given --label-smoothing "
+                f"{_number(given)}: use (1 − ε)·y + ε/k in the gradient, or drop the option.")
+    text = f"xent was given --label-smoothing {_number(given)}, another ε."
+    k = report.k
+    if abs(eps * (k - 1) / k - given) < 1e-6:
+        text += (f" The gradient spreads ε = {_number(given)} over the k − 1 other classes "
+                 f"(ε/(k − 1) each), which is PyTorch's ε = {_number(eps)}: PyTorch's "
+                 f"label_smoothing gives ε/k to every class, the label's too.")
+    return text
+
+
+def _shift_cause(d: Diagnosis, report: CheckReport) -> str:
+    if report.k == 2:
+        return "the one-hot marks the other class: the labels are swapped."
+    if d.parameter < 0:
+        return ("the one-hot sits one class below each label (class 0's at the last class): "
+                "np.eye(k)[y - 1] reads the labels as 1-based; xent passes them 0-based, as "
+                "PyTorch takes them.")
+    return ("the one-hot sits one class above each label (the last class's at class 0): the "
+            "labels were made 1-based; xent passes them 0-based, as PyTorch takes them.")
+
+
+def _weights_cause(d: Diagnosis, report: CheckReport) -> str:
+    if d.given is None:
+        unseen = [str(c) for c, w in enumerate(d.parameter) if w is None]
+        text = ("your gradient weighs each sample by its class's weight and xent was not told: "
+                f"give --weight {_weights(d.parameter)}")
+        if unseen:
+            text += f" (no sample shows the weight of class {', '.join(unseen)})"
+        return text + ", or drop the weights from the gradient."
+    if all(w is None or abs(w - 1) < 1e-6 for w in d.parameter):
+        return (f"your gradient leaves out the class weights xent was given (--weight "
+                f"{_weights(d.given)}): weigh each sample's terms as PyTorch's weight= does, or "
+                f"drop the option.")
+    return f"xent was given --weight {_weights(d.given)}: the gradient's weights are others."
+
+
+# The cause of each of gradcheck.MISTAKES and its fix, after "Every analytic entry is <formula>: "
+CAUSES = {
+    "label_smoothing": _smoothing_cause,
+    "shifted_labels": _shift_cause,
+    "class_weights": _weights_cause,
+    "target_missing": lambda d, report: (
+        "the target is never subtracted; the gradient is p − y."),
+    "softmax_missing": lambda d, report: (
+        "the softmax term is missing: ∂/∂z_j of log Σ exp(z) is p_j, so the gradient is p − y."),
+    "softmax_axis": lambda d, report: (
+        "the softmax runs down each class's column, over the samples; take it along each "
+        "sample's row, over the classes (axis=1; PyTorch's dim=1)."),
+    "sigmoid": lambda d, report: (
+        "a sigmoid stands in for the softmax; σ(z) − y is binary cross-entropy's gradient "
+        "(--loss bce), the softmax cross-entropy's is softmax(z) − y."),
+    "normaliser_missing": lambda d, report: (
+        "the softmax lacks its normaliser Σ exp(z); the gradient is exp(z) / Σ exp(z) − y."),
+}
+
+
+def _formula(d: Diagnosis, report: CheckReport) -> tuple[str, str]:
+    """Returns the mistake's gradient with its parameter, and what the parameter is."""
+    if d.mistake == "label_smoothing":
+        if d.parameter == 0:
+            return "p − y", ", unsmoothed"
+        return d.formula, f" with ε = {_number(d.parameter)}"
+    if d.mistake == "shifted_labels":
+        if report.k == 2:
+            return "p − onehot(1 − y)", ""
+        return f"p − onehot(y {'−' if d.parameter < 0 else '+'} 1)", ""
+    if d.mistake == "class_weights":
+        if d.given is not None and all(w is None or abs(w - 1) < 1e-6 for w in d.parameter):
+            return "the unweighted gradient", ""
+        shown = _weights(d.parameter).replace(",", ", ")
+        return "the gradient with class weights", f" w = ({shown})"
+    where = " (times each sample's weight)" if d.weighted else ""
+    return d.formula, where
+
+
+def diagnosis_note(report: CheckReport) -> str:
+    """Names the typical mistake that explains every entry, and its fix."""
+    d = report.diagnosis
+    formula, where = _formula(d, report)
+    if d.divisor is not None:
+        formula = f"({formula}) / {_number(d.divisor)}" if " " in formula else \
+            f"{formula} / {_number(d.divisor)}"
+    text = f"Every analytic entry is {formula}{where}: {CAUSES[d.mistake](d, report)}"
+    if d.divisor is not None:
+        text += (f" The / {_number(d.divisor)} is backward() of a reduction='mean' loss; give "
+                 f"each sample's own gradient (reduction='sum' or 'none').")
+    return text
+
+
 def _finite(x: float | None) -> float | None:
     """Returns x, or None where it is infinite or NaN (JSON has neither)."""
     return x if x is not None and x - x == 0 else None
@@ -220,6 +328,7 @@ def fields(report: CheckReport) -> dict:
         "failed": report.failed,
         "failed_off_label": report.failed_off_label,
         "scale": report.scale,
+        "diagnosis": _diagnosis_fields(report),
         "max_abs_err": _finite(report.max_abs_err),
         "max_rel_err": _finite(report.max_rel_err),
         "max_error_estimate": report.max_error_estimate,
@@ -236,6 +345,16 @@ def fields(report: CheckReport) -> dict:
         "sweep": [{"h": p.h, "max_abs_err": _finite(p.max_abs_err)} for p in report.sweep],
         "best_h": report.best_step,
     }
+
+
+def _diagnosis_fields(report: CheckReport) -> dict | None:
+    d = report.diagnosis
+    if d is None:
+        return None
+    parameter = list(d.parameter) if isinstance(d.parameter, tuple) else d.parameter
+    given = list(d.given) if isinstance(d.given, tuple) else d.given
+    return {"mistake": d.mistake, "formula": d.formula, "parameter": parameter, "given": given,
+            "divisor": d.divisor, "max_abs_diff": d.max_abs_diff, "note": diagnosis_note(report)}
 
 
 def to_json(report: CheckReport, hessian: CheckReport | None = None) -> str:

@@ -1,0 +1,270 @@
+"""`xent check` names the typical mistake behind a wrong gradient, only when it explains every entry.
+
+Each mistake is written here as a learner would write it, in a gradient file of their own; the
+diagnosis must name it with its parameter. Gradients wrong in other ways must be named nothing.
+The property test holds every diagnosis against formulas written out again in this file.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xent_cli import gradcheck
+from xent_cli.cli import app
+
+# The learner's file: p the row softmax, y1 the one-hot labels, k the classes; BODY returns.
+HEADER = ("import numpy as np\n\n\ndef grad(z, y):\n"
+          "    k = z.shape[1]\n"
+          "    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)\n"
+          "    y1 = np.eye(k)[y]\n")
+
+
+def user_grad(tmp_path, body: str) -> str:
+    code = tmp_path / "mine.py"
+    code.write_text(HEADER + "".join(f"    {line}\n" for line in body.splitlines()))
+    return f"{code}:grad"
+
+
+def check(runner, spec, *argv):
+    """Returns the rich result and the JSON report of one check (random inputs N=8, k=4, seed 0)."""
+    result = runner.invoke(app, ["check", "--grad-fn", spec, *argv])
+    report = json.loads(runner.invoke(app, ["check", "--grad-fn", spec, *argv,
+                                            "--format", "json"]).stdout)
+    return result, report
+
+
+def words(text: str) -> str:
+    return " ".join(text.split())
+
+
+MISTAKES = [
+    # body, options given to xent, mistake, parameter, what the report says
+    ("return p - (0.9 * y1 + 0.1 / k)", [], "label_smoothing", 0.1,
+     "with ε = 0.1: your gradient smooths the targets and xent was not told: give "
+     "--label-smoothing 0.1"),
+    ("return p - y1", ["--label-smoothing", "0.2"], "label_smoothing", 0.0,
+     "Every analytic entry is p − y, unsmoothed: your gradient does not smooth the targets, and "
+     "xent was given --label-smoothing 0.2"),
+    ("return p - (0.95 * y1 + 0.05 / k)", ["--label-smoothing", "0.1"], "label_smoothing", 0.05,
+     "with ε = 0.05: xent was given --label-smoothing 0.1, another ε."),
+    # the convention that gives the label 1 − ε and each other class ε/(k − 1): PyTorch's ε·k/(k − 1)
+    ("return p - (0.9 * y1 + 0.1 / (k - 1) * (1 - y1))", ["--label-smoothing", "0.1"],
+     "label_smoothing", 0.1 * 4 / 3, "spreads ε = 0.1 over the k − 1 other classes"),
+    ("return p - np.eye(k)[y - 1]", [], "shifted_labels", -1,
+     "p − onehot(y − 1): the one-hot sits one class below each label"),
+    ("return p - np.eye(k)[(y + 1) % k]", [], "shifted_labels", 1,
+     "p − onehot(y + 1): the one-hot sits one class above each label"),
+    ("w = np.array([0.5, 2.0, 1.0, 3.0])\nreturn w[y][:, None] * (p - y1)", [], "class_weights",
+     [0.5, 2.0, 1.0, 3.0], "w = (0.5, 2, 1, 3): your gradient weighs each sample by its class's "
+                           "weight and xent was not told: give --weight 0.5,2,1,3"),
+    ("return p - y1", ["--weight", "0.5,2,1,3"], "class_weights", [1.0, 1.0, 1.0, 1.0],
+     "the unweighted gradient: your gradient leaves out the class weights xent was given "
+     "(--weight 0.5,2,1,3)"),
+    ("return p", [], "target_missing", None, "Every analytic entry is p: the target is never "
+                                             "subtracted"),
+    ("return -y1", [], "softmax_missing", None, "Every analytic entry is −y: the softmax term is "
+                                                "missing"),
+    ("return np.exp(z) / np.exp(z).sum(axis=0) - y1", [], "softmax_axis", None,
+     "softmax(z, axis=0) − y: the softmax runs down each class's column"),
+    ("return 1 / (1 + np.exp(-z)) - y1", [], "sigmoid", None,
+     "σ(z) − y: a sigmoid stands in for the softmax"),
+    ("return np.exp(z) - y1", [], "normaliser_missing", None,
+     "exp(z) − y: the softmax lacks its normaliser"),
+]
+
+
+@pytest.mark.parametrize("body, options, mistake, parameter, says", MISTAKES,
+                         ids=[f"{m[2]}-{i}" for i, m in enumerate(MISTAKES)])
+def test_each_typical_mistake_is_named_with_its_parameter(runner, tmp_path, body, options,
+                                                          mistake, parameter, says):
+    result, report = check(runner, user_grad(tmp_path, body), *options)
+    assert result.exit_code == 1, result.output
+    assert says in words(result.stdout), result.stdout
+    diagnosis = report["diagnosis"]
+    assert diagnosis["mistake"] == mistake and diagnosis["divisor"] is None
+    assert diagnosis["parameter"] == (None if parameter is None else pytest.approx(parameter))
+    assert words(diagnosis["note"]) in words(result.stdout)
+    assert report["scale"] is None
+
+
+def test_a_mistake_inside_backward_of_a_mean_names_both(runner, tmp_path):
+    spec = user_grad(tmp_path, "return (p - (0.9 * y1 + 0.1 / k)) / len(z)")
+    result, report = check(runner, spec)
+    assert result.exit_code == 1, result.output
+    text = words(result.stdout)
+    assert "Every analytic entry is (p − ((1 − ε)·y + ε/k)) / 8 with ε = 0.1" in text, text
+    assert "The / 8 is backward() of a reduction='mean' loss" in text, text
+    assert report["diagnosis"]["divisor"] == 8
+    assert report["diagnosis"]["parameter"] == pytest.approx(0.1)
+
+
+def test_the_weighted_mean_divides_by_the_labels_weights(runner, tmp_path):
+    # PyTorch's weighted 'mean' divides by Σ_i w_{y_i}, here 3+0.5+1+1+3+1+2+2 = 13.5
+    spec = user_grad(tmp_path, "w = np.array([0.5, 2.0, 1.0, 3.0])\n"
+                               "return w[y][:, None] * p / w[y].sum()")
+    result, report = check(runner, spec, "--weight", "0.5,2,1,3")
+    assert result.exit_code == 1, result.output
+    assert report["diagnosis"]["mistake"] == "target_missing"
+    assert report["diagnosis"]["divisor"] == pytest.approx(13.5)
+    assert "p / 13.5 (times each sample's weight)" in words(result.stdout), result.stdout
+
+
+def test_a_class_no_sample_weighs_is_left_open(runner, tmp_path):
+    rng = np.random.default_rng(0)  # random inputs: 2·N(0,1) logits, then uniform labels
+    rng.standard_normal((3, 4))
+    assert sorted(rng.integers(0, 4, size=3)) == [1, 2, 3]  # class 0: no sample
+    spec = user_grad(tmp_path, "w = np.array([0.5, 2.0, 1.0, 3.0])\n"
+                               "return w[y][:, None] * (p - y1)")
+    result, report = check(runner, spec, "--random", "3")
+    assert result.exit_code == 1, result.output
+    weights = report["diagnosis"]["parameter"]
+    assert weights[0] is None and weights[1:] == pytest.approx([2.0, 1.0, 3.0])
+    assert "give --weight ?,2,1,3 (no sample shows the weight of class 0)" in \
+        words(result.stdout), result.stdout
+
+
+def test_soft_targets_are_diagnosed_too(runner, tmp_path):
+    targets = tmp_path / "targets.csv"
+    logits = tmp_path / "logits.csv"
+    rng = np.random.default_rng(5)
+    np.savetxt(logits, rng.standard_normal((6, 3)), delimiter=",", header="a,b,c", comments="")
+    np.savetxt(targets, rng.dirichlet(np.ones(3), size=6), delimiter=",", header="a,b,c",
+               comments="")
+    code = tmp_path / "soft.py"
+    code.write_text("import numpy as np\n\n\ndef grad(z, y):\n"
+                    "    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)\n"
+                    "    return p - (0.7 * y + 0.3 / 3)\n")
+    result = runner.invoke(app, ["check", str(logits), "--targets", str(targets),
+                                 "--grad-fn", f"{code}:grad", "--format", "json"])
+    assert result.exit_code == 1, result.output
+    diagnosis = json.loads(result.stdout)["diagnosis"]
+    assert diagnosis["mistake"] == "label_smoothing"
+    assert diagnosis["parameter"] == pytest.approx(0.3)
+
+
+def test_an_expression_is_diagnosed_as_a_gradient_file_is(runner):
+    result = runner.invoke(app, ["check", "--expr", "exp(z) - y"])
+    assert result.exit_code == 1, result.output
+    assert "the softmax lacks its normaliser" in words(result.stdout)
+
+
+@pytest.mark.parametrize("body, options", [
+    ("return p - y1", []),
+    ("return p - (0.9 * y1 + 0.1 / k)", ["--label-smoothing", "0.1"]),
+    ("w = np.array([0.5, 2.0, 1.0, 3.0])\nreturn w[y][:, None] * (p - y1)",
+     ["--weight", "0.5,2,1,3"]),
+])
+def test_a_right_gradient_names_nothing(runner, tmp_path, body, options):
+    result, report = check(runner, user_grad(tmp_path, body), *options)
+    assert result.exit_code == 0, result.output
+    assert report["diagnosis"] is None and "Every analytic entry" not in result.stdout
+
+
+@pytest.mark.parametrize("body", [
+    "return p - y1 + 1e-3 * np.sin(7.3 * np.arange(z.size)).reshape(z.shape)",  # noise
+    "g = p - y1\ng[0, 0] += 0.1\nreturn g",  # one entry off
+    "g = p - (0.9 * y1 + 0.1 / k)\ng[5, 2] *= 1.01\nreturn g",  # a mistake, and one entry more
+    "return p - y1 * p",  # a mistake of no rule: (1 - y)·p
+    "g = np.zeros_like(p)\nrows = np.arange(len(y))\ng[rows, y] = p[rows, y] - 1\nreturn g",
+])
+def test_a_gradient_wrong_in_another_way_names_nothing(runner, tmp_path, body):
+    result, report = check(runner, user_grad(tmp_path, body))
+    assert result.exit_code == 1, result.output
+    assert report["diagnosis"] is None and "Every analytic entry is" not in result.stdout
+
+
+def test_a_constant_factor_stays_the_scale_note(runner, tmp_path):
+    # the right gradient divided by N is the scale note's case, not a mistake of the list
+    result, report = check(runner, user_grad(tmp_path, "return (p - y1) / len(z)"))
+    assert result.exit_code == 1, result.output
+    assert report["scale"] == pytest.approx(1 / 8) and report["diagnosis"] is None
+    assert "1/8 of the numeric one (1/N for N = 8 samples)" in words(result.stdout)
+
+
+# --- the property: a diagnosis is never a cause the gradient does not have ---------------------
+
+def softmax_rows(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def smoothed(labels, k, eps):
+    return (1 - eps) * np.eye(k)[labels] + eps / k
+
+
+def oracle(name, parameter, z, labels, eps0):
+    """Returns the gradient of a named mistake, written out again from its description."""
+    n, k = z.shape
+    p, y = softmax_rows(z), smoothed(labels, k, eps0)
+    if name == "label_smoothing":
+        return p - smoothed(labels, k, parameter)
+    if name == "shifted_labels":
+        return p - smoothed((labels + parameter) % k, k, eps0)
+    if name == "class_weights":
+        w = np.array([0.0 if v is None else v for v in parameter])
+        a = w * y  # PyTorch: class c's term weighed by w_c
+        return a.sum(axis=1, keepdims=True) * p - a
+    if name == "target_missing":
+        return p
+    if name == "softmax_missing":
+        return -y
+    if name == "softmax_axis":
+        return softmax_rows(z.T).T - y
+    if name == "sigmoid":
+        return 1 / (1 + np.exp(-z)) - y
+    if name == "normaliser_missing":
+        return np.exp(z) - y
+    raise AssertionError(name)
+
+
+KINDS = ["label_smoothing", "shifted_labels", "class_weights", "target_missing",
+         "softmax_missing", "softmax_axis", "sigmoid", "normaliser_missing"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(1, 6), k=st.integers(2, 5), seed=st.integers(0, 2**32 - 1),
+       eps0=st.sampled_from([0.0, 0.1]), kind=st.sampled_from(KINDS),
+       spoil=st.sampled_from([None, "noise", "one entry", "right plus noise"]),
+       mean=st.booleans())
+def test_a_diagnosis_is_never_a_cause_the_gradient_does_not_have(n, k, seed, eps0, kind, spoil,
+                                                                 mean):
+    rng = np.random.default_rng(seed)
+    z = 2.0 * rng.standard_normal((n, k))
+    labels = rng.integers(0, k, size=n)
+    parameter = {"label_smoothing": float(rng.choice([0.05, 0.2, 0.5])),
+                 "shifted_labels": int(rng.choice([-1, 1])) if k > 2 else -1,
+                 "class_weights": tuple(float(w) for w in rng.choice([0.5, 2.0, 3.0], size=k)),
+                 }.get(kind)
+    analytic = oracle(kind, parameter, z, labels, eps0)
+    if spoil == "right plus noise":
+        analytic = softmax_rows(z) - smoothed(labels, k, eps0)
+    if spoil in ("noise", "right plus noise"):
+        analytic = analytic + 1e-2 * rng.standard_normal((n, k))
+    elif spoil == "one entry":
+        analytic = analytic.copy()
+        analytic[rng.integers(n), rng.integers(k)] += 0.1
+    if mean:
+        analytic = analytic / n
+    problem = gradcheck.problem(z, labels, label_smoothing=eps0)
+    tol = gradcheck.tolerance("central")
+    diagnosis = gradcheck.diagnose(problem, analytic, tol)
+
+    if diagnosis is not None:  # whatever it names, the gradient has: every entry fits
+        explained = oracle(diagnosis.mistake, diagnosis.parameter, z, labels, eps0)
+        scaled = analytic * (diagnosis.divisor or 1)
+        assert np.all(np.abs(scaled - explained) <= tol.atol + tol.rtol * np.abs(explained))
+        right = softmax_rows(z) - smoothed(labels, k, eps0)
+        assert not np.allclose(explained, right, rtol=tol.rtol, atol=tol.atol)
+    if spoil is not None:
+        assert diagnosis is None, diagnosis
+    elif kind == "class_weights" and n * (k - 1) <= k or kind == "label_smoothing" and \
+            n * (k - 1) <= 1:
+        pass  # too few entries to fit the parameter: no diagnosis is no guess
+    elif kind == "class_weights" and len({parameter[c] for c in (
+            range(k) if eps0 else set(labels))}) == 1:
+        pass  # equal weights (of the classes the samples show) are the scale note's case
+    else:
+        assert diagnosis is not None and diagnosis.mistake == kind, (kind, diagnosis)

@@ -118,6 +118,13 @@ CASES = {
     "npz-not-zip": Case("a .npz that is not a zip archive", ("eval", "z.npz"),
                         "z.npz: is not a readable .npz archive: File is not a zip file",
                         files={"z.npz": b"PK\x03\x04 cut short"}),
+    "torch-labels": Case("labels saved with torch.save (.pt)", ("eval", "z.npy", "--labels", "y.pt"),
+                         "y.pt: is a PyTorch file, which xent does not read (loading one runs pickled "
+                         "code): save the tensor with np.save('y.npy', t.numpy())",
+                         files={"z.npy": Z3, "y.pt": b"PK\x03\x04\x00\x00\x08\x08\x00\x00archive/data.pkl"}),
+    "torch-logits": Case("logits saved with torch.save (.pth)", ("eval", "z.pth"),
+                         "z.pth: is a PyTorch file, which xent does not read",
+                         files={"z.pth": b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M\xe9\x03."}),
     "npy-not-npy": Case("a .npy that is not NumPy's format", ("eval", "z.npy", "--labels", "y.csv"),
                         "z.npy: is not a readable .npy array", files={"z.npy": K3, "y.csv": "0\n1\n"}),
     "parquet-list-column": Case("a .parquet file with the logits as one list column, as pl.DataFrame({'logits': z}) writes",

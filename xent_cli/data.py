@@ -275,6 +275,19 @@ def _too_few_classes(found: int, min_classes: int) -> str:
     return f"found no logit column; binary cross-entropy needs at least {min_classes}"
 
 
+# torch.save's extensions: a zip or a pickle that only torch.load reads
+PYTORCH_FILES = (".pt", ".pth")
+
+
+def _binary(path: str) -> str:
+    """Says a file is binary; for torch.save's files, how to save the tensor for xent instead."""
+    if os.path.splitext(path.lower())[1] not in PYTORCH_FILES:
+        return "is binary, not CSV text"
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return (f"is a PyTorch file, which xent does not read (loading one runs pickled code): save "
+            f"the tensor with np.save('{stem}.npy', t.numpy())")
+
+
 def stdin_bytes() -> BinaryIO:
     """Returns stdin as bytes; an error when it was closed before xent started (<&-)."""
     if sys.stdin is None:
@@ -303,10 +316,12 @@ def _read_text(path: str) -> str:
     except OSError as error:
         raise InputError(f"cannot be read: {error.strerror or error}", source=path) from None
     if b"\0" in raw:
-        raise InputError("is binary, not CSV text", source=path)
+        raise InputError(_binary(path), source=path)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
+        if os.path.splitext(path.lower())[1] in PYTORCH_FILES:
+            raise InputError(_binary(path), source=path) from None
         line = raw.count(b"\n", 0, error.start) + 1
         raise InputError(f"is not UTF-8 text (byte {error.start})", source=path, line=line) from None
 

@@ -268,3 +268,14 @@ def test_a_diagnosis_is_never_a_cause_the_gradient_does_not_have(n, k, seed, eps
         pass  # equal weights (of the classes the samples show) are the scale note's case
     else:
         assert diagnosis is not None and diagnosis.mistake == kind, (kind, diagnosis)
+
+
+def test_backward_of_a_weighted_mean_is_named_by_its_divisor(runner, tmp_path):
+    # PyTorch's weighted 'mean' divides by Σ_i w_{y_i}: labels 3 0 2 2 3 2 1 1 (seed 0) give 13.5
+    spec = user_grad(tmp_path, "w = np.array([0.5, 2.0, 1.0, 3.0])\n"
+                               "return w[y][:, None] * (p - y1) / w[y].sum()")
+    result, report = check(runner, spec, "--weight", "0.5,2,1,3")
+    assert result.exit_code == 1, result.output
+    assert report["scale"] == pytest.approx(1 / 13.5) and report["diagnosis"] is None
+    assert "1/13.5 of the numeric one (1/Σ w_y, the labels' class weights summed)" in \
+        words(result.stdout), result.stdout

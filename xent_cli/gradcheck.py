@@ -452,6 +452,7 @@ class CheckReport:
     loss: str = "ce"  # the loss whose derivative this is: 'ce' or 'bce'
     scale: float | None = None  # a failing analytic side that is this constant times the numeric
     diagnosis: Diagnosis | None = None  # a typical mistake that explains every entry, if one does
+    weighted_divisor: float | None = None  # a weighted 'mean' divides by Σ_i w_{y_i}, not N
 
     @property
     def passed(self) -> bool:
@@ -585,6 +586,8 @@ def check_gradient(problem: Problem, analytic: np.ndarray, loss: Function, tol: 
                      targets=problem.class_targets)
     if report.failed and report.scale is None and report.nonfinite is None:
         report = replace(report, diagnosis=diagnose(problem, analytic, tol))
+    if problem.loss == "ce" and problem.weight is not None and problem.labels is not None:
+        report = replace(report, weighted_divisor=problem.divisor)
     return report
 
 
@@ -814,13 +817,14 @@ def _ce_gradient(problem: Problem, *, target: np.ndarray | None = None,
     target = problem.target if target is None else target
     if target.ndim == 2:
         target = target.astype(np.float64)
-    weight = (np.ones(problem.k) if problem.weight is None else problem.weight) \
-        if weight is None else weight
+    if weight is None:
+        weight = np.ones(problem.k) if problem.weight is None else problem.weight
     smoothing = problem.label_smoothing if label_smoothing is None else label_smoothing
     a = losses.coefficients(target, problem.k, weight, smoothing, problem.ignored)
     p = problem.probabilities if p is None else p
+    total = a.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore"):  # S = 0 on ignored rows, where p may be inf (exp)
-        return np.where(a.sum(axis=1, keepdims=True) > 0, a.sum(axis=1, keepdims=True) * p, 0) - a
+        return np.where(total > 0, total * p, 0) - a
 
 
 def _free_entries(problem: Problem) -> int:
@@ -878,7 +882,7 @@ def _weights(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]
 
 def _probabilities(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
     """S·p: the target never subtracted."""
-    return [(problem.grad + problem.a, None)]
+    return [(problem.a.sum(axis=1, keepdims=True) * problem.probabilities, None)]
 
 
 def _target_only(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:

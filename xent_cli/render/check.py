@@ -185,6 +185,12 @@ def _scale_note(report: CheckReport) -> str:
                 f"{report.n} samples of k = {report.k} classes): that is backward() of a "
                 f"reduction='mean' loss, which averages every element; give each sample's own "
                 f"{given} (reduction='sum' or 'none').")
+    divisor = report.weighted_divisor
+    if divisor and abs(c * report.n - 1) >= 1e-6 and abs(c * divisor - 1) < 1e-6:
+        return (f"Every {side} entry is 1/{_number(divisor)} of the {other} one (1/Σ w_y, the "
+                f"labels' class weights summed): that is backward() of a weighted "
+                f"reduction='mean' loss; give each sample's own {given} (reduction='sum' or "
+                f"'none').")
     if abs(c * report.n - 1) < 1e-6:
         return (f"Every {side} entry is 1/{report.n} of the {other} one (1/N for N = "
                 f"{report.n} samples): that is backward() of a reduction='mean' loss; give each "

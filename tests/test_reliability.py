@@ -132,6 +132,14 @@ CASES = {
                                 "z.parquet: column 'logits' holds a list per sample; give one number column per class, "
                                 "as pl.DataFrame(z) writes, or save arrays with np.save",
                                 files={"z.parquet": parquet(logits=[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], label=[0, 2])}),
+    "parquet-label-col": Case("a .parquet file whose label column has another name", ("eval", "z.parquet"),
+                              "z.parquet: has no column 'label' (its columns: z0, z1, z2, y); name the label "
+                              "column with --label-col, or give --labels or --targets",
+                              files={"z.parquet": parquet(z0=[1.0, 0.0], z1=[2.0, 0.0], z2=[3.0, 0.0], y=[0, 2])}),
+    "npz-unnamed-bce": Case("an .npz without named arrays, under --loss bce", ("eval", "z.npz", "--loss", "bce"),
+                            "z.npz: has no array 'logits' (it has arr_0, arr_1); name them: "
+                            "np.savez(path, logits=z, targets=t)",
+                            files={"z.npz": npz(arr_0=[[1.0, 2.0]], arr_1=[[1.0, 0.0]])}),
     "parquet-corrupt": Case("a corrupt .parquet file", ("eval", "z.parquet"),
                             "z.parquet: is not a readable Parquet file", files={"z.parquet": b"PAR1 cut short"}),
     # --- eval: arrays have rows, from 0, where a CSV has lines

@@ -539,3 +539,70 @@ def test_stdin_copy_shows_its_progress_and_ends_it_before_the_reading(monkeypatc
         events.append("read")
         assert open(path, encoding="utf-8").read() == text
     assert shown == [1 << 20, len(text)] and events == ["shown", "hidden", "read"]
+
+
+# --- Parquet: read in slices of rows, the whole table only for what is unusual -----------------
+
+def _parquet(path, z, labels, **columns):
+    import polars as pl
+
+    pl.DataFrame({**{f"z{c}": z[:, c] for c in range(z.shape[1])}, "label": labels,
+                  **columns}).write_parquet(path, row_group_size=7)
+    return str(path)
+
+
+@pytest.mark.parametrize("options", [[], ["--reduction", "sum"], ["--weight", "1,2,0.5"],
+                                     ["--label-smoothing", "0.2", "--dtype", "float32"],
+                                     ["--ignore-index", "1"]])
+def test_parquet_slices_give_the_whole_table_s_bytes(runner, tmp_path, monkeypatch, options):
+    rng = np.random.default_rng(3)
+    z = rng.normal(scale=3, size=(100, 3)).astype(np.float32)  # float32 columns, read as float64
+    path = _parquet(tmp_path / "z.parquet", z, rng.integers(0, 3, size=100).astype(np.uint8))
+    monkeypatch.setattr(stream, "PARQUET_ROWS", 9)  # slices across row groups of 7
+    outputs = {}
+    for name in ("sliced", "whole"):
+        out = tmp_path / f"{name}.csv"
+        result = runner.invoke(app, ["eval", path, "--output", str(out), "--format", "json",
+                                     *options])
+        assert result.exit_code == 0, result.output
+        outputs[name] = (result.stdout, out.read_bytes())
+        monkeypatch.setattr(stream, "_fast_parquet", lambda *arguments: None)
+    assert outputs["sliced"] == outputs["whole"]
+    assert json.loads(outputs["sliced"][0])["n"] == 100
+
+
+def test_parquet_is_read_in_slices_of_its_rows(tmp_path, monkeypatch):
+    rng = np.random.default_rng(4)
+    path = _parquet(tmp_path / "z.parquet", rng.normal(size=(50, 4)), rng.integers(0, 4, size=50))
+    monkeypatch.setattr(stream, "PARQUET_ROWS", 16)
+    source = stream.open_source(path)
+    assert [chunk.data.lines for chunk in source.chunks()] == [
+        range(0, 16), range(16, 32), range(32, 48), range(48, 50)]
+    assert source.class_names == ("z0", "z1", "z2", "z3") and list(source.rows()) == [50]
+
+
+@pytest.mark.parametrize("logit, label", [(None, 2), (float("nan"), 2), (float("inf"), 2),
+                                          (1.0, None), (1.0, 2.5), (1.0, 7), (1.0, -3),
+                                          (float("-inf"), 2)])
+def test_parquet_slices_hand_the_unusual_to_the_whole_reader(runner, tmp_path, monkeypatch,
+                                                             logit, label):
+    import polars as pl
+
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(40, 4)).tolist()
+    labels = rng.integers(0, 4, size=40).tolist()
+    z[33][1], labels[33] = logit, label
+    pl.DataFrame({**{f"z{c}": [row[c] for row in z] for c in range(4)}, "label": labels},
+                 strict=False).write_parquet(tmp_path / "z.parquet")
+    monkeypatch.setattr(stream, "PARQUET_ROWS", 16)
+    results = []
+    for _ in ("sliced", "whole"):
+        results.append(runner.invoke(app, ["eval", str(tmp_path / "z.parquet"), "--format", "json"]))
+        monkeypatch.setattr(stream, "_fast_parquet", lambda *arguments: None)
+    sliced, whole = results
+    assert (sliced.exit_code, sliced.stdout, sliced.stderr) == (whole.exit_code, whole.stdout,
+                                                                whole.stderr)
+    if logit == float("-inf"):  # a masked class is computed
+        assert sliced.exit_code == 0 and json.loads(sliced.stdout)["n"] == 40
+    else:
+        assert sliced.exit_code == 2 and "row 33" in sliced.stderr

@@ -145,6 +145,22 @@ def test_soft_targets_are_diagnosed_too(runner, tmp_path):
     assert diagnosis["parameter"] == pytest.approx(0.3)
 
 
+def test_ignored_samples_keep_a_zero_row_in_every_mistake():
+    # a sample labelled ignore_index adds nothing: its row is 0 in the right gradient and in the
+    # mistake's, so a learner who zeroes it and smooths the rest is still named
+    z = 2.0 * np.random.default_rng(3).standard_normal((6, 3))
+    labels = np.array([0, 2, -100, 1, 1, 0])
+    counted = labels >= 0
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    y1 = np.where(counted[:, None], np.eye(3)[np.where(counted, labels, 0)], 0.0)
+    analytic = np.where(counted[:, None], p - (0.8 * y1 + 0.2 / 3), 0.0)
+    problem = gradcheck.problem(z, labels)
+    diagnosis = gradcheck.diagnose(problem, analytic, gradcheck.tolerance("central"))
+    assert diagnosis.mistake == "label_smoothing" and diagnosis.parameter == pytest.approx(0.2)
+    analytic[2] = p[2] - 0.2 / 3  # the ignored row smoothed too: not the mistake, nor any other
+    assert gradcheck.diagnose(problem, analytic, gradcheck.tolerance("central")) is None
+
+
 def test_an_expression_is_diagnosed_as_a_gradient_file_is(runner):
     result = runner.invoke(app, ["check", "--expr", "exp(z) - y"])
     assert result.exit_code == 1, result.output

@@ -525,7 +525,9 @@ def check_command(
     and against the symbolic gradient of 'xent derive': three independent routes. The loss is
     each sample's cross-entropy with the given weights, smoothing and ignore-index (no
     reduction), so row i of a gradient is sample i's. Exit 0: right; 1: wrong (a table names
-    each failing entry: sample, class, analytic and numeric value); 2: the check cannot run.
+    each failing entry: sample, class, analytic and numeric value; a typical mistake, such as
+    label smoothing left out of the options or labels one class off, is named when it explains
+    every entry); 2: the check cannot run.
 
     --loss bce checks the sigmoid binary cross-entropy, each sample's loss summed over its
     classes (gradient σ(z) − y, with --weight and --pos-weight as PyTorch's): random inputs

@@ -485,3 +485,19 @@ def test_a_result_numpy_cannot_read_says_why(runner, tmp_path):
     assert ("tensor.py:grad returned a Tensor that NumPy cannot read (RuntimeError: Can't call "
             "numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.)"
             in result.stderr), result.stderr
+
+
+def test_a_user_gradient_that_indexes_with_the_ignore_index_is_told_of_it(runner, tmp_path):
+    # p[rows, y] -= 1 with y = -100 raises for k < 100: the user's code never saw the ignore index
+    code = tmp_path / "indexes.py"
+    code.write_text("import numpy as np\n\n\ndef grad(z, y):\n"
+                    "    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)\n"
+                    "    p[np.arange(len(y)), y] -= 1\n    return p\n")
+    logits = tmp_path / "z.csv"
+    logits.write_text("z0,z1,z2,label\n1,2,3,0\n0,0,0,-100\n1,0,0,2\n0,1,0,-100\n")
+    result = check(runner, str(logits), "--grad-fn", f"{code}:grad")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "IndexError: index -100 is out of bounds" in result.stderr
+    assert ("y holds the ignore index -100 for 2 samples (the first is sample 1): their loss and "
+            "gradient rows are 0" in result.stderr), result.stderr

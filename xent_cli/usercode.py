@@ -160,7 +160,8 @@ def call(user: UserFunction, z: np.ndarray, y: np.ndarray, shape: tuple[int, ...
         where = _line_in(error, user.path)
         raise UserCodeError(f"{user.name} raised {_describe(error)}{where and f' ({where})'} "
                             f"when called as {user.name.split(':')[1]}(z, y) with "
-                            f"{_inputs(z, y)}{_one_hot_hint(error, z, y)}") from None
+                            f"{_inputs(z, y)}{_one_hot_hint(error, z, y)}{_ignored_hint(y)}"
+                            ) from None
     try:
         out = np.asarray(out)
     except Exception as error:
@@ -194,6 +195,19 @@ def _one_hot_hint(error: BaseException, z: np.ndarray, y: np.ndarray) -> str:
     if y.ndim == 1 and z.ndim == 2 and "broadcast" in str(error):
         return "; y holds class indices, not one-hot rows: np.eye(k)[y] makes the rows"
     return ""
+
+
+def _ignored_hint(y: np.ndarray) -> str:
+    """Names the ignore index among the labels: code that indexes p[rows, y] trips over it."""
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or not (y < 0).any():
+        return ""
+    ignored = np.flatnonzero(y < 0)
+    value = int(y[ignored[0]])
+    if len(ignored) == 1:
+        return (f"; y holds the ignore index {value} for sample {ignored[0]}: its loss and "
+                f"gradient row are 0")
+    return (f"; y holds the ignore index {value} for {len(ignored)} samples (the first is sample "
+            f"{ignored[0]}): their loss and gradient rows are 0")
 
 
 def _layout(what: str) -> str:

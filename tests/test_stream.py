@@ -606,3 +606,43 @@ def test_parquet_slices_hand_the_unusual_to_the_whole_reader(runner, tmp_path, m
         assert sliced.exit_code == 0 and json.loads(sliced.stdout)["n"] == 40
     else:
         assert sliced.exit_code == 2 and "row 33" in sliced.stderr
+
+
+# --- memory maps in another dtype: rows become float64 chunk by chunk ---------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int16])
+def test_a_mapped_npy_in_another_dtype_is_converted_chunk_by_chunk(runner, tmp_path, monkeypatch,
+                                                                   dtype):
+    rng = np.random.default_rng(8)
+    z = (rng.normal(scale=3, size=(300, 5)) * (10 if dtype == np.int16 else 1)).astype(dtype)
+    y = rng.integers(0, 5, size=300)
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", y)
+    loaded = stream.read_input(str(tmp_path / "z.npy"), labels_path=str(tmp_path / "y.npy"))
+    assert isinstance(loaded.logits, np.memmap) and loaded.logits.dtype == dtype  # not copied
+    monkeypatch.setattr(stream, "CHUNK_ROWS", 64)
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy"),
+                                 "--format", "json", "--reduction", "sum"])
+    assert result.exit_code == 0, result.output
+    expected = losses.cross_entropy(z.astype(np.float64), y, reduction="none").per_sample
+    assert json.loads(result.stdout)["loss"] == pytest.approx(math.fsum(expected), rel=1e-15)
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "big-endian", "float32"])
+def test_an_uncompressed_npz_is_memory_mapped_a_compressed_one_read(tmp_path, layout):
+    rng = np.random.default_rng(9)
+    z = rng.normal(size=(6, 3))
+    z = {"C": z, "F": np.asfortranarray(z), "big-endian": z.astype(">f8"),
+         "float32": z.astype(np.float32)}[layout]
+    y = rng.integers(0, 3, size=6)
+    np.savez(tmp_path / "plain.npz", logits=z, labels=y)
+    np.savez_compressed(tmp_path / "packed.npz", logits=z, labels=y)
+    plain, packed = (stream._load_npz(str(tmp_path / name)) for name in ("plain.npz", "packed.npz"))
+    assert all(isinstance(plain[name], np.memmap) for name in ("logits", "labels"))
+    assert not any(isinstance(packed[name], np.memmap) for name in ("logits", "labels"))
+    for arrays in (plain, packed):
+        assert arrays["logits"].dtype == z.dtype and np.array_equal(arrays["logits"], z)
+        assert np.array_equal(arrays["labels"], y)
+    results = [stream.evaluate(stream.open_source(str(tmp_path / name)), show=0)
+               for name in ("plain.npz", "packed.npz")]
+    assert results[0].total == results[1].total and results[0].n == 6

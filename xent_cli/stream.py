@@ -290,11 +290,14 @@ def _in_memory(loaded: data.EvalInput, chunk_rows: int | None) -> Source:
 
 
 def _slice(loaded: data.EvalInput, start: int, stop: int) -> data.EvalInput:
-    """Returns samples start..stop of an input (views, no copies of the arrays)."""
+    """Returns samples start..stop of an input: views, or float64 copies of the rows of a
+    memory-mapped file in another dtype or off the alignment of its dtype (an .npz member's
+    data starts anywhere, and NumPy works unaligned floats at half speed)."""
     return dataclasses.replace(
-        loaded, logits=loaded.logits[start:stop],
+        loaded, logits=np.require(loaded.logits[start:stop], np.float64, "A"),
         labels=None if loaded.labels is None else loaded.labels[start:stop],
-        targets=None if loaded.targets is None else loaded.targets[start:stop],
+        targets=(None if loaded.targets is None
+                 else np.require(loaded.targets[start:stop], np.float64, "A")),
         lines=loaded.lines[start:stop], target_lines=loaded.target_lines[start:stop])
 
 
@@ -931,13 +934,42 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
                 raise InputError("holds one array, as an .npy file does, not an .npz archive of "
                                  "named arrays; name it .npy", source=path)
             with archive:
-                return {name: archive[name] for name in archive.files}
+                names = archive.files
+                mapped = _mapped_members(file)
+                return {name: mapped[name + ".npy"] if name + ".npy" in mapped
+                        else archive[name] for name in names}
     except FileNotFoundError:
         raise InputError("no such file", source=path) from None
     except InputError:
         raise
     except Exception as error:  # noqa: BLE001 - corrupt bytes raise anything from zipfile to tokenize
         raise InputError(f"is not a readable .npz archive: {error}", source=path) from None
+
+
+def _mapped_members(file) -> dict[str, np.memmap]:
+    """Returns the arrays an .npz stores uncompressed (np.savez), memory-mapped by member name:
+    np.load would read them whole. Compressed members (np.savez_compressed) are left out."""
+    import struct
+    import zipfile
+
+    mapped = {}
+    with zipfile.ZipFile(file) as archive:
+        for member in archive.infolist():
+            if member.compress_type != zipfile.ZIP_STORED or not member.filename.endswith(".npy"):
+                continue
+            file.seek(member.header_offset + 26)  # the local header's name and extra lengths
+            name_length, extra_length = struct.unpack("<HH", file.read(4))
+            file.seek(member.header_offset + 30 + name_length + extra_length)
+            version = np.lib.format.read_magic(file)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(file)
+            if dtype.hasobject:
+                continue  # np.load refuses it without pickles, and says so
+            mapped[member.filename] = np.memmap(file.name, dtype=dtype, mode="r",
+                                                offset=file.tell(), shape=shape,
+                                                order="F" if fortran else "C")
+    return mapped
 
 
 def _read_parquet(path: str, label_col: str):
@@ -996,7 +1028,7 @@ def _read_side(path: str, delimiter: str | None, what: str
 
 
 def _float_matrix(array, path: str, what: str, min_classes: int = 2) -> np.ndarray:
-    """Checks an (N, k) numeric array; returns it as float64 (a memory map stays one if it is).
+    """Checks an (N, k) numeric array; returns it as float64, or a memory map as it is.
 
     Logits need at least min_classes columns: 2 for softmax, 1 for binary cross-entropy, which
     also takes an (N,) array as one column.
@@ -1020,6 +1052,8 @@ def _float_matrix(array, path: str, what: str, min_classes: int = 2) -> np.ndarr
                           "binary cross-entropy needs at least 1 logit column"), source=path)
     if array.shape[0] == 0:
         raise InputError(f"{what} has no rows", source=path)
+    if isinstance(array, np.memmap):
+        return array  # _slice converts its rows chunk by chunk: a float32 file is not copied whole
     return array if array.dtype == np.float64 else array.astype(np.float64)
 
 

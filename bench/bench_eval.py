@@ -95,6 +95,26 @@ def make_csv(path: pathlib.Path, rows: int, seed: int = 0) -> pathlib.Path:
     return path
 
 
+def make_arrays(csv: pathlib.Path) -> dict[str, list[str]]:
+    """Writes the CSV's data as Parquet, float32 .npy logits with .npy labels, and an .npz,
+    unless they exist; returns each one's arguments to xent eval."""
+    import polars as pl
+
+    stem = DATA / csv.stem
+    parquet, logits, labels, npz = (stem.with_suffix(".parquet"), DATA / f"{csv.stem}_z32.npy",
+                                    DATA / f"{csv.stem}_y.npy", stem.with_suffix(".npz"))
+    if not parquet.exists():
+        pl.scan_csv(csv).sink_parquet(parquet)
+    if not (logits.exists() and labels.exists() and npz.exists()):
+        frame = pl.read_parquet(parquet)
+        z, y = frame.drop("label").to_numpy(), frame["label"].to_numpy()
+        np.save(logits, z.astype(np.float32))
+        np.save(labels, y)
+        np.savez(npz, logits=z, labels=y)
+    return {".parquet": [str(parquet)], ".npy float32 logits, .npy labels":
+            [str(logits), "--labels", str(labels)], ".npz (np.savez)": [str(npz)]}
+
+
 def measure(argv: list[str], remove: pathlib.Path | None = None) -> dict:
     """Returns the wall time and the peak RSS (MB) of one run of a command as a whole process.
 
@@ -203,6 +223,14 @@ def run(quick: bool = False, repeat: int = 3) -> list[dict]:
             f"CPU ratio {parser['cpu_seconds'] / figure['cpu_seconds']:.2f}"
             + (f"; {polars_csv['seconds'] / figure['seconds']:.2f}x Polars' own parse and CSV write"
                if ".csv" in name else ""))
+
+    # The same data in the array formats, for reference: each is read in bounded memory, but a
+    # memory map's pages count in the RSS as the file is read (they are the page cache's).
+    arrays = {name: xent("eval", *arguments, "--show", "0", "--format", "json", "--quiet")
+              for name, arguments in make_arrays(big).items()}
+    for name, figure in best_of(arrays, repeat).items():
+        add(f"xent eval summary, {name}", figure,
+            note="RSS counts the mapped file's pages" if "np" in name else "")
 
     # On the small file: the RSS reference and numpy.loadtxt (a tenth of the speed, so compared
     # in MB/s).

@@ -67,6 +67,8 @@ MISTAKES = [
                                              "subtracted"),
     ("return -y1", [], "softmax_missing", None, "Every analytic entry is −y: the softmax term is "
                                                 "missing"),
+    ("return -y1 / p", [], "by_probabilities", None,
+     "Every analytic entry is −y/p: that is ∂loss/∂p, the derivative by the probabilities"),
     ("return np.exp(z) / np.exp(z).sum(axis=0) - y1", [], "softmax_axis", None,
      "softmax(z, axis=0) − y: the softmax runs down each class's column"),
     ("return 1 / (1 + np.exp(-z)) - y1", [], "sigmoid", None,
@@ -227,6 +229,8 @@ def oracle(name, parameter, z, labels, eps0):
         return p
     if name == "softmax_missing":
         return -y
+    if name == "by_probabilities":
+        return -y / p
     if name == "softmax_axis":
         return softmax_rows(z.T).T - y
     if name == "sigmoid":
@@ -237,7 +241,7 @@ def oracle(name, parameter, z, labels, eps0):
 
 
 KINDS = ["label_smoothing", "shifted_labels", "class_weights", "target_missing",
-         "softmax_missing", "softmax_axis", "sigmoid", "normaliser_missing"]
+         "softmax_missing", "by_probabilities", "softmax_axis", "sigmoid", "normaliser_missing"]
 
 
 @settings(max_examples=150, deadline=None)

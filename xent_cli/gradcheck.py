@@ -890,6 +890,12 @@ def _target_only(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, obje
     return [(-problem.a, None)]
 
 
+def _by_probabilities(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
+    """−a/p: the derivative by the probabilities, the chain rule through the softmax left out."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return [(np.where(problem.a == 0, 0.0, -problem.a / problem.probabilities), None)]
+
+
 def _column_softmax(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
     """S·softmax(z, axis=0) − a: the softmax over the samples of each class, not each row."""
     with np.errstate(invalid="ignore", over="ignore"):
@@ -915,6 +921,7 @@ MISTAKES = (
     Mistake("target_missing", "p", _probabilities),
     Mistake("softmax_missing", "−y", _target_only),
     Mistake("shifted_labels", "p − onehot(y + s)", _shifted_labels),
+    Mistake("by_probabilities", "−y/p", _by_probabilities),
     Mistake("softmax_axis", "softmax(z, axis=0) − y", _column_softmax),
     Mistake("sigmoid", "σ(z) − y", _sigmoid),
     Mistake("normaliser_missing", "exp(z) − y", _unnormalised),

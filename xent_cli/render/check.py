@@ -264,6 +264,9 @@ CAUSES = {
         "the target is never subtracted; the gradient is p − y."),
     "softmax_missing": lambda d, report: (
         "the softmax term is missing: ∂/∂z_j of log Σ exp(z) is p_j, so the gradient is p − y."),
+    "by_probabilities": lambda d, report: (
+        "that is ∂loss/∂p, the derivative by the probabilities; the chain rule through the "
+        "softmax, ∂p/∂z = diag(p) − ppᵀ, turns it into ∂loss/∂z = p − y."),
     "softmax_axis": lambda d, report: (
         "the softmax runs down each class's column, over the samples; take it along each "
         "sample's row, over the classes (axis=1; PyTorch's dim=1)."),

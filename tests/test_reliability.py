@@ -246,6 +246,11 @@ CASES = {
                               "z.csv, line 1: column 1 of the header has no name; pandas writes its "
                               "index there: save with to_csv(path, index=False)"),
     "one-class": eval_case("one logit column", "z0,label\n1,0\n", "z.csv, line 1: found 1 logit column; cross-entropy needs at least 2"),
+    "savetxt-comment-header": eval_case("np.savetxt's header with the label first, under its '# ' comment mark",
+                                        "# label,z0,z1\n0,1,2\n1,3,4\n",
+                                        "z.csv, line 1: there is no column 'label'; the header starts with "
+                                        "np.savetxt's comment mark, so its first name is '# label': save with "
+                                        "np.savetxt(..., header='label,...', comments='')"),
     "no-label-column": eval_case("no label column and no --labels/--targets", TWO, "z.csv, line 1: there is no column 'label'"),
     # --- eval: the cells
     "ragged": eval_case("a row with fewer cells than the header", "z0,z1,label\n1,2,0\n1,2\n",

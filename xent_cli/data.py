@@ -256,6 +256,12 @@ def read_logits(path: str, *, label_col: str = "label", targets_from: str | None
                      delimiter_of(path, delimiter), path, table.header_line)
     _check_names(table)
     if not (targets_from or has_label_col):
+        first = table.header[0]
+        if first.startswith("#") and first.lstrip("#").strip() == label_col:
+            raise InputError(f"there is no column {label_col!r}; the header starts with "
+                             f"np.savetxt's comment mark, so its first name is {first!r}: save "
+                             f"with np.savetxt(..., header='{label_col},...', comments='')",
+                             source=path, line=table.header_line)
         raise InputError(f"there is no column {label_col!r}; name the label column with "
                          f"--label-col, or give --labels or --targets", source=path,
                          line=table.header_line)

@@ -792,10 +792,6 @@ def _bce_symbolic_gradient(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, bo
 
 # --- diagnosis: the typical mistakes behind a wrong gradient -------------------------------------
 
-# The weights' fit holds one (N, k) gradient per class; above this many numbers it is skipped.
-WEIGHTS_FIT_MAX = 4_000_000
-
-
 @dataclass(frozen=True)
 class Mistake:
     """A typical wrong gradient of the softmax cross-entropy, computed from the problem.
@@ -814,17 +810,24 @@ def _ce_gradient(problem: Problem, *, target: np.ndarray | None = None,
                  weight: np.ndarray | None = None, label_smoothing: float | None = None,
                  p: np.ndarray | None = None) -> np.ndarray:
     """Returns S·p − a, the per-sample gradient with some of the problem's options replaced."""
-    target = problem.target if target is None else target
-    if target.ndim == 2:
-        target = target.astype(np.float64)
     if weight is None:
         weight = np.ones(problem.k) if problem.weight is None else problem.weight
-    smoothing = problem.label_smoothing if label_smoothing is None else label_smoothing
-    a = losses.coefficients(target, problem.k, weight, smoothing, problem.ignored)
+    a = _ce_gradient_coefficients(problem, weight, target=target, label_smoothing=label_smoothing)
     p = problem.probabilities if p is None else p
     total = a.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore"):  # S = 0 on ignored rows, where p may be inf (exp)
         return np.where(total > 0, total * p, 0) - a
+
+
+def _ce_gradient_coefficients(problem: Problem, weight: np.ndarray, *,
+                              target: np.ndarray | None = None,
+                              label_smoothing: float | None = None) -> np.ndarray:
+    """Returns a of loss_i = −Σ_c a_ic log p_ic under the given weights (and target, smoothing)."""
+    target = problem.target if target is None else target
+    if target.ndim == 2:
+        target = target.astype(np.float64)
+    smoothing = problem.label_smoothing if label_smoothing is None else label_smoothing
+    return losses.coefficients(target, problem.k, weight, smoothing, problem.ignored)
 
 
 def _free_entries(problem: Problem) -> int:
@@ -858,26 +861,32 @@ def _shifted_labels(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, o
 
 
 def _weights(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
-    """Σ_c w_c·∂loss/∂z under weight e_c, w fitted: class weights left out, or applied unasked."""
-    n, k = problem.z.shape
-    if n * k * k > WEIGHTS_FIT_MAX:
+    """Σ_c w_c·u_c·(p − e_c), w fitted: class weights left out, or applied unasked.
+
+    u = (1 − ε)·y + ε/k is the unweighted target; PyTorch weighs its class-c part by w_c, so
+    the gradient S·p − a is linear in w, and w solves the k x k normal equations, built from
+    u and p without the (N·k, k) matrix of one gradient per class.
+    """
+    k = problem.k
+    u = _ce_gradient_coefficients(problem, np.ones(k))
+    p = problem.probabilities
+    # <p_i − e_c, p_i − e_d> = |p_i|² − p_ic − p_id + [c = d], summed over i with u_ic·u_id
+    up = u * p
+    gram = (u.T @ (u * (p * p).sum(axis=1, keepdims=True)) - u.T @ up - up.T @ u
+            + np.diag((u * u).sum(axis=0)))
+    rhs = u.T @ (g * p).sum(axis=1) - (u * g).sum(axis=0)
+    seen = np.diag(gram) > 0  # a class no sample weighs has no say
+    gram = gram[np.ix_(seen, seen)]
+    rank = np.linalg.matrix_rank(gram, hermitian=True) if gram.size else 0
+    if rank == 0 or rank < len(gram) or _free_entries(problem) <= rank:
         return []
-    # The gradient is linear in the weights: one column per class, the gradient under weight e_c
-    columns = np.stack([_ce_gradient(problem, weight=np.eye(k)[c]).ravel() for c in range(k)],
-                       axis=1)
-    seen = np.abs(columns).sum(axis=0) > 0  # a class no sample weighs has no say
-    basis = columns[:, seen]
-    gram = basis.T @ basis  # least squares by the k x k normal equations: N·k rows are many
-    rank = np.linalg.matrix_rank(gram, hermitian=True) if basis.size else 0
-    if rank == 0 or rank < basis.shape[1] or _free_entries(problem) <= rank:
-        return []
-    w = np.linalg.solve(gram, basis.T @ g.ravel())
+    w = np.zeros(k)
+    w[seen] = np.linalg.solve(gram, rhs[seen])
     given = (np.ones(k) if problem.weight is None else problem.weight)[seen]
-    if np.allclose(w * given[0], given * w[0], rtol=1e-9, atol=0):
+    if np.allclose(w[seen] * given[0], given * w[seen][0], rtol=1e-9, atol=0):
         return []  # the right weights times a constant: the scale note's case, not weights
-    weights = iter(w)
-    return [((basis @ w).reshape(g.shape),
-             tuple(float(next(weights)) if s else None for s in seen))]
+    return [(_ce_gradient(problem, weight=w),
+             tuple(float(x) if s else None for x, s in zip(w, seen)))]
 
 
 def _probabilities(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:

@@ -646,3 +646,54 @@ def test_an_uncompressed_npz_is_memory_mapped_a_compressed_one_read(tmp_path, la
     results = [stream.evaluate(stream.open_source(str(tmp_path / name)), show=0)
                for name in ("plain.npz", "packed.npz")]
     assert results[0].total == results[1].total and results[0].n == 6
+
+
+# --- a CSV of logits beside a CSV of labels: the labels read whole by Polars -------------------
+
+def _labels_text(y, header="label", newline="\n"):
+    lines = ([header] if header else []) + [str(label) for label in y]
+    return newline.join(lines) + newline
+
+
+LABEL_FILES = {
+    "header": lambda y: _labels_text(y),
+    "no-header": lambda y: _labels_text(y, header=None),
+    "crlf": lambda y: _labels_text(y, newline="\r\n"),
+    "whole-floats": lambda y: _labels_text([f"{label}.0" for label in y]),
+    "blank-line": lambda y: _labels_text(y).replace("\n", "\n\n", 5),
+    "out-of-range": lambda y: _labels_text([*y[:40], 7, *y[41:]]),
+    "not-a-number": lambda y: _labels_text([*y[:40], "x", *y[41:]]),
+    "not-whole": lambda y: _labels_text([*y[:40], "1.5", *y[41:]]),
+    "fewer": lambda y: _labels_text(y[:-3]),
+    "more": lambda y: _labels_text([*y, 0, 1]),
+    "two-columns": lambda y: "label,w\n" + "".join(f"{label},1\n" for label in y),
+}
+
+
+@pytest.mark.parametrize("name", LABEL_FILES)
+def test_csv_labels_beside_a_large_csv_read_as_the_strict_reader_does(runner, tmp_path,
+                                                                     monkeypatch, name):
+    rng = np.random.default_rng(12)
+    z, y = rng.normal(scale=3, size=(90, 4)), rng.integers(0, 4, size=90)
+    (tmp_path / "z.csv").write_text("z0,z1,z2,z3\n" + "".join(
+        ",".join(map(repr, row)) + "\n" for row in z.tolist()))
+    (tmp_path / "y.csv").write_text(LABEL_FILES[name](y.tolist()))
+    read = []
+    real = stream._csv_labels
+    monkeypatch.setattr(stream, "_csv_labels", lambda *a: read.append(real(*a)) or read[-1])
+    results = {}
+    for reader, threshold in (("fast", 0), ("strict", 1 << 60)):
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        monkeypatch.setattr(stream, "BLOCK_BYTES", 500)  # blocks of about 7 lines
+        out = tmp_path / f"{reader}.csv"
+        result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--labels",
+                                     str(tmp_path / "y.csv"), "--output", str(out)])
+        results[reader] = (result.exit_code, result.stdout, result.stderr,
+                           out.read_bytes() if out.exists() else None)
+    assert results["fast"] == results["strict"]
+    accepted = ("header", "no-header", "crlf", "whole-floats", "blank-line")
+    assert results["fast"][0] == (0 if name in accepted else 2)
+    # Polars reads the labels unless the strict reader has to judge them; a label out of range
+    # or a count that differs is refused later, in the strict reader's words all the same
+    assert (read[0] is not None) == (name not in ("blank-line", "not-a-number", "not-whole",
+                                                  "two-columns"))

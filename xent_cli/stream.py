@@ -208,16 +208,18 @@ def _open_source(path: str, *, label_col: str, labels_path: str | None,
     if labels_path is not None and targets_path is not None:
         raise InputError("give either labels or soft targets, not both")
     side = labels_path or targets_path
-    beside_array = _suffix(path) not in ARRAYS and _suffix(side) in (".npy", ".npz")
     text = not _has_arrays(path, labels_path, targets_path)
+    # a CSV of logits beside labels or targets read whole: an array, or a CSV of labels
+    side_whole = _suffix(path) not in ARRAYS and (_suffix(side) in (".npy", ".npz")
+                                                  or text and labels_path is not None)
     if _suffix(path) == ".parquet" and side is None and min_classes >= 2:
         fast = _fast_parquet(path, label_col)
         if fast is not None:
             return fast
-    if (beside_array or text and labels_path is None) and data.STDIN not in (path, side):
+    if (side_whole or text and labels_path is None) and data.STDIN not in (path, side):
         size = os.path.getsize(path) if os.path.isfile(path) else -1  # else the strict reader says why
         if size >= max(FAST_CSV_BYTES, 1):
-            if beside_array:
+            if side_whole:
                 fast = _fast_csv_array(path, side, "labels" if labels_path else "targets",
                                        label_col, delimiter, size, min_classes)
             elif targets_path is None:
@@ -418,7 +420,8 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
 def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
                     delimiter: str | None, size: int, min_classes: int = 2) -> Source | None:
     """Returns a fast source for a large CSV of logits whose labels or soft targets (what) are
-    an .npy (memory-mapped) or .npz array, or None when Polars is missing.
+    an .npy (memory-mapped) or .npz array, or whose labels are a CSV (read whole by Polars), or
+    None when Polars is missing or the strict reader must judge.
 
     Each block of logits takes as many rows of the array. Anything the strict reader would
     refuse (unequal lengths, a negative or non-finite target) makes the fast reader hand over,
@@ -433,7 +436,16 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
     k = len(header)
     if k < min_classes or label_col in header:
         return None  # the strict reader explains
-    values, _, _ = _read_side(side_path, delimiter, what)
+    side_lines = side_column = None  # a CSV's lines and header; an array has rows
+    if _suffix(side_path) in (".npy", ".npz"):
+        values, _, _ = _read_side(side_path, delimiter, what)
+    elif what == "labels":
+        read = _csv_labels(side_path, delimiter)
+        if read is None:
+            return None  # the strict reader explains
+        values, side_lines, side_column = read
+    else:
+        return None
     if what == "labels":
         values = _whole_labels(values, side_path)
     elif np.ndim(values) != 2 or np.shape(values)[1] != k:
@@ -457,8 +469,10 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
             chunk = data.EvalInput(
                 logits=logits, labels=side if what == "labels" else None,
                 targets=side if what == "targets" else None, class_names=header, source=path,
-                lines=lines, target_source=side_path, target_column=None,
-                target_lines=range(start, start + n), rows_in=frozenset([side_path]))
+                lines=lines, target_source=side_path, target_column=side_column,
+                target_lines=(range(start, start + n) if side_lines is None
+                              else side_lines[start:start + n]),
+                rows_in=frozenset([side_path] if side_lines is None else []))
             yield Chunk(data=chunk, start=start, done=done)
             start, line = start + n, line + n
         if start == 0 or start != len(values):
@@ -474,6 +488,40 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
     return Source(name=path, class_names=header, has_labels=what == "labels",
                   target_source=side_path, size=size, unit="bytes", chunks=chunks,
                   targets=targets)
+
+
+def _csv_labels(path: str, delimiter: str | None) -> tuple[np.ndarray, range, str | None] | None:
+    """Returns a one-column CSV's labels, read whole by Polars (8 bytes a label, where the
+    strict reader's cells take a hundred), each label's line and the header's name (None when
+    the first line is a label); None where the strict reader must judge: a blank line, quotes,
+    more columns, a label that is no whole number, an unreadable file."""
+    try:
+        with open(path, "rb") as file:
+            first = file.readline()
+            rest = file.read()
+    except OSError:
+        return None
+    try:
+        cell = first.decode("utf-8").strip("\r\n").strip()
+    except UnicodeDecodeError:
+        return None
+    delimiter = data.delimiter_of(path, delimiter)
+    if not cell or '"' in cell or delimiter in cell or cell.startswith("\ufeff"):
+        return None
+    try:
+        data.parse_number(cell)
+        name, block, first_line = None, first + rest, 1  # no header: the first line is a label
+    except ValueError:
+        name, block, first_line = repr(cell), rest, 2
+    if not block or not _plain_lines(block):
+        return None
+    try:
+        raw = _parse_column(block if block.endswith(b"\n") else block + b"\n", 1, delimiter, 0)
+    except _Unusual:
+        return None
+    if not ((np.abs(raw) < 2.0**53) & (raw == np.round(raw))).all():  # also false for nan
+        return None
+    return raw.astype(np.int64), range(first_line, first_line + len(raw)), name
 
 
 def _fast_parquet(path: str, label_col: str) -> Source | None:

@@ -386,6 +386,16 @@ CASES = {
     "check-label-out-of-range": Case("check: a label ≥ k", ("check", "z.csv"),
                                      "z.csv, line 3, column 'label': label 7 is not a class index 0..1",
                                      files={"z.csv": "z0,z1,label\n1,2,0\n1,2,7\n"}),
+    "check-function-as-logits": Case("check: a function given where the logits go", ("check", "my_grad.py:grad"),
+                                     "my_grad.py:grad: no such file; a function of yours is checked with xent check "
+                                     "--grad-fn my_grad.py:grad (LOGITS is a data file)",
+                                     files={"my_grad.py": "def grad(z, y):\n    return z\n"}),
+    "check-python-as-logits": Case("check: a Python file given where the logits go", ("check", "my_grad.py"),
+                                   "my_grad.py: is Python code, not logits; check a function in it with xent check "
+                                   "--grad-fn my_grad.py:NAME",
+                                   files={"my_grad.py": "import numpy as np\n\n\ndef grad(z, y):\n    return z\n"}),
+    "eval-python": eval_case("eval: a Python file", "import numpy as np\n", "z.py: is Python code, not logits",
+                             name="z.py"),
     "check-k": Case("check: --k 1 for softmax", ("check", "--k", "1"),
                     "--k 1: cross-entropy needs at least 2 classes; one logit column is a binary "
                     "classifier: --loss bce"),

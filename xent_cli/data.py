@@ -314,6 +314,10 @@ def _read_text(path: str) -> str:
             with open(path, "rb") as file:
                 raw = file.read()
     except FileNotFoundError:
+        code, sep, _ = path.rpartition(":")
+        if sep and code.endswith(".py") and os.path.isfile(code):
+            raise InputError(f"no such file; a function of yours is checked with xent check "
+                             f"--grad-fn {path} (LOGITS is a data file)", source=path) from None
         raise InputError("no such file", source=path) from None
     except IsADirectoryError:
         raise InputError("is a directory, not a CSV file", source=path) from None
@@ -321,6 +325,9 @@ def _read_text(path: str) -> str:
         raise InputError("cannot be read: permission denied", source=path) from None
     except OSError as error:
         raise InputError(f"cannot be read: {error.strerror or error}", source=path) from None
+    if path.endswith(".py"):
+        raise InputError(f"is Python code, not logits; check a function in it with xent check "
+                         f"--grad-fn {path}:NAME", source=path)
     if b"\0" in raw:
         raise InputError(_binary(path), source=path)
     try:

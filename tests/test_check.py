@@ -501,3 +501,13 @@ def test_a_user_gradient_that_indexes_with_the_ignore_index_is_told_of_it(runner
     assert "IndexError: index -100 is out of bounds" in result.stderr
     assert ("y holds the ignore index -100 for 2 samples (the first is sample 1): their loss and "
             "gradient rows are 0" in result.stderr), result.stderr
+
+
+def test_a_loss_function_given_to_loss_points_to_loss_fn(runner):
+    # --loss picks xent's loss (ce or bce); a newcomer hands it their own function
+    result = check(runner, "--loss", f"{CASES}:loss")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"is not one of 'ce', 'bce'; your own loss function is checked with xent check --loss-fn {CASES}:loss" \
+        in result.stderr, result.stderr
+    assert "--loss-fn" not in check(runner, "--loss", "mse").stderr

@@ -11,6 +11,7 @@ import enum
 import errno
 import importlib
 import os
+import re
 import sys
 from typing import Annotated, Iterator, Optional
 
@@ -35,6 +36,16 @@ def _unwritable(error: OSError) -> str:
     return f"Error: the output cannot be written: {error.strerror}"
 
 
+def _own_function_hint(error: Exception) -> str:
+    """Returns a usage error's message; --loss given a FILE.py:NAME points to --loss-fn."""
+    message = error.format_message()
+    given = re.search(r"'([^']*:[^']*)' is not one of", message)
+    if getattr(getattr(error, "param", None), "name", None) != "loss" or given is None:
+        return message
+    return (f"{message.rstrip('.')}; your own loss function is checked with xent check "
+            f"--loss-fn {given.group(1)}")
+
+
 class OneLineErrors(TyperGroup):
     """Reports a usage error in one line on stderr, like every other xent error, and exits 2."""
 
@@ -46,7 +57,7 @@ class OneLineErrors(TyperGroup):
             code = error.exit_code
         except click_errors.UsageError as error:
             command = error.ctx.command_path if error.ctx else "xent"
-            print(f"Error: {error.format_message()} (see '{command} --help')", file=sys.stderr)
+            print(f"Error: {_own_function_hint(error)} (see '{command} --help')", file=sys.stderr)
             code = ExitStatus.USAGE
         except click_errors.ClickException as error:
             error.show()

@@ -52,7 +52,10 @@ MISTAKES = [
      "with ε = 0.05: xent was given --label-smoothing 0.1, another ε."),
     # the convention that gives the label 1 − ε and each other class ε/(k − 1): PyTorch's ε·k/(k − 1)
     ("return p - (0.9 * y1 + 0.1 / (k - 1) * (1 - y1))", ["--label-smoothing", "0.1"],
-     "label_smoothing", 0.1 * 4 / 3, "spreads ε = 0.1 over the k − 1 other classes"),
+     "label_smoothing", 0.1 * 4 / 3, "xent was given --label-smoothing 0.1, and the gradient "
+                                     "spreads that ε over the k − 1 other classes (ε/(k − 1) "
+                                     "each, the label keeping 1 − ε), which is PyTorch's ε = "
+                                     "0.133333"),
     ("return p - np.eye(k)[y - 1]", [], "shifted_labels", -1,
      "p − onehot(y − 1): the one-hot sits one class below each label"),
     ("return p - np.eye(k)[(y + 1) % k]", [], "shifted_labels", 1,

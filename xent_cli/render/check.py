@@ -220,13 +220,13 @@ def _smoothing_cause(d: Diagnosis, report: CheckReport) -> str:
     if eps == 0:
         return (f"your gradient does not smooth the targets, and xent was given --label-smoothing "
                 f"{_number(given)}: use (1 − ε)·y + ε/k in the gradient, or drop the option.")
-    text = f"xent was given --label-smoothing {_number(given)}, another ε."
     k = report.k
     if abs(eps * (k - 1) / k - given) < 1e-6:
-        text += (f" The gradient spreads ε = {_number(given)} over the k − 1 other classes "
-                 f"(ε/(k − 1) each), which is PyTorch's ε = {_number(eps)}: PyTorch's "
-                 f"label_smoothing gives ε/k to every class, the label's too.")
-    return text
+        return (f"xent was given --label-smoothing {_number(given)}, and the gradient spreads that "
+                f"ε over the k − 1 other classes (ε/(k − 1) each, the label keeping 1 − ε), "
+                f"which is PyTorch's ε = {_number(eps)}; PyTorch's label_smoothing gives ε/k to "
+                f"every class, the label's too: smooth as (1 − ε)·y + ε/k.")
+    return f"xent was given --label-smoothing {_number(given)}, another ε."
 
 
 def _shift_cause(d: Diagnosis, report: CheckReport) -> str:

@@ -697,3 +697,19 @@ def test_csv_labels_beside_a_large_csv_read_as_the_strict_reader_does(runner, tm
     # or a count that differs is refused later, in the strict reader's words all the same
     assert (read[0] is not None) == (name not in ("blank-line", "not-a-number", "not-whole",
                                                   "two-columns"))
+
+
+@pytest.mark.parametrize("name", LABEL_FILES)
+def test_csv_labels_beside_an_npy_read_as_the_strict_reader_does(runner, tmp_path, monkeypatch,
+                                                                 name):
+    rng = np.random.default_rng(13)
+    z, y = rng.normal(scale=3, size=(90, 4)), rng.integers(0, 4, size=90)
+    np.save(tmp_path / "z.npy", z)
+    (tmp_path / "y.csv").write_text(LABEL_FILES[name](y.tolist()))
+    results = {}
+    for reader, threshold in (("polars", 0), ("strict", 1 << 60)):
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        result = runner.invoke(app, ["eval", str(tmp_path / "z.npy"), "--labels",
+                                     str(tmp_path / "y.csv"), "--format", "json"])
+        results[reader] = (result.exit_code, result.stdout, result.stderr)
+    assert results["polars"] == results["strict"]

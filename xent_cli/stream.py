@@ -443,7 +443,8 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
         read = _csv_labels(side_path, delimiter)
         if read is None:
             return None  # the strict reader explains
-        values, side_lines, side_column = read
+        values, name, side_lines = read
+        side_column = None if name is None else repr(name)
     else:
         return None
     if what == "labels":
@@ -490,11 +491,12 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
                   targets=targets)
 
 
-def _csv_labels(path: str, delimiter: str | None) -> tuple[np.ndarray, range, str | None] | None:
-    """Returns a one-column CSV's labels, read whole by Polars (8 bytes a label, where the
-    strict reader's cells take a hundred), each label's line and the header's name (None when
-    the first line is a label); None where the strict reader must judge: a blank line, quotes,
-    more columns, a label that is no whole number, an unreadable file."""
+def _csv_labels(path: str, delimiter: str | None) -> tuple[np.ndarray, str | None, range] | None:
+    """Returns what data._read_labels does, read whole by Polars (8 bytes a label, where the
+    strict reader's cells take a hundred): a one-column CSV's labels, its header's name (None
+    when the first line is a label) and each label's line; None where the strict reader must
+    judge: a blank line, quotes, more columns, a label that is no whole number, an unreadable
+    file."""
     try:
         with open(path, "rb") as file:
             first = file.readline()
@@ -512,7 +514,7 @@ def _csv_labels(path: str, delimiter: str | None) -> tuple[np.ndarray, range, st
         data.parse_number(cell)
         name, block, first_line = None, first + rest, 1  # no header: the first line is a label
     except ValueError:
-        name, block, first_line = repr(cell), rest, 2
+        name, block, first_line = cell, rest, 2
     if not block or not _plain_lines(block):
         return None
     try:
@@ -521,7 +523,7 @@ def _csv_labels(path: str, delimiter: str | None) -> tuple[np.ndarray, range, st
         return None
     if not ((np.abs(raw) < 2.0**53) & (raw == np.round(raw))).all():  # also false for nan
         return None
-    return raw.astype(np.int64), range(first_line, first_line + len(raw)), name
+    return raw.astype(np.int64), name, range(first_line, first_line + len(raw))
 
 
 def _fast_parquet(path: str, label_col: str) -> Source | None:
@@ -1070,7 +1072,9 @@ def _read_side(path: str, delimiter: str | None, what: str
         raise InputError(f"has no array {what!r} (it has {', '.join(arrays) or 'none'}); "
                          f"name it: np.savez(path, {what}=...)", source=path)
     if what == "labels":
-        labels, name, lines = data._read_labels(path, delimiter)
+        large = os.path.isfile(path) and os.path.getsize(path) >= max(FAST_CSV_BYTES, 1)
+        labels, name, lines = (large and _csv_labels(path, delimiter)
+                               or data._read_labels(path, delimiter))
         return labels, lines, None if name is None else (name,)
     table = data.read_table(path, delimiter)
     return data._numbers(table, range(len(table.header)), "probability"), table.lines, table.header

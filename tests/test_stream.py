@@ -713,3 +713,26 @@ def test_csv_labels_beside_an_npy_read_as_the_strict_reader_does(runner, tmp_pat
                                      str(tmp_path / "y.csv"), "--format", "json"])
         results[reader] = (result.exit_code, result.stdout, result.stderr)
     assert results["polars"] == results["strict"]
+
+
+@pytest.mark.parametrize("header", ['"z0","z1","z2","label"',  # R's write.csv
+                                    '"z0", "z1", "z2", "label"',
+                                    '"a,b",z1,"z ""2""",label'])
+def test_a_quoted_header_takes_the_fast_reader_with_the_strict_reader_s_names(
+        runner, tmp_path, monkeypatch, header):
+    rng = np.random.default_rng(14)
+    rows = "".join(",".join(map(repr, row)) + f",{label}\n" for row, label in
+                   zip(rng.normal(size=(60, 3)).tolist(), rng.integers(0, 3, size=60).tolist()))
+    (tmp_path / "z.csv").write_text(header + "\n" + rows)
+    parsed = []
+    real = stream._parse_block
+    monkeypatch.setattr(stream, "_parse_block", lambda *a, **o: parsed.append(1) or real(*a, **o))
+    results = {}
+    for reader, threshold in (("fast", 0), ("strict", 1 << 60)):
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        monkeypatch.setattr(stream, "BLOCK_BYTES", 400)
+        out = tmp_path / f"{reader}.csv"
+        result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output", str(out)])
+        assert result.exit_code == 0, result.output
+        results[reader] = (result.stdout, out.read_bytes())
+    assert results["fast"] == results["strict"] and parsed

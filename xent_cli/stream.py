@@ -647,18 +647,24 @@ def _block_rows(path: str, offset: int, columns: int, delimiter: str) -> Iterato
 
 
 def _plain_header(path: str, delimiter: str) -> tuple[tuple[str, ...], int]:
-    """Returns a CSV's header names and its length in bytes; no names where the strict reader
-    must judge (undecodable, quoted, empty or repeated names)."""
+    """Returns a CSV's header names, read as the strict reader reads them (R's write.csv quotes
+    each name), and its length in bytes; no names where the strict reader must judge
+    (undecodable, a quoted name over two lines, empty or repeated names)."""
+    import csv
+
     with open(path, "rb") as file:
         first = file.readline()
     try:
-        text = first.decode("utf-8-sig")
+        text = first.decode("utf-8-sig").strip("\r\n")
     except UnicodeDecodeError:
         return (), len(first)
-    header = tuple(cell.strip() for cell in text.strip("\r\n").split(delimiter))
+    if text.count('"') % 2 or "\r" in text:
+        return (), len(first)  # a quoted name goes on past the line, or lines end in \r alone
+    cells = next(csv.reader([text], delimiter=delimiter, skipinitialspace=True), [])
+    header = tuple(cell.strip() for cell in cells)
     data.check_names(header, path)  # before reading a large file that has no header
-    if len(set(header)) != len(header) or not all(header) or '"' in text:
-        return (), len(first)  # the strict reader explains, or reads quoted headers properly
+    if len(set(header)) != len(header) or not all(header):
+        return (), len(first)  # the strict reader explains
     return header, len(first)
 
 

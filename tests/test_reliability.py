@@ -390,6 +390,10 @@ CASES = {
                                      "my_grad.py:grad: no such file; a function of yours is checked with xent check "
                                      "--grad-fn my_grad.py:grad (LOGITS is a data file)",
                                      files={"my_grad.py": "def grad(z, y):\n    return z\n"}),
+    "check-module-as-logits": Case("check: a module:function given where the logits go", ("check", "my_grad:grad"),
+                                   "my_grad:grad: no such file; a function of yours is checked with xent check "
+                                   "--grad-fn my_grad:grad (LOGITS is a data file)",
+                                   files={"my_grad.py": "def grad(z, y):\n    return z\n"}),
     "check-python-as-logits": Case("check: a Python file given where the logits go", ("check", "my_grad.py"),
                                    "my_grad.py: is Python code, not logits; check a function in it with xent check "
                                    "--grad-fn my_grad.py:NAME",

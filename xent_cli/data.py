@@ -314,8 +314,9 @@ def _read_text(path: str) -> str:
             with open(path, "rb") as file:
                 raw = file.read()
     except FileNotFoundError:
-        code, sep, _ = path.rpartition(":")
-        if sep and code.endswith(".py") and os.path.isfile(code):
+        code, sep, _ = path.rpartition(":")  # FILE.py:NAME or MODULE:NAME, as --grad-fn takes
+        if sep and code and os.path.isfile(code if code.endswith(".py")
+                                           else code.replace(".", os.sep) + ".py"):
             raise InputError(f"no such file; a function of yours is checked with xent check "
                              f"--grad-fn {path} (LOGITS is a data file)", source=path) from None
         raise InputError("no such file", source=path) from None

@@ -216,30 +216,41 @@ def smoothed(labels, k, eps):
     return (1 - eps) * np.eye(k)[labels] + eps / k
 
 
-def oracle(name, parameter, z, labels, eps0):
-    """Returns the gradient of a named mistake, written out again from its description."""
+def oracle(name, parameter, z, labels, eps0, w0):
+    """Returns the gradient of a named mistake, written out again from its description.
+
+    PyTorch's loss with class weights w0 and smoothing eps0 is −Σ_c a_c log p_c with
+    a = w0·((1 − eps0)·onehot + eps0/k); its gradient is S·p − a, S = Σ_c a_c.
+    """
     n, k = z.shape
-    p, y = softmax_rows(z), smoothed(labels, k, eps0)
-    if name == "label_smoothing":
-        return p - smoothed(labels, k, parameter)
-    if name == "shifted_labels":
-        return p - smoothed((labels + parameter) % k, k, eps0)
-    if name == "class_weights":
-        w = np.array([0.0 if v is None else v for v in parameter])
-        a = w * y  # PyTorch: class c's term weighed by w_c
+    p = softmax_rows(z)
+    a = w0 * smoothed(labels, k, eps0)
+    total = a.sum(axis=1, keepdims=True)
+
+    def gradient(a):
         return a.sum(axis=1, keepdims=True) * p - a
+
+    if name == "label_smoothing":
+        return gradient(w0 * smoothed(labels, k, parameter))
+    if name == "shifted_labels":
+        return gradient(w0 * smoothed((labels + parameter) % k, k, eps0))
+    if name == "class_weights":
+        return gradient(np.array([0.0 if v is None else v for v in parameter])
+                        * smoothed(labels, k, eps0))
     if name == "target_missing":
-        return p
+        return total * p
     if name == "softmax_missing":
-        return -y
+        return -a
     if name == "by_probabilities":
-        return -y / p
+        return -a / p
     if name == "softmax_axis":
-        return softmax_rows(z.T).T - y
+        return total * softmax_rows(z.T).T - a
     if name == "sigmoid":
-        return 1 / (1 + np.exp(-z)) - y
+        return total / (1 + np.exp(-z)) - a
     if name == "normaliser_missing":
-        return np.exp(z) - y
+        return total * np.exp(z) - a
+    if name == "right":
+        return gradient(a)
     raise AssertionError(name)
 
 
@@ -249,47 +260,48 @@ KINDS = ["label_smoothing", "shifted_labels", "class_weights", "target_missing",
 
 @settings(max_examples=150, deadline=None)
 @given(n=st.integers(1, 6), k=st.integers(2, 5), seed=st.integers(0, 2**32 - 1),
-       eps0=st.sampled_from([0.0, 0.1]), kind=st.sampled_from(KINDS),
+       eps0=st.sampled_from([0.0, 0.1]), weighted=st.booleans(), kind=st.sampled_from(KINDS),
        spoil=st.sampled_from([None, "noise", "one entry", "right plus noise"]),
        mean=st.booleans())
-def test_a_diagnosis_is_never_a_cause_the_gradient_does_not_have(n, k, seed, eps0, kind, spoil,
-                                                                 mean):
+def test_a_diagnosis_is_never_a_cause_the_gradient_does_not_have(n, k, seed, eps0, weighted,
+                                                                 kind, spoil, mean):
     rng = np.random.default_rng(seed)
     z = 2.0 * rng.standard_normal((n, k))
     labels = rng.integers(0, k, size=n)
+    w0 = rng.choice([0.5, 1.0, 2.0, 3.0], size=k) if weighted else np.ones(k)
     parameter = {"label_smoothing": float(rng.choice([0.05, 0.2, 0.5])),
                  "shifted_labels": int(rng.choice([-1, 1])) if k > 2 else -1,
                  "class_weights": tuple(float(w) for w in rng.choice([0.5, 2.0, 3.0], size=k)),
                  }.get(kind)
-    analytic = oracle(kind, parameter, z, labels, eps0)
-    if spoil == "right plus noise":
-        analytic = softmax_rows(z) - smoothed(labels, k, eps0)
+    analytic = oracle("right" if spoil == "right plus noise" else kind, parameter, z, labels,
+                      eps0, w0)
     if spoil in ("noise", "right plus noise"):
         analytic = analytic + 1e-2 * (1 + np.abs(analytic)) * rng.standard_normal((n, k))
     elif spoil == "one entry":
         analytic = analytic.copy()
         i, c = rng.integers(n), rng.integers(k)
         analytic[i, c] += 0.1 * (1 + abs(analytic[i, c]))  # beyond the tolerance at its size
-    if mean:
-        analytic = analytic / n
-    problem = gradcheck.problem(z, labels, label_smoothing=eps0)
+    if mean:  # backward() of PyTorch's 'mean': divided by the labels' weights summed
+        analytic = analytic / w0[labels].sum()
+    problem = gradcheck.problem(z, labels, label_smoothing=eps0,
+                                weight=w0 if weighted else None)
     tol = gradcheck.tolerance("central")
     diagnosis = gradcheck.diagnose(problem, analytic, tol)
 
     if diagnosis is not None:  # whatever it names, the gradient has: every entry fits
-        explained = oracle(diagnosis.mistake, diagnosis.parameter, z, labels, eps0)
+        explained = oracle(diagnosis.mistake, diagnosis.parameter, z, labels, eps0, w0)
         scaled = analytic * (diagnosis.divisor or 1)
         assert np.all(np.abs(scaled - explained) <= tol.atol + tol.rtol * np.abs(explained))
-        right = softmax_rows(z) - smoothed(labels, k, eps0)
+        right = oracle("right", None, z, labels, eps0, w0)
         assert not np.allclose(explained, right, rtol=tol.rtol, atol=tol.atol)
     if spoil is not None:
         assert diagnosis is None, diagnosis
     elif kind == "class_weights" and n * (k - 1) <= k or kind == "label_smoothing" and \
             n * (k - 1) <= 1:
         pass  # too few entries to fit the parameter: no diagnosis is no guess
-    elif kind == "class_weights" and len({parameter[c] for c in (
+    elif kind == "class_weights" and len({parameter[c] / w0[c] for c in (
             range(k) if eps0 else set(labels))}) == 1:
-        pass  # equal weights (of the classes the samples show) are the scale note's case
+        pass  # weights in proportion to xent's (where the samples show them): the scale note's
     else:
         assert diagnosis is not None and diagnosis.mistake == kind, (kind, diagnosis)
 

@@ -22,6 +22,7 @@ exact match and Hamming loss count integers.
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import functools
 import io
@@ -521,7 +522,7 @@ def _csv_labels(path: str, delimiter: str | None) -> tuple[np.ndarray, str | Non
         raw = _parse_column(block if block.endswith(b"\n") else block + b"\n", 1, delimiter, 0)
     except _Unusual:
         return None
-    if not ((np.abs(raw) < 2.0**53) & (raw == np.round(raw))).all():  # also false for nan
+    if not _whole_numbers(raw):
         return None
     return raw.astype(np.int64), name, range(first_line, first_line + len(raw))
 
@@ -561,8 +562,7 @@ def _fast_parquet(path: str, label_col: str) -> Source | None:
             raw_labels = frame[label_col].to_numpy()
             if not _finite(logits):
                 raise _Unusual
-            if raw_labels.dtype.kind == "f" and not (
-                    (np.abs(raw_labels) < 2.0**53) & (raw_labels == np.round(raw_labels))).all():
+            if raw_labels.dtype.kind == "f" and not _whole_numbers(raw_labels):
                 raise _Unusual  # nan (a null), or no whole number
             if raw_labels.dtype.kind == "u" and (raw_labels >= 2**63).any():
                 raise _Unusual  # beyond int64
@@ -579,6 +579,12 @@ def _fast_parquet(path: str, label_col: str) -> Source | None:
 
     return Source(name=path, class_names=logit_names, has_labels=True, target_source=path,
                   size=n, unit="rows", chunks=chunks, targets=targets, rows=lambda: iter([n]))
+
+
+def _whole_numbers(raw: np.ndarray) -> bool:
+    """Returns whether parsed labels are all whole numbers that float64 holds exactly (not
+    nan, 2.5 or 1e300)."""
+    return bool(((np.abs(raw) < 2.0**53) & (raw == np.round(raw))).all())
 
 
 def _finite(array: np.ndarray) -> bool:
@@ -650,8 +656,6 @@ def _plain_header(path: str, delimiter: str) -> tuple[tuple[str, ...], int]:
     """Returns a CSV's header names, read as the strict reader reads them (R's write.csv quotes
     each name), and its length in bytes; no names where the strict reader must judge
     (undecodable, a quoted name over two lines, empty or repeated names)."""
-    import csv
-
     with open(path, "rb") as file:
         first = file.readline()
     try:

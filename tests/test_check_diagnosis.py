@@ -315,3 +315,10 @@ def test_backward_of_a_weighted_mean_is_named_by_its_divisor(runner, tmp_path):
     assert report["scale"] == pytest.approx(1 / 13.5) and report["diagnosis"] is None
     assert "1/13.5 of the numeric one (1/Σ w_y, the labels' class weights summed)" in \
         words(result.stdout), result.stdout
+
+
+def test_binary_cross_entropy_gets_no_softmax_diagnosis(runner):
+    # the mistakes are the softmax's: σ(z) − y is bce's right gradient, and p there means σ(z)
+    result = runner.invoke(app, ["check", "--loss", "bce", "--expr", "p", "--format", "json"])
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["diagnosis"] is None

@@ -511,3 +511,13 @@ def test_a_loss_function_given_to_loss_points_to_loss_fn(runner):
     assert f"is not one of 'ce', 'bce'; your own loss function is checked with xent check --loss-fn {CASES}:loss" \
         in result.stderr, result.stderr
     assert "--loss-fn" not in check(runner, "--loss", "mse").stderr
+
+
+@pytest.mark.parametrize("given", [["--grad-fn", f"{CASES}:grad"], ["--expr", "p - y"]])
+def test_symbolic_with_a_gradient_of_the_users_is_refused(runner, given):
+    # the symbolic route checks xent's own gradient: asked for beside the user's, it did nothing
+    result = check(runner, *given, "--symbolic")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"Error: --symbolic compares xent's own gradient with SymPy's; "
+                             f"{given[0]} is checked against finite differences: drop --symbolic\n")
+    assert check(runner, *given, "--no-symbolic").exit_code == 0

@@ -566,6 +566,10 @@ def check_command(
             raise XentError("--grad-fn and --expr exclude each other: give one")
         if labels is not None and targets is not None:
             raise XentError("--labels and --targets exclude each other: give one")
+        if symbolic and (grad_fn is not None or expr is not None):
+            raise XentError(f"--symbolic compares xent's own gradient with SymPy's; "
+                            f"{'--grad-fn' if grad_fn is not None else '--expr'} is checked "
+                            f"against finite differences: drop --symbolic")
         if logits is None and (labels is not None or targets is not None):
             raise XentError(f"{'--labels' if labels is not None else '--targets'} belongs to a "
                             f"LOGITS file; without one, check draws random inputs and targets")

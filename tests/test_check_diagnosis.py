@@ -66,6 +66,10 @@ MISTAKES = [
     ("return p - y1", ["--weight", "0.5,2,1,3"], "class_weights", [1.0, 1.0, 1.0, 1.0],
      "the unweighted gradient: your gradient leaves out the class weights xent was given "
      "(--weight 0.5,2,1,3)"),
+    # the seed post's Case 1: the normaliser's dependence on z_j, j ≠ ℓ, left out
+    ("g = np.zeros_like(p)\nrows = np.arange(len(y))\ng[rows, y] = p[rows, y] - 1\nreturn g", [],
+     "label_only", None, "Every analytic entry is p − y at the label, 0 off it: the normaliser "
+                         "log Σ exp(z) depends on every logit, so ∂CE/∂z_j = p_j for j ≠ ℓ"),
     ("return p", [], "target_missing", None, "Every analytic entry is p: the target is never "
                                              "subtracted"),
     ("return -y1", [], "softmax_missing", None, "Every analytic entry is −y: the softmax term is "
@@ -189,7 +193,8 @@ def test_a_right_gradient_names_nothing(runner, tmp_path, body, options):
     "g = p - y1\ng[0, 0] += 0.1\nreturn g",  # one entry off
     "g = p - (0.9 * y1 + 0.1 / k)\ng[5, 2] *= 1.01\nreturn g",  # a mistake, and one entry more
     "return p - y1 * p",  # a mistake of no rule: (1 - y)·p
-    "g = np.zeros_like(p)\nrows = np.arange(len(y))\ng[rows, y] = p[rows, y] - 1\nreturn g",
+    # zero off the label, and the label's entry wrong too: not the normaliser left out alone
+    "g = np.zeros_like(p)\nrows = np.arange(len(y))\ng[rows, y] = p[rows, y] - 0.9\nreturn g",
 ])
 def test_a_gradient_wrong_in_another_way_names_nothing(runner, tmp_path, body):
     result, report = check(runner, user_grad(tmp_path, body))

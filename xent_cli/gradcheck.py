@@ -889,6 +889,17 @@ def _weights(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]
              tuple(float(x) if s else None for x, s in zip(w, seen)))]
 
 
+def _label_only(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
+    """The right gradient at each label's entry and 0 off it: the normaliser's dependence on
+    the other logits dropped, as if log Σ exp(z) moved with z_ℓ alone."""
+    if problem.labels is None:
+        return []
+    on_label = np.zeros(problem.grad.shape, dtype=bool)
+    kept = np.flatnonzero(~problem.ignored)
+    on_label[kept, problem.labels[kept]] = True
+    return [(np.where(on_label, problem.grad, 0.0), None)]
+
+
 def _probabilities(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
     """S·p: the target never subtracted."""
     return [(problem.a.sum(axis=1, keepdims=True) * problem.probabilities, None)]
@@ -927,6 +938,7 @@ def _unnormalised(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, obj
 # explain the same numbers (k weights can mimic smoothing when every label is one class), the
 # plainer one is named. The first that explains every entry is the diagnosis.
 MISTAKES = (
+    Mistake("label_only", "p − y at the label, 0 off it", _label_only),
     Mistake("target_missing", "p", _probabilities),
     Mistake("softmax_missing", "−y", _target_only),
     Mistake("shifted_labels", "p − onehot(y + s)", _shifted_labels),

@@ -159,9 +159,6 @@ def _first_failure(report: CheckReport) -> str:
         return text + " " + _scale_note(report)  # the cause, named: the notes below miss it
     if report.diagnosis is not None:
         return text + " " + diagnosis_note(report)
-    if report.failed_off_label == report.failed:
-        text += (" Entries off the label fail too: the gradient of every class j carries p_j, "
-                 "because the normaliser Σ exp(z) depends on every logit.")
     if report.loss == "bce" and report.quantity == "gradient":
         text += (" In binary cross-entropy each class is its own yes/no question: the derivative "
                  "by z_c is σ(z_c) − y_c (times the weights), from its own logit only, with no "
@@ -260,6 +257,9 @@ CAUSES = {
     "label_smoothing": _smoothing_cause,
     "shifted_labels": _shift_cause,
     "class_weights": _weights_cause,
+    "label_only": lambda d, report: (
+        "the normaliser log Σ exp(z) depends on every logit, so ∂CE/∂z_j = p_j for j ≠ ℓ, "
+        "and the gradient is p − y in every entry."),
     "target_missing": lambda d, report: (
         "the target is never subtracted; the gradient is p − y."),
     "softmax_missing": lambda d, report: (

@@ -289,3 +289,13 @@ def test_ctrl_c_just_after_the_rename_keeps_the_whole_file(tmp_path, monkeypatch
             file.write("a,b\n")
     assert path.read_text() == "a,b\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_r_row_names_are_named_as_the_unnamed_first_column(tmp_path):
+    # R's write.csv writes its row names under an empty, quoted name, each quoted
+    path = write(tmp_path, "z.csv", '"","z0","z1","label"\n"1",1,2,0\n"2",0,0,1\n')
+    with pytest.raises(InputError) as caught:
+        data.read_eval_input(path)
+    assert str(caught.value) == (
+        f"{path}, line 1: column 1 of the header has no name; pandas writes its index there: "
+        "save with to_csv(path, index=False) (R's write.csv its row names: row.names = FALSE)")

@@ -386,9 +386,10 @@ def _header(cells: tuple[str, ...], path: str, line: int) -> tuple[str, ...]:
     """Returns the header; empty or repeated names are errors."""
     for c, name in enumerate(cells):
         if not name:
-            # pandas' to_csv writes its index as an unnamed first column
-            hint = ("; pandas writes its index there: save with to_csv(path, index=False)"
-                    if c == 0 else "")
+            # pandas' to_csv writes its index as an unnamed first column, R's write.csv its
+            # row names
+            hint = ("; pandas writes its index there: save with to_csv(path, index=False) "
+                    "(R's write.csv its row names: row.names = FALSE)" if c == 0 else "")
             raise InputError(f"column {c + 1} of the header has no name{hint}", source=path,
                              line=line)
         if name in cells[:c]:

@@ -147,6 +147,11 @@ CASES = {
                                    ("eval", "z.npy", "--labels", "y.npy"),
                                    "y.npy, row 1: label 5 is not a class index 0..2",
                                    files={"z.npy": Z3, "y.npy": npy([0, 5])}),
+    "npy-label-column": Case("a .npy of labels as one column, y.reshape(-1, 1) as scikit-learn takes them",
+                             ("eval", "z.npy", "--labels", "y.npy"),
+                             "y.npy: labels must be a 1-d array of integers, got shape (2, 1) of int64: a "
+                             "column of labels, one per sample; save y.reshape(-1)",
+                             files={"z.npy": Z3, "y.npy": npy([[0], [2]])}),
     "npy-label-not-whole": Case("a .npy label that is no whole number", ("eval", "z.npy", "--labels", "y.npy"),
                                 "y.npy, row 1: label 1.5 is not a whole number",
                                 files={"z.npy": Z3, "y.npy": npy([0.0, 1.5])}),
@@ -194,9 +199,9 @@ CASES = {
                           files={"z.npy": npy([[[1.0, 2.0, 3.0]], [[0.0, 0.0, 0.0]]]), "y.npy": npy([0, 2])}),
     "npy-2d-labels": Case("a language model's (batch, time) labels",
                           ("eval", "z.npy", "--labels", "y.npy"),
-                          "y.npy: labels must be a 1-d array of integers, got shape (2, 1) of int64; "
+                          "y.npy: labels must be a 1-d array of integers, got shape (1, 2) of int64; "
                           "flatten (batch, time) labels as for F.cross_entropy: y.reshape(-1)",
-                          files={"z.npy": Z3, "y.npy": npy([[0], [2]])}),
+                          files={"z.npy": Z3, "y.npy": npy([[0, 2]])}),
     "npy-targets-class-indices": Case("class indices given as --targets (PyTorch calls them target)",
                                       ("eval", "z.npy", "--targets", "y.npy"),
                                       "y.npy: targets must be a 2-d numeric array (samples, classes), got shape "

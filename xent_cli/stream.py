@@ -961,6 +961,8 @@ def _whole_labels(labels, source: str) -> np.ndarray:
         flatten = ("; flatten (batch, time) labels as for F.cross_entropy: y.reshape(-1); "
                    "give one-hot or soft (samples, classes) arrays as --targets"
                    if labels.ndim > 1 and labels.dtype.kind in "iuf" else "")
+        if labels.ndim == 2 and labels.shape[1] == 1 and labels.dtype.kind in "iu":
+            flatten = ": a column of labels, one per sample; save y.reshape(-1)"
         raise InputError(f"labels must be a 1-d array of integers, got shape {labels.shape} "
                          f"of {labels.dtype}{flatten}", source=source)
     if labels.dtype.kind == "f":

@@ -480,3 +480,18 @@ def test_backward_of_a_mean_bce_loss_is_named(runner, tmp_path):
     assert result.exit_code == 1, result.output
     text = " ".join(result.stdout.split())
     assert "1/24 of the numeric one" in text and "reduction='mean'" in text, text
+
+
+def test_a_bce_loss_of_elements_is_told_to_sum_each_samples_classes(runner, tmp_path):
+    # PyTorch's reduction='none' is (N, k) for BCE: the check takes each sample's sum over classes
+    code = tmp_path / "elements.py"
+    code.write_text("import numpy as np\n\n\ndef loss(z, y):\n"
+                    "    return np.logaddexp(0, z) - y * z\n")
+    result = runner.invoke(app, ["check", "--loss", "bce", "--loss-fn", f"{code}:loss"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert ("elements.py:loss returned shape (8, 4), a loss per element; the loss must have shape "
+            "(8,): sum each sample's, loss.sum(axis=1)" in result.stderr), result.stderr
+    code.write_text("import numpy as np\n\n\ndef loss(z, y):\n"
+                    "    return (np.logaddexp(0, z) - y * z).sum(axis=1)\n")
+    assert runner.invoke(app, ["check", "--loss", "bce", "--loss-fn", f"{code}:loss"]).exit_code == 0

@@ -177,6 +177,11 @@ def call(user: UserFunction, z: np.ndarray, y: np.ndarray, shape: tuple[int, ...
     if not np.issubdtype(out.dtype, np.inexact):
         raise UserCodeError(f"{user.name} returned integers ({out.dtype}); a {what} is a float "
                             f"array")
+    if what == "loss" and out.shape == (shape[0], z.shape[1]) and shape[0] > 0:
+        # binary cross-entropy's reduction='none' is (N, k): one loss per element
+        raise UserCodeError(f"{user.name} returned shape {out.shape}, a loss per element; the "
+                            f"loss must have shape {shape}: sum each sample's, "
+                            f"loss.sum(axis=1)")
     if out.shape != shape:
         expected = " x ".join(map(str, shape))
         raise UserCodeError(f"{user.name} returned shape {out.shape}; the {what} must have shape "

@@ -648,6 +648,24 @@ def test_an_uncompressed_npz_is_memory_mapped_a_compressed_one_read(tmp_path, la
     assert results[0].total == results[1].total and results[0].n == 6
 
 
+@pytest.mark.parametrize("damage", ["a flipped data byte", "a header claiming more rows"])
+def test_a_damaged_uncompressed_npz_is_refused_as_np_load_refuses_it(tmp_path, damage):
+    z = np.arange(30, dtype=np.float64).reshape(10, 3) / 7
+    np.savez(tmp_path / "good.npz", logits=z, labels=np.arange(10) % 3)
+    raw = bytearray((tmp_path / "good.npz").read_bytes())
+    if damage == "a flipped data byte":
+        raw[raw.find(z.tobytes()) + 3] ^= 0x40
+    else:  # a map of 11 rows would read on into the next member's bytes
+        at = raw.find(b"(10, 3)")
+        raw[at:at + 7] = b"(11, 3)"
+    (tmp_path / "bad.npz").write_bytes(bytes(raw))
+    with pytest.raises(Exception) as np_load:  # the oracle: NumPy reading the archive itself
+        np.load(tmp_path / "bad.npz")["logits"]
+    with pytest.raises(InputError, match="is not a readable .npz archive") as ours:
+        stream.open_source(str(tmp_path / "bad.npz"))
+    assert str(np_load.value) in str(ours.value)
+
+
 # --- a CSV of logits beside a CSV of labels: the labels read whole by Polars -------------------
 
 def _labels_text(y, header="label", newline="\n"):

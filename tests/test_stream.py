@@ -522,6 +522,28 @@ def test_stdin_that_cannot_be_copied_is_one_line(runner, monkeypatch, scratch):
     assert list(scratch.iterdir()) == []
 
 
+def test_stdin_errors_name_dash_inside_their_message_too(runner, tmp_path, scratch):
+    (tmp_path / "z.csv").write_text("z0,z1\n1,2\n3,4\n")
+    (tmp_path / "y.csv").write_text("label\n0\n1\n1\n0\n")
+    labels = str(tmp_path / "y.csv")
+    from_file = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--labels", labels])
+    piped = runner.invoke(app, ["eval", "-", "--labels", labels], input="z0,z1\n1,2\n3,4\n")
+    assert from_file.exit_code == piped.exit_code == 2
+    assert str(tmp_path / "z.csv") in from_file.stderr  # the message names the logits' file
+    assert piped.stderr == from_file.stderr.replace(str(tmp_path / "z.csv"), "-")
+
+
+def test_stdin_without_a_temporary_directory_is_one_line(runner, monkeypatch, tmp_path):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))  # mkdtemp cannot make one
+    result = runner.invoke(app, ["eval", "-"], input="z0,z1,label\n1,2,0\n")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: -: cannot be copied to a temporary file in ")
+    assert result.stderr.endswith("; set TMPDIR to a directory with room for it\n")
+    assert result.stderr.count("\n") == 1
+
+
 def test_stdin_copy_shows_its_progress_and_ends_it_before_the_reading(monkeypatch, scratch):
     import contextlib
 

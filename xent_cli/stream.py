@@ -157,7 +157,11 @@ def stdin_copied(path: str, beside: Collection[str | None] = (),
     if path != data.STDIN or data.STDIN in beside:
         yield path
         return
-    with tempfile.TemporaryDirectory(prefix="xent-") as directory:
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix="xent-")
+    except OSError as error:  # TMPDIR (or each place tempfile tries) is missing or read-only
+        raise _uncopied(error, error.filename and os.path.dirname(error.filename)) from None
+    with scratch as directory:
         copy = os.path.join(directory, "stdin.csv")
         try:
             shown = progress() if progress is not None else contextlib.nullcontext()
@@ -169,16 +173,24 @@ def stdin_copied(path: str, beside: Collection[str | None] = (),
                     if update is not None:
                         update(copied)
         except OSError as error:
-            raise InputError(f"cannot be copied to a temporary file in {directory}: "
-                             f"{error.strerror or error}; set TMPDIR to a directory with room "
-                             f"for it", source=data.STDIN) from None
+            raise _uncopied(error, directory) from None
         try:
             yield copy
         except InputError as error:
-            if error.source != copy:
+            # a message may name the copy too: "y.csv has 4 labels but COPY has only 2 rows"
+            if error.source != copy and copy not in error.message:
                 raise
-            raise InputError(error.message, source=data.STDIN, line=error.line,
-                             sample=error.sample, column=error.column, row=error.row) from None
+            raise InputError(error.message.replace(copy, data.STDIN),
+                             source=data.STDIN if error.source == copy else error.source,
+                             line=error.line, sample=error.sample, column=error.column,
+                             row=error.row) from None
+
+
+def _uncopied(error: OSError, directory: str | None) -> InputError:
+    """Returns the error for stdin that cannot be copied to a temporary file in directory."""
+    where = f" in {directory}" if directory else ""
+    return InputError(f"cannot be copied to a temporary file{where}: {error.strerror or error}; "
+                      f"set TMPDIR to a directory with room for it", source=data.STDIN)
 
 
 def _named(source: Source, path: str, name: str | None) -> Source:

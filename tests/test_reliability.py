@@ -258,6 +258,11 @@ CASES = {
                                         "np.savetxt(..., header='label,...', comments='')"),
     "no-label-column": eval_case("no label column and no --labels/--targets", TWO, "z.csv, line 1: there is no column 'label'"),
     # --- eval: the cells
+    "log-line-above-header": eval_case("a line of a training script's log above the header, piped in",
+                                       "Epoch 1: loss 0.3\nz0,z1,label\n1,2,0\n",
+                                       "z.csv, line 2: row has 3 cells, the header has 1, 'Epoch 1: loss 0.3' "
+                                       "on line 1: the file must begin with its header row; drop the lines "
+                                       "above it"),
     "ragged": eval_case("a row with fewer cells than the header", "z0,z1,label\n1,2,0\n1,2\n",
                         "z.csv, line 3: row has 2 cells, the header has 3"),
     "extra-cell": eval_case("a trailing delimiter (one cell too many)", "z0,z1,label\n1,2,0,\n",

@@ -162,8 +162,12 @@ def read_table(path: str, delimiter: str | None = None, *, require_rows: bool = 
                 continue
             if len(cells) != len(header):
                 _check_delimiter(header, cells, delimiter, path, header_line)
-                raise InputError(f"row has {len(cells)} cells, the header has {len(header)}",
-                                 source=path, line=reader.line_num)
+                # a one-cell first line above real rows: a log line printed before the CSV
+                above = (f", {header[0]!r} on line {header_line}: the file must begin with its "
+                         f"header row; drop the lines above it"
+                         if len(header) == 1 and not rows else "")
+                raise InputError(f"row has {len(cells)} cells, the header has {len(header)}"
+                                 f"{above}", source=path, line=reader.line_num)
             rows.append(cells)
             lines.append(reader.line_num)
     except csv.Error as error:

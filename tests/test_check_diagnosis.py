@@ -123,16 +123,43 @@ def test_the_weighted_mean_divides_by_the_labels_weights(runner, tmp_path):
 
 def test_a_class_no_sample_weighs_is_left_open(runner, tmp_path):
     rng = np.random.default_rng(0)  # random inputs: 2·N(0,1) logits, then uniform labels
-    rng.standard_normal((3, 4))
-    assert sorted(rng.integers(0, 4, size=3)) == [1, 2, 3]  # class 0: no sample
+    rng.standard_normal((6, 4))
+    assert list(rng.integers(0, 4, size=6)) == [1, 2, 3, 1, 1, 3]  # class 0: no sample
     spec = user_grad(tmp_path, "w = np.array([0.5, 2.0, 1.0, 3.0])\n"
                                "return w[y][:, None] * (p - y1)")
-    result, report = check(runner, spec, "--random", "3")
+    result, report = check(runner, spec, "--random", "6")
     assert result.exit_code == 1, result.output
     weights = report["diagnosis"]["parameter"]
     assert weights[0] is None and weights[1:] == pytest.approx([2.0, 1.0, 3.0])
     assert "give --weight ?,2,1,3 (no sample shows the weight of class 0)" in \
         words(result.stdout), result.stdout
+
+
+@pytest.mark.parametrize("body", [
+    "return (p - y1) / -np.log((p * y1).sum(axis=1, keepdims=True))",  # the gradient of log(loss)
+    "return (p - y1) * np.arange(1, len(y) + 1)[:, None]",  # a factor of each sample's own
+])
+def test_each_sample_s_own_factor_is_not_named_class_weights(runner, tmp_path, body):
+    # --random 3 --k 4 draws labels 1, 3, 2: one sample a class, so a weight per class fits any
+    # factor per sample, and which of the two the gradient has cannot be told
+    rng = np.random.default_rng(0)
+    rng.standard_normal((3, 4))
+    assert list(rng.integers(0, 4, size=3)) == [1, 3, 2]
+    result, report = check(runner, user_grad(tmp_path, body), "--random", "3")
+    assert result.exit_code == 1, result.output
+    assert report["diagnosis"] is None, report["diagnosis"]
+
+
+@pytest.mark.parametrize("body", [
+    "return p - np.eye(k)[p.argmax(axis=1)]",  # the predicted class for the label
+    "return p - np.eye(k)[k - 1 - y]",  # the labels reversed
+])
+def test_a_wrong_label_in_one_sample_is_not_named_a_shift(runner, tmp_path, body):
+    # with k = 3 either other class is one off the label, so one labelled class cannot tell a
+    # 1-based reading, which a shift names, from any other wrong one-hot
+    result, report = check(runner, user_grad(tmp_path, body), "--random", "1", "--k", "3")
+    assert result.exit_code == 1, result.output
+    assert report["diagnosis"] is None, report["diagnosis"]
 
 
 def test_soft_targets_are_diagnosed_too(runner, tmp_path):
@@ -304,6 +331,10 @@ def test_a_diagnosis_is_never_a_cause_the_gradient_does_not_have(n, k, seed, eps
     elif kind == "class_weights" and n * (k - 1) <= k or kind == "label_smoothing" and \
             n * (k - 1) <= 1:
         pass  # too few entries to fit the parameter: no diagnosis is no guess
+    elif kind == "class_weights" and not eps0 and n <= len(set(labels)):
+        pass  # a sample a class: each sample's own factor would fit as well
+    elif kind == "shifted_labels" and k > 2 and len(set(labels)) < 2:
+        pass  # one labelled class: any wrong class next to it would fit as well
     elif kind == "class_weights" and len({parameter[c] / w0[c] for c in (
             range(k) if eps0 else set(labels))}) == 1:
         pass  # weights in proportion to xent's (where the samples show them): the scale note's

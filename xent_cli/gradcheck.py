@@ -854,6 +854,8 @@ def _shifted_labels(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, o
     labels = problem.labels
     if labels is None:
         return []
+    if problem.k > 2 and len(np.unique(labels[~problem.ignored])) < 2:
+        return []  # one labelled class: either other class next to it fits any wrong one-hot
     shifts = (-1,) if problem.k == 2 else (-1, 1)  # with two classes both name the other one
     return [(_ce_gradient(problem, target=np.where(problem.ignored, labels,
                                                     (labels + shift) % problem.k)), shift)
@@ -876,6 +878,9 @@ def _weights(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]
             + np.diag((u * u).sum(axis=0)))
     rhs = u.T @ (g * p).sum(axis=1) - (u * g).sum(axis=0)
     seen = np.diag(gram) > 0  # a class no sample weighs has no say
+    one_class_a_row = (np.count_nonzero(u, axis=1) <= 1).all()  # hard labels, unsmoothed
+    if one_class_a_row and np.count_nonzero(u.any(axis=1)) <= np.count_nonzero(seen):
+        return []  # a sample a class: a factor of each sample's own fits as well as weights
     gram = gram[np.ix_(seen, seen)]
     rank = np.linalg.matrix_rank(gram, hermitian=True) if gram.size else 0
     if rank == 0 or rank < len(gram) or _free_entries(problem) <= rank:

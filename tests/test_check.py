@@ -521,3 +521,13 @@ def test_symbolic_with_a_gradient_of_the_users_is_refused(runner, given):
     assert result.stderr == (f"Error: --symbolic compares xent's own gradient with SymPy's; "
                              f"{given[0]} is checked against finite differences: drop --symbolic\n")
     assert check(runner, *given, "--no-symbolic").exit_code == 0
+
+
+def test_a_file_named_by_several_options_is_imported_once(runner, tmp_path):
+    # its top level may load a checkpoint or print: --grad-fn, --loss-fn and --hess-fn share it
+    code = tmp_path / "once.py"
+    code.write_text(pathlib.Path(CASES).read_text() + "\nprint('imported')\n")
+    result = check(runner, "--grad-fn", f"{code}:grad", "--loss-fn", f"{code}:loss",
+                   "--hess-fn", f"{code}:hessian")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("imported") == 1, result.stderr

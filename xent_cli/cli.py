@@ -608,7 +608,8 @@ def check_command(
             weights = None if weight is None else data.parse_weights(weight, k)
             problem = gradcheck.random_problem(random, k, seed, weight=weights,
                                                pos_weight=_pos_weights(pos_weight, k), **options)
-        functions = {name: None if spec is None else usercode.load(spec, option)
+        modules = {}  # a file named by several options is imported once
+        functions = {name: None if spec is None else usercode.load(spec, option, modules)
                      for name, spec, option in (("grad", grad_fn, "--grad-fn"),
                                                 ("loss", loss_fn, "--loss-fn"),
                                                 ("hess", hess_fn, "--hess-fn"))}

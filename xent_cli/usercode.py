@@ -46,11 +46,12 @@ class UserFunction:
     path: str = ""
 
 
-def load(spec: str, option: str = "--grad-fn") -> UserFunction:
+def load(spec: str, option: str = "--grad-fn", modules: dict | None = None) -> UserFunction:
     """Returns the function NAME of the Python file FILE, from the spec 'FILE.py:NAME'.
 
     'MODULE:NAME' (uvicorn's and entry points' form) names the file MODULE.py, dots as folders,
-    from the current folder.
+    from the current folder. modules, when given, holds the files already imported by path: a
+    file named by several options runs its top level (a checkpoint loaded, a print) once.
     """
     path, sep, name = spec.rpartition(":")
     if not sep or not path or not name:
@@ -63,6 +64,25 @@ def load(spec: str, option: str = "--grad-fn") -> UserFunction:
     if not os.path.isfile(path):
         raise UserCodeError(f"{option} {spec!r}: no such file {path}")
     module_name = f"xent_user_{abs(hash(os.path.abspath(path)))}"
+    modules = {} if modules is None else modules
+    if os.path.abspath(path) not in modules:
+        modules[os.path.abspath(path)] = _import(path, module_name, spec, option)
+    module = modules[os.path.abspath(path)]
+    if not hasattr(module, name):
+        defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                         and getattr(v, "__module__", None) == module_name)
+        hint = f"; it defines {', '.join(defined)}" if defined else ""
+        raise UserCodeError(f"{option}: {path} has no name {name!r}{hint}")
+    function = getattr(module, name)
+    if not callable(function):
+        kind = type(function).__name__
+        raise UserCodeError(f"{option}: {label} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, "
+                            f"not a function")
+    return UserFunction(name=label, function=function, path=os.path.abspath(path))
+
+
+def _import(path: str, module_name: str, spec: str, option: str):
+    """Runs the user's file as a module and returns it."""
     loader_spec = importlib.util.spec_from_file_location(module_name, path)
     if loader_spec is None or loader_spec.loader is None:
         raise UserCodeError(f"{option} {spec!r}: {path} is not a Python file")
@@ -79,17 +99,7 @@ def load(spec: str, option: str = "--grad-fn") -> UserFunction:
     finally:
         if sys.path and sys.path[0] == folder:
             sys.path.pop(0)
-    if not hasattr(module, name):
-        defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
-                         and getattr(v, "__module__", None) == module_name)
-        hint = f"; it defines {', '.join(defined)}" if defined else ""
-        raise UserCodeError(f"{option}: {path} has no name {name!r}{hint}")
-    function = getattr(module, name)
-    if not callable(function):
-        kind = type(function).__name__
-        raise UserCodeError(f"{option}: {label} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, "
-                            f"not a function")
-    return UserFunction(name=label, function=function, path=os.path.abspath(path))
+    return module
 
 
 def _example(spec: str) -> str:

@@ -162,6 +162,16 @@ def test_a_wrong_label_in_one_sample_is_not_named_a_shift(runner, tmp_path, body
     assert report["diagnosis"] is None, report["diagnosis"]
 
 
+def test_one_sample_s_column_softmax_is_not_named(runner, tmp_path):
+    # down a column of one sample the softmax is 1 everywhere: 1 − y is no sign of its axis
+    result, report = check(runner, user_grad(tmp_path, "return 1.0 - y1"), "--random", "1")
+    assert result.exit_code == 1, result.output
+    assert report["diagnosis"] is None, report["diagnosis"]
+    many = check(runner, user_grad(tmp_path, "return np.exp(z) / np.exp(z).sum(axis=0) - y1"),
+                 "--random", "2")[1]
+    assert many["diagnosis"]["mistake"] == "softmax_axis"  # two samples: the axis shows
+
+
 def test_soft_targets_are_diagnosed_too(runner, tmp_path):
     targets = tmp_path / "targets.csv"
     logits = tmp_path / "logits.csv"
@@ -335,6 +345,8 @@ def test_a_diagnosis_is_never_a_cause_the_gradient_does_not_have(n, k, seed, eps
         pass  # a sample a class: each sample's own factor would fit as well
     elif kind == "shifted_labels" and k > 2 and len(set(labels)) < 2:
         pass  # one labelled class: any wrong class next to it would fit as well
+    elif kind == "softmax_axis" and n < 2:
+        pass  # down one sample's column the softmax is 1: any gradient 1 − y would fit
     elif kind == "class_weights" and len({parameter[c] / w0[c] for c in (
             range(k) if eps0 else set(labels))}) == 1:
         pass  # weights in proportion to xent's (where the samples show them): the scale note's

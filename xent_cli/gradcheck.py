@@ -923,6 +923,8 @@ def _by_probabilities(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray,
 
 def _column_softmax(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
     """S·softmax(z, axis=0) − a: the softmax over the samples of each class, not each row."""
+    if problem.n < 2:
+        return []  # down one sample's column the softmax is 1: any gradient 1 − y would fit
     with np.errstate(invalid="ignore", over="ignore"):
         e = np.exp(problem.z - problem.z.max(axis=0, keepdims=True))
         return [(_ce_gradient(problem, p=e / e.sum(axis=0, keepdims=True)), None)]

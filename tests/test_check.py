@@ -531,3 +531,18 @@ def test_a_file_named_by_several_options_is_imported_once(runner, tmp_path):
                    "--hess-fn", f"{code}:hessian")
     assert result.exit_code == 0, result.output
     assert result.stderr.count("imported") == 1, result.stderr
+
+
+@pytest.mark.parametrize("body, says", [
+    ("    p = np.exp(z)\n", "returned None; the gradient is an array of shape (8, 4): is a return "
+                           "statement missing?"),
+    ("    return {'grad': z}\n", "returned a dict, not an array of numbers"),
+    ("    return z, y\n", "returned a tuple of 2, not an array of numbers: return the gradient "
+                         "alone"),
+])
+def test_a_result_that_is_no_array_says_what_it_is(runner, tmp_path, body, says):
+    code = tmp_path / "odd.py"
+    code.write_text("import numpy as np\n\n\ndef grad(z, y):\n" + body)
+    result = check(runner, "--grad-fn", f"{code}:grad")
+    assert result.exit_code == 2, result.output
+    assert f"odd.py:grad {says}" in result.stderr and result.stderr.count("\n") == 1, result.stderr

@@ -172,6 +172,7 @@ def call(user: UserFunction, z: np.ndarray, y: np.ndarray, shape: tuple[int, ...
                             f"when called as {user.name.split(':')[1]}(z, y) with "
                             f"{_inputs(z, y)}{_one_hot_hint(error, z, y)}{_ignored_hint(y)}"
                             ) from None
+    _no_array(user, out, shape, what)
     try:
         out = np.asarray(out)
     except Exception as error:
@@ -197,6 +198,20 @@ def call(user: UserFunction, z: np.ndarray, y: np.ndarray, shape: tuple[int, ...
         raise UserCodeError(f"{user.name} returned shape {out.shape}; the {what} must have shape "
                             f"{shape} ({expected}: {_layout(what)})")
     return out
+
+
+def _no_array(user: UserFunction, out: object, shape: tuple[int, ...], what: str) -> None:
+    """Raises UserCodeError for a result that is plainly no array: None, a dict, a tuple of
+    arrays (a loss and its gradient together)."""
+    if out is None:
+        raise UserCodeError(f"{user.name} returned None; the {what} is an array of shape "
+                            f"{shape}: is a return statement missing?")
+    if isinstance(out, tuple) and any(np.ndim(item) > 0 for item in out):
+        raise UserCodeError(f"{user.name} returned a tuple of {len(out)}, not an array of "
+                            f"numbers: return the {what} alone")
+    if isinstance(out, (dict, set)):
+        raise UserCodeError(f"{user.name} returned a {type(out).__name__}, not an array of "
+                            f"numbers")
 
 
 def _inputs(z: np.ndarray, y: np.ndarray) -> str:

@@ -44,6 +44,28 @@ def test_non_decimal_or_non_finite_cells_are_refused(text, reason):
         data.parse_number(text)
 
 
+@pytest.mark.parametrize("text, hint", [
+    ("1,5", "write a decimal point: 1.5"), ("0,125", "write a decimal point: 0.125"),
+    ("-12,3456", "write a decimal point: -12.3456"),
+    # three digits after a comma may be a thousands separator: 1000, or a decimal comma: 1.000
+    ("1,000", "a thousands separator or a decimal comma: write 1000 or 1.000"),
+    ("-12,345", "a thousands separator or a decimal comma: write -12345 or -12.345"),
+])
+def test_a_comma_in_a_number_is_told_only_as_what_it_may_be(text, hint):
+    with pytest.raises(ValueError) as refused:
+        data.parse_number(text)
+    assert str(refused.value) == f"{text!r} is not a number; {hint}"
+
+
+def test_thousands_separators_are_not_called_decimal_commas_in_a_delimiter_hint(tmp_path):
+    path = tmp_path / "z.csv"
+    path.write_text("z0\tz1\tlabel\n1,000\t2\t0\n")  # tab-separated, read with ','
+    with pytest.raises(InputError) as refused:
+        data.read_logits(str(path))
+    assert refused.value.message == ("the header is one column 'z0\\tz1\\tlabel'; the cells seem "
+                                     "to be separated by '\\t': give --delimiter '\\t'")
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_repr_of_every_finite_float_reads_back_bit_for_bit(x):

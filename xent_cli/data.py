@@ -34,6 +34,8 @@ STDIN = "-"
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # A decimal written with a comma, as spreadsheets in many locales save it: 1,5 for 1.5.
 _DECIMAL_COMMA = re.compile(r"[+-]?[0-9]*,[0-9]+(?:[eE][+-]?[0-9]+)?")
+# ... unless it may as well be a thousands separator: 1,000 is 1000 in English, 1.000 in German.
+_THOUSANDS = re.compile(r"[+-]?[1-9][0-9]{0,2},[0-9]{3}")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
@@ -355,8 +357,9 @@ def _check_delimiter(header: tuple[str, ...], first: tuple[str, ...] | None, del
     for other, option in ((";", "';'"), ("\t", "'\\t'"), (",", "','"), ("|", "'|'"),
                           (" ", "' '")):
         if other != delimiter and other in header[0] and other in first_row:
-            commas = delimiter == "," and any(_DECIMAL_COMMA.fullmatch(cell.strip())
-                                              for cell in first_row.split(other))
+            commas = delimiter == "," and any(
+                _DECIMAL_COMMA.fullmatch(cell.strip()) and not _THOUSANDS.fullmatch(cell.strip())
+                for cell in first_row.split(other))
             how = (", with decimal commas, which xent does not read: write 1.5, not 1,5, and "
                    if commas else ": ")
             raise InputError(f"the header is one column {header[0]!r}; the cells seem to be "
@@ -423,6 +426,9 @@ def parse_number(text: str) -> float:
     if not _NUMBER.fullmatch(text):
         if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
             raise ValueError(f"{text!r} is not a finite number")
+        if _THOUSANDS.fullmatch(text):
+            raise ValueError(f"{text!r} is not a number; a thousands separator or a decimal "
+                             f"comma: write {text.replace(',', '')} or {text.replace(',', '.')}")
         if _DECIMAL_COMMA.fullmatch(text):
             raise ValueError(f"{text!r} is not a number; write a decimal point: "
                              f"{text.replace(',', '.')}")

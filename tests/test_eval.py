@@ -607,3 +607,24 @@ def test_too_few_labels_for_more_samples_than_classes_is_not_called_transposed(r
     assert result.exit_code == 2
     assert "has 3 labels for 5 rows of logits" in result.stderr
     assert "transposed" not in result.stderr
+
+
+@pytest.mark.parametrize("index", ["filtered", "named"])
+def test_a_pandas_parquet_files_index_is_no_class(runner, tmp_path, index):
+    # to_parquet keeps a non-range index as a column (__index_level_0__, or its name) and says
+    # so in its metadata: read as a logit, it made a class of row numbers
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    rng = np.random.default_rng(7)
+    z, y = rng.normal(size=(12, 3)), rng.integers(0, 3, 12)
+    frame = pd.DataFrame({"a": z[:, 0], "b": z[:, 1], "c": z[:, 2], "label": y})
+    kept = frame[frame.label != 1] if index == "filtered" else frame.set_index(
+        pd.Index(rng.permutation(12) * 10, name="id"))
+    kept.to_parquet(tmp_path / "z.parquet")
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.parquet"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    rows = kept[["a", "b", "c"]].to_numpy()
+    expected = np.mean(np.log(np.exp(rows).sum(axis=1)) - rows[np.arange(len(rows)), kept.label])
+    assert report["k"] == 3
+    assert report["loss"] == pytest.approx(expected, rel=1e-12)

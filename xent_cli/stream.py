@@ -554,7 +554,8 @@ def _fast_parquet(path: str, label_col: str) -> Source | None:
         raise
     except BaseException:  # noqa: BLE001 - as _read_parquet: the whole reader says why
         return None
-    logit_names = tuple(name for name in schema if name != label_col)
+    index = _pandas_index(path)
+    logit_names = tuple(name for name in schema if name != label_col and name not in index)
     if (label_col not in schema or len(logit_names) < 2 or n == 0
             or not all(dtype.is_numeric() for dtype in schema.values())):
         return None
@@ -1081,7 +1082,8 @@ def _read_parquet(path: str, label_col: str):
         # bytes its Rust code may panic: a PanicException, which is a BaseException
         raise InputError(f"is not a readable Parquet file: {error}", source=path) from None
     names = tuple(frame.columns)
-    logit_names = tuple(name for name in names if name != label_col)
+    index = _pandas_index(path)
+    logit_names = tuple(name for name in names if name != label_col and name not in index)
     labels = frame[label_col].to_numpy() if label_col in names else None
     for name in logit_names:
         if isinstance(frame.schema[name], (pl.List, pl.Array)):
@@ -1093,6 +1095,23 @@ def _read_parquet(path: str, label_col: str):
     except (TypeError, ValueError) as error:
         raise InputError(f"logit columns must be numbers: {error}", source=path) from None
     return logits, labels, logit_names
+
+
+def _pandas_index(path: str) -> frozenset[str]:
+    """Returns the columns pandas' to_parquet wrote for its index (as pd.read_parquet restores
+    them): a filtered frame's __index_level_0__, or a named index. They hold no class."""
+    import json
+
+    import polars as pl
+
+    try:
+        pandas = json.loads(pl.read_parquet_metadata(path).get("pandas", "{}"))
+        return frozenset(name for name in pandas.get("index_columns", ())
+                         if isinstance(name, str))  # a RangeIndex is a dict, with no column
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # noqa: BLE001 - unreadable metadata: the reader says why, or has none
+        return frozenset()
 
 
 def _read_side(path: str, delimiter: str | None, what: str

@@ -197,6 +197,14 @@ CASES = {
                           "z.transpose(0, 2, 1).reshape(-1, z.shape[1]) for F.cross_entropy's "
                           "(batch, classes, time)",
                           files={"z.npy": npy([[[1.0, 2.0, 3.0]], [[0.0, 0.0, 0.0]]]), "y.npy": npy([0, 2])}),
+    "npy-4d-logits": Case("a segmentation model's (batch, classes, height, width) logits",
+                          ("eval", "z.npy", "--labels", "y.npy"),
+                          "z.npy: logits must be a 2-d numeric array (samples, classes), got shape "
+                          "(1, 3, 1, 2) of float64; reshape them to (samples, classes): "
+                          "np.moveaxis(z, 1, -1).reshape(-1, z.shape[1]) for F.cross_entropy's "
+                          "(batch, classes, d1, d2), and their labels y.reshape(-1)",
+                          files={"z.npy": npy([[[[1.0, 0.0]], [[2.0, 0.0]], [[3.0, 0.0]]]]),
+                                 "y.npy": npy([0, 2])}),
     "npy-2d-labels": Case("a language model's (batch, time) labels",
                           ("eval", "z.npy", "--labels", "y.npy"),
                           "y.npy: labels must be a 1-d array of integers, got shape (1, 2) of int64; "

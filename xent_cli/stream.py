@@ -1157,6 +1157,12 @@ def _float_matrix(array, path: str, what: str, min_classes: int = 2) -> np.ndarr
                    "time, classes), z.transpose(0, 2, 1).reshape(-1, z.shape[1]) for "
                    "F.cross_entropy's (batch, classes, time)"
                    if array.ndim == 3 and what == "logits" and array.dtype.kind in "iuf" else "")
+        if array.ndim > 3 and what == "logits" and array.dtype.kind in "iuf":
+            # segmentation: F.cross_entropy's (batch, classes, d1, d2, ...) has classes second
+            reshape = ("; reshape them to (samples, classes): np.moveaxis(z, 1, -1).reshape(-1, "
+                       f"z.shape[1]) for F.cross_entropy's (batch, classes, "
+                       f"{', '.join(f'd{i}' for i in range(1, array.ndim - 1))}), and their "
+                       f"labels y.reshape(-1)")
         if what == "targets" and array.ndim == 1 and array.dtype.kind in "iu":
             reshape = data.INDICES_HINT
         raise InputError(f"{what} must be a 2-d numeric array (samples, classes), got shape "

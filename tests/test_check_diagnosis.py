@@ -172,6 +172,28 @@ def test_one_sample_s_column_softmax_is_not_named(runner, tmp_path):
     assert many["diagnosis"]["mistake"] == "softmax_axis"  # two samples: the axis shows
 
 
+@pytest.mark.parametrize("argv, off_label", [
+    # by hand: ∂/∂z_j of −Σ_c w_c·y_c·log p_c is S·p_j − w_j·y_j, S = Σ_c w_c·y_c; off the label
+    # y_j is ε/k when smoothed, else 0, where S = w_ℓ
+    (["--label-smoothing", "0.1"], "∂CE/∂z_j = p_j − y_j for j ≠ ℓ"),
+    (["--weight", "0.5,2,1,3"], "∂CE/∂z_j = w_ℓ·p_j for j ≠ ℓ"),
+    (["--weight", "0.5,2,1,3", "--label-smoothing", "0.1"],
+     "∂CE/∂z_j = S·p_j − w_j·y_j (S = Σ_c w_c·y_c) for j ≠ ℓ"),
+])
+def test_the_seed_s_case_1_is_told_the_right_off_label_entry_under_options(runner, tmp_path, argv,
+                                                                          off_label):
+    body = ("eps = 0.1 if '0.1' in " + repr(" ".join(argv)) + " else 0.0\n"
+            "w = np.array([0.5, 2.0, 1.0, 3.0]) if 'weight' in " + repr(" ".join(argv)) +
+            " else np.ones(k)\n"
+            "t = (1 - eps) * y1 + eps / k\ns = (w * t).sum(axis=1)\n"
+            "g = np.zeros_like(p)\nrows = np.arange(len(y))\n"
+            "g[rows, y] = s * p[rows, y] - w[y] * t[rows, y]\nreturn g")
+    result, report = check(runner, user_grad(tmp_path, body), *argv)
+    assert result.exit_code == 1, result.output
+    assert report["diagnosis"]["mistake"] == "label_only"
+    assert off_label in words(result.stdout), result.stdout
+
+
 def test_soft_targets_are_diagnosed_too(runner, tmp_path):
     targets = tmp_path / "targets.csv"
     logits = tmp_path / "logits.csv"

@@ -426,6 +426,7 @@ class Diagnosis:
     divisor: float | None = None  # what the gradient is divided by, if anything
     max_abs_diff: float = 0.0  # the largest |analytic · divisor − the mistake's gradient|
     weighted: bool = False  # xent was given class weights: each row carries its sample's S
+    smoothed: bool = False  # xent was given label smoothing: y_j = ε/k off the label, not 0
 
 
 @dataclass(frozen=True)
@@ -991,7 +992,8 @@ def diagnose(problem: Problem, analytic: np.ndarray, tol: Tolerance) -> Diagnosi
                     return Diagnosis(mistake=mistake.name, formula=mistake.formula,
                                      parameter=parameter, given=given.get(mistake.name),
                                      divisor=divisor, max_abs_diff=diff,
-                                     weighted=problem.weight is not None)
+                                     weighted=problem.weight is not None,
+                                     smoothed=problem.label_smoothing > 0)
     return None
 
 

@@ -253,13 +253,22 @@ def _weights_cause(d: Diagnosis, report: CheckReport) -> str:
 
 
 # The cause of each of gradcheck.MISTAKES and its fix, after "Every analytic entry is <formula>: "
+def _off_label(d: Diagnosis) -> str:
+    """Returns the right ∂CE/∂z_j off the label ℓ, S·p_j − w_j·y_j with S = Σ_c w_c·y_c, as the
+    options make it: y_j is 0 there unless smoothed (ε/k), and w is 1 unless weighted."""
+    if d.weighted and d.smoothed:
+        return "S·p_j − w_j·y_j (S = Σ_c w_c·y_c)"
+    return {(False, False): "p_j", (False, True): "p_j − y_j",
+            (True, False): "w_ℓ·p_j"}[d.weighted, d.smoothed]
+
+
 CAUSES = {
     "label_smoothing": _smoothing_cause,
     "shifted_labels": _shift_cause,
     "class_weights": _weights_cause,
     "label_only": lambda d, report: (
-        "the normaliser log Σ exp(z) depends on every logit, so ∂CE/∂z_j = p_j for j ≠ ℓ, "
-        "and the gradient is p − y in every entry."),
+        f"the normaliser log Σ exp(z) depends on every logit, so ∂CE/∂z_j = {_off_label(d)} "
+        f"for j ≠ ℓ, and the gradient is p − y in every entry."),
     "target_missing": lambda d, report: (
         "the target is never subtracted; the gradient is p − y."),
     "softmax_missing": lambda d, report: (

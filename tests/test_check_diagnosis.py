@@ -194,6 +194,24 @@ def test_the_seed_s_case_1_is_told_the_right_off_label_entry_under_options(runne
     assert off_label in words(result.stdout), result.stdout
 
 
+@pytest.mark.parametrize("body, formula", [
+    ("return -(w * t)", "−y"),  # the weight of each class's part, not one of each sample's
+    ("return -(w * t) / p", "−y/p"),
+])
+def test_weighted_smoothed_targets_are_not_said_to_carry_each_sample_s_weight(runner, tmp_path,
+                                                                              body, formula):
+    # with smoothing every class has a part in y, each weighed by its own class's weight
+    spec = user_grad(tmp_path, "w = np.array([0.5, 2.0, 1.0, 3.0])\n"
+                               "t = 0.9 * y1 + 0.1 / k\n" + body)
+    result, report = check(runner, spec, "--weight", "0.5,2,1,3", "--label-smoothing", "0.1")
+    assert result.exit_code == 1, result.output
+    assert report["diagnosis"] is not None
+    text = words(result.stdout)
+    assert "each sample's weight" not in text
+    assert (f"Every analytic entry is {formula} (weighted as PyTorch's weight= does: y_c as "
+            f"w_c·y_c, p as S·p with S = Σ_c w_c·y_c)") in text, text
+
+
 def test_soft_targets_are_diagnosed_too(runner, tmp_path):
     targets = tmp_path / "targets.csv"
     logits = tmp_path / "logits.csv"

@@ -302,6 +302,9 @@ def _formula(d: Diagnosis, report: CheckReport) -> tuple[str, str]:
             return "the unweighted gradient", ""
         shown = _weights(d.parameter).replace(",", ", ")
         return "the gradient with class weights", f" w = ({shown})"
+    if d.weighted and d.smoothed:  # each class's part of y carries its own class's weight
+        return d.formula, (" (weighted as PyTorch's weight= does: y_c as w_c·y_c, p as S·p with "
+                           "S = Σ_c w_c·y_c)")
     where = " (times each sample's weight)" if d.weighted else ""
     return d.formula, where
 

@@ -212,6 +212,22 @@ def test_weighted_smoothed_targets_are_not_said_to_carry_each_sample_s_weight(ru
             f"w_c·y_c, p as S·p with S = Σ_c w_c·y_c)") in text, text
 
 
+def test_weighted_soft_targets_are_not_said_to_carry_each_sample_s_weight(runner, tmp_path):
+    rng = np.random.default_rng(5)
+    np.savetxt(tmp_path / "z.csv", rng.standard_normal((6, 3)), delimiter=",", header="a,b,c",
+               comments="")
+    np.savetxt(tmp_path / "t.csv", rng.dirichlet(np.ones(3), size=6), delimiter=",",
+               header="a,b,c", comments="")
+    (tmp_path / "soft.py").write_text("import numpy as np\n\n\ndef grad(z, y):\n"
+                                      "    return -np.array([0.5, 2.0, 1.0]) * y\n")
+    result = runner.invoke(app, ["check", str(tmp_path / "z.csv"), "--targets",
+                                 str(tmp_path / "t.csv"), "--weight", "0.5,2,1",
+                                 "--grad-fn", f"{tmp_path / 'soft.py'}:grad"])
+    assert result.exit_code == 1, result.output
+    assert ("Every analytic entry is −y (weighted as PyTorch's weight= does: y_c as w_c·y_c"
+            in words(result.stdout)), result.stdout
+
+
 def test_soft_targets_are_diagnosed_too(runner, tmp_path):
     targets = tmp_path / "targets.csv"
     logits = tmp_path / "logits.csv"

@@ -426,7 +426,7 @@ class Diagnosis:
     divisor: float | None = None  # what the gradient is divided by, if anything
     max_abs_diff: float = 0.0  # the largest |analytic · divisor − the mistake's gradient|
     weighted: bool = False  # xent was given class weights: each row carries its sample's S
-    smoothed: bool = False  # xent was given label smoothing: y_j = ε/k off the label, not 0
+    smoothed: bool = False  # smoothed or soft targets: y_j is not 0 off the label
 
 
 @dataclass(frozen=True)
@@ -993,7 +993,8 @@ def diagnose(problem: Problem, analytic: np.ndarray, tol: Tolerance) -> Diagnosi
                                      parameter=parameter, given=given.get(mistake.name),
                                      divisor=divisor, max_abs_diff=diff,
                                      weighted=problem.weight is not None,
-                                     smoothed=problem.label_smoothing > 0)
+                                     smoothed=(problem.label_smoothing > 0
+                                               or problem.labels is None))
     return None
 
 

@@ -93,7 +93,8 @@ def test_an_error_of_relative_1e6_is_caught_by_the_complex_step_at_its_defaults(
     ["--grad-fn", f"{CASES}:grad32", "--method", "richardson"],
     ["--grad-fn", f"{CASES}:grad", "--dtype", "float32", "--method", "complex"],
     ["--dtype", "float32", "--random", "200", "--k", "5"],
-], ids=["grad32", "grad32-loss32", "richardson", "dtype-complex", "xent-float32"])
+    ["--loss-fn", f"{CASES}:loss32"],  # a float32 loss beside xent's float64 gradient
+], ids=["grad32", "grad32-loss32", "richardson", "dtype-complex", "xent-float32", "loss32"])
 def test_a_float32_implementation_passes_at_float32_defaults(runner, argv):
     result = check(runner, *argv, "--format", "json")
     assert result.exit_code == 0, result.output

@@ -1031,7 +1031,8 @@ def run(problem: Problem, *, grad: usercode.UserFunction | None = None,
     """Checks a gradient (the user's ``grad``, a formula ``expr``, or xent's) and its Hessian.
 
     grad, loss and hess are the user's functions, when given. The tolerances follow the method and
-    the precision: float32 when dtype is, or when the user's gradient comes back as float32.
+    the precision: float32 when dtype is, or when the user's gradient or loss comes back as
+    float32.
     symbolic None means: the route through 'xent derive' for xent's own gradient, for modest
     sizes (N <= SYMBOLIC_MAX_N, k <= SYMBOLIC_MAX_K).
     """
@@ -1050,7 +1051,10 @@ def run(problem: Problem, *, grad: usercode.UserFunction | None = None,
     loss_numeric = loss_function(problem)
     if loss is not None:
         loss_numeric, loss_source = usercode.loss(loss, y, n, cast), loss.name
-        agreements.append(loss_agreement(problem, loss_numeric(problem.z), loss.name, precision))
+        values = loss_numeric(problem.z)
+        # a float32 loss differentiated with float64's step and tolerances fails where it is right
+        precision = _precision(precision, values)
+        agreements.append(loss_agreement(problem, values, loss.name, precision))
     if symbolic is None:
         symbolic = n <= SYMBOLIC_MAX_N and k <= SYMBOLIC_MAX_K
     if symbolic and grad is None and expr is None:

@@ -426,3 +426,29 @@ def test_binary_cross_entropy_gets_no_softmax_diagnosis(runner):
     result = runner.invoke(app, ["check", "--loss", "bce", "--expr", "p", "--format", "json"])
     assert result.exit_code == 1, result.output
     assert json.loads(result.stdout)["diagnosis"] is None
+
+
+@pytest.mark.parametrize("k, body, parameter", [
+    (120, "return p - np.eye(k)[y]", "onehot"),  # NumPy reads y = -100 as class k - 100
+    (4, "return p - np.eye(k)[np.where(y < 0, 0, y)] * (y >= 0)[:, None]", "p"),
+])
+def test_rows_of_ignored_samples_left_standing_are_named(runner, tmp_path, k, body, parameter):
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, k, size=6)
+    y[[1, 4]] = -100
+    np.savez(tmp_path / "z.npz", logits=rng.normal(size=(6, k)), labels=y)
+    def spec(code: str) -> str:  # HEADER's one-hot of y would trip over -100 at k = 4
+        (tmp_path / "kept.py").write_text(
+            "import numpy as np\n\n\ndef grad(z, y):\n    k = z.shape[1]\n"
+            "    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)\n"
+            + "".join(f"    {line}\n" for line in code.splitlines()))
+        return f"{tmp_path / 'kept.py'}:grad"
+
+    result, report = check(runner, spec(body), str(tmp_path / "z.npz"))
+    assert result.exit_code == 1, result.output
+    assert report["diagnosis"]["mistake"] == "ignored_kept"
+    assert report["diagnosis"]["parameter"] == parameter
+    assert "set them to 0, as g[y == ignore_index] = 0" in words(result.stdout)
+    # the same gradient with those rows set to 0 is right
+    fixed = spec(body.replace("return ", "g = ") + "\ng[y == -100] = 0\nreturn g")
+    assert check(runner, fixed, str(tmp_path / "z.npz"))[0].exit_code == 0

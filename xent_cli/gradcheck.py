@@ -421,7 +421,7 @@ class Diagnosis:
 
     mistake: str  # the name of one of MISTAKES
     formula: str  # the wrong gradient, e.g. "p − ((1 − ε)·y + ε/k)"
-    parameter: float | int | tuple[float | None, ...] | None = None  # ε, the shift, weights
+    parameter: float | int | str | tuple[float | None, ...] | None = None  # ε, the shift, weights
     given: float | tuple[float, ...] | None = None  # what xent was given in its place
     divisor: float | None = None  # what the gradient is divided by, if anything
     max_abs_diff: float = 0.0  # the largest |analytic · divisor − the mistake's gradient|
@@ -906,6 +906,22 @@ def _label_only(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, objec
     return [(np.where(on_label, problem.grad, 0.0), None)]
 
 
+def _ignored_kept(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
+    """The right gradient, but the rows of ignored samples not 0: p − onehot(y) with y the
+    ignore index as NumPy indexes it (-100 is class k − 100), or p alone."""
+    if problem.labels is None or not problem.ignored.any():
+        return []
+    rows, k = np.flatnonzero(problem.ignored), problem.k
+    labels, p = problem.labels[rows], problem.probabilities
+    candidates = []
+    if ((labels >= -k) & (labels < k)).all():  # an index NumPy takes
+        kept = p.copy()
+        kept[rows, labels % k] -= 1
+        candidates.append((np.where(problem.ignored[:, None], kept, problem.grad), "onehot"))
+    candidates.append((np.where(problem.ignored[:, None], p, problem.grad), "p"))
+    return candidates
+
+
 def _probabilities(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, object]]:
     """S·p: the target never subtracted."""
     return [(problem.a.sum(axis=1, keepdims=True) * problem.probabilities, None)]
@@ -947,6 +963,7 @@ def _unnormalised(problem: Problem, g: np.ndarray) -> list[tuple[np.ndarray, obj
 # plainer one is named. The first that explains every entry is the diagnosis.
 MISTAKES = (
     Mistake("label_only", "p − y at the label, 0 off it", _label_only),
+    Mistake("ignored_kept", "p − y in the rows of ignored samples too", _ignored_kept),
     Mistake("target_missing", "p", _probabilities),
     Mistake("softmax_missing", "−y", _target_only),
     Mistake("shifted_labels", "p − onehot(y + s)", _shifted_labels),

@@ -269,6 +269,11 @@ CAUSES = {
     "label_only": lambda d, report: (
         f"the normaliser log Σ exp(z) depends on every logit, so ∂CE/∂z_j = {_off_label(d)} "
         f"for j ≠ ℓ, and the gradient is p − y in every entry."),
+    "ignored_kept": lambda d, report: (
+        "the samples whose label is the ignore index count for nothing in the loss, so their "
+        "rows of the gradient are 0" + (
+            " (y = -100 indexes class k − 100 in NumPy, where PyTorch skips the sample)"
+            if d.parameter == "onehot" else "") + ": set them to 0, as g[y == ignore_index] = 0."),
     "target_missing": lambda d, report: (
         "the target is never subtracted; the gradient is p − y."),
     "softmax_missing": lambda d, report: (
@@ -289,6 +294,9 @@ CAUSES = {
 
 def _formula(d: Diagnosis, report: CheckReport) -> tuple[str, str]:
     """Returns the mistake's gradient with its parameter, and what the parameter is."""
+    if d.mistake == "ignored_kept":
+        kept = "p − onehot(y)" if d.parameter == "onehot" else "p"
+        return f"the right gradient, but {kept} in the rows of ignored samples", ""
     if d.mistake == "label_smoothing":
         if d.parameter == 0:
             return "p − y", ", unsmoothed"

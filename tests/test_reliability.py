@@ -8,6 +8,7 @@ rewrites the table from CASES, so the documentation and the tests cannot drift a
 
 from __future__ import annotations
 
+import datetime
 import io
 import os
 import pathlib
@@ -132,6 +133,16 @@ CASES = {
                                 "z.parquet: column 'logits' holds a list per sample; give one number column per class, "
                                 "as pl.DataFrame(z) writes, or save arrays with np.save",
                                 files={"z.parquet": parquet(logits=[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], label=[0, 2])}),
+    "parquet-date-column": Case("a .parquet file with a date column beside the logits", ("eval", "z.parquet"),
+                                "z.parquet: column 'when' holds Date, not numbers; every column but the "
+                                "label column is a logit: drop it",
+                                files={"z.parquet": parquet(when=[datetime.date(2026, 1, 1)] * 2, z0=[1.0, 2.0],
+                                                            z1=[0.5, 0.1], label=[0, 1])}),
+    "parquet-string-column": Case("a .parquet file with an id column of text", ("eval", "z.parquet"),
+                                  "z.parquet: column 'id' holds String, not numbers; every column but the "
+                                  "label column is a logit: drop it",
+                                  files={"z.parquet": parquet(id=["a7", "b9"], z0=[1.0, 2.0], z1=[0.5, 0.1],
+                                                              label=[0, 1])}),
     "parquet-label-col": Case("a .parquet file whose label column has another name", ("eval", "z.parquet"),
                               "z.parquet: has no column 'label' (its columns: z0, z1, z2, y); name the label "
                               "column with --label-col, or give --labels or --targets",

@@ -1089,6 +1089,9 @@ def _read_parquet(path: str, label_col: str):
             raise InputError(f"column {name!r} holds a list per sample; give one number column "
                              "per class, as pl.DataFrame(z) writes, or save arrays with np.save",
                              source=path)
+        if not frame.schema[name].is_numeric():  # a date or an id read as a number: a wrong loss
+            raise InputError(f"column {name!r} holds {frame.schema[name]}, not numbers; every "
+                             "column but the label column is a logit: drop it", source=path)
     try:
         logits = frame.select(logit_names).to_numpy().astype(np.float64)
     except (TypeError, ValueError) as error:

@@ -143,6 +143,10 @@ CASES = {
                                   "label column is a logit: drop it",
                                   files={"z.parquet": parquet(id=["a7", "b9"], z0=[1.0, 2.0], z1=[0.5, 0.1],
                                                               label=[0, 1])}),
+    "parquet-null-label": Case("a .parquet file with a null label", ("eval", "z.parquet"),
+                               "z.parquet, row 1, column 'label': label nan is not a whole number",
+                               files={"z.parquet": parquet(z0=[1.0, 2.0, 3.0], z1=[0.5, 0.1, 0.2],
+                                                           label=[0, None, 1])}),
     "parquet-label-col": Case("a .parquet file whose label column has another name", ("eval", "z.parquet"),
                               "z.parquet: has no column 'label' (its columns: z0, z1, z2, y); name the label "
                               "column with --label-col, or give --labels or --targets",

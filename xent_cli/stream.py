@@ -932,7 +932,7 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
         raise InputError("has no labels; give --labels or --targets (a .npy, .npz or CSV file)",
                          source=path)
     if labels is not None:
-        labels = _whole_labels(labels, target_source)
+        labels = _whole_labels(labels, target_source, target_column)
         count = len(labels)
     else:
         targets = _float_matrix(targets, target_source, "targets", min_classes)
@@ -966,9 +966,10 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
     return placed
 
 
-def _whole_labels(labels, source: str) -> np.ndarray:
-    """Returns an array of labels as int64; raises InputError, naming the row, for one that is
-    no whole number or beyond int64 (a CSV's labels were checked as they were read)."""
+def _whole_labels(labels, source: str, column: str | None = None) -> np.ndarray:
+    """Returns an array of labels as int64; raises InputError, naming the row (and the column
+    of a table), for one that is no whole number or beyond int64 (a CSV's labels were checked
+    as they were read)."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.dtype.kind not in "iuf":
         flatten = ("; flatten (batch, time) labels as for F.cross_entropy: y.reshape(-1); "
@@ -983,12 +984,13 @@ def _whole_labels(labels, source: str) -> np.ndarray:
         if not whole.all():
             i = int(np.argmin(whole))
             raise InputError(f"label {float(labels[i])!r} is not a whole number", source=source,
-                             row=i)
+                             row=i, column=column)
     if labels.dtype.kind in "uf":  # a label beyond int64 would wrap around to another one
         beyond = (labels >= 2**63) | (labels < -2**63)
         if beyond.any():
             i = int(np.argmax(beyond))
-            raise InputError(f"label {labels[i].item()!r} is out of range", source=source, row=i)
+            raise InputError(f"label {labels[i].item()!r} is out of range", source=source, row=i,
+                             column=column)
     return labels.astype(np.int64)
 
 

@@ -628,3 +628,22 @@ def test_a_pandas_parquet_files_index_is_no_class(runner, tmp_path, index):
     expected = np.mean(np.log(np.exp(rows).sum(axis=1)) - rows[np.arange(len(rows)), kept.label])
     assert report["k"] == 3
     assert report["loss"] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("typed, shown", [(True, False), (False, True)])
+def test_the_stdin_copy_line_shows_for_a_pipe_not_for_rows_typed_in(monkeypatch, typed, shown):
+    import io
+    import sys
+
+    from rich.console import Console
+
+    from xent_cli import cli
+
+    class Stdin(io.StringIO):
+        def isatty(self):
+            return typed
+
+    monkeypatch.setattr(sys, "stdin", Stdin())
+    monkeypatch.setattr(cli, "stderr", lambda: Console(file=io.StringIO(), force_terminal=True))
+    with cli._copy_progress(quiet=False) as update:
+        assert (update is not None) == shown

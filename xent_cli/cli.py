@@ -387,9 +387,11 @@ def _pos_weights(text: str | None, k: int) -> tuple[float, ...] | None:
 @contextlib.contextmanager
 def _copy_progress(quiet: bool):
     """Yields a callback showing how much of stdin has been copied, or None when it would not be
-    seen: a stream has no size to show a bar against."""
+    seen or stdin is the terminal itself (someone typing rows): a stream has no size to show a
+    bar against."""
     console = stderr()
-    if quiet or not console.is_terminal:
+    typed = sys.stdin is not None and sys.stdin.isatty()
+    if quiet or typed or not console.is_terminal:
         yield None
         return
     from rich import progress as rich_progress

@@ -63,11 +63,12 @@ def load(spec: str, option: str = "--grad-fn", modules: dict | None = None) -> U
     label = f"{os.path.basename(path)}:{name}"
     if not os.path.isfile(path):
         raise UserCodeError(f"{option} {spec!r}: no such file {path}")
-    module_name = f"xent_user_{abs(hash(os.path.abspath(path)))}"
+    full_path = os.path.abspath(path)
+    module_name = f"xent_user_{abs(hash(full_path))}"
     modules = {} if modules is None else modules
-    if os.path.abspath(path) not in modules:
-        modules[os.path.abspath(path)] = _import(path, module_name, spec, option)
-    module = modules[os.path.abspath(path)]
+    if full_path not in modules:
+        modules[full_path] = _import(path, module_name, spec, option)
+    module = modules[full_path]
     if not hasattr(module, name):
         defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
                          and getattr(v, "__module__", None) == module_name)
@@ -78,7 +79,7 @@ def load(spec: str, option: str = "--grad-fn", modules: dict | None = None) -> U
         kind = type(function).__name__
         raise UserCodeError(f"{option}: {label} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, "
                             f"not a function")
-    return UserFunction(name=label, function=function, path=os.path.abspath(path))
+    return UserFunction(name=label, function=function, path=full_path)
 
 
 def _import(path: str, module_name: str, spec: str, option: str):

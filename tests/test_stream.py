@@ -100,6 +100,32 @@ OPTIONS = [
 ]
 
 
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=12),
+       last_newline=st.booleans(), offset=st.integers(0, 30), block=st.integers(1, 90),
+       peek=st.integers(1, 50))
+def test_blocks_are_whole_lines_cut_at_the_first_line_end_past_the_block_size(
+        tmp_path_factory, lines, last_newline, offset, block, peek):
+    content = b"\n".join(lines) + (b"\n" if last_newline and lines else b"")
+    path = tmp_path_factory.mktemp("blocks") / "f.csv"
+    path.write_bytes(content)
+    original = stream.BLOCK_BYTES, stream.PEEK_BYTES
+    stream.BLOCK_BYTES, stream.PEEK_BYTES = block, peek
+    try:
+        blocks = list(stream._blocks(str(path), offset))
+    finally:
+        stream.BLOCK_BYTES, stream.PEEK_BYTES = original
+    # the oracle: from each start, BLOCK_BYTES and then up to and with the next newline
+    expected, start = [], offset
+    while start < len(content):
+        newline = content.find(b"\n", start + block - 1)
+        stop = len(content) if newline < 0 else newline + 1
+        expected.append((content[start:stop], stop))
+        start = stop
+    assert [done for _, done in blocks] == [stop for _, stop in expected]
+    assert [b for b, _ in blocks] == [b if b.endswith(b"\n") else b + b"\n" for b, _ in expected]
+
+
 @pytest.mark.parametrize("options", OPTIONS, ids=[" ".join(o) or "default" for o in OPTIONS])
 def test_fast_reader_gives_the_same_bytes_as_the_strict_one(runner, tmp_path, monkeypatch, options):
     rng = np.random.default_rng(7)

@@ -758,18 +758,38 @@ def _prefetched(items: Iterator, depth: int = 1) -> Iterator:
 
 
 def _blocks(path: str, offset: int) -> Iterator[tuple[bytes, int]]:
-    """Yields blocks of whole lines from offset on, and the bytes read after each."""
+    """Yields blocks of whole lines from offset on, and the bytes read after each.
+
+    A block is BLOCK_BYTES and the rest of its last line. A peek finds where that line ends,
+    so each block is read at its exact length into a bytes object of its own: finishing a
+    block read at BLOCK_BYTES by appending copies it (825 MB of copies for an 825 MB file,
+    0.1 CPU s).
+    """
     with open(path, "rb") as file:
-        file.seek(offset)
-        done = offset
+        fd, done = file.fileno(), offset
         while True:
-            block = file.read(BLOCK_BYTES)
+            length = _line_end(fd, done + BLOCK_BYTES - 1) - done
+            block = os.pread(fd, length, done)
             if not block:
                 return
-            if not block.endswith(b"\n"):
-                block += file.readline()  # finish the last line (one copy, not a cut and a join)
             done += len(block)
             yield (block if block.endswith(b"\n") else block + b"\n"), done
+
+
+# Bytes _line_end reads at a time: a few lines of a typical logits file.
+PEEK_BYTES = 1 << 12
+
+
+def _line_end(fd: int, at: int) -> int:
+    """Returns the offset just after the first newline at or after at, or the file's end."""
+    while True:
+        peek = os.pread(fd, PEEK_BYTES, at)
+        newline = peek.find(b"\n")
+        if newline >= 0:
+            return at + newline + 1
+        at += len(peek)
+        if len(peek) < PEEK_BYTES:
+            return at
 
 
 def _parse_block(block: bytes, columns: int, delimiter: str) -> np.ndarray:

@@ -134,6 +134,16 @@ def test_bad_input_is_one_line_and_exit_2(argv, runner):
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
 
 
+@pytest.mark.parametrize("argv, cap", [
+    (["--k", "501", "--soft"], "the cap of 500 for derive"),  # --soft has no cap of its own
+    (["--k", "61", "--soft", "--hessian"], "the cap of 60 with --hessian"),
+])
+def test_the_cap_message_names_the_option_that_sets_it(argv, cap, runner):
+    result = runner.invoke(app, ["derive", *argv])
+    assert result.exit_code == 2, result.output
+    assert cap in result.stderr
+
+
 def test_claims_exit_1_when_false_and_0_when_true(runner):
     false = runner.invoke(app, ["derive", "--k", "3", "--claim", "0", "--format", "json"])
     assert false.exit_code == 1, false.output

@@ -716,7 +716,7 @@ def derive_command(
                 raise XentError("--y applies to --loss bce only: softmax's target is --label "
                                 "(or --soft)")
             label = 1 if label is None else label
-            core.check_size(k, label, hessian, soft)
+            core.check_size(k, label, hessian)
             if claim is not None:
                 for given, option, why in (
                         (at is not None, "--at", "which is checked for every z; drop --claim to "

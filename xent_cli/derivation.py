@@ -26,7 +26,7 @@ import sympy as sp
 
 MAX_K = 500  # each gradient entry is O(1) SymPy work, but the rows still print and cost
 MAX_K_HESSIAN = 60  # the Hessian has K² entries, each checked on its own
-MAX_K_SOFT = MAX_K  # Σy = 1 enters only where a step uses it, so soft targets cost no more
+# Soft targets share MAX_K: Σy = 1 enters only where a step uses it, so they cost no more.
 RANDOM_POINTS = 3
 DIGITS = 40
 
@@ -155,7 +155,7 @@ class Symbols:
 
     def dS(self, zj: sp.Symbol) -> sp.Expr:
         """∂S/∂z_j: SymPy's diff of the terms of Σ_n e^{z_n} that contain z_j."""
-        return sp.Add(*(term.diff(zj) for term in self._normaliser_terms.get(zj, ())))
+        return partial(self._normaliser_terms, zj)
 
     def d(self, f: sp.Expr, zj: sp.Symbol) -> sp.Expr:
         """∂f/∂z_j by the chain rule through S = S(z)."""
@@ -179,9 +179,6 @@ class Symbols:
     def in_z(self, expr: sp.Expr) -> sp.Expr:
         """Writes S out as Σ_n e^{z_n}: the expression in z (and y) only."""
         return expr.xreplace({self.S: self.normaliser})
-
-    def softmax(self, n: int) -> sp.Expr:
-        return sp.exp(self.z[n]) / self.normaliser
 
     def to_u(self, expr: sp.Expr) -> sp.Expr:
         """Writes e^{a} as a product of u_n = e^{z_n}, a being a linear form in z."""
@@ -325,17 +322,17 @@ def parse_values(text: str, k: int, option: str, symbol: str, valid, invalid: st
     return tuple(values)
 
 
-def check_size(k: int, label: int, hessian: bool, soft: bool = False) -> None:
-    """Refuses k below 2 or above the documented caps, and labels outside 1..k."""
+def check_size(k: int, label: int, hessian: bool) -> None:
+    """Refuses k below 2 or above the documented caps (soft targets share them), and labels
+    outside 1..k."""
     from xent_cli.errors import InputError
 
-    cap = min(MAX_K_HESSIAN if hessian else MAX_K, MAX_K_SOFT if soft else MAX_K)
+    cap = MAX_K_HESSIAN if hessian else MAX_K
     if k < 2:
         raise InputError(f"--k {k}: cross-entropy needs at least 2 classes")
     if k > cap:
-        what = "with --soft" if soft and cap == MAX_K_SOFT else (
-            "with --hessian" if hessian else "for derive")
-        raise InputError(f"--k {k} is above the cap of {cap} {what}")
+        raise InputError(f"--k {k} is above the cap of {cap} "
+                         + ("with --hessian" if hessian else "for derive"))
     if not 1 <= label <= k:
         raise InputError(f"--label {label} is not a class 1..{k} (labels are 1-based, like ℓ)")
 
@@ -389,7 +386,7 @@ def _builder(s: Symbols, at_point: Optional[dict]) -> _Builder:
 def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
            at: Optional[tuple[float, ...]] = None) -> Derivation:
     """Derives ∂CE/∂z_j for every j (and the Hessian) with every step verified."""
-    check_size(k, label, hessian, soft)
+    check_size(k, label, hessian)
     if at is not None and len(at) != k:
         from xent_cli.errors import InputError
         raise InputError(f"--at has {len(at)} values; --k is {k}")

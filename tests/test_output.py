@@ -149,7 +149,7 @@ def test_tsv_is_the_csv_text_with_tabs(runner, tmp_path, monkeypatch):
         assert texts[".tsv"].splitlines()[0].split("\t")[:5] == ["sample", "line", "label", "pred", "loss"]
 
 
-@pytest.mark.parametrize("name", ["o.npz", "o.json", "o.csv.gz", "O.NPZ"])
+@pytest.mark.parametrize("name", ["o.npz", "o.json", "o.csv.gz", "O.NPZ", "o.pt", "grads.pth"])
 def test_a_format_output_does_not_write_is_refused_before_the_input_is_read(
         runner, tmp_path, monkeypatch, name):
     (tmp_path / "z.csv").write_text("z0,z1,label\n1,2,0\n")

@@ -53,8 +53,8 @@ _FRAME_FLOATS = 1 << 18
 # Extensions of formats --output does not write: CSV text under such a name would fail, or be
 # misread, wherever it is opened next.
 _NOT_WRITTEN = (".npz", ".json", ".jsonl", ".ndjson", ".feather", ".arrow", ".ipc", ".xlsx",
-                ".xls", ".pkl", ".pickle", ".h5", ".hdf5", ".pt", ".gz", ".bz2", ".xz", ".zst",
-                ".zip")
+                ".xls", ".pkl", ".pickle", ".h5", ".hdf5", ".gz", ".bz2", ".xz", ".zst",
+                ".zip") + data.PYTORCH_FILES
 
 
 def kind(path: str) -> str:

@@ -119,16 +119,15 @@ def _binary_summary_table(summary: Summary) -> Table:
 
 def _identity(summary: Summary, sample: WorkedSample) -> str:
     """States gradient = scale × (p − y) for this sample, and where the scale comes from."""
-    result = summary  # its reduction and divisor
     if sample.ignored:
         return "ignored: this sample adds no loss and no gradient"
     reasons = []
     if summary.weight is not None or summary.label_smoothing:
         reasons.append(f"this sample's target weights sum to {_g(sample.weight_sum)}")
-    if result.reduction == "mean":
-        reasons.append(f"the mean divides by {_g(result.divisor)}")
+    if summary.reduction == "mean":
+        reasons.append(f"the mean divides by {_g(summary.divisor)}")
     else:
-        reasons.append(f"reduction {result.reduction!r} keeps each sample's own gradient")
+        reasons.append(f"reduction {summary.reduction!r} keeps each sample's own gradient")
     return f"gradient = {_g(sample.scale)} × (p − y): {'; '.join(reasons)}"
 
 

@@ -347,6 +347,17 @@ def test_a_check_that_cannot_run_says_why_in_one_line_and_exits_2(runner, argv, 
     assert result.stdout == ""
 
 
+def test_an_npz_of_logits_and_class_labels_is_refused_for_bce(runner, tmp_path):
+    # an .npz may carry its own targets, so --targets is not demanded up front; labels are no
+    # target per class
+    path = tmp_path / "z.npz"
+    np.savez(path, logits=np.zeros((3, 2)), labels=np.array([0, 1, 0]))
+    result = check(runner, str(path))
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"Error: {path}: binary cross-entropy needs a target per class: "
+                             "give --targets FILE\n")
+
+
 def test_pos_weight_is_refused_for_the_softmax(runner):
     result = runner.invoke(app, ["check", "--pos-weight", "1,1,1,1"])
     assert result.exit_code == 2 and "--pos-weight applies to --loss bce only" in result.stderr

@@ -137,6 +137,7 @@ HOSTILE = {
     "[j < l]": "unexpected character '<' at column 4",
     "[j l]": "expected '=' or '!=', found 'l' at column 4",
     "[p = l]": "compares j, l, n or a class number",
+    "[n = l]": "'n' is the index of sum(...) and only exists inside it at column 2",
     "k = l: p": "compares j, l, n or a class number",
     "j = 2: p": "a guard compares j with l",
     "j != l: j != l: 0": "unexpected '!=' at column 11",

@@ -228,13 +228,14 @@ def eval_command(
     label_col: Annotated[str, typer.Option(metavar="NAME", help="The name of the label column.")] = "label",
     labels: Annotated[Optional[str], typer.Option(
         metavar="FILE",
-        help="Labels in a file of their own: one CSV column (with or without header), or an "
-             ".npy or .npz array.")] = None,
+        help="Labels in a file of their own: one CSV column (with or without header), an "
+             ".npy or .npz array, or a .parquet table of one column (of several: the one "
+             "--label-col names).")] = None,
     targets: Annotated[Optional[str], typer.Option(
         metavar="FILE",
-        help="Soft targets: a CSV with a header and one probability column per class, or an "
-             ".npy or .npz array; with --loss bce, one 0/1 or probability in [0, 1] per "
-             "class.")] = None,
+        help="Soft targets: a CSV with a header and one probability column per class, an "
+             ".npy or .npz array, or a .parquet table of a column per class; with --loss bce, "
+             "one 0/1 or probability in [0, 1] per class.")] = None,
     delimiter: Annotated[Optional[str], typer.Option(
         metavar="CHAR",
         help="The cell delimiter ('\\t' for tab); default ',' or tab for .tsv files.")] = None,

@@ -30,7 +30,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Collection, Iterator
+from typing import Callable, Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -223,10 +223,16 @@ def _open_source(path: str, *, label_col: str, labels_path: str | None,
     side = labels_path or targets_path
     text = not _has_arrays(path, labels_path, targets_path)
     # a CSV of logits beside labels or targets read whole: an array, or a CSV of labels
-    side_whole = _suffix(path) not in ARRAYS and (_suffix(side) in (".npy", ".npz")
+    side_whole = _suffix(path) not in ARRAYS and (_suffix(side) in ARRAYS
                                                   or text and labels_path is not None)
-    if _suffix(path) == ".parquet" and side is None and min_classes >= 2:
-        fast = _fast_parquet(path, label_col)
+    if data.STDIN != side and _suffix(path) == ".parquet":
+        fast = _fast_parquet(path, label_col, labels_path, targets_path, delimiter, min_classes)
+        if fast is not None:
+            return fast
+    if data.STDIN != side and _suffix(path) in (".npy", ".npz") and (
+            targets_path is not None and _suffix(targets_path) not in (".npy", ".npz")):
+        # targets in a table or a CSV, which the whole reader would read whole
+        fast = _fast_mapped(path, targets_path, delimiter, min_classes)
         if fast is not None:
             return fast
     if (side_whole or text and labels_path is None) and data.STDIN not in (path, side):
@@ -270,7 +276,7 @@ def _suffix(path: str | None) -> str:
 
 def _has_arrays(path: str, labels_path: str | None, targets_path: str | None) -> bool:
     """Returns whether the logits are an array file, or their labels or targets are."""
-    return _suffix(path) in ARRAYS or _suffix(labels_path or targets_path) in (".npy", ".npz")
+    return _suffix(path) in ARRAYS or _suffix(labels_path or targets_path) in ARRAYS
 
 
 def strict_source(path: str, *, label_col: str = "label", labels_path: str | None = None,
@@ -433,12 +439,13 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
 def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
                     delimiter: str | None, size: int, min_classes: int = 2) -> Source | None:
     """Returns a fast source for a large CSV of logits whose labels or soft targets (what) are
-    an .npy (memory-mapped) or .npz array, or whose labels are a CSV (read whole by Polars), or
-    None when Polars is missing or the strict reader must judge.
+    in a file of their own: labels read whole (an array, a Parquet table's column, or a CSV
+    read by Polars), targets from an .npy (memory-mapped), .npz or Parquet table a block at a
+    time; or None when Polars is missing or the strict reader must judge.
 
-    Each block of logits takes as many rows of the array. Anything the strict reader would
-    refuse (unequal lengths, a negative or non-finite target) makes the fast reader hand over,
-    and the strict reader says where.
+    Each block of logits takes as many rows of labels or targets. Anything the strict reader
+    would refuse (unequal lengths, a negative or non-finite target) makes the fast reader hand
+    over, and the strict reader says where.
     """
     try:
         import polars  # noqa: F401  (only large files pay its import)
@@ -449,59 +456,61 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
     k = len(header)
     if k < min_classes or label_col in header:
         return None  # the strict reader explains
-    side_lines = side_column = None  # a CSV's lines and header; an array has rows
-    if _suffix(side_path) in (".npy", ".npz"):
-        values, _, _ = _read_side(side_path, delimiter, what)
-    elif what == "labels":
-        read = _csv_labels(side_path, delimiter)
-        if read is None:
-            return None  # the strict reader explains
-        values, name, side_lines = read
-        side_column = None if name is None else repr(name)
-    else:
-        return None
+    labels = targets = None
     if what == "labels":
-        values = _whole_labels(values, side_path)
-    elif np.ndim(values) != 2 or np.shape(values)[1] != k:
-        return None  # the strict reader explains (or takes a binary classifier's flat targets)
+        labels = _labels_beside(side_path, delimiter, label_col)
+        if labels is None:
+            return None  # the strict reader explains
+        values, side_column, side_lines = labels
+    else:
+        targets = _targets_beside(side_path, delimiter, k)
+        if targets is None or targets.first_line is not None:
+            return None  # the strict reader explains (or a CSV of targets: _fast_csv_targets)
+        side_column = side_lines = None
     parse = functools.partial(_parse_block, columns=k, delimiter=delimiter)
 
     def chunks() -> Iterator[Chunk]:
         start, line = 0, 2  # the header is line 1
-        for logits, done in _prefetched(_parsed_blocks(path, offset, parse)):
-            n = logits.shape[0]
-            side = values[start:start + n]
-            if len(side) < n:
-                raise _Unusual  # fewer labels or targets than logits: the strict reader says so
-            if not _finite(logits):
-                raise _Unusual  # nan, inf, an empty cell or a masked class: the strict reader rules
-            if what == "targets":
-                side = np.asarray(side, dtype=np.float64)
-                if not (np.isfinite(side) & (side >= 0)).all():
+        side = None if targets is None else _Rows(targets.blocks())
+        with contextlib.closing(side.blocks) if side is not None else contextlib.nullcontext():
+            for logits, done in _prefetched(_parsed_blocks(path, offset, parse)):
+                n = logits.shape[0]
+                if targets is None:
+                    side_rows = values[start:start + n]
+                    if len(side_rows) < n:
+                        raise _Unusual  # fewer labels than logits: the strict reader says so
+                else:
+                    side_rows = side.take(n)  # fewer targets than logits: _Unusual
+                if not _finite(logits):
+                    raise _Unusual  # nan, inf, an empty cell or a masked class: the strict reader rules
+                if targets is not None and not (np.isfinite(side_rows) & (side_rows >= 0)).all():
                     raise _Unusual
-            lines = range(line, line + n)
-            chunk = data.EvalInput(
-                logits=logits, labels=side if what == "labels" else None,
-                targets=side if what == "targets" else None, class_names=header, source=path,
-                lines=lines, target_source=side_path, target_column=side_column,
-                target_lines=(range(start, start + n) if side_lines is None
-                              else side_lines[start:start + n]),
-                rows_in=frozenset([side_path] if side_lines is None else []))
-            yield Chunk(data=chunk, start=start, done=done)
-            start, line = start + n, line + n
-        if start == 0 or start != len(values):
-            raise _Unusual  # no data rows, or more labels or targets than logits
+                lines = range(line, line + n)
+                chunk = data.EvalInput(
+                    logits=logits, labels=side_rows if targets is None else None,
+                    targets=side_rows if targets is not None else None, class_names=header,
+                    source=path, lines=lines, target_source=side_path, target_column=side_column,
+                    target_lines=(range(start, start + n) if side_lines is None
+                                  else side_lines[start:start + n]),
+                    target_names=None if targets is None else targets.names,
+                    rows_in=frozenset([side_path] if side_lines is None else []))
+                yield Chunk(data=chunk, start=start, done=done)
+                start, line = start + n, line + n
+            if start == 0:
+                raise _Unusual  # no data rows
+            if (start != len(values)) if targets is None else not side.exhausted():
+                raise _Unusual  # more labels or targets than logits
 
-    def targets() -> Iterator[np.ndarray | int]:
+    def sizes() -> Iterator[np.ndarray | int]:
         # each chunk's labels, or its number of samples, as chunks() cuts them
         start = 0
         for n in _block_rows(path, offset, k, delimiter):
-            yield values[start:start + n] if what == "labels" else n
+            yield values[start:start + n] if targets is None else n
             start += n
 
     return Source(name=path, class_names=header, has_labels=what == "labels",
                   target_source=side_path, size=size, unit="bytes", chunks=chunks,
-                  targets=targets)
+                  targets=sizes)
 
 
 def _csv_labels(path: str, delimiter: str | None) -> tuple[np.ndarray, str | None, range] | None:
@@ -539,12 +548,27 @@ def _csv_labels(path: str, delimiter: str | None) -> tuple[np.ndarray, str | Non
     return raw.astype(np.int64), name, range(first_line, first_line + len(raw))
 
 
-def _fast_parquet(path: str, label_col: str) -> Source | None:
-    """Returns a source that reads a Parquet table with its label column in slices of
-    PARQUET_ROWS rows, or None where the whole reader must judge: no such column, one that is
-    not a number, no rows, an unreadable file. A slice holding anything unusual (a null, nan or
-    inf, a label that is no whole number) hands the file to the whole reader, as a CSV block
-    does, so its message or result is the whole reader's."""
+@dataclass(frozen=True)
+class _Slices:
+    """Logits an array fast path reads a slice at a time: n rows of class_names, step rows per
+    read(start) -> (float64 logits, the table's own raw labels or None); read raises _Unusual
+    for a slice only the whole reader can judge."""
+
+    n: int
+    class_names: tuple[str, ...]
+    step: int
+    read: Callable[[int], tuple[np.ndarray, np.ndarray | None]]
+
+
+def _fast_parquet(path: str, label_col: str, labels_path: str | None = None,
+                  targets_path: str | None = None, delimiter: str | None = None,
+                  min_classes: int = 2) -> Source | None:
+    """Returns a source that reads a Parquet table of logits in slices of PARQUET_ROWS rows,
+    with its label column or with labels or targets from a file of their own (_fast_arrays),
+    or None where the whole reader must judge: no label column and no such file (or both), a
+    column that is not a number, too few classes, no rows, an unreadable file. A slice holding
+    anything unusual (a null, nan or inf, a label that is no whole number) hands the file to
+    the whole reader, as a CSV block does, so its message or result is the whole reader's."""
     import polars as pl
 
     try:
@@ -555,43 +579,212 @@ def _fast_parquet(path: str, label_col: str) -> Source | None:
     except BaseException:  # noqa: BLE001 - as _read_parquet: the whole reader says why
         return None
     index = _pandas_index(path)
+    own = labels_path is None and targets_path is None  # the labels are a column of the table
     logit_names = tuple(name for name in schema if name != label_col and name not in index)
-    if (label_col not in schema or len(logit_names) < 2 or n == 0
+    if ((label_col in schema) != own or len(logit_names) < min_classes or n == 0
             or not all(dtype.is_numeric() for dtype in schema.values())):
         return None
 
-    def read(start: int, columns) -> pl.DataFrame:
-        try:
-            return pl.scan_parquet(path).slice(start, PARQUET_ROWS).select(columns).collect()
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException:  # noqa: BLE001 - a corrupt page: the whole reader says so
-            raise _Unusual from None
+    def read(start: int) -> tuple[np.ndarray, np.ndarray | None]:
+        frame = _parquet_slice(path, start, [*logit_names, label_col] if own else logit_names)
+        logits = frame.select(logit_names).to_numpy().astype(np.float64)  # as the whole reader
+        return logits, frame[label_col].to_numpy() if own else None
+
+    def labels(start: int) -> np.ndarray:
+        return _whole(_parquet_slice(path, start, [label_col])[label_col].to_numpy()
+                      .astype(np.float64))
+
+    slices = _Slices(n=n, class_names=logit_names, step=PARQUET_ROWS, read=read)
+    return _fast_arrays(path, slices, label_col, labels if own else None, labels_path,
+                        targets_path, delimiter)
+
+
+def _parquet_slice(path: str, start: int, columns):
+    """Returns PARQUET_ROWS rows from start on of some columns of a Parquet table, decoded
+    from the row groups they span; raises _Unusual where Polars cannot read them (a corrupt
+    page: the whole reader says so)."""
+    import polars as pl
+
+    try:
+        return pl.scan_parquet(path).slice(start, PARQUET_ROWS).select(columns).collect()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # noqa: BLE001 - Polars' errors, or a panic on corrupt bytes
+        raise _Unusual from None
+
+
+def _fast_mapped(path: str, targets_path: str, delimiter: str | None,
+                 min_classes: int) -> Source | None:
+    """Returns a source for .npy or .npz logits (mapped, or loaded when compressed) beside soft
+    or binary targets in a Parquet table or a CSV, both read a slice at a time (the whole
+    reader would read the targets whole: a CSV of 8.5M x 10 into 11 GB); None where the whole
+    reader must judge (an .npz that holds its own labels or targets, a shape it explains)."""
+    try:
+        if _suffix(path) == ".npy":
+            z = _load_npy(path)
+        else:
+            arrays = _load_npz(path)
+            if set(arrays) != {"logits"}:
+                return None  # targets held in it as well, or no logits: the whole reader says
+            z = arrays["logits"]
+    except InputError:
+        return None
+    if z.ndim != 2 or z.dtype.kind not in "iuf" or z.shape[1] < min_classes or not len(z):
+        return None
+
+    def read(start: int) -> tuple[np.ndarray, None]:
+        # float64 rows, aligned, as _slice converts them for the whole reader
+        return np.require(z[start:start + CHUNK_ROWS], np.float64, "A"), None
+
+    slices = _Slices(n=len(z), class_names=tuple(str(c) for c in range(z.shape[1])),
+                     step=CHUNK_ROWS, read=read)
+    return _fast_arrays(path, slices, "label", None, None, targets_path, delimiter)
+
+
+def _fast_arrays(path: str, slices: _Slices, label_col: str,
+                 own_labels: Callable[[int], np.ndarray] | None, labels_path: str | None,
+                 targets_path: str | None, delimiter: str | None) -> Source | None:
+    """Returns a source of logits read in slices with their targets: the table's own label
+    column label_col (own_labels(start) reads its labels alone, for the divisor), labels from
+    a file of their own (read whole: 8 bytes a sample; label_col names their column in a
+    table of several) or soft or binary targets from a file of their own, read a slice at a
+    time beside the logits; None where the whole reader must judge the targets' file (an
+    unreadable one, another number of rows or columns)."""
+    n, k = slices.n, len(slices.class_names)
+    labels = targets = None
+    if labels_path is not None:
+        labels = _labels_beside(labels_path, delimiter, label_col)
+        if labels is None or len(labels[0]) != n:
+            return None
+    elif targets_path is not None:
+        targets = _targets_beside(targets_path, delimiter, k)
+        if targets is None or targets.n not in (None, n):
+            return None
+    side_path = labels_path or targets_path or path
 
     def chunks() -> Iterator[Chunk]:
-        for start in range(0, n, PARQUET_ROWS):
-            frame = read(start, [*logit_names, label_col])
-            logits = frame.select(logit_names).to_numpy().astype(np.float64)  # as the whole reader
-            raw_labels = frame[label_col].to_numpy()
-            if not _finite(logits):
-                raise _Unusual
-            if raw_labels.dtype.kind == "f" and not _whole_numbers(raw_labels):
-                raise _Unusual  # nan (a null), or no whole number
-            if raw_labels.dtype.kind == "u" and (raw_labels >= 2**63).any():
-                raise _Unusual  # beyond int64
-            rows = range(start, start + len(frame))
-            chunk = data.EvalInput(
-                logits=logits, labels=raw_labels.astype(np.int64), targets=None,
-                class_names=logit_names, source=path, lines=rows, target_source=path,
-                target_column=repr(label_col), target_lines=rows, rows_in=frozenset([path]))
-            yield Chunk(data=chunk, start=start, done=rows.stop)
+        side = None if targets is None else _Rows(targets.blocks())
+        with contextlib.closing(side.blocks) if side is not None else contextlib.nullcontext():
+            for start in range(0, n, slices.step):
+                logits, raw_labels = slices.read(start)
+                stop = start + len(logits)
+                rows = range(start, stop)
+                if not _finite(logits):
+                    raise _Unusual  # nan (a null), inf, a masked class: the whole reader rules
+                y = t = None
+                target_lines, column, names = rows, None, None
+                if raw_labels is not None:
+                    if raw_labels.dtype.kind == "f" and not _whole_numbers(raw_labels):
+                        raise _Unusual  # nan (a null), or no whole number
+                    if raw_labels.dtype.kind == "u" and (raw_labels >= 2**63).any():
+                        raise _Unusual  # beyond int64
+                    y, column = raw_labels.astype(np.int64), repr(label_col)
+                elif labels is not None:
+                    y, column, lines = labels[0][start:stop], labels[1], labels[2]
+                    target_lines = rows if lines is None else lines[start:stop]
+                else:
+                    t = side.take(len(logits))
+                    if not (np.isfinite(t) & (t >= 0)).all():
+                        raise _Unusual  # the whole reader names the cell
+                    names = targets.names
+                    target_lines = rows if targets.first_line is None else range(
+                        targets.first_line + start, targets.first_line + stop)
+                plain = targets is None or targets.first_line is None
+                chunk = data.EvalInput(
+                    logits=logits, labels=y, targets=t, class_names=slices.class_names,
+                    source=path, lines=rows, target_source=side_path, target_column=column,
+                    target_lines=target_lines, target_names=names,
+                    rows_in=frozenset([path] + ([side_path] if plain and (
+                        labels is None or labels[2] is None) else [])))
+                yield Chunk(data=chunk, start=start, done=stop)
+            if side is not None and not side.exhausted():
+                raise _Unusual  # more target rows than logits: the whole reader says so
 
-    def targets() -> Iterator[np.ndarray]:
-        for start in range(0, n, PARQUET_ROWS):
-            yield _whole(read(start, [label_col])[label_col].to_numpy().astype(np.float64))
+    def sizes() -> Iterator[np.ndarray | int]:
+        # each slice's labels, or its number of samples, as chunks() cuts them
+        for start in range(0, n, slices.step):
+            if own_labels is not None:
+                yield own_labels(start)
+            elif labels is not None:
+                yield labels[0][start:start + slices.step]
+            else:
+                yield min(slices.step, n - start)
 
-    return Source(name=path, class_names=logit_names, has_labels=True, target_source=path,
-                  size=n, unit="rows", chunks=chunks, targets=targets, rows=lambda: iter([n]))
+    return Source(name=path, class_names=slices.class_names, has_labels=targets is None,
+                  target_source=side_path, size=n, unit="rows", chunks=chunks, targets=sizes,
+                  rows=(lambda: iter([n])) if targets is None else None)
+
+
+def _labels_beside(path: str, delimiter: str | None, label_col: str
+                   ) -> tuple[np.ndarray, str | None, Sequence[int] | None] | None:
+    """Returns labels from a file of their own, read whole (8 bytes a label) as int64, with
+    their column's name (repr; None for an array or a CSV without header) and, from a CSV,
+    each label's line (None: a sample's place is its row); None where the strict reader must
+    judge a CSV. An array or a table is read as the whole reader reads it, and its errors (a
+    label that is no whole number, a column of text) are raised at once, in its words: the
+    whole reader would read all the logits first."""
+    if _suffix(path) not in ARRAYS:
+        read = _csv_labels(path, delimiter)
+        if read is None:
+            return None
+        values, name, lines = read
+        return values, None if name is None else repr(name), lines
+    values, _, names = _read_side(path, delimiter, "labels", label_col)
+    column = None if names is None else repr(names[0])
+    return _whole_labels(values, path, column), column, None
+
+
+@dataclass(frozen=True)
+class _Beside:
+    """Soft or binary targets in a file of their own, read a block at a time."""
+
+    n: int | None  # rows, where known before reading (not for a CSV)
+    names: tuple[str, ...] | None  # the columns of a table or a CSV; None for an array
+    first_line: int | None  # a CSV's first data line; None: a sample's place is its row
+    blocks: Callable[[], Iterator[np.ndarray]]  # float64 (rows, k) blocks in order
+
+
+def _targets_beside(path: str, delimiter: str | None, k: int) -> _Beside | None:
+    """Returns k columns of targets from a file of their own, to be read in blocks beside the
+    logits (an .npy or .npz is mapped or loaded; a Parquet table and a CSV are read in slices
+    of rows); None where the whole reader must judge (an unreadable file, another number of
+    columns, a CSV header it explains). A column of no numbers in a table is refused at once,
+    as the whole reader refuses it."""
+    suffix = _suffix(path)
+    if suffix in (".npy", ".npz"):
+        values = _read_side(path, delimiter, "targets")[0]  # its errors are the whole reader's
+        if values.ndim == 1 and k == 1:  # a binary classifier's (N,) targets
+            values = values[:, None]
+        if values.ndim != 2 or values.shape[1] != k or values.dtype.kind not in "iuf":
+            return None
+        return _Beside(n=len(values), names=None, first_line=None, blocks=lambda: (
+            np.asarray(values[start:start + CHUNK_ROWS], dtype=np.float64)
+            for start in range(0, len(values), CHUNK_ROWS)))
+    if suffix == ".parquet":
+        import polars as pl
+
+        try:
+            schema = pl.read_parquet_schema(path)
+            n = pl.scan_parquet(path).select(pl.len()).collect().item()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # noqa: BLE001 - the whole reader says why
+            return None
+        names = _side_columns(schema, path, "targets", "label")
+        if len(names) != k:
+            return None
+        return _Beside(n=n, names=names, first_line=None, blocks=lambda: (
+            _parquet_slice(path, start, names).to_numpy().astype(np.float64)
+            for start in range(0, n, PARQUET_ROWS)))
+    if path == data.STDIN or not os.path.isfile(path):
+        return None
+    delimiter = data.delimiter_of(path, delimiter)
+    header, offset = _plain_header(path, delimiter)
+    if len(header) != k:
+        return None  # no header it reads plainly, or another number of columns
+    parse = functools.partial(_parse_block, columns=k, delimiter=delimiter)
+    return _Beside(n=None, names=header, first_line=2, blocks=lambda: _prefetched(
+        table for table, _ in _parsed_blocks(path, offset, parse)))
 
 
 def _whole_numbers(raw: np.ndarray) -> bool:
@@ -939,7 +1132,7 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
     rows = range(n)  # indexes and slices as a tuple of lines does, without n Python ints
     target_lines = target_names = None  # the targets' lines and columns, from a CSV file
     if labels_path is not None:
-        labels, target_lines, names = _read_side(labels_path, delimiter, "labels")
+        labels, target_lines, names = _read_side(labels_path, delimiter, "labels", label_col)
         target_column, target_source = None if names is None else repr(names[0]), labels_path
     if targets_path is not None:
         targets, target_lines, target_names = _read_side(targets_path, delimiter, "targets")
@@ -949,7 +1142,7 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
                          "name the label column with --label-col, or give --labels or --targets",
                          source=path)
     if labels is None and targets is None:
-        raise InputError("has no labels; give --labels or --targets (a .npy, .npz or CSV file)",
+        raise InputError("has no labels; give --labels or --targets (a .npy, .npz, .parquet or CSV file)",
                          source=path)
     if labels is not None:
         labels = _whole_labels(labels, target_source, target_column)
@@ -1089,12 +1282,27 @@ def _intact(file, start: int, member) -> bool:
 
 def _read_parquet(path: str, label_col: str):
     """Returns logits, labels (or None) and class names from a Parquet table."""
+    frame = _parquet_frame(path)
+    names = tuple(frame.columns)
+    index = _pandas_index(path)
+    logit_names = tuple(name for name in names if name != label_col and name not in index)
+    labels = frame[label_col].to_numpy() if label_col in names else None
+    _refuse_non_numbers(frame.schema, logit_names, path, "logits")
+    try:
+        logits = frame.select(logit_names).to_numpy().astype(np.float64)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"logit columns must be numbers: {error}", source=path) from None
+    return logits, labels, logit_names
+
+
+def _parquet_frame(path: str):
+    """Returns a Parquet table read whole by Polars; InputError where it cannot be read."""
     try:
         import polars as pl
     except ImportError:
         raise InputError("reading Parquet needs Polars: pip install polars", source=path) from None
     try:
-        frame = pl.read_parquet(path)
+        return pl.read_parquet(path)
     except FileNotFoundError:
         raise InputError("no such file", source=path) from None
     except (KeyboardInterrupt, SystemExit):
@@ -1102,23 +1310,61 @@ def _read_parquet(path: str, label_col: str):
     except BaseException as error:  # noqa: BLE001 - Polars has many error types, and on corrupt
         # bytes its Rust code may panic: a PanicException, which is a BaseException
         raise InputError(f"is not a readable Parquet file: {error}", source=path) from None
-    names = tuple(frame.columns)
-    index = _pandas_index(path)
-    logit_names = tuple(name for name in names if name != label_col and name not in index)
-    labels = frame[label_col].to_numpy() if label_col in names else None
-    for name in logit_names:
-        if isinstance(frame.schema[name], (pl.List, pl.Array)):
+
+
+# What each column of a Parquet table is, in the message that refuses a column of no numbers.
+_COLUMN_ROLES = {
+    "logits": "every column but the label column is a logit: drop it",
+    "targets": "every column is a class's target: drop it",
+    "labels": "labels are class indices, one integer per sample",
+}
+
+
+def _refuse_non_numbers(schema, names: Collection[str], path: str, what: str) -> None:
+    """Raises InputError naming the first column of names that holds no numbers (a list, a date,
+    a text id, a flag): read as numbers, a date would be days since 1970, a wrong loss."""
+    import polars as pl
+
+    for name in names:
+        dtype = schema[name]
+        if isinstance(dtype, (pl.List, pl.Array)) and what != "labels":
             raise InputError(f"column {name!r} holds a list per sample; give one number column "
                              "per class, as pl.DataFrame(z) writes, or save arrays with np.save",
                              source=path)
-        if not frame.schema[name].is_numeric():  # a date or an id read as a number: a wrong loss
-            raise InputError(f"column {name!r} holds {frame.schema[name]}, not numbers; every "
-                             "column but the label column is a logit: drop it", source=path)
-    try:
-        logits = frame.select(logit_names).to_numpy().astype(np.float64)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"logit columns must be numbers: {error}", source=path) from None
-    return logits, labels, logit_names
+        if not dtype.is_numeric():
+            raise InputError(f"column {name!r} holds {dtype}, not numbers; {_COLUMN_ROLES[what]}",
+                             source=path)
+
+
+def _side_columns(schema, path: str, what: str, label_col: str) -> tuple[str, ...]:
+    """Returns the columns of a Parquet table of labels or targets (what) that hold them: for
+    labels its one column, or the column label_col names among several; for targets every
+    column, a class each. pandas' index columns hold neither."""
+    index = _pandas_index(path)
+    names = tuple(name for name in schema if name not in index)
+    if not names:
+        raise InputError(f"has no columns; give the {what} a column"
+                         f"{' per class' if what == 'targets' else ''}", source=path)
+    if what == "labels" and len(names) > 1:
+        if label_col not in names:
+            raise InputError(f"has {len(names)} columns ({', '.join(names)}) and none is named "
+                             f"{label_col!r}; give the labels in a table of one column, or name "
+                             "their column with --label-col", source=path)
+        names = (label_col,)
+    _refuse_non_numbers(schema, names, path, what)
+    return names
+
+
+def _read_parquet_side(path: str, what: str, label_col: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Reads labels (N,) or targets (N, k) from a Parquet table whole, with the columns read.
+
+    A null reads as nan, which the checks of labels and targets name by row and column.
+    """
+    frame = _parquet_frame(path)
+    names = _side_columns(frame.schema, path, what, label_col)
+    if what == "labels":
+        return frame[names[0]].to_numpy(), names
+    return frame.select(names).to_numpy().astype(np.float64), names
 
 
 def _pandas_index(path: str) -> frozenset[str]:
@@ -1138,14 +1384,19 @@ def _pandas_index(path: str) -> frozenset[str]:
         return frozenset()
 
 
-def _read_side(path: str, delimiter: str | None, what: str
+def _read_side(path: str, delimiter: str | None, what: str, label_col: str = "label"
                ) -> tuple[np.ndarray, tuple[int, ...] | None, tuple[str, ...] | None]:
-    """Reads labels or targets for an array input: .npy, .npz (its only or named array) or CSV.
+    """Reads labels or targets for an array input: .npy, .npz (its only or named array),
+    .parquet (see _side_columns) or CSV.
 
     With a CSV come each row's line in it and its column names (none for labels without a
-    header); an array file has neither (None, None): a sample's place there is its row.
+    header); with a Parquet table, its columns read; an array file has neither (None, None).
+    In an array file or a table a sample's place is its row.
     """
     lower = path.lower()
+    if lower.endswith(".parquet"):
+        values, names = _read_parquet_side(path, what, label_col)
+        return values, None, names
     if lower.endswith(".npy"):
         return np.asarray(_load_npy(path)), None, None
     if lower.endswith(".npz"):

@@ -1,0 +1,273 @@
+"""Labels and targets in a Parquet table beside any logits, and every eval input read in slices.
+
+The losses are checked against a NumPy computation written here; the sliced readers against the
+whole readers (summary, messages and --output bytes), with slices of a few rows so that the
+slicing is exercised on small files.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from xent_cli import stream
+from xent_cli.cli import app
+
+pl = pytest.importorskip("polars")
+
+N, K = 40, 3
+# The fast paths; each returns None to hand its input to the whole reader.
+FAST = ("_fast_csv", "_fast_csv_array", "_fast_csv_targets", "_fast_parquet", "_fast_mapped")
+
+
+@pytest.fixture
+def small_slices(monkeypatch):
+    """Makes every reader take its input a few rows (or bytes) at a time."""
+    monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0)
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(stream, "PARQUET_ROWS", 9)
+    monkeypatch.setattr(stream, "CHUNK_ROWS", 11)
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """Writes logits, labels and soft targets of N samples in every format eval reads."""
+    rng = np.random.default_rng(7)
+    z = rng.normal(scale=2, size=(N, K)).round(6)
+    y = rng.integers(0, K, size=N)
+    t = rng.dirichlet(np.ones(K), size=N).round(6)
+    logits = {f"z{c}": z[:, c] for c in range(K)}
+    pl.DataFrame(logits).write_csv(tmp_path / "z.csv")
+    pl.DataFrame(logits).write_parquet(tmp_path / "z.parquet", row_group_size=7)
+    np.save(tmp_path / "z.npy", z)
+    np.savez(tmp_path / "z.npz", logits=z)
+    pl.DataFrame({"label": y}).write_parquet(tmp_path / "y.parquet", row_group_size=7)
+    pl.DataFrame({"label": y}).write_csv(tmp_path / "y.csv")
+    np.save(tmp_path / "y.npy", y)
+    targets = {f"t{c}": t[:, c] for c in range(K)}
+    pl.DataFrame(targets).write_parquet(tmp_path / "t.parquet", row_group_size=5)
+    pl.DataFrame(targets).write_csv(tmp_path / "t.csv")
+    np.save(tmp_path / "t.npy", t)
+    return z, y, t
+
+
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    top = z.max(axis=1)
+    return top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+
+
+def _expected(loss: str, z: np.ndarray, y: np.ndarray, t: np.ndarray, side: str) -> float:
+    """The mean loss, computed here from its definition."""
+    if loss == "bce":  # log(1 + e^z) − t z per element, over all N × k
+        return float(np.mean(np.logaddexp(0, z) - t * z))
+    if side == "labels":
+        return float(np.mean(_logsumexp(z) - z[np.arange(len(y)), y]))
+    return float(np.mean(-(t * (z - _logsumexp(z)[:, None])).sum(axis=1)))
+
+
+def _eval(runner, tmp_path, arguments, output="out.csv"):
+    """Runs xent eval with --output; returns exit code, stdout, stderr and the output bytes."""
+    out = tmp_path / output
+    out.unlink(missing_ok=True)
+    result = runner.invoke(app, ["eval", *arguments, "--format", "json", "--output", str(out)])
+    return result.exit_code, result.stdout, result.stderr, out.read_bytes() if out.exists() else None
+
+
+def _both_readers(runner, tmp_path, monkeypatch, arguments):
+    """Returns what the sliced readers and the whole readers make of the same input, and
+    whether the sliced run read anything whole."""
+    whole_reads = []
+    in_memory = stream._in_memory
+    monkeypatch.setattr(stream, "_in_memory",
+                        lambda *args: whole_reads.append(1) or in_memory(*args))
+    sliced = _eval(runner, tmp_path, arguments, "sliced.csv")
+    read_whole = bool(whole_reads)
+    for name in FAST:
+        monkeypatch.setattr(stream, name, lambda *args, **kwargs: None)
+    whole = _eval(runner, tmp_path, arguments, "whole.csv")
+    return sliced, whole, read_whole
+
+
+COMBINATIONS = [(logits, option, side, loss)
+                for logits in ("z.csv", "z.npy", "z.npz", "z.parquet")
+                for option, side, loss in (("--labels", "y.parquet", "ce"),
+                                           ("--targets", "t.parquet", "ce"),
+                                           ("--targets", "t.parquet", "bce"),
+                                           ("--labels", "y.npy", "ce"), ("--labels", "y.csv", "ce"),
+                                           ("--targets", "t.npy", "ce"),
+                                           ("--targets", "t.csv", "bce"))]
+
+
+@pytest.mark.parametrize("logits, option, side, loss", COMBINATIONS)
+def test_a_side_file_gives_the_loss_computed_from_its_definition(runner, tmp_path, inputs,
+                                                                  logits, option, side, loss):
+    z, y, t = inputs
+    code, stdout, stderr, _ = _eval(runner, tmp_path, [
+        str(tmp_path / logits), option, str(tmp_path / side), "--loss", loss])
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["n"] == N and summary["k"] == K
+    assert summary["loss"] == pytest.approx(_expected(loss, z, y, t, option[2:]), rel=1e-13)
+
+
+@pytest.mark.parametrize("logits, option, side, loss", COMBINATIONS)
+def test_sliced_and_whole_readers_give_the_same_bytes(runner, tmp_path, inputs, small_slices,
+                                                       monkeypatch, logits, option, side, loss):
+    arguments = [str(tmp_path / logits), option, str(tmp_path / side), "--loss", loss]
+    sliced, whole, read_whole = _both_readers(runner, tmp_path, monkeypatch, arguments)
+    assert sliced[0] == 0, sliced[2]
+    assert sliced == whole
+    # the logits are sliced; only .npy and .npz logits beside arrays are mapped by the whole reader
+    mapped = logits in ("z.npy", "z.npz") and not side.endswith((".parquet", ".csv"))
+    assert read_whole == (mapped or logits in ("z.npy", "z.npz") and option == "--labels")
+
+
+def test_a_parquet_table_of_targets_is_read_a_slice_at_a_time(tmp_path, inputs, small_slices,
+                                                              monkeypatch):
+    reads = []
+    sliced = stream._parquet_slice
+    monkeypatch.setattr(stream, "_parquet_slice",
+                        lambda path, start, columns, *rest: reads.append(
+                            (path[-9:], start, tuple(columns))) or sliced(path, start, columns, *rest))
+    monkeypatch.setattr(stream, "_read_parquet", None)  # never the whole table
+    source = stream.open_source(str(tmp_path / "z.parquet"),
+                                targets_path=str(tmp_path / "t.parquet"))
+    chunks = list(source.chunks())
+    assert [chunk.data.lines for chunk in chunks] == [range(s, min(s + 9, N)) for s in range(0, N, 9)]
+    assert np.array_equal(np.concatenate([chunk.data.targets for chunk in chunks]), inputs[2])
+    assert {start for name, start, _ in reads if name == "t.parquet"} == set(range(0, N, 9))
+    assert {columns for name, _, columns in reads if name == "t.parquet"} == {("t0", "t1", "t2")}
+
+
+def _with(tmp_path, name, **columns):
+    pl.DataFrame(columns, strict=False).write_parquet(tmp_path / name, row_group_size=7)
+    return str(tmp_path / name)
+
+
+def _labels_with(y, at, value):
+    labels = y.astype(object).tolist()
+    labels[at] = value
+    return labels
+
+
+def _targets_with(t, at, value):
+    column = t[:, 1].astype(object).tolist()
+    column[at] = value
+    return {"t0": t[:, 0], "t1": column, "t2": t[:, 2]}
+
+
+@pytest.mark.parametrize("logits", ["z.csv", "z.npy", "z.parquet"])
+@pytest.mark.parametrize("case, message", [
+    ("null label", "y_bad.parquet, row 23, column 'label': label nan is not a whole number"),
+    ("label 2.5", "y_bad.parquet, row 23, column 'label': label 2.5 is not a whole number"),
+    ("label 7", "y_bad.parquet, row 23, column 'label': label 7 is not a class index 0..2 (nor the ignore index -100)"),
+    ("a label short", "y_bad.parquet: has 39 labels for 40 rows of logits"),
+    ("a text label", "y_bad.parquet: column 'label' holds String, not numbers; labels are class "
+                     "indices, one integer per sample"),
+    ("null target", "t_bad.parquet, row 23, column 't1': target probability is not a finite number"),
+    ("nan target", "t_bad.parquet, row 23, column 't1': target probability is not a finite number"),
+    ("negative target", "t_bad.parquet, row 23, column 't1': target probability -0.5 is negative"),
+    ("a target row more", "t_bad.parquet: has 41 target rows for 40 rows of logits"),
+    ("a date column", "t_bad.parquet: column 'when' holds Date, not numbers; every column is a "
+                      "class's target: drop it"),
+])
+def test_what_is_wrong_in_a_side_table_is_named_by_both_readers(runner, tmp_path, inputs,
+                                                                 small_slices, monkeypatch,
+                                                                 logits, case, message):
+    import datetime
+
+    z, y, t = inputs
+    if "label" in case:
+        option = "--labels"
+        table = {"null label": dict(label=_labels_with(y, 23, None)),
+                 "label 2.5": dict(label=_labels_with(y, 23, 2.5)),
+                 "label 7": dict(label=_labels_with(y, 23, 7)),
+                 "a label short": dict(label=y[:-1]),
+                 "a text label": dict(label=[str(v) for v in y])}[case]
+        side = _with(tmp_path, "y_bad.parquet", **table)
+    else:
+        option = "--targets"
+        table = {"null target": _targets_with(t, 23, None),
+                 "nan target": _targets_with(t, 23, float("nan")),
+                 "negative target": _targets_with(t, 23, -0.5),
+                 "a target row more": {f"t{c}": np.append(t[:, c], 0.5) for c in range(K)},
+                 "a date column": {"when": [datetime.date(2026, 1, 1)] * N,
+                                   **{f"t{c}": t[:, c] for c in range(K)}}}[case]
+        side = _with(tmp_path, "t_bad.parquet", **table)
+    sliced, whole, _ = _both_readers(runner, tmp_path, monkeypatch,
+                                     [str(tmp_path / logits), option, side])
+    assert sliced == whole
+    assert (sliced[0], sliced[2]) == (2, f"Error: {tmp_path}/{message}\n")
+
+
+@pytest.mark.parametrize("logits", ["z.csv", "z.parquet"])
+def test_a_bad_logit_beside_a_side_table_is_the_whole_reader_s_to_name(runner, tmp_path, inputs,
+                                                                       small_slices, monkeypatch,
+                                                                       logits):
+    z = inputs[0].astype(object)
+    z[31, 2] = None if logits == "z.parquet" else float("inf")
+    frame = pl.DataFrame({f"z{c}": z[:, c].tolist() for c in range(K)}, strict=False)
+    frame.write_parquet(tmp_path / "z.parquet", row_group_size=7)
+    frame.write_csv(tmp_path / "z.csv")
+    sliced, whole, _ = _both_readers(runner, tmp_path, monkeypatch,
+                                     [str(tmp_path / logits), "--targets", str(tmp_path / "t.parquet")])
+    assert sliced == whole and sliced[0] == 2
+    assert ("row 31, column 'z2'" if logits == "z.parquet" else "line 33, column 'z2'") in sliced[2]
+
+
+@pytest.mark.parametrize("columns, option, expected", [
+    (("id", "label"), [], "label"),  # the column named as the label column
+    (("y",), [], "y"),  # a table of one column, whatever its name
+    (("id", "y"), ["--label-col", "y"], "y"),
+    (("id", "y"), [], None),  # which one: the message says how to tell
+])
+def test_a_labels_table_of_several_columns_gives_its_label_column(runner, tmp_path, inputs,
+                                                                  columns, option, expected):
+    z, y, t = inputs
+    values = {"id": np.arange(N) + 100, "label": y, "y": y}
+    side = _with(tmp_path, "labels.parquet", **{name: values[name] for name in columns})
+    code, stdout, stderr, _ = _eval(runner, tmp_path,
+                                    [str(tmp_path / "z.parquet"), "--labels", side, *option])
+    if expected is None:
+        assert code == 2 and stderr == (f"Error: {side}: has 2 columns (id, y) and none is named "
+                                        "'label'; give the labels in a table of one column, or "
+                                        "name their column with --label-col\n")
+    else:
+        assert code == 0, stderr
+        assert json.loads(stdout)["loss"] == pytest.approx(_expected("ce", z, y, t, "labels"), rel=1e-13)
+
+
+def test_pandas_index_columns_of_a_side_table_are_skipped(runner, tmp_path, inputs, small_slices):
+    pd = pytest.importorskip("pandas")
+    z, y, t = inputs
+    kept = np.arange(N) % 3 != 1  # a filtered frame: to_parquet keeps its index as a column
+    pd.DataFrame({"label": y})[kept].to_parquet(tmp_path / "y.parquet")
+    pd.DataFrame({f"t{c}": t[:, c] for c in range(K)})[kept].to_parquet(tmp_path / "t.parquet")
+    np.save(tmp_path / "z.npy", z[kept])
+    for option, side, expected in (("--labels", "y.parquet", _expected("ce", z[kept], y[kept], t, "labels")),
+                                   ("--targets", "t.parquet", _expected("ce", z[kept], y, t[kept], "targets"))):
+        code, stdout, stderr, _ = _eval(runner, tmp_path,
+                                        [str(tmp_path / "z.npy"), option, str(tmp_path / side)])
+        assert code == 0, stderr
+        assert json.loads(stdout)["loss"] == pytest.approx(expected, rel=1e-13)
+
+
+@pytest.mark.parametrize("option, side, loss", [("--labels", "y.parquet", "ce"),
+                                                ("--targets", "t.parquet", "ce"),
+                                                ("--targets", "t.parquet", "bce")])
+@pytest.mark.parametrize("logits", ["z.csv", "z.parquet"])
+def test_check_reads_side_tables_as_eval_does(runner, tmp_path, inputs, logits, option, side, loss):
+    result = runner.invoke(app, ["check", str(tmp_path / logits), option, str(tmp_path / side),
+                                 "--loss", loss, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] and (report["n"], report["k"]) == (N, K)
+
+
+def test_check_names_a_null_in_a_side_table(runner, tmp_path, inputs):
+    side = _with(tmp_path, "y_bad.parquet", label=_labels_with(inputs[1], 5, None))
+    result = runner.invoke(app, ["check", str(tmp_path / "z.parquet"), "--labels", side])
+    assert result.exit_code == 2
+    assert result.stderr == f"Error: {side}, row 5, column 'label': label nan is not a whole number\n"

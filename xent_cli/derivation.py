@@ -322,17 +322,25 @@ def parse_values(text: str, k: int, option: str, symbol: str, valid, invalid: st
     return tuple(values)
 
 
-def check_size(k: int, label: int, hessian: bool) -> None:
-    """Refuses k below 2 or above the documented caps (soft targets share them), and labels
-    outside 1..k."""
+def check_classes(k: int, hessian: bool, *, fewest: int = 2, loss: str = "cross-entropy") -> None:
+    """Refuses k below the loss's fewest classes or above the caps, which every loss and
+    target (soft ones too) shares."""
     from xent_cli.errors import InputError
 
+    if k < fewest:
+        raise InputError(f"--k {k}: {loss} needs at least {fewest} "
+                         f"{'class' if fewest == 1 else 'classes'}")
     cap = MAX_K_HESSIAN if hessian else MAX_K
-    if k < 2:
-        raise InputError(f"--k {k}: cross-entropy needs at least 2 classes")
     if k > cap:
         raise InputError(f"--k {k} is above the cap of {cap} "
                          + ("with --hessian" if hessian else "for derive"))
+
+
+def check_size(k: int, label: int, hessian: bool) -> None:
+    """Refuses k outside 2 and the caps (check_classes), and labels outside 1..k."""
+    from xent_cli.errors import InputError
+
+    check_classes(k, hessian)
     if not 1 <= label <= k:
         raise InputError(f"--label {label} is not a class 1..{k} (labels are 1-based, like ℓ)")
 

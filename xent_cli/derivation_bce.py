@@ -27,9 +27,9 @@ from typing import Optional
 import sympy as sp
 from sympy.core.parameters import evaluate
 
-from xent_cli.derivation import (MAX_K, MAX_K_HESSIAN, Derivation, Entry, Step, Symbols,
-                                 Verification, _Builder, _log, _number, parse_values, partial,
-                                 terms_by_symbol, verify)
+from xent_cli.derivation import (Derivation, Entry, Step, Symbols, Verification, _Builder, _log,
+                                 _number, check_classes, parse_values, partial, terms_by_symbol,
+                                 verify)
 
 FULL_CHECK_K = 12  # up to here every entry is differentiated and checked on its own (~30 ms each)
 PER_CLASS = "; on class 1's term, which every class's term repeats in its own z_n, y_n"
@@ -154,15 +154,8 @@ class BinarySymbols(Symbols):
 
 
 def check_size(k: int, hessian: bool) -> None:
-    """Refuses k below 1 or above softmax's caps."""
-    from xent_cli.errors import InputError
-
-    cap = MAX_K_HESSIAN if hessian else MAX_K
-    if k < 1:
-        raise InputError(f"--k {k}: binary cross-entropy needs at least 1 class")
-    if k > cap:
-        raise InputError(f"--k {k} is above the cap of {cap} "
-                         + ("with --hessian" if hessian else "for derive"))
+    """Refuses k below 1 (one binary classifier is a loss of its own) or above softmax's caps."""
+    check_classes(k, hessian, fewest=1, loss="binary cross-entropy")
 
 
 def derive_bce(k: int, hessian: bool = False, at: Optional[tuple[float, ...]] = None,

@@ -110,8 +110,9 @@ class Problem:
 
     @functools.cached_property
     def probabilities(self) -> np.ndarray:
-        """Returns softmax(z) row by row, computed once: the diagnosis rebuilds many gradients."""
-        return losses.softmax(self.z)
+        """Returns p: softmax(z) row by row ('ce') or σ(z) entry by entry ('bce'), computed once
+        (the diagnosis rebuilds many gradients from it)."""
+        return bce.sigmoid(self.z) if self.loss == "bce" else losses.softmax(self.z)
 
     @property
     def class_targets(self) -> np.ndarray | None:
@@ -233,7 +234,7 @@ def xent_hessian(problem: Problem) -> np.ndarray:
         # σ(−z) rather than 1 − σ(z): the subtraction would lose every digit for large z
         curvature = (problem.a + problem.b) * bce.sigmoid(problem.z) * bce.sigmoid(-problem.z)
         return curvature[:, :, None] * np.eye(problem.k)
-    p = losses.softmax(problem.z)
+    p = problem.probabilities
     total = problem.a.sum(axis=1)[:, None, None]
     return total * (p[:, :, None] * np.eye(problem.k) - p[:, :, None] * p[:, None, :])
 
@@ -679,8 +680,7 @@ def expression_gradient(problem: Problem, text: str) -> np.ndarray:
         labels = np.where((problem.labels >= 0) & (problem.labels < problem.k), problem.labels, 0)
     else:
         labels = problem.target.argmax(axis=1)
-    p = bce.sigmoid(problem.z) if problem.loss == "bce" else losses.softmax(problem.z)
-    value = expressions.evaluate(node, z=problem.z, p=p, y=y, labels=labels)
+    value = expressions.evaluate(node, z=problem.z, p=problem.probabilities, y=y, labels=labels)
     with np.errstate(invalid="ignore"):
         return np.where(total > 0, total * value, 0.0)
 

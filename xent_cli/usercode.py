@@ -274,12 +274,13 @@ def hessian(user: UserFunction, y: np.ndarray, n: int, k: int,
 
 def _bound(user: UserFunction, y: np.ndarray, shape: tuple[int, ...], what: str,
            dtype: str | None) -> Callable[[np.ndarray], np.ndarray]:
-    checked_imaginary = []
+    """Returns z -> call(user, z, y, shape, what), z cast to dtype first; the first call with a
+    complex step also checks that the result keeps an imaginary part."""
+    checked_imaginary = []  # one entry once checked: the check costs nothing on later calls
 
     def bound(z: np.ndarray) -> np.ndarray:
-        if dtype is not None:
-            target = np.complex64 if dtype == "float32" and np.iscomplexobj(z) else dtype
-            z = z.astype(np.complex128 if np.iscomplexobj(z) and dtype == "float64" else target)
+        if dtype is not None:  # a complex z (the complex step) becomes dtype's complex type
+            z = z.astype(np.result_type(dtype, np.complex64) if np.iscomplexobj(z) else dtype)
         out = call(user, z, y, shape, what)
         if np.iscomplexobj(z) and np.any(z.imag) and not checked_imaginary:
             checked_imaginary.append(True)

@@ -525,7 +525,7 @@ def check_command(
     symbolic: Annotated[Optional[bool], typer.Option(
         "--symbolic/--no-symbolic", show_default=False,
         help="Without --grad-fn or --expr, also compare with the symbolic gradient of 'xent "
-             "derive' (k <= 12; loads SymPy, about 0.7 s). Default: on up to 1000 samples.")]
+             "derive' (k <= 12; loads SymPy, about 0.5 s more). Default: on up to 1000 samples.")]
         = None,
     show: Annotated[int, typer.Option(
         min=0, metavar="N", help="Show at most N failing entries.")] = 20,

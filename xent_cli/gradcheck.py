@@ -686,7 +686,7 @@ def expression_gradient(problem: Problem, text: str) -> np.ndarray:
 
 
 SYMBOLIC_MAX_K = 12  # derive's symbolic gradient is lambdified for every k classes
-SYMBOLIC_MAX_N = 1000  # by default: above it the user wants speed (SymPy takes ~0.7 s to load)
+SYMBOLIC_MAX_N = 1000  # by default: above it the user wants speed (SymPy adds about 0.5 s)
 
 
 def _target_distribution(problem: Problem) -> tuple[np.ndarray, np.ndarray]:

@@ -455,6 +455,9 @@ class CheckReport:
     scale: float | None = None  # a failing analytic side that is this constant times the numeric
     diagnosis: Diagnosis | None = None  # a typical mistake that explains every entry, if one does
     weighted_divisor: float | None = None  # a weighted 'mean' divides by Σ_i w_{y_i}, not N
+    # the code under test is the numeric side (--loss-fn, or --hessian beside --grad-fn: its
+    # derivative), held against xent's own analytic values
+    numeric_under_test: bool = False
 
     @property
     def passed(self) -> bool:
@@ -1082,6 +1085,8 @@ def run(problem: Problem, *, grad: usercode.UserFunction | None = None,
     extra = dict(seed=seed) if directional else dict(sweep=sweep)
     report = check(problem, analytic, loss_numeric, tol, analytic_source=analytic_source,
                    loss_source=loss_source, agreements=tuple(agreements), **extra)
+    if loss is not None and grad is None and expr is None:
+        report = replace(report, numeric_under_test=True)
     if not (hessian or hess is not None):
         return Outcome(report)
 
@@ -1096,9 +1101,10 @@ def run(problem: Problem, *, grad: usercode.UserFunction | None = None,
         gradient = gradient_function(problem)
     hessian_tol = tolerance(method, _precision(precision, analytic_hessian), eps=eps, rtol=rtol,
                             atol=atol)
-    return Outcome(report, check_hessian(problem, analytic_hessian, gradient, hessian_tol,
-                                         analytic_source=hessian_source,
-                                         gradient_source=gradient_source))
+    hessian_report = check_hessian(problem, analytic_hessian, gradient, hessian_tol,
+                                   analytic_source=hessian_source, gradient_source=gradient_source)
+    return Outcome(report, replace(hessian_report,
+                                   numeric_under_test=hess is None and grad is not None))
 
 
 def _precision(dtype: str, values: np.ndarray) -> str:

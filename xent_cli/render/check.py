@@ -87,7 +87,7 @@ def failures_table(report: CheckReport, limit: int = FAILURES_SHOWN) -> Table:
     caption = f"… and {more} more failing entries" if more > 0 else None
     numeric = "complex step" if report.tolerance.method == "complex" else "finite differences"
     sides = f"analytic: the code under test; numeric: {numeric}"
-    if _tested_numerically(report):
+    if report.numeric_under_test:
         sides = f"analytic: xent's; numeric: {numeric} of the code under test"
     table = Table(title=f"failing entries ({sides})",
                   title_justify="left", caption=caption, caption_justify="left")
@@ -166,15 +166,10 @@ def _first_failure(report: CheckReport) -> str:
     return text
 
 
-def _tested_numerically(report: CheckReport) -> bool:
-    """Says whether the code under test is the numeric side (--hessian differentiates it)."""
-    return report.analytic_source.startswith("xent's") and "xent's" not in report.numeric_source
-
-
 def _scale_note(report: CheckReport) -> str:
     """Names a constant factor between the code under test and xent, and its likely cause."""
     c, side, other, given = report.scale, "analytic", "numeric", report.quantity
-    if _tested_numerically(report):  # the Hessian of the gradient under test
+    if report.numeric_under_test:  # e.g. the Hessian of the gradient under test
         c, side, other, given = 1 / c, "numeric", "analytic", "gradient"
     elements = report.n * report.k
     if report.loss == "bce" and abs(c * elements - 1) < 1e-6:  # BCEWithLogitsLoss's mean

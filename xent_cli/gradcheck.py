@@ -475,6 +475,31 @@ class CheckReport:
         finite = [p for p in self.sweep if np.isfinite(p.max_abs_err)]
         return min(finite, key=lambda p: p.max_abs_err).h if finite else None
 
+    @property
+    def factor(self) -> float | None:
+        """Returns c when the code under test gives c times xent's values everywhere, else None."""
+        if self.scale is None:
+            return None
+        return 1 / self.scale if self.numeric_under_test else self.scale
+
+    @property
+    def factor_cause(self) -> str | None:
+        """Names the usual cause of factor: 'bce_mean' (1/(N·k): backward() of BCE's mean over
+        every element), 'weighted_mean' (1/Σ_i w_{y_i}), 'mean' (1/N), 'sign' (−1); else None."""
+        c = self.factor
+        if c is None:
+            return None
+        if self.loss == "bce" and abs(c * self.n * self.k - 1) < 1e-6:
+            return "bce_mean"
+        divisor = self.weighted_divisor
+        if divisor and abs(c * self.n - 1) >= 1e-6 and abs(c * divisor - 1) < 1e-6:
+            return "weighted_mean"
+        if abs(c * self.n - 1) < 1e-6:
+            return "mean"
+        if abs(c + 1) < 1e-6:
+            return "sign"
+        return None
+
 
 def _relative(abs_err: np.ndarray, analytic: np.ndarray, numeric: np.ndarray) -> np.ndarray:
     """Returns abs_err / max(|analytic|, |numeric|), 0 where both are 0."""

@@ -168,30 +168,30 @@ def _first_failure(report: CheckReport) -> str:
 
 def _scale_note(report: CheckReport) -> str:
     """Names a constant factor between the code under test and xent, and its likely cause."""
-    c, side, other, given = report.scale, "analytic", "numeric", report.quantity
+    side, other, given = "analytic", "numeric", report.quantity
     if report.numeric_under_test:  # e.g. the Hessian of the gradient under test
-        c, side, other, given = 1 / c, "numeric", "analytic", "gradient"
-    elements = report.n * report.k
-    if report.loss == "bce" and abs(c * elements - 1) < 1e-6:  # BCEWithLogitsLoss's mean
-        return (f"Every {side} entry is 1/{elements} of the {other} one (1/(N·k) for N = "
-                f"{report.n} samples of k = {report.k} classes): that is backward() of a "
+        side, other, given = "numeric", "analytic", "gradient"
+    cause = report.factor_cause
+    if cause == "bce_mean":  # BCEWithLogitsLoss's mean
+        return (f"Every {side} entry is 1/{report.n * report.k} of the {other} one (1/(N·k) for "
+                f"N = {report.n} samples of k = {report.k} classes): that is backward() of a "
                 f"reduction='mean' loss, which averages every element; give each sample's own "
                 f"{given} (reduction='sum' or 'none').")
-    divisor = report.weighted_divisor
-    if divisor and abs(c * report.n - 1) >= 1e-6 and abs(c * divisor - 1) < 1e-6:
-        return (f"Every {side} entry is 1/{_number(divisor)} of the {other} one (1/Σ w_y, the "
-                f"labels' class weights summed): that is backward() of a weighted "
+    if cause == "weighted_mean":
+        return (f"Every {side} entry is 1/{_number(report.weighted_divisor)} of the {other} one "
+                f"(1/Σ w_y, the labels' class weights summed): that is backward() of a weighted "
                 f"reduction='mean' loss; give each sample's own {given} (reduction='sum' or "
                 f"'none').")
-    if abs(c * report.n - 1) < 1e-6:
+    if cause == "mean":
         return (f"Every {side} entry is 1/{report.n} of the {other} one (1/N for N = "
                 f"{report.n} samples): that is backward() of a reduction='mean' loss; give each "
                 f"sample's own {given} (reduction='sum' or 'none').")
-    if abs(c + 1) < 1e-6:
+    if cause == "sign":
         gradient = (f"; the gradient of the loss is {'σ(z)' if report.loss == 'bce' else 'p'} − y"
                     if report.quantity == "gradient" else "")
         return f"Every {side} entry is -1 times the {other} one: the sign is flipped{gradient}."
-    return f"Every {side} entry is {c:.6g} times the {other} one: a constant factor is off."
+    return (f"Every {side} entry is {report.factor:.6g} times the {other} one: a constant factor "
+            f"is off.")
 
 
 def _number(x: float) -> str:

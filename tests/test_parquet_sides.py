@@ -119,9 +119,26 @@ def test_sliced_and_whole_readers_give_the_same_bytes(runner, tmp_path, inputs, 
     sliced, whole, read_whole = _both_readers(runner, tmp_path, monkeypatch, arguments)
     assert sliced[0] == 0, sliced[2]
     assert sliced == whole
-    # the logits are sliced; only .npy and .npz logits beside arrays are mapped by the whole reader
-    mapped = logits in ("z.npy", "z.npz") and not side.endswith((".parquet", ".csv"))
-    assert read_whole == (mapped or logits in ("z.npy", "z.npz") and option == "--labels")
+    assert not read_whole  # the logits, and targets beside them, were read a slice at a time
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "big-endian", "float32", "int16"])
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".npz compressed"])
+def test_rows_of_a_mapped_array_are_read_from_its_file_as_the_map_holds_them(tmp_path, layout,
+                                                                             suffix):
+    z = np.random.default_rng(2).normal(scale=9, size=(50, 4))
+    z = {"C": z, "F": np.asfortranarray(z), "big-endian": z.astype(">f8"),
+         "float32": z.astype(np.float32), "int16": z.astype(np.int16)}[layout]
+    if suffix == ".npy":
+        np.save(tmp_path / "z.npy", z)
+        array = stream._load_npy(str(tmp_path / "z.npy"))
+    else:
+        (np.savez if suffix == ".npz" else np.savez_compressed)(tmp_path / "z.npz", logits=z)
+        array = stream._load_npz(str(tmp_path / "z.npz"))["logits"]
+    for start, count in ((0, 7), (45, 10), (13, 1), (0, 50)):
+        rows = stream._rows(array, start, count)
+        assert rows.dtype == np.float64
+        assert np.array_equal(rows, z[start:start + count].astype(np.float64))
 
 
 def test_a_parquet_table_of_targets_is_read_a_slice_at_a_time(tmp_path, inputs, small_slices,

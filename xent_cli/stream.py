@@ -229,10 +229,9 @@ def _open_source(path: str, *, label_col: str, labels_path: str | None,
         fast = _fast_parquet(path, label_col, labels_path, targets_path, delimiter, min_classes)
         if fast is not None:
             return fast
-    if data.STDIN != side and _suffix(path) in (".npy", ".npz") and (
-            targets_path is not None and _suffix(targets_path) not in (".npy", ".npz")):
-        # targets in a table or a CSV, which the whole reader would read whole
-        fast = _fast_mapped(path, targets_path, delimiter, min_classes)
+    if data.STDIN != side and _suffix(path) in (".npy", ".npz") and side is not None:
+        fast = _fast_mapped(path, label_col, labels_path, targets_path, delimiter, min_classes,
+                            chunk_rows or CHUNK_ROWS)
         if fast is not None:
             return fast
     if (side_whole or text and labels_path is None) and data.STDIN not in (path, side):
@@ -613,12 +612,13 @@ def _parquet_slice(path: str, start: int, columns):
         raise _Unusual from None
 
 
-def _fast_mapped(path: str, targets_path: str, delimiter: str | None,
-                 min_classes: int) -> Source | None:
-    """Returns a source for .npy or .npz logits (mapped, or loaded when compressed) beside soft
-    or binary targets in a Parquet table or a CSV, both read a slice at a time (the whole
-    reader would read the targets whole: a CSV of 8.5M x 10 into 11 GB); None where the whole
-    reader must judge (an .npz that holds its own labels or targets, a shape it explains)."""
+def _fast_mapped(path: str, label_col: str, labels_path: str | None, targets_path: str | None,
+                 delimiter: str | None, min_classes: int, step: int) -> Source | None:
+    """Returns a source for .npy or .npz logits (mapped, or loaded when compressed) with labels
+    or targets from a file of their own, the logits and any targets read step rows at a time (the
+    whole reader reads a Parquet table or a CSV of targets whole: a CSV of 8.5M x 10 took
+    10.5 GB); None where the whole reader must judge (an .npz that holds its own labels or
+    targets, a shape it explains)."""
     try:
         if _suffix(path) == ".npy":
             z = _load_npy(path)
@@ -632,13 +632,25 @@ def _fast_mapped(path: str, targets_path: str, delimiter: str | None,
     if z.ndim != 2 or z.dtype.kind not in "iuf" or z.shape[1] < min_classes or not len(z):
         return None
 
-    def read(start: int) -> tuple[np.ndarray, None]:
-        # float64 rows, aligned, as _slice converts them for the whole reader
-        return np.require(z[start:start + CHUNK_ROWS], np.float64, "A"), None
-
     slices = _Slices(n=len(z), class_names=tuple(str(c) for c in range(z.shape[1])),
-                     step=CHUNK_ROWS, read=read)
-    return _fast_arrays(path, slices, "label", None, None, targets_path, delimiter)
+                     step=step, read=lambda start: (_rows(z, start, step), None))
+    return _fast_arrays(path, slices, label_col, None, labels_path, targets_path, delimiter)
+
+
+def _rows(array: np.ndarray, start: int, count: int) -> np.ndarray:
+    """Returns count rows of an array from start on, as float64 (the values _slice gives).
+
+    A memory map's rows are read from its file (pread), not through the map: a page read
+    through a map stays in the process's RSS until the map closes, 680 MB for 8.5M x 10
+    float64, where rows read are freed with their chunk.
+    """
+    stop = min(start + count, len(array))
+    if not (isinstance(array, np.memmap) and array.flags.c_contiguous and array.filename):
+        return np.require(array[start:stop], np.float64, "A")
+    row = array.dtype.itemsize * math.prod(array.shape[1:])
+    with open(array.filename, "rb") as file:
+        raw = os.pread(file.fileno(), (stop - start) * row, array.offset + start * row)
+    return np.frombuffer(raw, array.dtype).reshape(-1, *array.shape[1:]).astype(np.float64)
 
 
 def _fast_arrays(path: str, slices: _Slices, label_col: str,
@@ -657,7 +669,7 @@ def _fast_arrays(path: str, slices: _Slices, label_col: str,
         if labels is None or len(labels[0]) != n:
             return None
     elif targets_path is not None:
-        targets = _targets_beside(targets_path, delimiter, k)
+        targets = _targets_beside(targets_path, delimiter, k, slices.step)
         if targets is None or targets.n not in (None, n):
             return None
     side_path = labels_path or targets_path or path
@@ -744,22 +756,23 @@ class _Beside:
     blocks: Callable[[], Iterator[np.ndarray]]  # float64 (rows, k) blocks in order
 
 
-def _targets_beside(path: str, delimiter: str | None, k: int) -> _Beside | None:
+def _targets_beside(path: str, delimiter: str | None, k: int,
+                    step: int | None = None) -> _Beside | None:
     """Returns k columns of targets from a file of their own, to be read in blocks beside the
-    logits (an .npy or .npz is mapped or loaded; a Parquet table and a CSV are read in slices
-    of rows); None where the whole reader must judge (an unreadable file, another number of
-    columns, a CSV header it explains). A column of no numbers in a table is refused at once,
-    as the whole reader refuses it."""
-    suffix = _suffix(path)
+    logits (an .npy or .npz, mapped or loaded, step rows at a time, CHUNK_ROWS unless given;
+    a Parquet table and a CSV in slices of rows as their readers cut them); None where the
+    whole reader must judge (an unreadable file, another number of columns, a CSV header it
+    explains). A column of no numbers in a table is refused at once, as the whole reader
+    refuses it."""
+    suffix, step = _suffix(path), step or CHUNK_ROWS
     if suffix in (".npy", ".npz"):
-        values = _read_side(path, delimiter, "targets")[0]  # its errors are the whole reader's
-        if values.ndim == 1 and k == 1:  # a binary classifier's (N,) targets
-            values = values[:, None]
+        # the map itself, as _rows reads it; its errors are the whole reader's
+        values = (_load_npy(path) if suffix == ".npy"
+                  else _read_side(path, delimiter, "targets")[0])
         if values.ndim != 2 or values.shape[1] != k or values.dtype.kind not in "iuf":
-            return None
+            return None  # the whole reader explains, or takes a binary classifier's (N,) targets
         return _Beside(n=len(values), names=None, first_line=None, blocks=lambda: (
-            np.asarray(values[start:start + CHUNK_ROWS], dtype=np.float64)
-            for start in range(0, len(values), CHUNK_ROWS)))
+            _rows(values, start, step) for start in range(0, len(values), step)))
     if suffix == ".parquet":
         import polars as pl
 

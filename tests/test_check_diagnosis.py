@@ -66,6 +66,9 @@ MISTAKES = [
     ("return p - y1", ["--weight", "0.5,2,1,3"], "class_weights", [1.0, 1.0, 1.0, 1.0],
      "the unweighted gradient: your gradient leaves out the class weights xent was given "
      "(--weight 0.5,2,1,3)"),
+    ("w = np.array([0.5, 2.0, 1.0, 3.0])\nreturn w[y][:, None] * (p - y1)",
+     ["--weight", "1,1,2,1"], "class_weights", [0.5, 2.0, 1.0, 3.0],
+     "w = (0.5, 2, 1, 3): xent was given --weight 1,1,2,1: the gradient's weights are others."),
     # the seed post's Case 1: the normaliser's dependence on z_j, j ≠ ℓ, left out
     ("g = np.zeros_like(p)\nrows = np.arange(len(y))\ng[rows, y] = p[rows, y] - 1\nreturn g", [],
      "label_only", None, "Every analytic entry is p − y at the label, 0 off it: the normaliser "

@@ -133,8 +133,9 @@ def sweep_table(report: CheckReport) -> Table:
     return table
 
 
-def render(report: CheckReport, *, explain: bool = False, limit: int = FAILURES_SHOWN) -> Group:
-    """Returns the whole report: summary, failing entries, notes and the sweep."""
+def render(report: CheckReport, *, limit: int = FAILURES_SHOWN) -> Group:
+    """Returns the whole report: summary, failing entries, notes and the sweep; the method's
+    error is explained beside a sweep, or where every failure is near the tolerance."""
     parts: list = [summary(report)]
     if report.nonfinite:
         parts.append(Text(f"NaN/inf: {report.nonfinite}.", style="bold red"))
@@ -147,7 +148,7 @@ def render(report: CheckReport, *, explain: bool = False, limit: int = FAILURES_
         parts.append(Text(_first_failure(report)))
     if report.sweep:
         parts += [Text(), sweep_table(report)]
-    if explain or report.sweep or (report.near_tolerance and report.tolerance.method != "complex"):
+    if report.sweep or (report.near_tolerance and report.tolerance.method != "complex"):
         parts += [Text(), Text(EXPLAIN[report.tolerance.method])]
     return Group(*parts)
 

@@ -750,7 +750,7 @@ def derive_command(
     elif output_format is DeriveFormat.markdown:
         console.out(render.to_markdown(result, full=full), end="")
     elif output_format is DeriveFormat.latex:
-        console.out(render.to_latex(result, full=full), end="")
+        console.out(render.to_latex(result), end="")
     else:
         console.print(render.to_rich(result, full=full))
     if not result.verified:

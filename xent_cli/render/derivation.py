@@ -268,8 +268,8 @@ def to_markdown(derivation: Derivation, *, full: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
-def to_latex(derivation: Derivation, *, full: bool = False) -> str:
-    """Returns an align* fragment (needs amsmath and amssymb)."""
+def to_latex(derivation: Derivation) -> str:
+    """Returns an align* fragment of the steps (needs amsmath and amssymb), each written whole."""
     steps = list(derivation.steps) + list(derivation.hessian_steps)
     printing = _printing(derivation)
     lines = _latex_lines(steps, printing, _tex_label)

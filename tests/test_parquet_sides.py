@@ -288,3 +288,19 @@ def test_check_names_a_null_in_a_side_table(runner, tmp_path, inputs):
     result = runner.invoke(app, ["check", str(tmp_path / "z.parquet"), "--labels", side])
     assert result.exit_code == 2
     assert result.stderr == f"Error: {side}, row 5, column 'label': label nan is not a whole number\n"
+
+
+@pytest.mark.parametrize("layout", ["F float32", "C float16", "big-endian", "npz F"])
+@pytest.mark.parametrize("option, side", [("--labels", "y.npy"), ("--targets", "t.parquet")])
+def test_mapped_logits_of_any_layout_read_from_the_file_give_the_map_s_bytes(
+        runner, tmp_path, inputs, small_slices, monkeypatch, layout, option, side):
+    z = inputs[0]
+    z = {"F float32": np.asfortranarray(z).astype(np.float32, order="F"),
+         "C float16": z.astype(np.float16), "big-endian": z.astype(">f8"),
+         "npz F": np.asfortranarray(z)}[layout]
+    logits = tmp_path / ("z.npz" if layout.startswith("npz") else "z.npy")
+    np.savez(logits, logits=z) if logits.suffix == ".npz" else np.save(logits, z)
+    sliced, whole, read_whole = _both_readers(
+        runner, tmp_path, monkeypatch, [str(logits), option, str(tmp_path / side), "--show", "2"])
+    assert sliced[0] == 0, sliced[2]
+    assert sliced == whole and not read_whole

@@ -642,15 +642,26 @@ def _rows(array: np.ndarray, start: int, count: int) -> np.ndarray:
 
     A memory map's rows are read from its file (pread), not through the map: a page read
     through a map stays in the process's RSS until the map closes, 680 MB for 8.5M x 10
-    float64, where rows read are freed with their chunk.
+    float64, where rows read are freed with their chunk. A column-major (N, k) map, as
+    np.save writes a Polars or pandas frame's to_numpy(), is read a column at a time.
     """
     stop = min(start + count, len(array))
-    if not (isinstance(array, np.memmap) and array.flags.c_contiguous and array.filename):
-        return np.require(array[start:stop], np.float64, "A")
-    row = array.dtype.itemsize * math.prod(array.shape[1:])
-    with open(array.filename, "rb") as file:
-        raw = os.pread(file.fileno(), (stop - start) * row, array.offset + start * row)
-    return np.frombuffer(raw, array.dtype).reshape(-1, *array.shape[1:]).astype(np.float64)
+    mapped = isinstance(array, np.memmap) and array.filename
+    if mapped and array.flags.c_contiguous:
+        row = array.dtype.itemsize * math.prod(array.shape[1:])
+        with open(array.filename, "rb") as file:
+            raw = os.pread(file.fileno(), (stop - start) * row, array.offset + start * row)
+        return np.frombuffer(raw, array.dtype).reshape(-1, *array.shape[1:]).astype(np.float64)
+    if mapped and array.ndim == 2 and array.flags.f_contiguous:
+        rows = np.empty((array.shape[1], stop - start))  # column-major, as the map is
+        size = array.dtype.itemsize
+        with open(array.filename, "rb") as file:
+            for c in range(array.shape[1]):
+                at = array.offset + (c * len(array) + start) * size
+                rows[c] = np.frombuffer(os.pread(file.fileno(), (stop - start) * size, at),
+                                        array.dtype)
+        return rows.T
+    return np.require(array[start:stop], np.float64, "A")
 
 
 def _fast_arrays(path: str, slices: _Slices, label_col: str,

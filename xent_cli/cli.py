@@ -352,10 +352,11 @@ def _min_classes(loss: Loss) -> int:
     return 1 if loss is Loss.bce else 2
 
 
-def _check_loss_options(loss: Loss, logits: str, labels: str | None, targets: str | None,
+def _check_loss_options(loss: Loss, logits: str | None, labels: str | None, targets: str | None,
                         pos_weight: str | None, ignore_index: int,
                         label_smoothing: float, label_col: str = "label") -> None:
-    """Refuses the eval options that do not apply to the chosen loss."""
+    """Refuses the eval and check options that do not apply to the chosen loss; logits None
+    (check's random inputs, which draw their own targets) needs no --targets."""
     if loss is Loss.ce:
         if pos_weight is not None:
             raise XentError("--pos-weight applies to --loss bce only")
@@ -367,7 +368,7 @@ def _check_loss_options(loss: Loss, logits: str, labels: str | None, targets: st
         if given:
             raise XentError(f"{option} does not apply to --loss bce, which takes a target per "
                             f"class (--targets FILE)")
-    if targets is None and not logits.lower().endswith(".npz"):
+    if logits is not None and targets is None and not logits.lower().endswith(".npz"):
         raise XentError("--loss bce needs --targets FILE: a CSV with a header and one 0/1 or "
                         "probability column per class")
 
@@ -582,9 +583,7 @@ def check_command(
             options = " and ".join(given)
             raise XentError(f"{options} {'shape' if len(given) > 1 else 'shapes'} random inputs; "
                             f"{logits} gives its own samples and classes: drop {options}")
-        # random inputs draw their own targets, so only a file needs --targets
-        _check_loss_options(loss, logits or "", labels,
-                            targets if logits is not None else "random", pos_weight, ignore_index,
+        _check_loss_options(loss, logits, labels, targets, pos_weight, ignore_index,
                             label_smoothing, label_col)
         if eps == 0:
             raise XentError("--eps must be greater than 0: a step of 0 divides by 0")

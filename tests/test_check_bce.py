@@ -6,6 +6,8 @@ over its classes of -[y log σ + (1 - y) log(1 - σ)], its gradient σ(z) - y, i
 
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -356,6 +358,15 @@ def test_an_npz_of_logits_and_class_labels_is_refused_for_bce(runner, tmp_path):
     assert result.exit_code == 2, result.output
     assert result.stderr == (f"Error: {path}: binary cross-entropy needs a target per class: "
                              "give --targets FILE\n")
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_a_loss_that_overflows_is_one_line_without_numpys_warnings(loss):
+    # a process of its own: in-process, pytest collects NumPy's RuntimeWarnings off stderr
+    done = subprocess.run([sys.executable, "-m", "xent_cli", "check", "--loss", loss,
+                           "--weight", "1e308,1e308,1e308,1e308"], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "Error: the loss overflows float64; the logits or weights are too large\n"
 
 
 def test_pos_weight_is_refused_for_the_softmax(runner):

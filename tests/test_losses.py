@@ -414,6 +414,20 @@ def test_bad_input_is_refused_with_its_place(z, target, options, message, sample
     assert (caught.value.sample, caught.value.column) == (sample, column)
 
 
+def test_a_weighted_mean_whose_divisor_overflows_is_refused_not_zero():
+    # Σ w_y = 3e308 is inf in float64: the mean total / Σ w_y came out 0, a silent wrong loss.
+    # The true mean, about 0.21 here, does not change when every weight is scaled down.
+    z, y = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, -1.0], [-1.0, 0.0, 3.0]]), np.array([0, 1, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no RuntimeWarning on the way
+        with pytest.raises(InputError, match="sum beyond float64's range.*scale the weights down"):
+            cross_entropy(z, y, weight=[1e308] * 3)
+        assert cross_entropy(z, y, weight=[1e308] * 3, reduction="sum").loss == pytest.approx(
+            1e308 * float(-log_softmax(z)[[0, 1, 2], y].sum()), rel=1e-12)
+    assert cross_entropy(z, y, weight=[1.0] * 3).loss == pytest.approx(
+        float(-log_softmax(z)[[0, 1, 2], y].mean()), rel=1e-12)
+
+
 def test_soft_target_tolerance_scales_with_k():
     t = np.array([[0.5, 0.5 + 2e-6, 0.0]])  # off by 2e-6 < 3 * 1e-6
     assert cross_entropy(np.zeros((1, 3)), t).loss == pytest.approx(1.000002 * LOG3, rel=1e-14)

@@ -81,7 +81,8 @@ def binary_cross_entropy(z, target, *, weight=None, pos_weight=None, reduction: 
         raise InputError("there are no samples: the mean is undefined")
     elements, grad = elements_and_gradient(z, t, weight=weight, pos_weight=pos_weight,
                                            dtype=dtype)
-    total = elements.sum(dtype=dtype)
+    with np.errstate(over="ignore"):  # refused just below
+        total = elements.sum(dtype=dtype)
     if not np.isfinite(total):
         raise InputError(f"the loss overflows {dtype.name}; the logits or weights are too large")
     if reduction == "mean":

@@ -135,13 +135,18 @@ def cross_entropy(z, target, *, weight=None, ignore_index: int = -100,
     divisor = _divisor(target, ignored, weight if weighted else None, dtype)
     if reduction == "mean" and not divisor > 0:
         raise InputError(_no_mean_reason(n, ignored, ignore_index))
+    if reduction == "mean" and np.isinf(divisor):  # total / inf would be a silent 0
+        raise InputError(f"the target-class weights of the counted samples sum beyond "
+                         f"{dtype.name}'s range, so the mean cannot be taken; scale the weights "
+                         f"down, which leaves the mean unchanged")
 
     grad = np.empty((n, k), dtype=dtype)
     per_sample = np.empty(n, dtype=dtype)
     scale = dtype.type(1) / divisor if reduction == "mean" else dtype.type(1)
-    _fill(z, target, ignored, weight if weighted else None, label_smoothing, scale, grad,
-          per_sample)
-    total = per_sample.sum(dtype=dtype)
+    with np.errstate(over="ignore"):  # an overflow shows in the total, refused just below
+        _fill(z, target, ignored, weight if weighted else None, label_smoothing, scale, grad,
+              per_sample)
+        total = per_sample.sum(dtype=dtype)
     if not np.isfinite(total):
         raise InputError(f"the loss overflows {dtype.name}; the logits or weights are too large")
 
@@ -511,7 +516,8 @@ def _divisor(target: np.ndarray, ignored: np.ndarray, weight: np.ndarray | None,
         return dtype.type(len(target))
     if weight is None:
         return dtype.type(len(target) - np.count_nonzero(ignored))
-    return weight[target[~ignored]].sum(dtype=dtype)
+    with np.errstate(over="ignore"):  # inf: 'mean' refuses it, 'sum' does not need it
+        return weight[target[~ignored]].sum(dtype=dtype)
 
 
 def mean_divisor(target, k: int, *, weight=None, ignore_index: int = -100,

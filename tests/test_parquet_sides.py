@@ -304,3 +304,46 @@ def test_mapped_logits_of_any_layout_read_from_the_file_give_the_map_s_bytes(
         runner, tmp_path, monkeypatch, [str(logits), option, str(tmp_path / side), "--show", "2"])
     assert sliced[0] == 0, sliced[2]
     assert sliced == whole and not read_whole
+
+
+@pytest.mark.parametrize("flipped", [None, 3, 70_000])  # intact; a byte in the first, a late page
+def test_an_npz_member_is_checked_window_by_window(tmp_path, monkeypatch, flipped):
+    import mmap
+
+    from xent_cli.errors import InputError
+
+    z = np.random.default_rng(4).normal(size=(1000, 10))  # 80 kB: many windows of a page
+    np.savez(tmp_path / "z.npz", logits=z)
+    raw = bytearray((tmp_path / "z.npz").read_bytes())
+    if flipped is not None:
+        raw[raw.find(z.tobytes()) + flipped] ^= 0x40
+    (tmp_path / "z.npz").write_bytes(bytes(raw))
+    monkeypatch.setattr(stream, "CRC_WINDOW", mmap.PAGESIZE)
+    if flipped is None:
+        assert isinstance(stream._load_npz(str(tmp_path / "z.npz"))["logits"], np.memmap)
+    else:
+        with pytest.raises(InputError, match="Bad CRC-32"):  # NumPy's own message, as it reads it
+            stream._load_npz(str(tmp_path / "z.npz"))["logits"]
+
+
+@pytest.mark.parametrize("held, flaw", [("labels", None), ("targets", None), ("labels", 9),
+                                        ("labels", 2.5), ("targets", -0.5), ("targets", np.nan)])
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_an_npz_s_own_labels_or_targets_read_in_chunks_as_the_whole_reader_reads_them(
+        runner, tmp_path, inputs, small_slices, monkeypatch, held, flaw, loss):
+    z, y, t = inputs
+    y, t = y.astype(np.float64 if flaw == 2.5 else np.int64), t.copy()
+    if flaw is not None:
+        (y if held == "labels" else t[:, 1])[29] = flaw
+    np.savez(tmp_path / "zy.npz", logits=z, **{held: y if held == "labels" else t})
+    sliced, whole, read_whole = _both_readers(runner, tmp_path, monkeypatch,
+                                              [str(tmp_path / "zy.npz"), "--loss", loss])
+    assert sliced == whole
+    if flaw is None and (loss == "ce" or held == "targets"):
+        assert sliced[0] == 0 and not read_whole
+        assert json.loads(sliced[1])["loss"] == pytest.approx(_expected(loss, z, y, t, held), rel=1e-13)
+    elif held == "labels" and loss == "bce" and flaw != 2.5:  # told once labels are read
+        assert sliced[0] == 2 and "needs a target per class" in sliced[2]
+    else:
+        column = "'labels'" if held == "labels" else "'1'"
+        assert sliced[0] == 2 and f"zy.npz, row 29, column {column}: " in sliced[2]

@@ -229,7 +229,7 @@ def _open_source(path: str, *, label_col: str, labels_path: str | None,
         fast = _fast_parquet(path, label_col, labels_path, targets_path, delimiter, min_classes)
         if fast is not None:
             return fast
-    if data.STDIN != side and _suffix(path) in (".npy", ".npz") and side is not None:
+    if data.STDIN != side and (_suffix(path) == ".npz" or _suffix(path) == ".npy" and side):
         fast = _fast_mapped(path, label_col, labels_path, targets_path, delimiter, min_classes,
                             chunk_rows or CHUNK_ROWS)
         if fast is not None:
@@ -615,17 +615,22 @@ def _parquet_slice(path: str, start: int, columns):
 def _fast_mapped(path: str, label_col: str, labels_path: str | None, targets_path: str | None,
                  delimiter: str | None, min_classes: int, step: int) -> Source | None:
     """Returns a source for .npy or .npz logits (mapped, or loaded when compressed) with labels
-    or targets from a file of their own, the logits and any targets read step rows at a time (the
-    whole reader reads a Parquet table or a CSV of targets whole: a CSV of 8.5M x 10 took
-    10.5 GB); None where the whole reader must judge (an .npz that holds its own labels or
-    targets, a shape it explains)."""
+    or targets from a file of their own or, in an .npz, its array 'labels' or 'targets', the
+    logits and any targets read step rows at a time from the file (the whole reader reads a
+    Parquet table or a CSV of targets whole: a CSV of 8.5M x 10 took 10.5 GB); None where the
+    whole reader must judge (no targets or more than one kind, a shape it explains)."""
     try:
         if _suffix(path) == ".npy":
             z = _load_npy(path)
         else:
             arrays = _load_npz(path)
-            if set(arrays) != {"logits"}:
-                return None  # targets held in it as well, or no logits: the whole reader says
+            held = set(arrays) - {"logits"}
+            if "logits" not in arrays or held and (labels_path or targets_path):
+                return None  # the whole reader says what is missing or twice
+            if not (labels_path or targets_path):
+                if held not in ({"labels"}, {"targets"}):
+                    return None  # no targets, or both kinds: the whole reader says or chooses
+                labels_path, targets_path = (path, None) if held == {"labels"} else (None, path)
             z = arrays["logits"]
     except InputError:
         return None
@@ -676,7 +681,7 @@ def _fast_arrays(path: str, slices: _Slices, label_col: str,
     n, k = slices.n, len(slices.class_names)
     labels = targets = None
     if labels_path is not None:
-        labels = _labels_beside(labels_path, delimiter, label_col)
+        labels = _labels_beside(labels_path, delimiter, label_col, held=labels_path == path)
         if labels is None or len(labels[0]) != n:
             return None
     elif targets_path is not None:
@@ -738,10 +743,11 @@ def _fast_arrays(path: str, slices: _Slices, label_col: str,
                   rows=(lambda: iter([n])) if targets is None else None)
 
 
-def _labels_beside(path: str, delimiter: str | None, label_col: str
+def _labels_beside(path: str, delimiter: str | None, label_col: str, held: bool = False
                    ) -> tuple[np.ndarray, str | None, Sequence[int] | None] | None:
-    """Returns labels from a file of their own, read whole (8 bytes a label) as int64, with
-    their column's name (repr; None for an array or a CSV without header) and, from a CSV,
+    """Returns labels from a file of their own (or held beside the logits in an .npz, as its
+    array 'labels'), read whole (8 bytes a label) as int64, with their column's name (repr;
+    None for an array of its own or a CSV without header) and, from a CSV,
     each label's line (None: a sample's place is its row); None where the strict reader must
     judge a CSV. An array or a table is read as the whole reader reads it, and its errors (a
     label that is no whole number, a column of text) are raised at once, in its words: the
@@ -753,7 +759,7 @@ def _labels_beside(path: str, delimiter: str | None, label_col: str
         values, name, lines = read
         return values, None if name is None else repr(name), lines
     values, _, names = _read_side(path, delimiter, "labels", label_col)
-    column = None if names is None else repr(names[0])
+    column = "'labels'" if held else None if names is None else repr(names[0])
     return _whole_labels(values, path, column), column, None
 
 
@@ -1292,16 +1298,29 @@ def _mapped_members(file) -> dict[str, np.memmap]:
     return mapped
 
 
+# Bytes of a mapped .npz member _intact checks before it lets their pages go (a whole number
+# of pages on every system).
+CRC_WINDOW = 1 << 26
+
+
 def _intact(file, start: int, member) -> bool:
     """Returns whether a stored member's bytes from start on match its CRC-32, which zipfile
     checks as np.load reads a member and nothing checks in a map (read through a map of the
-    file: a third less time than reading it in pieces)."""
+    file: a third less time than reading it in pieces). Each window's pages leave the RSS
+    once checked (they stay in the page cache): a 748 MB archive peaked at its size."""
     import mmap
     import zlib
 
-    with (mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as whole,
-          memoryview(whole) as view, view[start:start + member.file_size] as stored):
-        return len(stored) == member.file_size and zlib.crc32(stored) == member.CRC
+    end, crc = start + member.file_size, 0
+    with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as whole, memoryview(whole) as view:
+        if len(whole) < end:
+            return False
+        for at in range(start - start % mmap.PAGESIZE, end, CRC_WINDOW):
+            with view[max(at, start):min(at + CRC_WINDOW, end)] as stored:
+                crc = zlib.crc32(stored, crc)
+            if hasattr(whole, "madvise"):  # Python 3.8+ on systems with madvise(2)
+                whole.madvise(mmap.MADV_DONTNEED, at, min(CRC_WINDOW, len(whole) - at))
+    return crc == member.CRC
 
 
 def _read_parquet(path: str, label_col: str):

@@ -19,6 +19,8 @@ Where xent departs from PyTorch, it does so on purpose:
   positive coefficient (the target class, or any weighted class under smoothing) makes the loss
   infinite: that is an InputError naming the sample, never a silent inf or NaN.
 - 'mean' over samples that are all ignored (PyTorch: NaN) is an InputError; 'sum' gives 0.
+- A weighted 'mean' whose weights sum beyond the dtype's range is an InputError too (PyTorch
+  divides by inf: a loss and gradient of 0); weights scaled down give the same mean.
 - Soft target rows must be >= 0 and sum to 1 within SOFT_TARGET_TOLERANCE * k.
 
 The computation runs in row blocks of about BLOCK_LOGITS logits, in place in the gradient, so

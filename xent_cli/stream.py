@@ -9,9 +9,12 @@ CSV files go through the strict reader of ``data`` (stdin is read from a copy in
 file, as a file of its size is); a large CSV goes through a fast
 block reader (Polars on byte blocks cut at line ends) that checks every block vectorised and, on
 anything unusual, hands the file back to the strict reader, whose message names the exact line
-and column. ``.npy`` and ``np.savez``'s ``.npz`` (memory-mapped, converted to float64 a chunk
-at a time) and ``.parquet`` (read in slices of rows, or whole where a slice is unusual) are
-chosen by extension, and so are labels or targets in ``.npy`` or ``.npz`` beside any logits.
+and column. ``.npy`` and ``np.savez``'s ``.npz`` (memory-mapped, their rows read from the file
+and converted to float64 a chunk at a time) and ``.parquet`` (read in slices of rows) are
+chosen by extension, and so are labels or targets in ``.npy``, ``.npz`` or ``.parquet`` beside
+any logits: labels are read whole (8 bytes a sample), targets (as large as the logits) a slice
+at a time beside them. The array readers, too, hand anything unusual to a whole reader
+(``read_input``), whose message or result stands.
 
 Per-sample losses, probabilities and gradient rows are row-wise, so chunks do not change them.
 The reduced loss adds the per-sample (binary: per-element) losses with ``math.fsum``, each chunk's

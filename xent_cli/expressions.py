@@ -604,6 +604,10 @@ def _latex_index(index: str | int) -> str:
 # ---------------------------------------------------------------------------------------------
 # Lowering
 # ---------------------------------------------------------------------------------------------
+# The tree is lowered three times, once per arithmetic, and the three look alike on purpose:
+# to_sympy (exact, for claims' proofs), evaluate (NumPy over every sample, for check --expr) and
+# claims.approximate (decimals with a bounded exponent, for claims' counterexamples). Each
+# interprets every kind of node, so a new kind of node goes into all three.
 
 def to_sympy(node: Node, *, z, y, j: int, label: int, k: int):
     """Returns the SymPy expression of the tree for class j (1-based) and label ℓ (1-based).

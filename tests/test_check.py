@@ -340,6 +340,7 @@ def test_help_documents_the_contract_with_an_example(runner):
     # backward() of F.cross_entropy's default reduction='mean': every entry 1/N of sample i's own
     ("    return (p - y1) / len(z)\n", "1/8 of the numeric one (1/N for N = 8 samples)"),
     ("    return y1 - p\n", "-1 times the numeric one: the sign is flipped"),
+    ("    return 2.5 * (p - y1)\n", "2.5 times the numeric one: a constant factor is off"),
 ])
 def test_a_gradient_off_by_a_constant_factor_says_so(runner, tmp_path, body, says):
     code = tmp_path / "scaled.py"
@@ -350,7 +351,7 @@ def test_a_gradient_off_by_a_constant_factor_says_so(runner, tmp_path, body, say
     assert result.exit_code == 1, result.output
     assert says in " ".join(result.stdout.split()), result.stdout
     report = as_json(check(runner, "--grad-fn", f"{code}:grad", "--format", "json"))
-    expected = 1 / 8 if "len(z)" in body else -1.0
+    expected = 1 / 8 if "len(z)" in body else 2.5 if "2.5" in body else -1.0
     assert report["scale"] == pytest.approx(expected, rel=1e-6)
 
 

@@ -254,6 +254,20 @@ def test_derive_claim_exit_codes_read_like_a_session(runner):
     assert result.stderr.count("\n") == 1 and "unknown name '__import__' at column 1" in result.stderr
 
 
+@pytest.mark.parametrize("output_format, shows", [
+    ("markdown", "$$ \\frac{\\partial \\mathrm{CE}}{\\partial z_j} \\overset{?}{=} 0"),
+    ("latex", "\\["),
+    ("json", '"holds": false'),
+])
+def test_derive_claim_writes_every_format_and_keeps_exit_1(runner, output_format, shows):
+    from xent_cli.cli import app
+
+    result = runner.invoke(app, ["derive", "--k", "3", "--claim", "j != l: 0",
+                                 "--format", output_format])
+    assert result.exit_code == 1, result.output
+    assert shows in result.stdout and "(0, 0, 0)" in result.stdout  # the counterexample
+
+
 ANY_TERMS = st.sampled_from(["p", "y", "z", "z_l", "k", "j", "0", "3", "exp(z)", "log(y)",
                              "log(z)", "sum(z)", "(1 - p)", "[j != l]", "exp(exp(exp(z)))"])
 ANY = st.recursive(ANY_TERMS, lambda inner: st.one_of(

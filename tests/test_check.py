@@ -184,6 +184,9 @@ def test_a_user_loss_that_disagrees_with_xents_is_a_failure(runner):
     assert result.exit_code == 1, result.output
     cross = as_json(result)["cross_checks"][0]
     assert not cross["passed"] and "gives" in cross["note"]
+    shown = " ".join(check(runner, "--loss-fn", f"{CASES}:wrong_loss").stdout.split())
+    assert "DISAGREE" in shown and "; the finite differences follow usercode_cases.py:wrong_loss" \
+        in shown, shown
 
 
 def test_a_logits_file_is_read_as_eval_reads_it_with_weights_and_smoothing(runner):

@@ -60,6 +60,8 @@ MISTAKES = [
      "p − onehot(y − 1): the one-hot sits one class below each label"),
     ("return p - np.eye(k)[(y + 1) % k]", [], "shifted_labels", 1,
      "p − onehot(y + 1): the one-hot sits one class above each label"),
+    ("return p - np.eye(k)[1 - y]", ["--k", "2"], "shifted_labels", -1,
+     "p − onehot(1 − y): the one-hot marks the other class: the labels are swapped."),
     ("w = np.array([0.5, 2.0, 1.0, 3.0])\nreturn w[y][:, None] * (p - y1)", [], "class_weights",
      [0.5, 2.0, 1.0, 3.0], "w = (0.5, 2, 1, 3): your gradient weighs each sample by its class's "
                            "weight and xent was not told: give --weight 0.5,2,1,3"),

@@ -196,6 +196,15 @@ class Loss(str, enum.Enum):
 
 LOSS_HELP = "ce: softmax cross-entropy; bce: sigmoid binary cross-entropy per class (multi-label)"
 
+# Options that several commands take word for word (Typer copies each per command).
+LossOption = Annotated[Loss, typer.Option(help=LOSS_HELP)]
+LabelColOption = Annotated[str, typer.Option(metavar="NAME", help="The name of the label column.")]
+PosWeightOption = Annotated[Optional[str], typer.Option(
+    metavar="W0,W1,...",
+    help="--loss bce only: per-class weights of the positive term, as PyTorch's pos_weight=.")]
+LabelSmoothingOption = Annotated[float, typer.Option(
+    min=0.0, max=1.0, metavar="EPS", help="Label smoothing in [0, 1], as PyTorch's.")]
+
 
 # --- xent eval --------------------------------------------------------------------------------
 
@@ -224,8 +233,8 @@ def eval_command(
         help="CSV of logits with a header row, one column per class, plus a 'label' column; "
              "'-' reads stdin.", show_default=False)],
     *,
-    loss: Annotated[Loss, typer.Option(help=LOSS_HELP)] = Loss.ce,
-    label_col: Annotated[str, typer.Option(metavar="NAME", help="The name of the label column.")] = "label",
+    loss: LossOption = Loss.ce,
+    label_col: LabelColOption = "label",
     labels: Annotated[Optional[str], typer.Option(
         metavar="FILE",
         help="Labels in a file of their own: one CSV column (with or without header), an "
@@ -242,15 +251,11 @@ def eval_command(
     weight: Annotated[Optional[str], typer.Option(
         metavar="W0,W1,...",
         help="Per-class weights w0,w1,... as PyTorch's weight=.")] = None,
-    pos_weight: Annotated[Optional[str], typer.Option(
-        metavar="W0,W1,...",
-        help="--loss bce only: per-class weights of the positive term, as PyTorch's "
-             "pos_weight=.")] = None,
+    pos_weight: PosWeightOption = None,
     ignore_index: Annotated[int, typer.Option(
         metavar="N",
         help="Samples with this label add no loss or gradient and are not counted.")] = -100,
-    label_smoothing: Annotated[float, typer.Option(
-        min=0.0, max=1.0, metavar="EPS", help="Label smoothing in [0, 1], as PyTorch's.")] = 0.0,
+    label_smoothing: LabelSmoothingOption = 0.0,
     reduction: Annotated[Reduction, typer.Option(help="How per-sample losses combine.")] = Reduction.mean,
     dtype: Annotated[Dtype, typer.Option(help="The floating-point type of the computation.")] = Dtype.float64,
     show: Annotated[int, typer.Option(
@@ -453,7 +458,7 @@ def check_command(
         help="Logits read exactly as 'xent eval' reads them (CSV, .npy, .npz, .parquet); without "
              "them, random inputs (--random, --k, --seed).", show_default=False)] = None,
     *,
-    loss: Annotated[Loss, typer.Option(help=LOSS_HELP)] = Loss.ce,
+    loss: LossOption = Loss.ce,
     grad_fn: Annotated[Optional[str], typer.Option(
         metavar="FILE.py:NAME",
         help="Your gradient: NAME(z, y) -> (N, k) array, row i the gradient of sample i's loss; "
@@ -472,7 +477,7 @@ def check_command(
     k: Annotated[int, typer.Option(
         "--k", min=1, metavar="K", help="Random inputs: K classes (2 or more; bce from 1).")] = 4,
     seed: Annotated[int, typer.Option(metavar="S", help="Random inputs: the seed.")] = 0,
-    label_col: Annotated[str, typer.Option(metavar="NAME", help="The name of the label column.")] = "label",
+    label_col: LabelColOption = "label",
     labels: Annotated[Optional[str], typer.Option(
         metavar="FILE", help="Labels in a file of their own, as for eval.")] = None,
     targets: Annotated[Optional[str], typer.Option(
@@ -481,14 +486,10 @@ def check_command(
         metavar="CHAR", help="The cell delimiter ('\\t' for tab).")] = None,
     weight: Annotated[Optional[str], typer.Option(
         metavar="W0,W1,...", help="Per-class weights, as PyTorch's weight=.")] = None,
-    pos_weight: Annotated[Optional[str], typer.Option(
-        metavar="W0,W1,...",
-        help="--loss bce only: per-class weights of the positive term, as PyTorch's "
-             "pos_weight=.")] = None,
+    pos_weight: PosWeightOption = None,
     ignore_index: Annotated[int, typer.Option(
         metavar="N", help="Samples with this label have loss and gradient 0.")] = -100,
-    label_smoothing: Annotated[float, typer.Option(
-        min=0.0, max=1.0, metavar="EPS", help="Label smoothing in [0, 1], as PyTorch's.")] = 0.0,
+    label_smoothing: LabelSmoothingOption = 0.0,
     dtype: Annotated[Dtype, typer.Option(
         help="float32 passes z to your functions as float32 and uses float32 tolerances (chosen "
              "too when your gradient comes back float32).")] = Dtype.float64,
@@ -649,7 +650,7 @@ def derive_command(
     *,
     k: Annotated[int, typer.Option("--k", metavar="K", help="The number of classes (2..500, soft "
                                    "targets too; 60 with --hessian; bce from 1).")] = 3,
-    loss: Annotated[Loss, typer.Option(help=LOSS_HELP)] = Loss.ce,
+    loss: LossOption = Loss.ce,
     label: Annotated[Optional[int], typer.Option(
         metavar="L", help="The true class ℓ, 1-based (default 1; ce only).", show_default=False)] = None,
     soft: Annotated[bool, typer.Option("--soft", help="General targets y1…yK with Σy = 1 (ce only; "

@@ -124,9 +124,9 @@ def test_sliced_and_whole_readers_give_the_same_bytes(runner, tmp_path, inputs, 
 
 @pytest.mark.parametrize("layout", ["C", "F", "big-endian", "float32", "int16"])
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".npz compressed"])
-def test_rows_of_a_mapped_array_are_read_from_its_file_as_the_map_holds_them(tmp_path, layout,
-                                                                             suffix):
-    z = np.random.default_rng(2).normal(scale=9, size=(50, 4))
+def test_rows_of_a_mapped_array_read_again_after_their_pages_left_are_the_same(tmp_path, layout,
+                                                                               suffix):
+    z = np.random.default_rng(2).normal(scale=9, size=(3000, 4))  # 96 kB: pages on pages
     z = {"C": z, "F": np.asfortranarray(z), "big-endian": z.astype(">f8"),
          "float32": z.astype(np.float32), "int16": z.astype(np.int16)}[layout]
     if suffix == ".npy":
@@ -135,10 +135,13 @@ def test_rows_of_a_mapped_array_are_read_from_its_file_as_the_map_holds_them(tmp
     else:
         (np.savez if suffix == ".npz" else np.savez_compressed)(tmp_path / "z.npz", logits=z)
         array = stream._load_npz(str(tmp_path / "z.npz"))["logits"]
-    for start, count in ((0, 7), (45, 10), (13, 1), (0, 50)):
-        rows = stream._rows(array, start, count)
+    first = stream._rows(array, 0, 700)
+    for start in range(700, 3000, 700):  # each read lets the pages of the rows before it go
+        rows = stream._rows(array, start, 700)
         assert rows.dtype == np.float64
-        assert np.array_equal(rows, z[start:start + count].astype(np.float64))
+        assert np.array_equal(rows, z[start:start + 700].astype(np.float64))
+    assert np.array_equal(first, z[:700].astype(np.float64))  # a view of the map, read again
+    assert np.array_equal(stream._rows(array, 0, 3000), z.astype(np.float64))
 
 
 def test_a_parquet_table_of_targets_is_read_a_slice_at_a_time(tmp_path, inputs, small_slices,
@@ -292,7 +295,7 @@ def test_check_names_a_null_in_a_side_table(runner, tmp_path, inputs):
 
 @pytest.mark.parametrize("layout", ["F float32", "C float16", "big-endian", "npz F"])
 @pytest.mark.parametrize("option, side", [("--labels", "y.npy"), ("--targets", "t.parquet")])
-def test_mapped_logits_of_any_layout_read_from_the_file_give_the_map_s_bytes(
+def test_mapped_logits_of_any_layout_read_in_chunks_give_the_whole_reader_s_bytes(
         runner, tmp_path, inputs, small_slices, monkeypatch, layout, option, side):
     z = inputs[0]
     z = {"F float32": np.asfortranarray(z).astype(np.float32, order="F"),

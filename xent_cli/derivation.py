@@ -487,16 +487,10 @@ def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
         direct_in_s.append(direct)
         gradient.append(Entry((j + 1,), s.in_z(direct), closed, check, _number(build, closed_value)))
 
-    all_ok = all(e.verification.ok for e in gradient)
-    methods = sorted({e.verification.method for e in gradient})
     recombined = p[l] - (y[l] if soft else 1)
     build.steps.append(Step(
         "recombination", "every j", sp.Derivative(CE, sp.Symbol("z_j")),
-        sp.Symbol("p_j") - sp.Symbol("y_j"), recombined,
-        Verification(methods[0] if all_ok and len(methods) == 1 else
-                     ("failed" if not all_ok else "random-points"),
-                     f"each of the {k} entries against SymPy's direct derivative: "
-                     + ", ".join(methods)), None))
+        sp.Symbol("p_j") - sp.Symbol("y_j"), recombined, by_every_entry(gradient), None))
 
     pitfall = None
     if not soft:
@@ -516,6 +510,17 @@ def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
 
     return Derivation(k, label, soft, tuple(build.steps), tuple(gradient), hessian_rows,
                       hessian_steps, pitfall, at)
+
+
+def by_every_entry(entries) -> Verification:
+    """Returns the verification of a step that states every entry at once: the entries', each
+    against SymPy's direct derivative ('random-points' where their methods differ)."""
+    all_ok = all(e.verification.ok for e in entries)
+    methods = sorted({e.verification.method for e in entries})
+    method = (methods[0] if all_ok and len(methods) == 1 else
+              "failed" if not all_ok else "random-points")
+    return Verification(method, f"each of the {len(entries)} entries against SymPy's direct "
+                                f"derivative: " + ", ".join(methods))
 
 
 def _number(build: _Builder, value: sp.Expr) -> Optional[float]:

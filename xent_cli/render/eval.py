@@ -71,13 +71,7 @@ def summary_table(summary: Summary) -> Table:
         table.add_row("weight", _listed(_g(w) for w in summary.weight))
     if summary.label_smoothing:
         table.add_row("label smoothing", _g(summary.label_smoothing))
-    table.add_row("reduction", _reduction_note(summary))
-    if summary.loss is not None:
-        table.add_row("loss", f"{summary.loss:.10g}")
-    else:
-        table.add_row("loss (sum)", f"{summary.total:.10g}")
-        mean = _finite(summary.mean_loss)
-        table.add_row("loss (mean)", "undefined: no sample counts" if mean is None else f"{mean:.10g}")
+    _add_loss_rows(table, summary)
     if summary.accuracy is not None:
         what = "accuracy" if summary.has_labels else "accuracy (vs argmax of targets)"
         table.add_row(what, f"{summary.accuracy:.4%}")
@@ -85,6 +79,18 @@ def summary_table(summary: Summary) -> Table:
         table.add_row("perplexity", f"{summary.perplexity:.6g}  (exp of the mean loss)")
     table.add_row("dtype", summary.dtype)
     return table
+
+
+def _add_loss_rows(table: Table, summary: Summary) -> None:
+    """Adds the reduction and the loss: the reduced loss, or for 'none' its sum and mean (the
+    mean undefined where no sample counts)."""
+    table.add_row("reduction", _reduction_note(summary))
+    if summary.loss is not None:
+        table.add_row("loss", f"{summary.loss:.10g}")
+    else:
+        table.add_row("loss (sum)", f"{summary.total:.10g}")
+        mean = _finite(summary.mean_loss)
+        table.add_row("loss (mean)", "undefined: no sample counts" if mean is None else f"{mean:.10g}")
 
 
 def _summary_head(summary: Summary, loss: str) -> Table:
@@ -105,12 +111,7 @@ def _binary_summary_table(summary: Summary) -> Table:
         table.add_row("weight", _listed(_g(w) for w in summary.weight))
     if summary.pos_weight is not None:
         table.add_row("pos_weight", _listed(_g(w) for w in summary.pos_weight))
-    table.add_row("reduction", _reduction_note(summary))
-    if summary.loss is not None:
-        table.add_row("loss", f"{summary.loss:.10g}")
-    else:
-        table.add_row("loss (sum)", f"{summary.total:.10g}")
-        table.add_row("loss (mean)", f"{summary.mean_loss:.10g}")
+    _add_loss_rows(table, summary)
     table.add_row("exact match", f"{summary.exact_match:.4%}  (every class right: z > 0 ⇔ t > 0.5)")
     table.add_row("Hamming loss", f"{summary.hamming_loss:.4%}  (share of classes wrong)")
     table.add_row("dtype", summary.dtype)

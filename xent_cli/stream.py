@@ -225,7 +225,7 @@ def _open_source(path: str, *, label_col: str, labels_path: str | None,
         raise InputError("give either labels or soft targets, not both")
     side = labels_path or targets_path
     text = not _has_arrays(path, labels_path, targets_path)
-    # a CSV of logits beside labels or targets read whole: an array, or a CSV of labels
+    # a CSV of logits beside labels or targets in an array or a table, or beside a CSV of labels
     side_whole = _suffix(path) not in ARRAYS and (_suffix(side) in ARRAYS
                                                   or text and labels_path is not None)
     if data.STDIN != side and _suffix(path) == ".parquet":
@@ -702,6 +702,10 @@ def _fast_arrays(path: str, slices: _Slices, label_col: str,
         if targets is None or targets.n not in (None, n):
             return None
     side_path = labels_path or targets_path or path
+    # the files whose samples are rows: the logits', and the targets' but a CSV's, which has lines
+    in_rows = (targets.first_line is None if targets is not None
+               else labels is None or labels[2] is None)
+    rows_in = frozenset([path, side_path] if in_rows else [path])
 
     def chunks() -> Iterator[Chunk]:
         side = None if targets is None else _Rows(targets.blocks())
@@ -730,13 +734,10 @@ def _fast_arrays(path: str, slices: _Slices, label_col: str,
                     names = targets.names
                     target_lines = rows if targets.first_line is None else range(
                         targets.first_line + start, targets.first_line + stop)
-                plain = targets is None or targets.first_line is None
                 chunk = data.EvalInput(
                     logits=logits, labels=y, targets=t, class_names=slices.class_names,
                     source=path, lines=rows, target_source=side_path, target_column=column,
-                    target_lines=target_lines, target_names=names,
-                    rows_in=frozenset([path] + ([side_path] if plain and (
-                        labels is None or labels[2] is None) else [])))
+                    target_lines=target_lines, target_names=names, rows_in=rows_in)
                 yield Chunk(data=chunk, start=start, done=stop)
             if side is not None and not side.exhausted():
                 raise _Unusual  # more target rows than logits: the whole reader says so

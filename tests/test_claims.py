@@ -14,7 +14,7 @@ from rich.console import Console
 
 from xent_cli.claims import check_claim
 from xent_cli.errors import ExpressionError, InputError
-from xent_cli.render.claim import claim_to_json, claim_to_latex, claim_to_markdown, claim_to_rich
+from xent_cli.render.claim import claim_fields, claim_to_latex, claim_to_markdown, claim_to_rich
 
 CASES = [(k, label) for k in range(2, 7) for label in range(1, k + 1)]
 
@@ -178,7 +178,7 @@ def test_renderers_show_the_verdict_and_the_counterexample(golden):
     text = rendered(claim_to_rich(failed))
     assert "does NOT hold" in text and "(0, 0, 0)" in text and "1/3 ≈ 0.3333333333" in text
     golden("claim_case1_k3.txt", text)
-    data = claim_to_json(failed)
+    data = claim_fields(failed)
     assert json.loads(json.dumps(data, allow_nan=False)) == data
     assert data["holds"] is False and data["counterexample"]["j"] == 2
     markdown = claim_to_markdown(failed)
@@ -188,13 +188,13 @@ def test_renderers_show_the_verdict_and_the_counterexample(golden):
 
     held = check_claim("exp(z_j)/sum(exp(z)) - y_j", k=3, label=1)
     assert "✓ The claim holds" in rendered(claim_to_rich(held))
-    assert claim_to_json(held)["counterexample"] is None
+    assert claim_fields(held)["counterexample"] is None
     assert r"\frac{e^{z_{j}}}{\sum_{n=1}^{k}" in claim_to_latex(held)
     assert "Counterexample" not in claim_to_markdown(held)
 
 
 def test_json_of_an_undefined_value_is_null_not_nan():
-    data = claim_to_json(check_claim("log(0 * p)", k=2, label=1))
+    data = claim_fields(check_claim("log(0 * p)", k=2, label=1))
     assert data["counterexample"]["claimed_value"] is None
     json.dumps(data, allow_nan=False)
 
@@ -204,7 +204,7 @@ def test_a_value_beyond_the_float_range_keeps_its_decimal_and_stays_valid_json()
     example = verdict.counterexample
     assert example["claimed_value"] is None and example["claimed_decimal"].endswith("e+8840")
     assert "4.495392557e+8840" in verdict.reason  # 12^8192 = 10^8840.65...
-    json.dumps(claim_to_json(verdict), allow_nan=False)
+    json.dumps(claim_fields(verdict), allow_nan=False)
 
 
 # --- properties ------------------------------------------------------------------------------
@@ -289,7 +289,7 @@ def test_any_valid_claim_gets_a_verdict_or_a_clear_error_within_seconds(guard, b
             assert verdict.counterexample is None and verdict.method in ("exact", "numeric")
         else:
             assert verdict.counterexample is not None or verdict.method == "exact"
-        json.dumps(claim_to_json(verdict), allow_nan=False)
+        json.dumps(claim_fields(verdict), allow_nan=False)
     assert time.perf_counter() - started < 5.0
 
 

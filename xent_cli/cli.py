@@ -689,8 +689,6 @@ def derive_command(
       xent derive --k 3 --claim "p_j - y_j"
       xent derive --loss bce --k 3 --hessian --at 1,0,-1 --y 1,0,0.5
     """
-    import json
-
     from xent_cli import derivation as core
     from xent_cli.render import derivation as render
 
@@ -735,7 +733,7 @@ def derive_command(
                 result = core.derive(k, label, soft=soft, hessian=hessian, at=point)
     if claim is not None:
         if output_format is DeriveFormat.json:
-            console.out(json.dumps(claim_render.claim_to_json(verdict), indent=2, ensure_ascii=False))
+            console.out(claim_render.claim_to_json(verdict))
         elif output_format is DeriveFormat.markdown:
             console.out(claim_render.claim_to_markdown(verdict), end="")
         elif output_format is DeriveFormat.latex:

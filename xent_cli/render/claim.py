@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -58,7 +60,7 @@ def claim_to_rich(verdict: ClaimVerdict):
     return Group(*parts)
 
 
-def claim_to_json(verdict: ClaimVerdict) -> dict:
+def claim_fields(verdict: ClaimVerdict) -> dict:
     """Returns the verdict as plain JSON-ready data (no NaN: an undefined value is null)."""
     return {
         "claim": verdict.claim,
@@ -74,6 +76,11 @@ def claim_to_json(verdict: ClaimVerdict) -> dict:
         "reason": verdict.reason,
         "counterexample": None if verdict.counterexample is None else dict(verdict.counterexample),
     }
+
+
+def claim_to_json(verdict: ClaimVerdict) -> str:
+    """Returns the verdict as one indented JSON object (claim_fields), non-ASCII as written."""
+    return json.dumps(claim_fields(verdict), indent=2, ensure_ascii=False)
 
 
 def _equation(verdict: ClaimVerdict) -> str:

@@ -200,11 +200,33 @@ class Symbols:
         return expr.replace(lambda e: isinstance(e, sp.exp), lambda e: power(e.args[0]))
 
     def is_zero(self, difference: sp.Expr) -> bool:
-        """Decides difference == 0 symbolically, or returns False when undecided."""
-        return _difference_is_zero(self, difference)
+        """Decides difference == 0 symbolically and cheaply, or returns False when undecided."""
+        if difference == 0:
+            return True
+        difference = sp.expand_log(difference, force=True)
+        if difference == 0:
+            return True
+        # log S is an atom like S itself: a fresh symbol keeps expand and cancel polynomial.
+        in_u = self.to_u(difference).xreplace({sp.log(self.S): self.log_S})
+        if in_u.has(sp.exp, sp.log, sp.Derivative):
+            return False
+        # S is a symbol: these are rational functions in u, y and S; expand settles sums of
+        # monomials at any size, cancel settles small quotients.
+        if sp.count_ops(in_u) < 4000 and sp.expand(in_u) == 0:
+            return True
+        return len(in_u.free_symbols) <= 30 and sp.cancel(sp.together(in_u)) == 0
 
     def random_point(self, rng: random.Random, free: set) -> dict:
-        return _random_point(self, rng, free)
+        """Returns random rationals for z (and targets y summing to 1 when they are free), and S."""
+        point = {zn: sp.Rational(rng.randint(-12, 12), rng.randint(1, 4)) for zn in self.z}
+        ys = [yn for yn in self.y if yn in free]
+        if ys:
+            weights = [sp.Integer(rng.randint(1, 9)) for _ in self.y]
+            total = sum(weights)
+            point.update({yn: w / total for yn, w in zip(self.y, weights)
+                          if isinstance(yn, sp.Symbol)})
+        point[self.S] = self.normaliser.xreplace(point)
+        return point
 
 
 def terms_by_symbol(expr: sp.Expr) -> dict:
@@ -227,36 +249,6 @@ def generic_normaliser_derivative() -> bool:
     n, j, K, m = sp.symbols("n j K m", integer=True, positive=True)
     derivative = sp.diff(sp.Sum(sp.exp(z[n]), (n, 1, K)), z[j]).doit()
     return sp.simplify(derivative.subs(K, j + m - 1) - sp.exp(z[j])) == 0
-
-
-def _difference_is_zero(symbols: Symbols, difference: sp.Expr) -> bool:
-    """Decides difference == 0 symbolically and cheaply, or returns False when undecided."""
-    if difference == 0:
-        return True
-    difference = sp.expand_log(difference, force=True)
-    if difference == 0:
-        return True
-    # log S is an atom like S itself: a fresh symbol keeps expand and cancel polynomial.
-    in_u = symbols.to_u(difference).xreplace({sp.log(symbols.S): symbols.log_S})
-    if in_u.has(sp.exp, sp.log, sp.Derivative):
-        return False
-    # S is a symbol: these are rational functions in u, y and S; expand settles sums of
-    # monomials at any size, cancel settles small quotients.
-    if sp.count_ops(in_u) < 4000 and sp.expand(in_u) == 0:
-        return True
-    return len(in_u.free_symbols) <= 30 and sp.cancel(sp.together(in_u)) == 0
-
-
-def _random_point(symbols: Symbols, rng: random.Random, free: set) -> dict:
-    """Returns random rationals for z (and targets y summing to 1 when they are free), and S."""
-    point = {zn: sp.Rational(rng.randint(-12, 12), rng.randint(1, 4)) for zn in symbols.z}
-    ys = [yn for yn in symbols.y if yn in free]
-    if ys:
-        weights = [sp.Integer(rng.randint(1, 9)) for _ in symbols.y]
-        total = sum(weights)
-        point.update({yn: w / total for yn, w in zip(symbols.y, weights) if isinstance(yn, sp.Symbol)})
-    point[symbols.S] = symbols.normaliser.xreplace(point)
-    return point
 
 
 def verify(symbols: Symbols, before: sp.Expr, after: sp.Expr, *,

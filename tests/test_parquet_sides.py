@@ -182,7 +182,8 @@ def _targets_with(t, at, value):
 @pytest.mark.parametrize("case, message", [
     ("null label", "y_bad.parquet, row 23, column 'label': label nan is not a whole number"),
     ("label 2.5", "y_bad.parquet, row 23, column 'label': label 2.5 is not a whole number"),
-    ("label 7", "y_bad.parquet, row 23, column 'label': label 7 is not a class index 0..2 (nor the ignore index -100)"),
+    ("label 7", "y_bad.parquet, row 23, column 'label': label 7 is not a class index 0..2 "
+                "(nor the ignore index -100)"),
     ("a label short", "y_bad.parquet: has 39 labels for 40 rows of logits"),
     ("a text label", "y_bad.parquet: column 'label' holds String, not numbers; labels are class "
                      "indices, one integer per sample"),
@@ -266,8 +267,9 @@ def test_pandas_index_columns_of_a_side_table_are_skipped(runner, tmp_path, inpu
     pd.DataFrame({"label": y})[kept].to_parquet(tmp_path / "y.parquet")
     pd.DataFrame({f"t{c}": t[:, c] for c in range(K)})[kept].to_parquet(tmp_path / "t.parquet")
     np.save(tmp_path / "z.npy", z[kept])
-    for option, side, expected in (("--labels", "y.parquet", _expected("ce", z[kept], y[kept], t, "labels")),
-                                   ("--targets", "t.parquet", _expected("ce", z[kept], y, t[kept], "targets"))):
+    for option, side, expected in (
+            ("--labels", "y.parquet", _expected("ce", z[kept], y[kept], t, "labels")),
+            ("--targets", "t.parquet", _expected("ce", z[kept], y, t[kept], "targets"))):
         code, stdout, stderr, _ = _eval(runner, tmp_path,
                                         [str(tmp_path / "z.npy"), option, str(tmp_path / side)])
         assert code == 0, stderr

@@ -484,7 +484,7 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
                 else:
                     side_rows = side.take(n)  # fewer targets than logits: _Unusual
                 if not _finite(logits):
-                    raise _Unusual  # nan, inf, an empty cell or a masked class: the strict reader rules
+                    raise _Unusual  # nan, inf, an empty cell, a masked class: the strict reader's
                 if targets is not None and not (np.isfinite(side_rows) & (side_rows >= 0)).all():
                     raise _Unusual
                 lines = range(line, line + n)
@@ -648,14 +648,16 @@ def _fast_mapped(path: str, label_col: str, labels_path: str | None, targets_pat
 def _rows(array: np.ndarray, start: int, count: int) -> np.ndarray:
     """Returns count rows of an array from start on, as float64 (the values _slice gives).
 
-    Rows of a memory map are read through it, and the pages of the rows before them leave the
-    process's RSS (madvise): they stay in the page cache, and a row read again is read from
-    there. Left standing, every page read counts in the RSS until the map closes, 680 MB for
-    8.5M x 10 float64; reading rows with pread instead bounds it as well, a third slower.
+    Rows of a memory map are read through it, and the pages of the rows two reads back leave
+    the process's RSS (madvise): they stay in the page cache, and a row read again is read
+    from there. Rows of the read before may still be in use (_Rows joins what is left of them
+    with these), and would come back into the RSS to stay. Left standing, every page read
+    counts in the RSS until the map closes, 680 MB for 8.5M x 10 float64; reading rows with
+    pread instead bounds it as well, a third slower.
     """
     stop = min(start + count, len(array))
-    if start >= count:
-        _forget(array, start - count, start)
+    if start >= 2 * count:
+        _forget(array, start - 2 * count, start - count)
     return np.require(array[start:stop], np.float64, "A")
 
 

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from xent_cli.errors import XentError
 from xent_cli.gradcheck import CheckReport, Diagnosis, Failure, method_name
+from xent_cli.render import finite
 
 FAILURES_SHOWN = 20
 
@@ -326,11 +327,6 @@ def diagnosis_note(report: CheckReport) -> str:
     return text
 
 
-def _finite(x: float | None) -> float | None:
-    """Returns x, or None where it is infinite or NaN (JSON has neither)."""
-    return x if x is not None and x - x == 0 else None
-
-
 def fields(report: CheckReport) -> dict:
     """Returns the report as plain values."""
     tol = report.tolerance
@@ -353,20 +349,20 @@ def fields(report: CheckReport) -> dict:
         "failed_off_label": report.failed_off_label,
         "scale": report.scale,
         "diagnosis": _diagnosis_fields(report),
-        "max_abs_err": _finite(report.max_abs_err),
-        "max_rel_err": _finite(report.max_rel_err),
+        "max_abs_err": finite(report.max_abs_err),
+        "max_rel_err": finite(report.max_rel_err),
         "max_error_estimate": report.max_error_estimate,
         "nonfinite": report.nonfinite,
         "cross_checks": [{"first": a.first, "second": a.second,
-                          "max_abs_diff": _finite(a.max_abs_diff), "passed": a.passed,
+                          "max_abs_diff": finite(a.max_abs_diff), "passed": a.passed,
                           "note": a.note} for a in report.agreements],
         "failures": [{"sample": f.sample, "class": f.cls, **({"column": f.column}
                       if f.column is not None else {}), "label": f.label,
                       **({"target": f.target} if f.target is not None else {}),
-                      "analytic": _finite(f.analytic), "numeric": _finite(f.numeric),
-                      "abs_err": _finite(f.abs_err), "rel_err": _finite(f.rel_err)}
+                      "analytic": finite(f.analytic), "numeric": finite(f.numeric),
+                      "abs_err": finite(f.abs_err), "rel_err": finite(f.rel_err)}
                      for f in report.failures],
-        "sweep": [{"h": p.h, "max_abs_err": _finite(p.max_abs_err)} for p in report.sweep],
+        "sweep": [{"h": p.h, "max_abs_err": finite(p.max_abs_err)} for p in report.sweep],
         "best_h": report.best_step,
     }
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from xent_cli.data import WorkedSample
+from xent_cli.render import finite
 from xent_cli.stream import BinaryWorkedSample, Summary
 
 
@@ -32,11 +33,6 @@ def _listed(items) -> str:
     if len(items) > MAX_LISTED:
         items = items[:3] + ["…", items[-1]]
     return ", ".join(items)
-
-
-def _finite(x: float | None) -> float | None:
-    """Returns x, or None where it is infinite or undefined (JSON has no inf or NaN)."""
-    return x if x is not None and x - x == 0 else None
 
 
 def _reduction_note(summary: Summary) -> str:
@@ -89,7 +85,7 @@ def _add_loss_rows(table: Table, summary: Summary) -> None:
         table.add_row("loss", f"{summary.loss:.10g}")
     else:
         table.add_row("loss (sum)", f"{summary.total:.10g}")
-        mean = _finite(summary.mean_loss)
+        mean = finite(summary.mean_loss)
         table.add_row("loss (mean)", "undefined: no sample counts" if mean is None else f"{mean:.10g}")
 
 
@@ -234,10 +230,10 @@ def _fields(summary: Summary) -> dict:
         "reduction": summary.reduction,
         "loss": summary.loss,
         "loss_sum": summary.total,
-        "loss_mean": _finite(summary.mean_loss),
+        "loss_mean": finite(summary.mean_loss),
         "divisor": summary.divisor,
         "accuracy": summary.accuracy,
-        "perplexity": _finite(summary.perplexity),
+        "perplexity": finite(summary.perplexity),
         "ignored": summary.ignored,
         "ignore_index": summary.ignore_index,
         "weight": list(summary.weight) if summary.weight is not None else None,

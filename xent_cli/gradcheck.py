@@ -428,8 +428,8 @@ class Diagnosis:
     max_abs_diff: float = 0.0  # the largest |analytic · divisor − the mistake's gradient|
     weighted: bool = False  # xent was given class weights: each row carries its sample's S
     smoothed: bool = False  # smoothed or soft targets: y_j is not 0 off the label
-    # how a fitted ε or w stands to what xent was given (see _fitted_against_given)
-    fit: str | None = None
+    # how a fitted ε or w stands to what xent was given (see _versus_given)
+    versus_given: str | None = None
 
 
 @dataclass(frozen=True)
@@ -1038,8 +1038,8 @@ def diagnose(problem: Problem, analytic: np.ndarray, tol: Tolerance) -> Diagnosi
                         diff = float(np.abs(g - candidate).max(initial=0.0))
                     return Diagnosis(mistake=mistake.name, formula=mistake.formula,
                                      parameter=parameter, given=given.get(mistake.name),
-                                     fit=_fitted_against_given(mistake.name, parameter,
-                                                               given.get(mistake.name), problem.k),
+                                     versus_given=_versus_given(mistake.name, parameter,
+                                                                given.get(mistake.name), problem.k),
                                      divisor=divisor, max_abs_diff=diff,
                                      weighted=problem.weight is not None,
                                      smoothed=(problem.label_smoothing > 0
@@ -1047,7 +1047,7 @@ def diagnose(problem: Problem, analytic: np.ndarray, tol: Tolerance) -> Diagnosi
     return None
 
 
-def _fitted_against_given(mistake: str, parameter, given, k: int) -> str | None:
+def _versus_given(mistake: str, parameter, given, k: int) -> str | None:
     """Says how a fitted ε or w stands to what xent was given: 'untold' (xent was given none),
     'left_out' (the gradient has none: ε = 0, or every w = 1), 'spread' (ε/(k − 1) to each
     other class, PyTorch's ε = ε_given·k/(k − 1)) or 'other'; None for other mistakes."""

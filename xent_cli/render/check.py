@@ -207,14 +207,14 @@ def _weights(weights) -> str:
 
 def _smoothing_cause(d: Diagnosis, report: CheckReport) -> str:
     eps, given = d.parameter, d.given
-    if d.fit == "untold":
+    if d.versus_given == "untold":
         return (f"your gradient smooths the targets and xent was not told: give --label-smoothing "
                 f"{_number(eps)} (PyTorch's label_smoothing={_number(eps)}), or drop the smoothing "
                 f"from the gradient.")
-    if d.fit == "left_out":
+    if d.versus_given == "left_out":
         return (f"your gradient does not smooth the targets, and xent was given --label-smoothing "
                 f"{_number(given)}: use (1 − ε)·y + ε/k in the gradient, or drop the option.")
-    if d.fit == "spread":
+    if d.versus_given == "spread":
         return (f"xent was given --label-smoothing {_number(given)}, and the gradient spreads that "
                 f"ε over the k − 1 other classes (ε/(k − 1) each, the label keeping 1 − ε), "
                 f"which is PyTorch's ε = {_number(eps)}; PyTorch's label_smoothing gives ε/k to "
@@ -234,14 +234,14 @@ def _shift_cause(d: Diagnosis, report: CheckReport) -> str:
 
 
 def _weights_cause(d: Diagnosis, report: CheckReport) -> str:
-    if d.fit == "untold":
+    if d.versus_given == "untold":
         unseen = [str(c) for c, w in enumerate(d.parameter) if w is None]
         text = ("your gradient weighs each sample by its class's weight and xent was not told: "
                 f"give --weight {_weights(d.parameter)}")
         if unseen:
             text += f" (no sample shows the weight of class {', '.join(unseen)})"
         return text + ", or drop the weights from the gradient."
-    if d.fit == "left_out":
+    if d.versus_given == "left_out":
         return (f"your gradient leaves out the class weights xent was given (--weight "
                 f"{_weights(d.given)}): weigh each sample's terms as PyTorch's weight= does, or "
                 f"drop the option.")
@@ -294,7 +294,7 @@ def _formula(d: Diagnosis, report: CheckReport) -> tuple[str, str]:
         kept = "p − onehot(y)" if d.parameter == "onehot" else "p"
         return f"the right gradient, but {kept} in the rows of ignored samples", ""
     if d.mistake == "label_smoothing":
-        if d.fit == "left_out":
+        if d.versus_given == "left_out":
             return "p − y", ", unsmoothed"
         return d.formula, f" with ε = {_number(d.parameter)}"
     if d.mistake == "shifted_labels":
@@ -302,7 +302,7 @@ def _formula(d: Diagnosis, report: CheckReport) -> tuple[str, str]:
             return "p − onehot(1 − y)", ""
         return f"p − onehot(y {'−' if d.parameter < 0 else '+'} 1)", ""
     if d.mistake == "class_weights":
-        if d.fit == "left_out":
+        if d.versus_given == "left_out":
             return "the unweighted gradient", ""
         shown = _weights(d.parameter).replace(",", ", ")
         return "the gradient with class weights", f" w = ({shown})"

@@ -135,12 +135,12 @@ def test_rows_of_a_mapped_array_read_again_after_their_pages_left_are_the_same(t
     else:
         (np.savez if suffix == ".npz" else np.savez_compressed)(tmp_path / "z.npz", logits=z)
         array = stream._load_npz(str(tmp_path / "z.npz"))["logits"]
-    first = stream._rows(array, 0, 700)
-    for start in range(700, 3000, 700):  # each read lets the pages of the rows before it go
-        rows = stream._rows(array, start, 700)
+    first = stream._rows(array, 0, 100)
+    for start in range(100, 3000, 100):  # every 8 reads the pages of the rows before go
+        rows = stream._rows(array, start, 100)
         assert rows.dtype == np.float64
-        assert np.array_equal(rows, z[start:start + 700].astype(np.float64))
-    assert np.array_equal(first, z[:700].astype(np.float64))  # a view of the map, read again
+        assert np.array_equal(rows, z[start:start + 100].astype(np.float64))
+    assert np.array_equal(first, z[:100].astype(np.float64))  # a view of the map, read again
     assert np.array_equal(stream._rows(array, 0, 3000), z.astype(np.float64))
 
 
@@ -352,3 +352,18 @@ def test_an_npz_s_own_labels_or_targets_read_in_chunks_as_the_whole_reader_reads
     else:
         column = "'labels'" if held == "labels" else "'1'"
         assert sliced[0] == 2 and f"zy.npz, row 29, column {column}: " in sliced[2]
+
+
+@pytest.mark.parametrize("logit", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("option, side", [("--labels", "y.npy"), ("--targets", "t.npy"),
+                                          ("--targets", "t.parquet")])
+def test_a_mapped_logit_that_is_no_finite_number_is_judged_as_the_whole_reader_judges_it(
+        runner, tmp_path, inputs, small_slices, monkeypatch, logit, option, side):
+    z = inputs[0].copy()
+    z[27, 1] = logit
+    np.save(tmp_path / "z.npy", z)
+    sliced, whole, _ = _both_readers(runner, tmp_path, monkeypatch,
+                                     [str(tmp_path / "z.npy"), option, str(tmp_path / side)])
+    assert sliced == whole
+    # a masked class (-inf) is computed; with a soft target on it, the loss is infinite
+    assert sliced[0] == 2 and "z.npy, row 27, column '1': " in sliced[2] or logit == -np.inf

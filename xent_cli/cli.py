@@ -281,8 +281,8 @@ def eval_command(
     Class c is the c-th logit column. The gradient is d(loss)/dz, what logits.grad holds after
     backward() on the reduced loss: (p − y), scaled by the weights and the reduction.
     The file is read in chunks, so it may be larger than memory; a progress bar shows on
-    stderr when it is a terminal. Besides CSV: .npy (memory-mapped; labels from --labels),
-    .npz (arrays 'logits' and 'labels' or 'targets') and .parquet (needs Polars).
+    stderr when it is a terminal. Besides CSV: .npy (memory-mapped; labels from --labels or
+    targets from --targets), .npz (arrays 'logits' and 'labels' or 'targets') and .parquet.
 
     --loss bce is PyTorch's binary_cross_entropy_with_logits: every class its own yes/no
     question, a target per class from --targets, the gradient σ(z) − t, 'mean' over all

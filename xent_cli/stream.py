@@ -625,6 +625,7 @@ def _fast_mapped(path: str, label_col: str, labels_path: str | None, targets_pat
     logits and any targets read step rows at a time, through the map (the whole reader reads a
     Parquet table or a CSV of targets whole: a CSV of 8.5M x 10 took 10.5 GB); None where the
     whole reader must judge (no targets or more than one kind, a shape it explains)."""
+    own = None  # the labels or targets an .npz holds beside its logits
     try:
         if _suffix(path) == ".npy":
             z = _load_npy(path)
@@ -637,6 +638,7 @@ def _fast_mapped(path: str, label_col: str, labels_path: str | None, targets_pat
                 if held not in ({"labels"}, {"targets"}):
                     return None  # no targets, or both kinds: the whole reader says or chooses
                 labels_path, targets_path = (path, None) if held == {"labels"} else (None, path)
+                own = arrays[held.pop()]
             z = arrays["logits"]
     except InputError:
         return None
@@ -646,7 +648,8 @@ def _fast_mapped(path: str, label_col: str, labels_path: str | None, targets_pat
     slices = _Slices(n=len(z), class_names=tuple(str(c) for c in range(z.shape[1])),
                      step=step, read=lambda start: (_rows(z, start, step), None),
                      kernel_judges=True)
-    return _fast_arrays(path, slices, label_col, None, labels_path, targets_path, delimiter)
+    return _fast_arrays(path, slices, label_col, None, labels_path, targets_path, delimiter,
+                        held=own)
 
 
 # Reads of a memory map between two times _rows lets its pages go: fewer calls to madvise
@@ -696,21 +699,23 @@ def _forget(array: np.ndarray, start: int, stop: int) -> None:
 
 def _fast_arrays(path: str, slices: _Slices, label_col: str,
                  own_labels: Callable[[int], np.ndarray] | None, labels_path: str | None,
-                 targets_path: str | None, delimiter: str | None) -> Source | None:
+                 targets_path: str | None, delimiter: str | None,
+                 held: np.ndarray | None = None) -> Source | None:
     """Returns a source of logits read in slices with their targets: the table's own label
     column label_col (own_labels(start) reads its labels alone, for the divisor), labels from
     a file of their own (read whole: 8 bytes a sample; label_col names their column in a
     table of several) or soft or binary targets from a file of their own, read a slice at a
-    time beside the logits; None where the whole reader must judge the targets' file (an
-    unreadable one, another number of rows or columns)."""
+    time beside the logits; held is the array of labels or targets an .npz of logits holds
+    (labels_path or targets_path is then path). None where the whole reader must judge the
+    targets' file (an unreadable one, another number of rows or columns)."""
     n, k = slices.n, len(slices.class_names)
     labels = targets = None
     if labels_path is not None:
-        labels = _labels_beside(labels_path, delimiter, label_col, held=labels_path == path)
+        labels = _labels_beside(labels_path, delimiter, label_col, held)
         if labels is None or len(labels[0]) != n:
             return None
     elif targets_path is not None:
-        targets = _targets_beside(targets_path, delimiter, k, slices.step)
+        targets = _targets_beside(targets_path, delimiter, k, slices.step, held)
         if targets is None or targets.n not in (None, n):
             return None
     side_path = labels_path or targets_path or path
@@ -769,15 +774,18 @@ def _fast_arrays(path: str, slices: _Slices, label_col: str,
                   rows=(lambda: iter([n])) if targets is None else None)
 
 
-def _labels_beside(path: str, delimiter: str | None, label_col: str, held: bool = False
+def _labels_beside(path: str, delimiter: str | None, label_col: str,
+                   held: np.ndarray | None = None
                    ) -> tuple[np.ndarray, str | None, Sequence[int] | None] | None:
-    """Returns labels from a file of their own (or held beside the logits in an .npz, as its
-    array 'labels'), read whole (8 bytes a label) as int64, with their column's name (repr;
+    """Returns labels from a file of their own (or held: the array 'labels' of the .npz path,
+    beside its logits), read whole (8 bytes a label) as int64, with their column's name (repr;
     None for an array of its own or a CSV without header) and, from a CSV,
     each label's line (None: a sample's place is its row); None where the strict reader must
     judge a CSV. An array or a table is read as the whole reader reads it, and its errors (a
     label that is no whole number, a column of text) are raised at once, in its words: the
     whole reader would read all the logits first."""
+    if held is not None:
+        return _whole_labels(held, path, "'labels'"), "'labels'", None
     if _suffix(path) not in ARRAYS:
         read = _csv_labels(path, delimiter)
         if read is None:
@@ -785,7 +793,7 @@ def _labels_beside(path: str, delimiter: str | None, label_col: str, held: bool 
         values, name, lines = read
         return values, None if name is None else repr(name), lines
     values, _, names = _read_side(path, delimiter, "labels", label_col)
-    column = "'labels'" if held else None if names is None else repr(names[0])
+    column = None if names is None else repr(names[0])
     return _whole_labels(values, path, column), column, None
 
 
@@ -799,10 +807,10 @@ class _Beside:
     blocks: Callable[[], Iterator[np.ndarray]]  # float64 (rows, k) blocks in order
 
 
-def _targets_beside(path: str, delimiter: str | None, k: int,
-                    step: int | None = None) -> _Beside | None:
-    """Returns k columns of targets from a file of their own, to be read in blocks beside the
-    logits (an .npy or .npz, mapped or loaded, step rows at a time, CHUNK_ROWS unless given;
+def _targets_beside(path: str, delimiter: str | None, k: int, step: int | None = None,
+                    held: np.ndarray | None = None) -> _Beside | None:
+    """Returns k columns of targets from a file of their own (or held: the array 'targets' of
+    the .npz path, beside its logits), to be read in blocks beside the logits (an .npy or .npz, mapped or loaded, step rows at a time, CHUNK_ROWS unless given;
     a Parquet table and a CSV in slices of rows as their readers cut them); None where the
     whole reader must judge (an unreadable file, another number of columns, a CSV header it
     explains). A column of no numbers in a table is refused at once, as the whole reader
@@ -810,7 +818,7 @@ def _targets_beside(path: str, delimiter: str | None, k: int,
     suffix, step = _suffix(path), step or CHUNK_ROWS
     if suffix in (".npy", ".npz"):
         # the map itself, as _rows reads it; its errors are the whole reader's
-        values = (_load_npy(path) if suffix == ".npy"
+        values = (held if held is not None else _load_npy(path) if suffix == ".npy"
                   else _read_side(path, delimiter, "targets")[0])
         if values.ndim != 2 or values.shape[1] != k or values.dtype.kind not in "iuf":
             return None  # the whole reader explains, or takes a binary classifier's (N,) targets

@@ -211,6 +211,62 @@ def test_blank_lines_and_masked_logits_fall_back_and_keep_line_numbers(runner, t
     assert [row.split(",")[1] for row in (tmp_path / "o.csv").read_text().splitlines()[1:]] == ["2", "4"]
 
 
+# Two samples whose losses are each near 1e308: every chunk's sum, and the whole, pass float64.
+OVERFLOWING = "z0,z1,z2,label\n1.5,-2,0.25,0\n0,0,1e308,1\n0,0,1e308,1\n-7.5,2,1e2,1\n"
+
+
+@pytest.mark.parametrize("reader", ["strict", "fast"])
+@pytest.mark.parametrize("chunk_rows", [None, 1])
+def test_a_total_beyond_float64_is_one_line_whatever_the_chunks(tmp_path, monkeypatch, reader,
+                                                               chunk_rows):
+    # A chunk's pair from _split_sum was (inf, -inf), and fsum of chunks near 1e308 overflows on
+    # the way: both raised out of math.fsum as a traceback.
+    if reader == "fast":
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0)
+        monkeypatch.setattr(stream, "BLOCK_BYTES", 16 if chunk_rows else 1 << 20)
+    path = tmp_path / "z.csv"
+    path.write_text(OVERFLOWING)
+    source = stream.open_source(str(path), chunk_rows=chunk_rows)
+    with pytest.raises(InputError, match="^the loss overflows float64; the logits or weights"):
+        stream.evaluate(source, fallback=lambda: stream.strict_source(str(path)))
+
+
+def test_a_total_beyond_float64_is_one_line_on_stderr(tmp_path):
+    (tmp_path / "z.csv").write_text(OVERFLOWING)
+    done = subprocess.run([sys.executable, "-m", "xent_cli", "eval", str(tmp_path / "z.csv")],
+                          capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "Error: the loss overflows float64; the logits or weights are too large\n"
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 1])
+def test_a_weighted_mean_whose_divisor_overflows_is_refused_and_sum_has_no_mean(
+        runner, tmp_path, chunk_rows, monkeypatch):
+    # weights of 1e308: the divisor, the sum of the samples' weights, is beyond float64, and
+    # total / inf gave a mean loss of 0 with exit 0 (a perplexity of 1 under 'sum')
+    monkeypatch.setattr(stream, "CHUNK_ROWS", chunk_rows or stream.CHUNK_ROWS)
+    # confident samples: each weighted loss, and their total, stay within float64
+    z = np.array([[9.0, 0.0, 0.5], [0.0, -1.0, 12.0], [1.0, 10.0, 2.0]])
+    y = np.array([0, 2, 1])
+    path = tmp_path / "z.csv"
+    path.write_text(_csv(z, y))
+    weights = ["--weight", "1e308,1e308,1e308"]
+    out = tmp_path / "o.csv"
+    refused = runner.invoke(app, ["eval", str(path), *weights, "--output", str(out)])
+    assert refused.exit_code == 2 and not out.exists()
+    assert refused.stderr.count("\n") == 1 and "sum beyond float64's range" in refused.stderr
+    summed = runner.invoke(app, ["eval", str(path), *weights, "--reduction", "sum",
+                                 "--format", "json"])
+    assert summed.exit_code == 0, summed.output
+    report = json.loads(summed.stdout)
+    # the oracle: sum of w * -log softmax(z)_y = w * log1p(sum over c != y of e^(z_c - z_y))
+    expected = math.fsum(
+        1e308 * math.log1p(sum(math.exp(v - row[label]) for c, v in enumerate(row) if c != label))
+        for row, label in zip(z.tolist(), y.tolist()))
+    assert report["loss"] == pytest.approx(expected, rel=1e-12)
+    assert (report["loss_mean"], report["perplexity"], report["divisor"]) == (None, None, None)
+
+
 def test_progress_is_hidden_off_a_terminal_and_with_quiet(runner, k3_path):
     for extra in ([], ["--quiet"]):
         result = runner.invoke(app, ["eval", k3_path, "--show", "0", *extra])

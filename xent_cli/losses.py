@@ -138,9 +138,7 @@ def cross_entropy(z, target, *, weight=None, ignore_index: int = -100,
     if reduction == "mean" and not divisor > 0:
         raise InputError(_no_mean_reason(n, ignored, ignore_index))
     if reduction == "mean" and np.isinf(divisor):  # total / inf would be a silent 0
-        raise InputError(f"the target-class weights of the counted samples sum beyond "
-                         f"{dtype.name}'s range, so the mean cannot be taken; scale the weights "
-                         f"down, which leaves the mean unchanged")
+        raise InputError(divisor_beyond_range(dtype))
 
     grad = np.empty((n, k), dtype=dtype)
     per_sample = np.empty(n, dtype=dtype)
@@ -204,8 +202,9 @@ def loss_and_gradient_into(z, target, grad: np.ndarray | None, per_sample: np.nd
         raise InputError(error.message, source=error.source, line=error.line, row=error.row,
                          sample=error.sample + first_sample, column=error.column) from None
     divisor = _divisor(target, ignored, weight if weighted else None, dtype)
-    return BlockSums(total=float(per_sample.sum(dtype=dtype)), divisor=float(divisor),
-                     ignored=ignored)
+    with np.errstate(over="ignore"):  # an overflow shows in the total, which the caller checks
+        total = per_sample.sum(dtype=dtype)
+    return BlockSums(total=float(total), divisor=float(divisor), ignored=ignored)
 
 
 # A block holds about this many logits, so that its temporaries stay in the processor's cache.
@@ -680,6 +679,12 @@ def _refuse_infinite_loss(z: np.ndarray, infinite: np.ndarray, offset: int = 0) 
             why = (f"logit is so far below the row's largest that its log-probability "
                    f"overflows {z.dtype.name}: the loss is infinite")
         raise InputError(why, sample=offset + int(i), column=f"class {c}")
+
+
+def divisor_beyond_range(dtype: np.dtype) -> str:
+    """Returns why a weighted 'mean' whose divisor overflows is refused: total / inf is 0."""
+    return (f"the target-class weights of the counted samples sum beyond {dtype.name}'s range, "
+            f"so the mean cannot be taken; scale the weights down, which leaves the mean unchanged")
 
 
 def _no_mean_reason(n: int, ignored: np.ndarray, ignore_index: int) -> str:

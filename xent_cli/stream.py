@@ -33,7 +33,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Collection, Iterator, Sequence
+from typing import Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -860,7 +860,8 @@ def _whole_numbers(raw: np.ndarray) -> bool:
 def _finite(array: np.ndarray) -> bool:
     """Returns whether every number of a parsed block is finite: nan and inf survive a sum, so
     only a finite block too large to sum needs the full look."""
-    return bool(np.isfinite(array.sum()) or np.isfinite(array).all())
+    with np.errstate(over="ignore", invalid="ignore"):  # that sum may overflow: no warning
+        return bool(np.isfinite(array.sum()) or np.isfinite(array).all())
 
 
 class _Rows:
@@ -1603,9 +1604,9 @@ def _divisor_pass(source: Source, options: dict) -> float:
     sums it: each chunk's divisor in the computation's dtype, the chunks' by math.fsum."""
     k = len(source.class_names)
     if options["loss"] == "bce":
-        return math.fsum(float(bce.mean_divisor(n, k)) for n in source.targets())
+        return _fsum(float(bce.mean_divisor(n, k)) for n in source.targets())
     dt = np.dtype(options["dtype"])
-    return math.fsum(losses.mean_divisor(target, k, weight=options["weight"],
+    return _fsum(losses.mean_divisor(target, k, weight=options["weight"],
                                          ignore_index=options["ignore_index"], dtype=dt)
                      for target in source.targets())
 
@@ -1683,17 +1684,20 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
             progress(chunk.done, source.size, n)
     if first is None:
         raise InputError("has no samples", source=source.name)
-    total, whole_divisor = math.fsum(totals), math.fsum(divisors)
+    total, whole_divisor = _fsum(totals), _fsum(divisors)
     if not math.isfinite(total):
         raise InputError(f"the loss overflows {dt.name}; the logits or weights are too large")
     if reduction == "mean" and not whole_divisor > 0:
         raise InputError(losses._no_mean_reason(n, np.ones(n, bool) if ignored == n
                                                 else np.zeros(n, bool), options["ignore_index"]))
+    if reduction == "mean" and math.isinf(whole_divisor):  # total / inf would be a silent 0
+        raise InputError(losses.divisor_beyond_range(dt))
     loss = total / whole_divisor if reduction == "mean" else total if reduction == "sum" else None
-    mean_loss = total / whole_divisor if whole_divisor > 0 else float("nan")
+    # no mean without a divisor, or beyond float64's range (total / inf is a meaningless 0)
+    mean_loss = total / whole_divisor if 0 < whole_divisor < math.inf else float("nan")
     binary = options["loss"] == "bce"
     perplexity = None
-    if source.has_labels and whole_divisor > 0:
+    if source.has_labels and math.isfinite(mean_loss):
         perplexity = float(np.exp(mean_loss)) if mean_loss < 709 else float("inf")
     k = len(source.class_names)
     return Summary(
@@ -1855,6 +1859,16 @@ _KERNELS = {
     "ce": _Kernel(chunk=_softmax_chunk, worked=_softmax_worked),
     "bce": _Kernel(chunk=_bce_chunk, worked=_bce_worked),
 }
+
+
+def _fsum(values: Iterable[float]) -> float:
+    """Returns math.fsum of the values, or inf where the sum passes float64's range: fsum
+    raises on a partial sum that overflows, and on inf - inf, which a chunk's _split_sum pair
+    beyond float64 gives (its sum is inf, the part left out -inf)."""
+    try:
+        return math.fsum(values)
+    except (OverflowError, ValueError):
+        return math.inf
 
 
 def _split_sum(values: np.ndarray) -> tuple[float, float]:

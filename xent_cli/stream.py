@@ -712,12 +712,16 @@ def _fast_arrays(path: str, slices: _Slices, label_col: str,
     labels = targets = None
     if labels_path is not None:
         labels = _labels_beside(labels_path, delimiter, label_col, held)
-        if labels is None or len(labels[0]) != n:
+        if labels is None:
             return None
+        if len(labels[0]) != n:  # said at once: the whole reader would read the logits first
+            raise _miscounted(len(labels[0]), (n, k), True, labels_path, labels[2], True)
     elif targets_path is not None:
         targets = _targets_beside(targets_path, delimiter, k, slices.step, held)
-        if targets is None or targets.n not in (None, n):
+        if targets is None:
             return None
+        if targets.n not in (None, n):
+            raise _miscounted(targets.n, (n, k), False, targets_path, None, True)
     side_path = labels_path or targets_path or path
     # the files whose samples are rows: the logits', and the targets' but a CSV's, which has lines
     in_rows = (targets.first_line is None if targets is not None
@@ -1220,15 +1224,8 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
             raise InputError(f"has {targets.shape[1]} target columns, the logits have "
                              f"{logits.shape[1]} classes{indices}", source=target_source)
     if count != n:
-        what = "labels" if labels is not None else "target rows"
-        # in a CSV, the first line without logits; an array's surplus rows have no line
-        surplus = target_lines[n] if count > n and target_lines is not None else None
-        # (classes, samples): as many labels as columns, and fewer rows, as classes usually are
-        looks_transposed = lines is None and count == logits.shape[1] > n
-        transposed = (f"; the logits look transposed, {logits.shape}: give them as (samples, "
-                      "classes), z.T" if looks_transposed else "")
-        raise InputError(f"has {count} {what} for {n} rows of logits{transposed}",
-                         source=target_source, line=surplus)
+        raise _miscounted(count, logits.shape, labels is not None, target_source, target_lines,
+                          logits_in_rows=lines is None)
     class_names = class_names or tuple(str(c) for c in range(logits.shape[1]))
     placed = data.EvalInput(
         logits=logits, labels=labels, targets=targets, class_names=class_names, source=path,
@@ -1242,6 +1239,21 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
         raise data.locate(InputError(f"target probability {float(targets[i, c])!r} is negative",
                                      sample=int(i), column=f"class {c}"), placed)
     return placed
+
+
+def _miscounted(count: int, shape: tuple[int, int], labels: bool, source: str,
+                target_lines: Sequence[int] | None, logits_in_rows: bool) -> InputError:
+    """Returns the error for count labels (or target rows) beside logits of shape (n, k)."""
+    n, k = shape
+    what = "labels" if labels else "target rows"
+    # in a CSV, the first line without logits; an array's surplus rows have no line
+    surplus = target_lines[n] if count > n and target_lines is not None else None
+    # (classes, samples): as many labels as columns, and fewer rows, as classes usually are
+    looks_transposed = logits_in_rows and count == k > n
+    transposed = (f"; the logits look transposed, {shape}: give them as (samples, classes), z.T"
+                  if looks_transposed else "")
+    return InputError(f"has {count} {what} for {n} rows of logits{transposed}", source=source,
+                      line=surplus)
 
 
 def _whole_labels(labels, source: str, column: str | None = None) -> np.ndarray:

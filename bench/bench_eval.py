@@ -137,7 +137,8 @@ def measure(argv: list[str], remove: pathlib.Path | None = None) -> dict:
 
 def best_of(commands: dict[str, list[str]], repeat: int = 3,
             removes: dict[str, pathlib.Path] | None = None) -> dict[str, dict]:
-    """Returns each command's best run of repeat, the commands taking turns round by round.
+    """Returns each command's best run of repeat, the commands taking turns round by round,
+    with the largest peak RSS of its runs (the fastest run's own varies by 10% either way).
 
     Taking turns spreads the load of a shared machine over every command alike, so the ratios
     between them hold better than their times.
@@ -146,7 +147,9 @@ def best_of(commands: dict[str, list[str]], repeat: int = 3,
     for _ in range(repeat):
         for name, argv in commands.items():
             runs[name].append(measure(argv, (removes or {}).get(name)))
-    return {name: min(figures, key=lambda figure: figure["seconds"]) for name, figures in runs.items()}
+    return {name: {**min(figures, key=lambda figure: figure["seconds"]),
+                   "peak_mb": max(figure["peak_mb"] for figure in figures)}
+            for name, figures in runs.items()}
 
 
 def xent(*arguments: str) -> list[str]:
@@ -224,13 +227,14 @@ def run(quick: bool = False, repeat: int = 3) -> list[dict]:
             + (f"; {polars_csv['seconds'] / figure['seconds']:.2f}x Polars' own parse and CSV write"
                if ".csv" in name else ""))
 
-    # The same data in the array formats, for reference: each is read in bounded memory, but a
-    # memory map's pages count in the RSS as the file is read (they are the page cache's).
+    # The same data in the array formats, for reference: each is read in bounded memory (a
+    # memory map's pages are let go as its chunks are done, else they would count in the RSS).
+    inputs = make_arrays(big)
     arrays = {name: xent("eval", *arguments, "--show", "0", "--format", "json", "--quiet")
-              for name, arguments in make_arrays(big).items()}
+              for name, arguments in inputs.items()}
     for name, figure in best_of(arrays, repeat).items():
-        add(f"xent eval summary, {name}", figure,
-            note="RSS counts the mapped file's pages" if "np" in name else "")
+        logits = pathlib.Path(inputs[name][0])
+        add(f"xent eval summary, {name}", figure, note=f"logits file {logits.stat().st_size / 1e6:.0f} MB")
 
     # On the small file: the RSS reference and numpy.loadtxt (a tenth of the speed, so compared
     # in MB/s).

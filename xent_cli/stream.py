@@ -592,7 +592,7 @@ def _fast_parquet(path: str, label_col: str, labels_path: str | None = None,
 
     def read(start: int) -> tuple[np.ndarray, np.ndarray | None]:
         frame = _parquet_slice(path, start, [*logit_names, label_col] if own else logit_names)
-        logits = frame.select(logit_names).to_numpy().astype(np.float64)  # as the whole reader
+        logits = frame.select(logit_names).to_numpy().astype(np.float64, copy=False)  # as the whole reader
         return logits, frame[label_col].to_numpy() if own else None
 
     def labels(start: int) -> np.ndarray:
@@ -842,7 +842,7 @@ def _targets_beside(path: str, delimiter: str | None, k: int, step: int | None =
         if len(names) != k:
             return None
         return _Beside(n=n, names=names, first_line=None, blocks=lambda: (
-            _parquet_slice(path, start, names).to_numpy().astype(np.float64)
+            _parquet_slice(path, start, names).to_numpy().astype(np.float64, copy=False)
             for start in range(0, n, PARQUET_ROWS)))
     if path == data.STDIN or not os.path.isfile(path):
         return None
@@ -1379,7 +1379,7 @@ def _read_parquet(path: str, label_col: str):
     labels = frame[label_col].to_numpy() if label_col in names else None
     _refuse_non_numbers(frame.schema, logit_names, path, "logits")
     try:
-        logits = frame.select(logit_names).to_numpy().astype(np.float64)
+        logits = frame.select(logit_names).to_numpy().astype(np.float64, copy=False)
     except (TypeError, ValueError) as error:
         raise InputError(f"logit columns must be numbers: {error}", source=path) from None
     return logits, labels, logit_names
@@ -1454,7 +1454,7 @@ def _read_parquet_side(path: str, what: str, label_col: str) -> tuple[np.ndarray
     names = _side_columns(frame.schema, path, what, label_col)
     if what == "labels":
         return frame[names[0]].to_numpy(), names
-    return frame.select(names).to_numpy().astype(np.float64), names
+    return frame.select(names).to_numpy().astype(np.float64, copy=False), names
 
 
 def _pandas_index(path: str) -> frozenset[str]:
@@ -1619,8 +1619,8 @@ def _divisor_pass(source: Source, options: dict) -> float:
         return _fsum(float(bce.mean_divisor(n, k)) for n in source.targets())
     dt = np.dtype(options["dtype"])
     return _fsum(losses.mean_divisor(target, k, weight=options["weight"],
-                                         ignore_index=options["ignore_index"], dtype=dt)
-                     for target in source.targets())
+                                     ignore_index=options["ignore_index"], dtype=dt)
+                 for target in source.targets())
 
 
 @dataclass(frozen=True)

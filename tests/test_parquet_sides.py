@@ -262,6 +262,7 @@ def test_a_labels_table_of_several_columns_gives_its_label_column(runner, tmp_pa
 
 def test_pandas_index_columns_of_a_side_table_are_skipped(runner, tmp_path, inputs, small_slices):
     pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")  # pandas writes Parquet through pyarrow
     z, y, t = inputs
     kept = np.arange(N) % 3 != 1  # a filtered frame: to_parquet keeps its index as a column
     pd.DataFrame({"label": y})[kept].to_parquet(tmp_path / "y.parquet")

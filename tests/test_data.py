@@ -90,6 +90,17 @@ def test_weights_parse_from_a_comma_list_and_name_the_bad_entry():
         data.parse_weights("1,x,3", 3)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("1,x", "--pos-weight entry 1 (class 1): 'x' is not a number"),
+    ("1,-2", "--pos-weight entry 1 (class 1): -2 is negative; weights are >= 0"),
+    ("1", "--pos-weight has 1 entries; the logits have 2 classes"),
+])
+def test_weight_messages_name_the_option_they_came_with(text, message):
+    with pytest.raises(InputError) as raised:
+        data.parse_weights(text, 2, option="--pos-weight")
+    assert raised.value.message == message
+
+
 # --- tables and dialects ----------------------------------------------------------------------
 
 PLAIN = "z0,z1,label\n1,2,0\n3,4,1\n"

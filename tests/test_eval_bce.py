@@ -429,6 +429,14 @@ def test_bad_inputs_read_the_same_on_the_fast_path(runner, tmp_path, monkeypatch
     assert result.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("option", ["--weight", "--pos-weight"])
+def test_a_bad_weight_entry_names_its_own_option(runner, tmp_path, monkeypatch, option):
+    assert_bad_input_fails_cleanly(
+        runner, tmp_path, monkeypatch, {}, [str(LOGITS), "--targets", str(TARGETS), "--loss", "bce",
+                                            option, "1,2,oops,1"],
+        f"Error: {option} entry 2 (class 2): 'oops' is not a number\n")
+
+
 @pytest.mark.parametrize("reader", ["strict", "fast"])
 @pytest.mark.parametrize("loss, target, message", [
     ("bce", "1.5", "target is outside [0, 1]"),

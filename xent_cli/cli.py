@@ -381,14 +381,8 @@ def _check_loss_options(loss: Loss, logits: str | None, labels: str | None, targ
 def _pos_weights(text: str | None, k: int) -> tuple[float, ...] | None:
     """Returns --pos-weight's k values, read as --weight's are."""
     from xent_cli import data
-    from xent_cli.errors import InputError
 
-    if text is None:
-        return None
-    try:
-        return data.parse_weights(text, k)
-    except InputError as error:  # its messages name --weight, the option it was written for
-        raise InputError(error.message.replace("--weight", "--pos-weight", 1)) from None
+    return None if text is None else data.parse_weights(text, k, option="--pos-weight")
 
 
 @contextlib.contextmanager

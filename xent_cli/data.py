@@ -405,19 +405,22 @@ def _header(cells: tuple[str, ...], path: str, line: int) -> tuple[str, ...]:
     return cells
 
 
-def parse_weights(text: str, k: int) -> tuple[float, ...]:
-    """Returns k class weights from 'w0,w1,...'; each must be a finite number >= 0."""
+def parse_weights(text: str, k: int, option: str = "--weight") -> tuple[float, ...]:
+    """Returns k class weights from 'w0,w1,...'; each must be a finite number >= 0.
+
+    Messages name the option the text came with.
+    """
     weights = []
     for c, cell in enumerate(text.split(",")):
         try:
             weights.append(parse_number(cell.strip()))
         except ValueError as error:
-            raise InputError(f"--weight entry {c} (class {c}): {error}") from None
+            raise InputError(f"{option} entry {c} (class {c}): {error}") from None
         if weights[-1] < 0:
-            raise InputError(f"--weight entry {c} (class {c}): {cell.strip()} is negative; "
+            raise InputError(f"{option} entry {c} (class {c}): {cell.strip()} is negative; "
                              f"weights are >= 0")
     if len(weights) != k:
-        raise InputError(f"--weight has {len(weights)} entries; the logits have {k} classes")
+        raise InputError(f"{option} has {len(weights)} entries; the logits have {k} classes")
     return tuple(weights)
 
 

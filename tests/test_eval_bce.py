@@ -355,6 +355,7 @@ def test_any_chunk_size_gives_the_one_piece_results(n, k, chunk, seed, reduction
         assert np.array_equal(worked.grad, reference.grad[i])
         assert worked.loss == reference.per_sample[i]
         assert np.array_equal(worked.sigma, reference.probs[i])
+        assert np.array_equal(worked.sigma_minus_t, reference.probs[i].astype(np.float64) - t[i])
 
 
 @pytest.fixture

@@ -1807,6 +1807,7 @@ class BinaryWorkedSample:
     sigma: np.ndarray  # σ(z): each class's probability of 'yes'
     t: np.ndarray  # targets
     elements: np.ndarray  # each class's loss, w [p_w t softplus(−z) + (1 − t) softplus(z)]
+    sigma_minus_t: np.ndarray  # σ − t: the gradient of the unweighted sum
     loss: float  # this sample's loss: the sum of its elements
     grad: np.ndarray  # the gradient row of the reported loss
     scale: float  # grad = w [(1 − t) σ − p_w t (1 − σ)] / scale: N × k for 'mean', else 1
@@ -1857,12 +1858,12 @@ def _bce_worked(first, show: int, reduction: str, divisor: float, options: dict)
     first_rows = _slice(part, 0, shown)
     head = _bce(first_rows, options, reduction, dt)
     grad = _bce_scaled(head.grad, reduction, divisor, dt)
+    sigma = np.asarray(head.probs, dtype=np.float64)
+    t = np.asarray(first_rows.targets, dtype=np.float64)
     return tuple(BinaryWorkedSample(
         sample=i, line=None if part.source in part.rows_in else part.lines[i],
-        z=np.asarray(part.logits[i], dtype=np.float64),
-        sigma=np.asarray(head.probs[i], dtype=np.float64),
-        t=np.asarray(first_rows.targets[i], dtype=np.float64),
-        elements=np.asarray(piece.elements[i], dtype=np.float64),
+        z=np.asarray(part.logits[i], dtype=np.float64), sigma=sigma[i], t=t[i],
+        elements=np.asarray(piece.elements[i], dtype=np.float64), sigma_minus_t=sigma[i] - t[i],
         loss=float(piece.per_sample[i]), grad=np.asarray(grad[i], dtype=np.float64),
         scale=divisor if reduction == "mean" else 1.0) for i in range(shown))
 

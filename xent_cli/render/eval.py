@@ -192,7 +192,7 @@ def binary_worked_sample(summary: Summary, sample: BinaryWorkedSample) -> Group:
         ("σ(z) = 1/(1+e^−z)", sample.sigma),
         ("target t", sample.t),
         ("loss ℓ", sample.elements),
-        ("σ − t", sample.sigma - sample.t),
+        ("σ − t", sample.sigma_minus_t),
         ("gradient", sample.grad),
     ], keep=(int(sample.z.argmax()), *sample.t.nonzero()[0][:3]))  # and the first 3 yeses
     weighted = summary.weight is not None or summary.pos_weight is not None

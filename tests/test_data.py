@@ -213,11 +213,12 @@ def test_worked_sample_follows_the_hand_derivation(tmp_path):
 
 # --- writing ----------------------------------------------------------------------------------
 
-def test_write_atomic_writes_and_leaves_no_temporary_file(tmp_path):
-    target = tmp_path / "out.csv"
-    data.write_atomic(str(target), "a,b\n1,2\n")
-    assert target.read_text() == "a,b\n1,2\n"
-    assert os.listdir(tmp_path) == ["out.csv"]
+def test_write_atomic_writes_the_bytes_as_given_and_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "out.png"
+    image = b"\x89PNG\r\n\x1a\n\x00\xff"  # an image's bytes: no text layer may touch them
+    data.write_atomic(str(target), image)
+    assert target.read_bytes() == image
+    assert os.listdir(tmp_path) == ["out.png"]
 
 
 def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -226,7 +227,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(InputError, match="No space left"):
-        data.write_atomic(str(tmp_path / "out.csv"), "a\n")
+        data.write_atomic(str(tmp_path / "out.csv"), b"a\n")
     assert os.listdir(tmp_path) == []
 
 
@@ -240,7 +241,7 @@ def test_output_paths_that_cannot_take_a_file_are_refused(tmp_path, case, fragme
     path = {"directory": str(tmp_path), "missing-directory": str(tmp_path / "no" / "o.csv"),
             "input": source}[case]
     with pytest.raises(InputError, match=fragment):
-        data.write_atomic(path, "x\n", inputs=[source])
+        data.write_atomic(path, b"x\n", inputs=[source])
     assert (tmp_path / "z.csv").read_text() == PLAIN
 
 
@@ -284,7 +285,7 @@ def test_an_unreadable_file_is_named(tmp_path, monkeypatch):
 def test_a_new_output_file_gets_the_usual_mode_not_mkstemps_0600(tmp_path):
     umask = os.umask(0o022)
     try:
-        data.write_atomic(str(tmp_path / "out.csv"), "x\n")
+        data.write_atomic(str(tmp_path / "out.csv"), b"x\n")
     finally:
         os.umask(umask)
     assert (tmp_path / "out.csv").stat().st_mode & 0o777 == 0o644

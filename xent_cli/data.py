@@ -627,10 +627,10 @@ def check_output_path(path: str, inputs=()) -> None:
             raise InputError("is an input file; refusing to overwrite it", source=path)
 
 
-def write_atomic(path: str, text: str, inputs=()) -> None:
-    """Writes text to path all at once (see atomic_writer)."""
+def write_atomic(path: str, content: bytes, inputs=()) -> None:
+    """Writes content to path all at once (see atomic_writer)."""
     with atomic_writer(path, inputs) as file:
-        file.write(text)
+        file.buffer.write(content)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import pathlib
 import sys
 
@@ -284,6 +285,23 @@ def test_plot_writes_a_png_or_says_how_to_get_matplotlib(runner, tmp_path, monke
     result = check(runner, "--plot", str(tmp_path / "other.png"))
     assert result.exit_code == 2
     assert "pip install 'xent-cli[plot]'" in result.stderr
+
+
+def test_a_plot_that_cannot_be_written_leaves_the_old_image_and_no_partial_one(runner, tmp_path,
+                                                                                monkeypatch):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "sweep.png"
+    path.write_bytes(b"the previous plot")
+
+    def full_disk(source, destination):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    result = check(runner, "--plot", str(path))
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"Error: {path}: cannot be written: No space left on device\n"
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == [path] and path.read_bytes() == b"the previous plot"
 
 
 @pytest.mark.parametrize("name", ["sweep.csv", "sweep"])

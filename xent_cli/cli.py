@@ -614,8 +614,9 @@ def check_command(
                                 dtype=dtype.value, eps=eps, rtol=rtol, atol=atol,
                                 hessian=hessian, sweep=sweep, directional=directional,
                                 symbolic=symbolic, seed=seed)
-        if plot is not None:
-            render.plot_sweep(outcome.gradient, plot)
+        if plot is not None:  # whole or not at all: a failed write leaves no partial image
+            data.write_atomic(plot, render.plot_sweep(outcome.gradient, plot),
+                              inputs=(logits, labels, targets))
 
     console = stdout()
     if output_format is CheckFormat.json:

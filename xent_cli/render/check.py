@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -386,8 +387,9 @@ def to_json(report: CheckReport, hessian: CheckReport | None = None) -> str:
     return json.dumps(out)
 
 
-def plot_sweep(report: CheckReport, path: str) -> None:
-    """Writes a log-log plot of the sweep (error against h) to path; needs matplotlib."""
+def plot_sweep(report: CheckReport, path: str) -> bytes:
+    """Returns a log-log plot of the sweep (error against h), in the image format path's
+    extension names; needs matplotlib."""
     try:
         import matplotlib
     except ImportError:
@@ -414,9 +416,9 @@ def plot_sweep(report: CheckReport, path: str) -> None:
     axes.set_ylabel("max |analytic − numeric|")
     axes.set_title(f"{method_name(report.tolerance.method)}: truncation against round-off")
     axes.grid(True, which="both", alpha=0.3)
+    image = io.BytesIO()
     try:
-        figure.savefig(path, dpi=120, bbox_inches="tight")
-    except OSError as error:
-        raise XentError(f"{path}: cannot write the plot: {error.strerror or error}") from None
+        figure.savefig(image, format=extension, dpi=120, bbox_inches="tight")
     finally:
         pyplot.close(figure)
+    return image.getvalue()

@@ -94,9 +94,11 @@ def test_compressed_logits_give_the_whole_reader_s_bytes(runner, tmp_path, array
     assert max(logits_runs) == 11 and sum(logits_runs) >= N
 
 
-@pytest.mark.parametrize("side", ["--labels yc.npz", "--targets tc.npz"])
+@pytest.mark.parametrize("side", ["--labels yc.npz", "--targets tc.npz", "--labels zyc.npz"])
 def test_compressed_labels_or_targets_beside_npy_logits_give_the_whole_reader_s_bytes(
         runner, tmp_path, arrays, small_chunks, monkeypatch, side):
+    z, y, _ = arrays
+    np.savez_compressed(tmp_path / "zyc.npz", logits=z, labels=y)  # labels beside other arrays
     option, name = side.split()
     sliced, whole, read_whole = _both_readers(
         runner, tmp_path, monkeypatch, [str(tmp_path / "z.npy"), option, str(tmp_path / name)])
@@ -104,6 +106,8 @@ def test_compressed_labels_or_targets_beside_npy_logits_give_the_whole_reader_s_
     assert sliced == whole and not read_whole
     if option == "--targets":  # targets as large as the logits come a run at a time
         assert {rows for member, rows in small_chunks} == {11, N - 33}
+    else:  # labels are inflated whole, and only they
+        assert small_chunks == [("labels.npy", N)]
 
 
 @pytest.mark.parametrize("labels", ["int8", "uint16", "uint64", "float whole", "float 2.5",

@@ -801,7 +801,8 @@ def _labels_beside(path: str, delimiter: str | None, label_col: str,
             return None
         values, name, lines = read
         return values, None if name is None else repr(name), lines
-    values, _, names = _read_side(path, delimiter, "labels", label_col)
+    # streamed: of an .npz that holds the logits too, only its labels are inflated
+    values, _, names = _read_side(path, delimiter, "labels", label_col, streamed=True)
     column = None if names is None else repr(names[0])
     return _whole_labels(values, path, column), column, None
 

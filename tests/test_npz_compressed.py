@@ -211,7 +211,7 @@ def test_a_pass_abandoned_part_way_starts_the_next_from_a_stream_of_its_own(tmp_
     assert np.array_equal(stream._rows(logits, 7, 7), z[7:14])
     assert np.array_equal(stream._rows(logits, 0, 7), first)  # again from the start
     assert np.array_equal(stream._rows(logits, 21, 30), z[21:])  # skipped ahead to row 21
-    assert logits._stream is None  # closed at the last row
+    assert logits._runs is None  # closed at the last row
     assert np.array_equal(np.asarray(logits), z)
 
 

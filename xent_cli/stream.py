@@ -1384,17 +1384,18 @@ class _Deflated:
     """An array an .npz stores compressed, read a run of rows at a time from a stream that
     inflates its member (np.load inflates it whole: 8.5M x 10 float64 took 835 MB of RSS).
 
-    Rows are read in order, each pass from a stream of its own (read from an earlier row, the
-    member is opened again); zipfile checks the CRC-32 as the last row is read. np.asarray
-    reads it whole, as np.load would.
+    Rows are read in order, each pass from a stream of its own (read from another row or in
+    runs of another size, the member is opened again), the next run inflated in a thread while
+    this one is used (zlib lets go of the GIL); zipfile checks the CRC-32 as the last bytes
+    come out. np.asarray reads it whole, as np.load would.
     """
 
     def __init__(self, path: str, member: str, shape: tuple[int, ...], dtype: np.dtype,
                  offset: int):
         self.path, self.member, self.shape, self.dtype = path, member, shape, dtype
         self.ndim, self.offset = len(shape), offset  # offset: the data's, past the .npy header
-        self._archive = self._stream = None
-        self._at = 0  # the row the open stream reads next
+        self._runs = None  # the pass under way: its runs of rows, inflated one ahead
+        self._at = self._count = 0  # the row it gives next, and its rows a run
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -1405,47 +1406,47 @@ class _Deflated:
 
     def read(self, start: int, count: int) -> np.ndarray:
         """Returns count rows (fewer at the end) from start on, in the member's own dtype."""
-        rows = np.empty((max(0, min(count, len(self) - start)), *self.shape[1:]), self.dtype)
+        if self._runs is None or (start, count) != (self._at, self._count):
+            self.close()
+            self._runs = _prefetched(self._inflated(start, count))
+            self._at, self._count = start, count
         try:
-            self._inflate(start, rows)
+            rows = next(self._runs, None)
         except BaseException:
             self.close()  # a stream that failed part way is not read on
             raise
+        if rows is None:  # no rows from start on
+            rows = np.empty((0, *self.shape[1:]), self.dtype)
+        self._at += len(rows)
+        if self._at >= len(self):
+            self.close()
         return rows
 
-    def _inflate(self, start: int, rows: np.ndarray) -> None:
-        """Fills rows with the member's rows from start on: from the stream open, read on
-        (or skipped ahead), or from a new one."""
+    def _inflated(self, start: int, count: int) -> Iterator[np.ndarray]:
+        """Yields the rows from start on, count at a time, from a stream of the member's own."""
         import zipfile
 
-        with _npz_errors(self.path):
-            if self._stream is None or start < self._at:
-                self.close()
-                self._archive = zipfile.ZipFile(self.path)
-                self._stream = self._archive.open(self.member)
-                self._stream.read(self.offset)  # the .npy header, read as the archive opened
-                self._at = 0
-            row_bytes = rows.itemsize * math.prod(self.shape[1:])
-            if start != self._at:
-                self._stream.seek(self.offset + start * row_bytes)
-            with memoryview(rows.reshape(-1).view(np.uint8)) as view:
-                done = 0
-                while done < len(view):
-                    got = self._stream.readinto(view[done:])
-                    if not got:  # zipfile raises first; a stream cut short is no array
-                        raise InputError(f"is not a readable .npz archive: {self.member!r} "
-                                         f"ends before its {len(self)} rows", source=self.path)
-                    done += got
-            self._at = start + len(rows)
-            if self._at >= len(self):
-                self.close()  # its CRC-32 was checked as the last bytes were read
+        row_bytes = self.dtype.itemsize * math.prod(self.shape[1:])
+        with (_npz_errors(self.path), zipfile.ZipFile(self.path) as archive,
+              archive.open(self.member) as stream):
+            stream.seek(self.offset + start * row_bytes)  # inflates what it skips
+            for at in range(start, len(self), count):
+                rows = np.empty((min(count, len(self) - at), *self.shape[1:]), self.dtype)
+                with memoryview(rows.reshape(-1).view(np.uint8)) as view:
+                    done = 0
+                    while done < len(view):
+                        got = stream.readinto(view[done:])
+                        if not got:  # zipfile raises first; a stream cut short is no array
+                            raise InputError(f"is not a readable .npz archive: {self.member!r} "
+                                             f"ends before its {len(self)} rows", source=self.path)
+                        done += got
+                yield rows
 
     def close(self) -> None:
-        """Closes the stream open, if any."""
-        if self._stream is not None:
-            self._stream.close()
-            self._archive.close()
-        self._archive = self._stream = None
+        """Ends the pass under way, if any, and closes its stream."""
+        if self._runs is not None:
+            self._runs.close()
+        self._runs = None
 
 
 # Bytes of a mapped .npz member _intact checks before it lets their pages go (a whole number

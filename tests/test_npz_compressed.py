@@ -110,6 +110,46 @@ def test_compressed_labels_or_targets_beside_npy_logits_give_the_whole_reader_s_
         assert small_chunks == [("labels.npy", N)]
 
 
+@pytest.mark.parametrize("held, side", [
+    ({"labels": "y", "ids": "ids"}, ()),  # an array of another name is left unread
+    ({"targets": "t", "ids": "ids"}, ()),
+    ({"labels": "y", "targets": "t"}, ()),  # both kinds: the labels, as the whole reader takes
+    ({"ids": "ids"}, ("--labels", "y.npy")),
+    ({"ids": "ids"}, ("--targets", "tc.npz")),
+])
+def test_arrays_beside_the_logits_are_taken_as_the_whole_reader_takes_them(
+        runner, tmp_path, arrays, small_chunks, monkeypatch, held, side):
+    z, y, t = arrays
+    named = {"y": y, "t": t, "ids": np.arange(N) * 7}
+    np.savez_compressed(tmp_path / "zc.npz", logits=z, **{name: named[v] for name, v in held.items()})
+    arguments = [str(tmp_path / "zc.npz"), *(side and (side[0], str(tmp_path / side[1])))]
+    sliced, whole, read_whole = _both_readers(runner, tmp_path, monkeypatch, arguments)
+    assert sliced[0] == 0, sliced[2]
+    assert sliced == whole and not read_whole
+    assert "ids.npy" not in {member for member, _ in small_chunks}
+
+
+@pytest.mark.parametrize("held", ["labels", "targets"])
+@pytest.mark.parametrize("side", ["--labels y.npy", "--targets tc.npz"])
+def test_targets_held_and_given_again_are_refused_before_anything_is_inflated(
+        runner, tmp_path, arrays, small_chunks, monkeypatch, held, side):
+    z, y, t = arrays
+    np.savez_compressed(tmp_path / "zc.npz", logits=z, **{held: y if held == "labels" else t})
+    option, name = side.split()
+    arguments = [str(tmp_path / "zc.npz"), option, str(tmp_path / name)]
+    whole_reads = []
+    read_input = stream.read_input
+    with monkeypatch.context() as patched:
+        patched.setattr(stream, "read_input",
+                        lambda *args, **kwargs: whole_reads.append(1) or read_input(*args, **kwargs))
+        told = _eval(runner, tmp_path, arguments)
+    assert not whole_reads and small_chunks == []  # the whole reader inflates both arrays first
+    sliced, whole, _ = _both_readers(runner, tmp_path, monkeypatch, arguments)
+    assert told == sliced == whole and sliced[0] == 2
+    assert sliced[2] == (f"Error: {tmp_path / 'zc.npz'}: has an array {held!r} and {option[2:]} "
+                         f"come from {tmp_path / name}; remove one of them\n")
+
+
 @pytest.mark.parametrize("labels", ["int8", "uint16", "uint64", "float whole", "float 2.5",
                                     "(N, 1)", "out of range", "object"])
 def test_compressed_labels_of_any_dtype_are_judged_as_the_whole_reader_judges_them(

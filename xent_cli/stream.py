@@ -626,24 +626,27 @@ def _fast_mapped(path: str, label_col: str, labels_path: str | None, targets_pat
     'labels' or 'targets', the logits and any targets read step rows at a time, through the
     map or the stream (the whole reader reads a
     Parquet table or a CSV of targets whole: a CSV of 8.5M x 10 took 10.5 GB); None where the
-    whole reader must judge (no targets or more than one kind, a shape it explains)."""
-    own = None  # the labels or targets an .npz holds beside its logits
+    whole reader must judge (no logits or no targets, a shape it explains). Other arrays of
+    an .npz are left unread, as the whole reader leaves them; targets it holds and given
+    again are refused at once, in its words (it would inflate a compressed archive first)."""
+    own = kind = None  # the labels or targets an .npz holds beside its logits, and which
     try:
         if _suffix(path) == ".npy":
             z = _load_npy(path)
         else:
             arrays = _load_npz(path, streamed=True)
-            held = set(arrays) - {"logits"}
-            if "logits" not in arrays or held and (labels_path or targets_path):
-                return None  # the whole reader says what is missing or twice
-            if not (labels_path or targets_path):
-                if held not in ({"labels"}, {"targets"}):
-                    return None  # no targets, or both kinds: the whole reader says or chooses
-                labels_path, targets_path = (path, None) if held == {"labels"} else (None, path)
-                own = arrays[held.pop()]
-            z = arrays["logits"]
+            if "logits" not in arrays:
+                return None  # the whole reader says what is missing
+            kind = next((name for name in ("labels", "targets") if name in arrays), None)
+            if kind is None and not (labels_path or targets_path):
+                return None  # no targets: the whole reader says so
+            own, z = arrays.get(kind), arrays["logits"]
     except InputError:
         return None
+    if kind is not None and (labels_path or targets_path):
+        raise _given_twice(path, f"an array {kind!r}", labels_path, targets_path)
+    if kind is not None:
+        labels_path, targets_path = (path, None) if kind == "labels" else (None, path)
     if z.ndim != 2 or z.dtype.kind not in "iuf" or z.shape[1] < min_classes or not len(z):
         return None
 
@@ -1197,11 +1200,9 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
         if labels is not None:
             target_column = repr(label_col)
     if (labels is not None or targets is not None) and (labels_path or targets_path):
-        # as a CSV's label column beside --labels: one of the two would be dropped unsaid
         held = (f"a column {label_col!r}" if suffix == ".parquet"
                 else f"an array {'labels' if labels is not None else 'targets'!r}")
-        raise InputError(f"has {held} and {'labels' if labels_path else 'targets'} come from "
-                         f"{labels_path or targets_path}; remove one of them", source=path)
+        raise _given_twice(path, held, labels_path, targets_path)
     logits = _float_matrix(logits, path, "logits", min_classes)
     n = logits.shape[0]
     rows = range(n)  # indexes and slices as a tuple of lines does, without n Python ints
@@ -1245,6 +1246,14 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
         raise data.locate(InputError(f"target probability {float(targets[i, c])!r} is negative",
                                      sample=int(i), column=f"class {c}"), placed)
     return placed
+
+
+def _given_twice(path: str, held: str, labels_path: str | None, targets_path: str | None
+                 ) -> InputError:
+    """Returns the error for targets that path holds (held says where) and a file gives too:
+    as a CSV's label column beside --labels, one of the two would be dropped unsaid."""
+    return InputError(f"has {held} and {'labels' if labels_path else 'targets'} come from "
+                      f"{labels_path or targets_path}; remove one of them", source=path)
 
 
 def _miscounted(count: int, shape: tuple[int, int], labels: bool, source: str,

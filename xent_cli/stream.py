@@ -190,11 +190,12 @@ def stdin_copied(path: str, beside: Collection[str | None] = (),
                              row=error.row) from None
 
 
-def _uncopied(error: OSError, directory: str | None) -> InputError:
-    """Returns the error for stdin that cannot be copied to a temporary file in directory."""
+def _uncopied(error: OSError, directory: str | None, source: str = data.STDIN) -> InputError:
+    """Returns the error for stdin (or source) that cannot be copied to a temporary file in
+    directory."""
     where = f" in {directory}" if directory else ""
     return InputError(f"cannot be copied to a temporary file{where}: {error.strerror or error}; "
-                      f"set TMPDIR to a directory with room for it", source=data.STDIN)
+                      f"set TMPDIR to a directory with room for it", source=source)
 
 
 def _named(source: Source, path: str, name: str | None) -> Source:
@@ -671,10 +672,13 @@ def _rows(array: np.ndarray, start: int, count: int) -> np.ndarray:
     use (_Rows joins what is left of them with these), and would come back into the RSS to
     stay. Left standing, every page read counts in the RSS until the map closes, 680 MB for
     8.5M x 10 float64; reading rows with pread instead bounds it as well, a third slower.
-    Rows of a compressed .npz member are inflated from its stream (_Deflated).
+    Rows of a compressed .npz member are inflated from its stream (_Deflated), or read from
+    the map of its temporary file (Fortran order).
     """
-    if isinstance(array, _Deflated):
+    if isinstance(array, _Deflated) and not array.fortran:
         return np.require(array.read(start, count), np.float64, "A")
+    if isinstance(array, _Deflated):
+        array = array.spilled()  # a map of its own file, read as any other
     stop = min(start + count, len(array))
     reads = start // count
     if reads >= 2 and reads % FORGET_READS == 0:
@@ -1350,9 +1354,8 @@ def _npy_header(file) -> tuple[tuple[int, ...], bool, np.dtype]:
 def _mapped_members(file, streamed: bool = False) -> dict[str, np.memmap | _Deflated]:
     """Returns the arrays an .npz stores uncompressed (np.savez), memory-mapped by member name:
     np.load would read them whole. Compressed members (np.savez_compressed) are left out or,
-    streamed, given as _Deflated where they hold C-ordered numbers of the size their header
-    says (np.load judges any other, and is left the Fortran order, whose rows are spread over
-    the whole stream)."""
+    streamed, given as _Deflated where they hold numbers of the size their header says
+    (np.load judges any other)."""
     import struct
     import zipfile
 
@@ -1365,10 +1368,10 @@ def _mapped_members(file, streamed: bool = False) -> dict[str, np.memmap | _Defl
                 with archive.open(member) as stored:
                     shape, fortran, dtype = _npy_header(stored)
                     offset = stored.tell()
-                if (not fortran and not dtype.hasobject and len(shape) >= 1
+                if (not dtype.hasobject and len(shape) >= 1
                         and offset + math.prod(shape) * dtype.itemsize == member.file_size):
                     mapped[member.filename] = _Deflated(file.name, member.filename, shape,
-                                                        dtype, offset)
+                                                        dtype, offset, fortran)
                 continue
             if member.compress_type != zipfile.ZIP_STORED:
                 continue
@@ -1396,22 +1399,51 @@ class _Deflated:
     Rows are read in order, each pass from a stream of its own (read from another row or in
     runs of another size, the member is opened again), the next run inflated in a thread while
     this one is used (zlib lets go of the GIL); zipfile checks the CRC-32 as the last bytes
-    come out. np.asarray reads it whole, as np.load would.
+    come out. A Fortran-ordered array's rows are spread over the whole stream, column after
+    column: it is inflated once into a temporary file and mapped (spilled). np.asarray reads
+    it whole, as np.load would.
     """
 
     def __init__(self, path: str, member: str, shape: tuple[int, ...], dtype: np.dtype,
-                 offset: int):
+                 offset: int, fortran: bool = False):
         self.path, self.member, self.shape, self.dtype = path, member, shape, dtype
         self.ndim, self.offset = len(shape), offset  # offset: the data's, past the .npy header
+        self.fortran = fortran
         self._runs = None  # the pass under way: its runs of rows, inflated one ahead
         self._at = self._count = 0  # the row it gives next, and its rows a run
+        self._spill = None  # a Fortran-ordered array's map of its temporary file
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        whole = self.read(0, len(self))
+        whole = np.array(self.spilled()) if self.fortran else self.read(0, len(self))
         return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def spilled(self) -> np.memmap:
+        """Returns the array inflated once into a temporary file (deleted as it closes, which
+        the map outlives) and mapped in its order; raises InputError where there is no room."""
+        import shutil
+        import zipfile
+
+        if self._spill is None:
+            directory = tempfile.gettempdir()
+            with _npz_errors(self.path), zipfile.ZipFile(self.path) as archive, \
+                    archive.open(self.member) as stream:
+                stream.seek(self.offset)
+                try:
+                    spill = tempfile.TemporaryFile(prefix="xent-")
+                except OSError as error:
+                    raise _uncopied(error, directory, self.path) from None
+                with spill:
+                    try:
+                        shutil.copyfileobj(stream, spill, 1 << 24)
+                        spill.flush()
+                    except OSError as error:  # zipfile raises no OSError of its own here
+                        raise _uncopied(error, directory, self.path) from None
+                    self._spill = np.memmap(spill, dtype=self.dtype, mode="r", shape=self.shape,
+                                            order="F" if self.fortran else "C")
+        return self._spill
 
     def read(self, start: int, count: int) -> np.ndarray:
         """Returns count rows (fewer at the end) from start on, in the member's own dtype."""

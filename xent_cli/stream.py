@@ -1428,8 +1428,8 @@ class _Deflated:
 
         if self._spill is None:
             directory = tempfile.gettempdir()
-            with _npz_errors(self.path), zipfile.ZipFile(self.path) as archive, \
-                    archive.open(self.member) as stream:
+            with (_npz_errors(self.path), zipfile.ZipFile(self.path) as archive,
+                  archive.open(self.member) as stream):
                 stream.seek(self.offset)
                 try:
                     spill = tempfile.TemporaryFile(prefix="xent-")
@@ -1439,7 +1439,7 @@ class _Deflated:
                     try:
                         shutil.copyfileobj(stream, spill, 1 << 24)
                         spill.flush()
-                    except OSError as error:  # zipfile raises no OSError of its own here
+                    except OSError as error:  # a write: zipfile's own errors are no OSError
                         raise _uncopied(error, directory, self.path) from None
                     self._spill = np.memmap(spill, dtype=self.dtype, mode="r", shape=self.shape,
                                             order="F" if self.fortran else "C")

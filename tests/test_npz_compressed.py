@@ -176,6 +176,18 @@ def test_compressed_labels_of_any_dtype_are_judged_as_the_whole_reader_judges_th
     assert (sliced[0] == 0) == (labels in ("int8", "uint16", "uint64", "float whole")), sliced[2]
 
 
+@pytest.mark.parametrize("labels", ["none", "one more", "(N, 2)"])
+def test_compressed_labels_of_another_count_or_shape_are_told_as_the_whole_reader_tells_them(
+        runner, tmp_path, arrays, small_chunks, monkeypatch, labels):
+    y = arrays[1]
+    y = {"none": y[:0], "one more": np.append(y, 1), "(N, 2)": np.stack([y, y], axis=1)}[labels]
+    np.savez_compressed(tmp_path / "yc.npz", labels=y)
+    sliced, whole, _ = _both_readers(runner, tmp_path, monkeypatch, [
+        str(tmp_path / "z.npy"), "--labels", str(tmp_path / "yc.npz")])
+    assert sliced == whole and sliced[0] == 2
+    assert "yc.npz: " in sliced[2] and "readable" not in sliced[2]
+
+
 @pytest.mark.parametrize("logits", ["object", "3-d", "one class", "no rows"])
 def test_compressed_logits_the_stream_does_not_take_are_the_whole_reader_s(
         runner, tmp_path, arrays, small_chunks, monkeypatch, logits):

@@ -1417,7 +1417,7 @@ class _Deflated:
         return self.shape[0]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        whole = np.array(self.spilled()) if self.fortran else self.read(0, len(self))
+        whole = np.array(self.spilled()) if self.fortran else self.read(0, max(len(self), 1))
         return whole if dtype is None else whole.astype(dtype, copy=False)
 
     def spilled(self) -> np.memmap:

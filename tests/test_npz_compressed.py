@@ -312,3 +312,25 @@ def test_a_fortran_ordered_member_is_spilled_once_and_no_room_for_it_is_one_line
     assert stderr == (f"Error: {tmp_path / 'zf.npz'}: cannot be copied to a temporary file in "
                       f"{stream.tempfile.gettempdir()}: No space left on device; set TMPDIR to a "
                       "directory with room for it\n")
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_a_pass_stopped_by_an_error_leaves_no_thread_inflating_behind(tmp_path, arrays,
+                                                                      monkeypatch):
+    import threading
+    import time
+
+    from xent_cli.errors import InputError
+
+    z, y, _ = arrays
+    y = np.where(np.arange(N) == 30, 7, y)  # told in the third chunk, the stream not at its end
+    np.savez_compressed(tmp_path / "zc.npz", logits=z, labels=y)
+    monkeypatch.setattr(stream, "CHUNK_ROWS", 11)
+    before = threading.active_count()
+    for _ in range(3):
+        with pytest.raises(InputError, match="row 30, column 'labels': label 7"):
+            stream.evaluate(stream.open_source(str(tmp_path / "zc.npz")), show=0)
+    deadline = time.monotonic() + 5  # ended as the source went, with no garbage collection
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == before

@@ -1449,7 +1449,10 @@ class _Deflated:
         """Returns count rows (fewer at the end) from start on, in the member's own dtype."""
         if self._runs is None or (start, count) != (self._at, self._count):
             self.close()
-            self._runs = _prefetched(self._inflated(start, count))
+            # the thread's generator holds no reference to self: a pass left part way (an
+            # error in a chunk) ends, and its thread with it, when self goes
+            self._runs = _prefetched(_inflated(self.path, self.member, self.shape, self.dtype,
+                                               self.offset, start, count))
             self._at, self._count = start, count
         try:
             rows = next(self._runs, None)
@@ -1463,31 +1466,33 @@ class _Deflated:
             self.close()
         return rows
 
-    def _inflated(self, start: int, count: int) -> Iterator[np.ndarray]:
-        """Yields the rows from start on, count at a time, from a stream of the member's own."""
-        import zipfile
-
-        row_bytes = self.dtype.itemsize * math.prod(self.shape[1:])
-        with (_npz_errors(self.path), zipfile.ZipFile(self.path) as archive,
-              archive.open(self.member) as stream):
-            stream.seek(self.offset + start * row_bytes)  # inflates what it skips
-            for at in range(start, len(self), count):
-                rows = np.empty((min(count, len(self) - at), *self.shape[1:]), self.dtype)
-                with memoryview(rows.reshape(-1).view(np.uint8)) as view:
-                    done = 0
-                    while done < len(view):
-                        got = stream.readinto(view[done:])
-                        if not got:  # zipfile raises first; a stream cut short is no array
-                            raise InputError(f"is not a readable .npz archive: {self.member!r} "
-                                             f"ends before its {len(self)} rows", source=self.path)
-                        done += got
-                yield rows
-
     def close(self) -> None:
         """Ends the pass under way, if any, and closes its stream."""
         if self._runs is not None:
             self._runs.close()
         self._runs = None
+
+
+def _inflated(path: str, member: str, shape: tuple[int, ...], dtype: np.dtype, offset: int,
+              start: int, count: int) -> Iterator[np.ndarray]:
+    """Yields the rows of a compressed .npz member (its data at offset, past the .npy header)
+    from start on, count at a time, from a stream of its own."""
+    import zipfile
+
+    n, row_bytes = shape[0], dtype.itemsize * math.prod(shape[1:])
+    with (_npz_errors(path), zipfile.ZipFile(path) as archive, archive.open(member) as stream):
+        stream.seek(offset + start * row_bytes)  # inflates what it skips
+        for at in range(start, n, count):
+            rows = np.empty((min(count, n - at), *shape[1:]), dtype)
+            with memoryview(rows.reshape(-1).view(np.uint8)) as view:
+                done = 0
+                while done < len(view):
+                    got = stream.readinto(view[done:])
+                    if not got:  # zipfile raises first; a stream cut short is no array
+                        raise InputError(f"is not a readable .npz archive: {member!r} ends "
+                                         f"before its {n} rows", source=path)
+                    done += got
+            yield rows
 
 
 # Bytes of a mapped .npz member _intact checks before it lets their pages go (a whole number

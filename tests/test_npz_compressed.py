@@ -1,4 +1,5 @@
-"""Arrays of an .npz saved with np.savez_compressed, inflated a run of rows at a time.
+"""Arrays of an .npz saved with np.savez_compressed, inflated a run of rows at a time (in
+Fortran order, once into a temporary file that is mapped).
 
 The streamed reader is checked against the whole reader (np.load inflating each member whole):
 the summary, the messages, the exit code and the --output bytes, with chunks of a few rows so

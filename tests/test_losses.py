@@ -510,6 +510,76 @@ def test_splitting_into_blocks_changes_no_bit(problem, soft, ignore_index):
     np.testing.assert_array_equal(blocked.grad, whole.grad)
 
 
+def threaded(patch: pytest.MonkeyPatch, threads: int = 3) -> None:
+    """Makes a small input go to several threads, whatever cores the machine has."""
+    patch.setattr(losses, "_cores", lambda: threads)
+    patch.setattr(losses, "THREADED_LOGITS", 1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(problems(logit=extreme_logit, n=9), st.booleans(), st.sampled_from([-100, 0]),
+       st.sampled_from([np.float64, np.float32]), st.integers(2, 9))
+def test_threads_change_no_bit_and_refuse_the_same_sample(problem, soft, ignore_index, dtype,
+                                                          threads):
+    z, y, weight, eps = problem
+    with np.errstate(invalid="ignore", over="ignore"):  # a row of zeros gives NaN targets:
+        target = np.abs(z) / np.abs(z).sum(axis=1, keepdims=True) if soft else y  # both refuse
+    n, k = z.shape
+
+    def run():
+        out = np.empty((n, k), dtype), np.empty(n, dtype), np.empty((n, k), dtype)
+        predictions = np.empty(n, dtype=np.intp)
+        try:
+            with np.errstate(over="ignore"):
+                losses.loss_and_gradient_into(z, target, out[0], out[1], weight=weight,
+                                              ignore_index=ignore_index, label_smoothing=eps,
+                                              probs=out[2], predictions=predictions,
+                                              first_sample=5)
+        except InputError as error:
+            return str(error), error.sample
+        return (*out, predictions)
+
+    one = run()
+    with pytest.MonkeyPatch.context() as patch:
+        threaded(patch, threads)
+        several = run()
+    assert len(several) == len(one)
+    for got, expected in zip(several, one):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("bad", [[2, 40], [40], [47]])
+def test_threads_name_the_first_bad_sample_in_file_order(bad):
+    z, y = np.zeros((48, 4)), np.zeros(48, dtype=int)
+    z[bad, 1] = np.nan
+    with pytest.MonkeyPatch.context() as patch:
+        threaded(patch, 4)  # rows 0-11, 12-23, 24-35, 36-47
+        with pytest.raises(InputError, match="logit is NaN") as caught:
+            cross_entropy(z, y)
+    assert (caught.value.sample, caught.value.column) == (bad[0], "class 1")
+
+
+def test_a_large_input_is_worked_by_several_threads(monkeypatch):
+    # the threads are real: each range is worked by a thread of its own
+    monkeypatch.setattr(losses, "_cores", lambda: 2)
+    seen, fill_index = set(), losses._fill_index
+
+    def spy(z, *rest):
+        import threading
+
+        seen.add((threading.current_thread().name, len(z)))
+        return fill_index(z, *rest)
+
+    monkeypatch.setattr(losses, "_fill_index", spy)
+    n = 2 * losses.THREADED_LOGITS // 10 + 1  # 2 * THREADED_LOGITS logits and a few
+    cross_entropy(np.zeros((n, 10)), np.zeros(n, dtype=int))
+    assert {rows for _, rows in seen} == {n // 2, n - n // 2}
+    assert all(name.startswith("xent-kernel") for name, _ in seen)
+    seen.clear()
+    cross_entropy(np.zeros((n // 4, 10)), np.zeros(n // 4, dtype=int))  # too small to share
+    assert [rows for _, rows in seen] == [n // 4]
+
+
 @pytest.mark.parametrize("k", [10, losses.CLASS_MAJOR_MAX_K, losses.CLASS_MAJOR_MAX_K + 1])
 @pytest.mark.parametrize("eps, soft, masked", [(0.0, False, False), (0.1, False, False),
                                                (0.0, True, False), (0.0, True, True)])

@@ -197,10 +197,7 @@ def loss_and_gradient_into(z, target, grad: np.ndarray | None, per_sample: np.nd
         _fill(z, target, ignored, weight if weighted else None, label_smoothing,
               dtype.type(scale), grad, per_sample, probs, predictions)
     except InputError as error:
-        if error.sample is None or not first_sample:
-            raise
-        raise InputError(error.message, source=error.source, line=error.line, row=error.row,
-                         sample=error.sample + first_sample, column=error.column) from None
+        raise _moved(error, first_sample) from None
     divisor = _divisor(target, ignored, weight if weighted else None, dtype)
     with np.errstate(over="ignore"):  # an overflow shows in the total, which the caller checks
         total = per_sample.sum(dtype=dtype)
@@ -215,16 +212,63 @@ BLOCK_LOGITS = 1 << 17
 CLASS_MAJOR_MAX_K = 32
 
 
+# From this many logits on, a call is worked in row ranges by several threads (NumPy lets go
+# of the GIL); below, starting threads costs more than they save. A CSV block of 8 MB holds
+# about 820,000 logits: the stream's parser threads keep the other cores busy meanwhile.
+THREADED_LOGITS = 1 << 20
+
+
 def _fill(z: np.ndarray, target: np.ndarray, ignored: np.ndarray, weight: np.ndarray | None,
           label_smoothing: float, scale, grad: np.ndarray | None, per_sample: np.ndarray,
           probs: np.ndarray | None = None, predictions: np.ndarray | None = None) -> None:
     """Writes per-sample losses and, where asked, scale * their gradient, the probabilities and
-    the predicted classes, block by block."""
-    if target.ndim == 1 and not label_smoothing:
-        _fill_index(z, target, ignored, weight, scale, grad, per_sample, probs, predictions)
-    else:
-        _fill_general(z, target, ignored, weight, label_smoothing, scale, grad, per_sample, probs,
-                      predictions)
+    the predicted classes, block by block; a large input in row ranges, one a thread.
+
+    A row's bits do not depend on the rows beside it, so the ranges change none of them, and
+    an error is the one of the first bad sample, as one thread would raise it.
+    """
+    def fill(start: int, stop: int) -> None:
+        rows = slice(start, stop)
+        cut = (lambda array: None if array is None else array[rows])
+        try:
+            if target.ndim == 1 and not label_smoothing:
+                _fill_index(z[rows], target[rows], ignored[rows], weight, scale, cut(grad),
+                            per_sample[rows], cut(probs), cut(predictions))
+            else:
+                _fill_general(z[rows], target[rows], ignored[rows], weight, label_smoothing,
+                              scale, cut(grad), per_sample[rows], cut(probs), cut(predictions))
+        except InputError as error:
+            raise _moved(error, start) from None
+
+    n, k = z.shape
+    threads = min(_cores(), n * k // THREADED_LOGITS, n)
+    if threads < 2:
+        fill(0, n)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    bounds = [n * part // threads for part in range(threads + 1)]
+    with ThreadPoolExecutor(threads, thread_name_prefix="xent-kernel") as pool:
+        done = [pool.submit(fill, start, stop) for start, stop in zip(bounds, bounds[1:])]
+    for part in done:  # in row order: the first range's error holds the first bad sample
+        part.result()
+
+
+def _cores() -> int:
+    """Returns how many cores this process may run on."""
+    import os
+
+    if hasattr(os, "sched_getaffinity"):  # Linux: a container's or taskset's share
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _moved(error: InputError, start: int) -> InputError:
+    """Returns a core error of the rows from start on, its sample counted from row 0."""
+    if not start or error.sample is None:
+        return error
+    return InputError(error.message, source=error.source, line=error.line, row=error.row,
+                      sample=error.sample + start, column=error.column)
 
 
 class _Blocks:

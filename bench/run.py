@@ -32,13 +32,25 @@ import bench_eval  # noqa: E402  (lives beside this file)
 def machine() -> dict:
     """Returns what the figures depend on: the platform, CPUs, Python and library versions."""
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__}
+            "cpu_model": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__}
     try:
         import polars
         info["polars"] = polars.__version__
     except ImportError:
         pass
     return info
+
+
+def cpu_model() -> str | None:
+    """Returns the processor's model name where Linux tells it: with the same code and versions
+    the summary's ratio was 0.77-0.81 on an AMD EPYC host and about 0.7 on an Intel Xeon one."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line.split(":", 1)[1].strip() for line in info
+                         if line.startswith("model name")), None)
+    except OSError:
+        return None
 
 
 def kernel(quick: bool) -> list[dict] | str:

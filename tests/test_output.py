@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import struct
 import subprocess
 import sys
@@ -489,6 +490,23 @@ def test_a_restart_after_buffered_rows_leaves_only_the_last_run(tmp_path, small_
         for rows in first + last:  # the last run starts at 0 again, rows of the first in flight
             write(rows)
     _assert_holds(out, last)
+
+
+def test_a_runs_new_file_is_not_truncated_and_a_used_one_is_emptied():
+    # ext4 writes back a file truncated to 0 as it closes: 0.3 s at the end of 748 MB
+    class Spy(io.BytesIO):
+        truncated = 0
+
+        def truncate(self, size=None):
+            self.truncated += 1
+            return super().truncate(size)
+
+    new, used = Spy(), Spy(b"the run before")
+    used.seek(4)
+    for file in (new, used):
+        rows_file._emptied(file)
+    assert (new.truncated, used.truncated) == (0, 1)
+    assert used.getvalue() == b"" and (new.tell(), used.tell()) == (0, 0)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

@@ -157,6 +157,15 @@ def _lines(rows: RowsOut, cut: slice = slice(None)) -> np.ndarray:
     return np.fromiter(lines, dtype=np.int64, count=len(lines))
 
 
+def _emptied(file: BinaryIO) -> None:
+    """Starts a file over from its first byte. One still empty, as a run's new file is, is not
+    truncated: ext4 writes back a file truncated to 0 as it closes (its guard for files
+    replaced by truncation), which held the end of a run writing 748 MB up by 0.3 s."""
+    if file.seek(0, os.SEEK_END):
+        file.seek(0)
+        file.truncate()
+
+
 class _Framed:
     """A file whose rows go, in frames, to a Polars writer in a thread of its own."""
 
@@ -167,8 +176,7 @@ class _Framed:
     def restart(self) -> None:
         """Drops the run before (what is buffered, and the file's bytes)."""
         self.close(complete=False)
-        self.file.seek(0)
-        self.file.truncate()
+        _emptied(self.file)
 
     def close(self, complete: bool = True) -> None:
         if self.frames is not None:
@@ -330,8 +338,7 @@ class _Npy:
                                    else (name, real, (k,)) if name in ("prob", "grad")
                                    else (name, real) for name in self.columns])
             self.n = 0
-            self.file.seek(0)
-            self.file.truncate()
+            _emptied(self.file)
             self.file.write(_npy_header(self.dtype, 0))
             self.writer = _Worker(self._write_all)
         records = self._buffer(n)

@@ -910,22 +910,38 @@ def _row_total(path: str, offset: int, columns: int, delimiter: str) -> Iterator
     line is a row, and so is a last line without its newline) or, where a quote or a carriage
     return could join or cut lines, the blocks' counts of _block_rows.
 
-    The file is read in fixed-size pieces into one buffer: half the CPU time of blocks cut at
-    line ends, whose sizes vary, so that each is new memory to the system (0.18 s against
-    0.26-0.33 s for 825 MB).
+    The file is read in fixed-size pieces, PARSERS at once in threads (reading and counting
+    let go of the GIL; nothing else runs while the rows are counted), each thread into one
+    buffer of its own: blocks cut at line ends would each be new memory to the system (0.26-0.33
+    s against 0.18 s for 825 MB on one thread).
     """
-    buffer = bytearray(BLOCK_BYTES)
-    bytes_read = np.frombuffer(buffer, dtype=np.uint8)
-    rows, last = 0, ord("\n")
-    with open(path, "rb", buffering=0) as file:
-        file.seek(offset)
-        while size := file.readinto(buffer):
-            if buffer.find(b'"', 0, size) >= 0 or buffer.find(b"\r", 0, size) >= 0:
-                yield from _block_rows(path, offset, columns, delimiter)
-                return
-            rows += int(np.count_nonzero(bytes_read[:size] == ord("\n")))
-            last = buffer[size - 1]
-    yield rows + (last != ord("\n"))
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    own = threading.local()
+
+    def count(start: int) -> tuple[int, int] | None:
+        """Returns a piece's newlines and its last byte; None where it has a quote or a \r."""
+        if not hasattr(own, "buffer"):
+            own.buffer = bytearray(BLOCK_BYTES)
+            own.bytes = np.frombuffer(own.buffer, dtype=np.uint8)
+        with open(path, "rb", buffering=0) as file:
+            file.seek(start)
+            size = file.readinto(own.buffer)
+        if not size:
+            return 0, ord("\n")
+        if own.buffer.find(b'"', 0, size) >= 0 or own.buffer.find(b"\r", 0, size) >= 0:
+            return None
+        return int(np.count_nonzero(own.bytes[:size] == ord("\n"))), own.buffer[size - 1]
+
+    starts = range(offset, max(offset, os.path.getsize(path)), BLOCK_BYTES)
+    with ThreadPoolExecutor(PARSERS, thread_name_prefix="xent-count") as pool:
+        pieces = list(pool.map(count, starts))
+    if None in pieces:
+        yield from _block_rows(path, offset, columns, delimiter)
+        return
+    last = pieces[-1][1] if pieces else ord("\n")
+    yield sum(rows for rows, _ in pieces) + (last != ord("\n"))
 
 
 def _block_rows(path: str, offset: int, columns: int, delimiter: str) -> Iterator[int]:

@@ -241,7 +241,8 @@ def _fill(z: np.ndarray, target: np.ndarray, ignored: np.ndarray, weight: np.nda
             raise _moved(error, start) from None
 
     n, k = z.shape
-    threads = min(_cores(), n * k // THREADED_LOGITS, n)
+    parts = min(n * k // THREADED_LOGITS, n)  # first: no system call for the many small calls
+    threads = min(_cores(), parts) if parts >= 2 else 1
     if threads < 2:
         fill(0, n)
         return

@@ -924,7 +924,7 @@ def _row_total(path: str, offset: int, columns: int, delimiter: str) -> Iterator
         """Returns a piece's newlines and its last byte; None where it has a quote or a \r."""
         if not hasattr(own, "buffer"):
             own.buffer = bytearray(BLOCK_BYTES)
-            own.bytes = np.frombuffer(own.buffer, dtype=np.uint8)
+            own.view = np.frombuffer(own.buffer, dtype=np.uint8)
         with open(path, "rb", buffering=0) as file:
             file.seek(start)
             size = file.readinto(own.buffer)
@@ -932,7 +932,7 @@ def _row_total(path: str, offset: int, columns: int, delimiter: str) -> Iterator
             return 0, ord("\n")
         if own.buffer.find(b'"', 0, size) >= 0 or own.buffer.find(b"\r", 0, size) >= 0:
             return None
-        return int(np.count_nonzero(own.bytes[:size] == ord("\n"))), own.buffer[size - 1]
+        return int(np.count_nonzero(own.view[:size] == ord("\n"))), own.buffer[size - 1]
 
     starts = range(offset, max(offset, os.path.getsize(path)), BLOCK_BYTES)
     with ThreadPoolExecutor(PARSERS, thread_name_prefix="xent-count") as pool:

@@ -313,6 +313,20 @@ def test_plot_refuses_a_name_without_an_image_extension(runner, tmp_path, name):
     assert result.stdout == "" and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name, message", [("sweep", "image format's extension"),
+                                           ("folder.png", "is a directory")])
+def test_a_plot_it_cannot_write_is_refused_before_the_check_runs(runner, tmp_path, monkeypatch,
+                                                                 name, message):
+    pytest.importorskip("matplotlib")
+    from xent_cli import gradcheck
+
+    (tmp_path / "folder.png").mkdir()
+    monkeypatch.setattr(gradcheck, "run", lambda *a, **k: pytest.fail("the check ran"))
+    result = check(runner, "--plot", str(tmp_path / name))
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert result.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == ["folder.png"]
+
+
 def test_directional_mode_serves_large_inputs(runner):
     right = check(runner, "--directional", "--random", "20000", "--k", "50", "--format", "json")
     assert right.exit_code == 0, right.output

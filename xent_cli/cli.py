@@ -582,8 +582,10 @@ def check_command(
                             label_smoothing, label_col)
         if eps == 0:
             raise XentError("--eps must be greater than 0: a step of 0 divides by 0")
-        if plot is not None:
+        if plot is not None:  # the name and the place, before the check runs
             sweep = True
+            render.plot_format(plot)
+            data.check_output_path(plot, [logits, labels, targets])
         if sweep and directional:
             raise XentError("--sweep and --directional exclude each other: the sweep needs every "
                             "entry")

@@ -615,7 +615,7 @@ def check_output_path(path: str, inputs=()) -> None:
     if os.path.isdir(path):
         raise InputError("is a directory; give a file name for the output", source=path)
     if os.path.exists(path) and not os.path.isfile(path):  # renaming over /dev/null replaces it
-        raise InputError("is a device, pipe or socket, not a file; --output is written to a "
+        raise InputError("is a device, pipe or socket, not a file; an output is written to a "
                          "temporary file then renamed, so give a file name", source=path)
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):

@@ -387,26 +387,34 @@ def to_json(report: CheckReport, hessian: CheckReport | None = None) -> str:
     return json.dumps(out)
 
 
-def plot_sweep(report: CheckReport, path: str) -> bytes:
-    """Returns a log-log plot of the sweep (error against h), in the image format path's
-    extension names; needs matplotlib."""
+def plot_format(path: str) -> str:
+    """Returns the image format path's extension names for --plot; raises XentError where
+    matplotlib is missing or knows no such format (the CLI asks before the check runs)."""
     try:
         import matplotlib
     except ImportError:
         raise XentError("--plot needs matplotlib: pip install 'xent-cli[plot]'") from None
     matplotlib.use("Agg")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    # matplotlib picks the format by extension: an unknown one is its ValueError, a missing one
+    # silently writes PATH.png; both are the user's to fix, before anything is computed
+    formats = FigureCanvasBase.get_supported_filetypes()
+    extension = os.path.splitext(path)[1].lstrip(".").lower()
+    if extension not in formats:
+        raise XentError(f"--plot {path}: the name must end in an image format's extension: "
+                        + ", ".join(f".{name}" for name in sorted(formats)))
+    return extension
+
+
+def plot_sweep(report: CheckReport, path: str) -> bytes:
+    """Returns a log-log plot of the sweep (error against h), in the image format path's
+    extension names; needs matplotlib."""
+    extension = plot_format(path)
     from matplotlib import pyplot
 
     points = [p for p in report.sweep if p.max_abs_err > 0]
     figure, axes = pyplot.subplots(figsize=(6, 4))
-    # matplotlib picks the format by extension: an unknown one is its ValueError, a missing one
-    # silently writes PATH.png; both are the user's to fix, before anything is drawn
-    formats = figure.canvas.get_supported_filetypes()
-    extension = os.path.splitext(path)[1].lstrip(".").lower()
-    if extension not in formats:
-        pyplot.close(figure)
-        raise XentError(f"--plot {path}: the name must end in an image format's extension: "
-                        + ", ".join(f".{name}" for name in sorted(formats)))
     axes.loglog([p.h for p in points], [p.max_abs_err for p in points], "o-")
     best = report.best_step
     if best is not None:

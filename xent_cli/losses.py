@@ -34,6 +34,7 @@ loss and gradient; only a loss that truly exceeds the dtype's range is reported 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -257,9 +258,7 @@ def _fill(z: np.ndarray, target: np.ndarray, ignored: np.ndarray, weight: np.nda
 
 def _cores() -> int:
     """Returns how many cores this process may run on."""
-    import os
-
-    if hasattr(os, "sched_getaffinity"):  # Linux: a container's or taskset's share
+    if hasattr(os, "sched_getaffinity"):  # Linux: the CPUs taskset or a cpuset leaves it
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
 

@@ -112,7 +112,9 @@ def test_blocks_are_whole_lines_cut_at_the_first_line_end_past_the_block_size(
     original = stream.BLOCK_BYTES, stream.PEEK_BYTES
     stream.BLOCK_BYTES, stream.PEEK_BYTES = block, peek
     try:
-        blocks = list(stream._blocks(str(path), offset))
+        with open(path, "rb") as file:
+            spans = list(stream._spans(file.fileno(), offset))
+            blocks = [stream._read_block(file.fileno(), *span) for span in spans]
     finally:
         stream.BLOCK_BYTES, stream.PEEK_BYTES = original
     # the oracle: from each start, BLOCK_BYTES and then up to and with the next newline
@@ -122,8 +124,9 @@ def test_blocks_are_whole_lines_cut_at_the_first_line_end_past_the_block_size(
         stop = len(content) if newline < 0 else newline + 1
         expected.append((content[start:stop], stop))
         start = stop
-    assert [done for _, done in blocks] == [stop for _, stop in expected]
-    assert [b for b, _ in blocks] == [b if b.endswith(b"\n") else b + b"\n" for b, _ in expected]
+    assert [stop for _, stop in spans] == [stop for _, stop in expected]
+    assert [start for start, _ in spans] == [offset, *(stop for _, stop in expected)][:len(spans)]
+    assert blocks == [b if b.endswith(b"\n") else b + b"\n" for b, _ in expected]
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=[" ".join(o) or "default" for o in OPTIONS])

@@ -980,25 +980,32 @@ def _plain_header(path: str, delimiter: str) -> tuple[tuple[str, ...], int]:
 def _parsed_blocks(path: str, offset: int, parse: Callable[[bytes], object]) -> Iterator[tuple]:
     """Yields parse of each block of the file, with the bytes read after it.
 
-    Polars parses a block of this size on one core, so PARSERS blocks parse at once, in
-    threads (Polars and NumPy release the GIL), and come out in file order.
+    Polars parses a block of this size on one core, so PARSERS blocks are read and parsed at
+    once, in threads (reading, Polars and NumPy release the GIL), and come out in file order.
+    Each thread reads its own block: read by the thread that hands them out, the blocks were
+    one read at a time while a parser waited (825 MB: 2.20 s against 2.35 s, median of 7).
     """
     import collections
     from concurrent.futures import ThreadPoolExecutor
 
-    pool = ThreadPoolExecutor(PARSERS, thread_name_prefix="xent-parse")
-    pending: collections.deque = collections.deque()
-    try:
-        for block, done in _blocks(path, offset):
-            pending.append((pool.submit(parse, block), done))
-            if len(pending) == PARSERS:
+    def read_and_parse(fd: int, start: int, stop: int):
+        return parse(_read_block(fd, start, stop))
+
+    with open(path, "rb") as file:
+        fd = file.fileno()
+        pool = ThreadPoolExecutor(PARSERS, thread_name_prefix="xent-parse")
+        pending: collections.deque = collections.deque()
+        try:
+            for start, stop in _spans(fd, offset):
+                pending.append((pool.submit(read_and_parse, fd, start, stop), stop))
+                if len(pending) == PARSERS:
+                    parsed, done = pending.popleft()
+                    yield parsed.result(), done
+            while pending:
                 parsed, done = pending.popleft()
                 yield parsed.result(), done
-        while pending:
-            parsed, done = pending.popleft()
-            yield parsed.result(), done
-    finally:
-        pool.shutdown(cancel_futures=True)
+        finally:
+            pool.shutdown(cancel_futures=True)  # waits for reads under way: the file closes after
 
 
 def _prefetched(items: Iterator, depth: int = 1) -> Iterator:
@@ -1049,23 +1056,25 @@ def _prefetched(items: Iterator, depth: int = 1) -> Iterator:
             worker.join(timeout=0.05)
 
 
-def _blocks(path: str, offset: int) -> Iterator[tuple[bytes, int]]:
-    """Yields blocks of whole lines from offset on, and the bytes read after each.
+def _spans(fd: int, offset: int) -> Iterator[tuple[int, int]]:
+    """Yields (start, stop) of the file's blocks of whole lines from offset on.
 
     A block is BLOCK_BYTES and the rest of its last line. A peek finds where that line ends,
     so each block is read at its exact length into a bytes object of its own: finishing a
     block read at BLOCK_BYTES by appending copies it (825 MB of copies for an 825 MB file,
     0.1 CPU s).
     """
-    with open(path, "rb") as file:
-        fd, done = file.fileno(), offset
-        while True:
-            length = _line_end(fd, done + BLOCK_BYTES - 1) - done
-            block = os.pread(fd, length, done)
-            if not block:
-                return
-            done += len(block)
-            yield (block if block.endswith(b"\n") else block + b"\n"), done
+    size, start = os.fstat(fd).st_size, offset
+    while start < size:
+        stop = min(_line_end(fd, start + BLOCK_BYTES - 1), size)
+        yield start, stop
+        start = stop
+
+
+def _read_block(fd: int, start: int, stop: int) -> bytes:
+    """Returns bytes start:stop of the file, ending in a newline (the last line may lack one)."""
+    block = os.pread(fd, stop - start, start)
+    return block if block.endswith(b"\n") else block + b"\n"
 
 
 # Bytes _line_end reads at a time: a few lines of a typical logits file.

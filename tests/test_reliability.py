@@ -296,6 +296,18 @@ CASES = {
                               ",z0,z1,label\n0,1,2,0\n1,0,0,1\n",
                               "z.csv, line 1: column 1 of the header has no name; pandas writes its "
                               "index there: save with to_csv(path, index=False)"),
+    "pandas-unnamed": eval_case("pandas' index saved by to_csv, read back by read_csv and saved again",
+                                "Unnamed: 0,z0,z1,label\n0,1,2,0\n1,0,0,1\n",
+                                "z.csv, line 1: column 1 of the header is 'Unnamed: 0', pandas' name for a column "
+                                "that had none: the index that to_csv saved and read_csv read back, not a class; "
+                                "drop it (df.drop(columns='Unnamed: 0')) and save with index=False"),
+    "pandas-unnamed-targets": Case("soft targets with pandas' read-back index", ("eval", "z.csv", "--targets", "t.csv"),
+                                   "t.csv, line 1: column 1 of the header is 'Unnamed: 0'",
+                                   files={"z.csv": LOGITS_K3, "t.csv": "Unnamed: 0,z0,z1\n0,1,0\n1,0.5,0.5\n"}),
+    "parquet-pandas-unnamed": Case("a .parquet file with pandas' read-back index as a column", ("eval", "z.parquet"),
+                                   "z.parquet: has a column 'Unnamed: 0', pandas' name for a column that had none",
+                                   files={"z.parquet": parquet(**{"Unnamed: 0": [0, 1], "z0": [1.0, 2.0],
+                                                                  "z1": [0.5, 0.1], "label": [0, 1]})}),
     "one-class": eval_case("one logit column", "z0,label\n1,0\n", "z.csv, line 1: found 1 logit column; cross-entropy needs at least 2"),
     "savetxt-comment-header": eval_case("np.savetxt's header with the label first, under its '# ' comment mark",
                                         "# label,z0,z1\n0,1,2\n1,3,4\n",

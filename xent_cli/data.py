@@ -387,6 +387,26 @@ def check_names(header: tuple[str, ...], source: str, line: int = 1) -> None:
 
 def _check_names(table: Table) -> None:
     check_names(table.header, table.source, table.header_line)
+    check_pandas_unnamed(table.header, table.source, table.header_line)
+
+
+def pandas_unnamed(name: str) -> bool:
+    """Returns whether name is the one pandas gives a column without a name: 'Unnamed: 0' for
+    the index of a CSV saved with to_csv, read back with read_csv and saved again."""
+    number = name.removeprefix("Unnamed: ")
+    return number != name and number.isdigit()
+
+
+def check_pandas_unnamed(names, source: str, line: int | None = None) -> None:
+    """Raises InputError at the first column named by pandas for want of a name: a class column
+    of that name is pandas' index, saved by to_csv and read back."""
+    for c, name in enumerate(names):
+        if pandas_unnamed(name):
+            where = f"column {c + 1} of the header is" if line else "has a column"
+            raise InputError(f"{where} {name!r}, pandas' name for a column that had none: the "
+                             f"index that to_csv saved and read_csv read back, not a class; "
+                             f"drop it (df.drop(columns={name!r})) and save with index=False",
+                             source=source, line=line)
 
 
 def _header(cells: tuple[str, ...], path: str, line: int) -> tuple[str, ...]:

@@ -591,6 +591,7 @@ def _fast_parquet(path: str, label_col: str, labels_path: str | None = None,
     if ((label_col in schema) != own or len(logit_names) < min_classes or n == 0
             or not all(dtype.is_numeric() for dtype in schema.values())):
         return None
+    data.check_pandas_unnamed(logit_names, path)  # as the whole reader, before the rows
 
     def read(start: int) -> tuple[np.ndarray, np.ndarray | None]:
         frame = _parquet_slice(path, start, [*logit_names, label_col] if own else logit_names)
@@ -974,6 +975,7 @@ def _plain_header(path: str, delimiter: str) -> tuple[tuple[str, ...], int]:
     data.check_names(header, path)  # before reading a large file that has no header
     if len(set(header)) != len(header) or not all(header):
         return (), len(first)  # the strict reader explains
+    data.check_pandas_unnamed(header, path, line=1)  # as the strict reader, before the rows
     return header, len(first)
 
 
@@ -1552,6 +1554,7 @@ def _read_parquet(path: str, label_col: str):
     names = tuple(frame.columns)
     index = _pandas_index(path)
     logit_names = tuple(name for name in names if name != label_col and name not in index)
+    data.check_pandas_unnamed(logit_names, path)
     labels = frame[label_col].to_numpy() if label_col in names else None
     _refuse_non_numbers(frame.schema, logit_names, path, "logits")
     try:

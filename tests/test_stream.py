@@ -129,6 +129,21 @@ def test_blocks_are_whole_lines_cut_at_the_first_line_end_past_the_block_size(
     assert blocks == [b if b.endswith(b"\n") else b + b"\n" for b, _ in expected]
 
 
+def test_a_last_line_a_writer_finishes_during_the_read_is_read_whole(tmp_path, monkeypatch):
+    # the blocks go to the file's size when the read begins; a line cut there by a writer that
+    # appends was read as a whole row ('3,4.2' of '3,4.25'), a wrong number without a word
+    path = tmp_path / "z.csv"
+    path.write_bytes(b"1,2\n" * 10 + b"3,4.2")
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 8)
+    monkeypatch.setattr(stream, "PEEK_BYTES", 4)
+    blocks = stream._parsed_blocks(str(path), 0, bytes)
+    read = [next(blocks)[0]]
+    with open(path, "ab") as file:
+        file.write(b"5\n1,2\n")  # the line is finished, and one more begun after the read
+    read += [block for block, _ in blocks]
+    assert b"".join(read) == b"1,2\n" * 10 + b"3,4.25\n"
+
+
 @pytest.mark.parametrize("options", OPTIONS, ids=[" ".join(o) or "default" for o in OPTIONS])
 def test_fast_reader_gives_the_same_bytes_as_the_strict_one(runner, tmp_path, monkeypatch, options):
     rng = np.random.default_rng(7)

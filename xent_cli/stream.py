@@ -1059,7 +1059,8 @@ def _prefetched(items: Iterator, depth: int = 1) -> Iterator:
 
 
 def _spans(fd: int, offset: int) -> Iterator[tuple[int, int]]:
-    """Yields (start, stop) of the file's blocks of whole lines from offset on.
+    """Yields (start, stop) of the file's blocks of whole lines from offset on, up to its size
+    when the first block is asked for.
 
     A block is BLOCK_BYTES and the rest of its last line. A peek finds where that line ends,
     so each block is read at its exact length into a bytes object of its own: finishing a
@@ -1068,7 +1069,10 @@ def _spans(fd: int, offset: int) -> Iterator[tuple[int, int]]:
     """
     size, start = os.fstat(fd).st_size, offset
     while start < size:
-        stop = min(_line_end(fd, start + BLOCK_BYTES - 1), size)
+        # the block's last byte, or the file's: a line cut by size (a writer appending) is read
+        # whole, to its newline, as a reader going to the end of the file would read it
+        last = min(start + BLOCK_BYTES, size) - 1
+        stop = max(_line_end(fd, last), last + 1)  # last + 1: the file has shrunk since
         yield start, stop
         start = stop
 

@@ -913,3 +913,28 @@ def test_pandas_read_back_index_is_refused_before_a_row_is_parsed(runner, tmp_pa
     where = "line 1: column 1 of the header is" if files != "parquet" else "has a column"
     assert f"{where} 'Unnamed: 0', pandas' name for a column that had none" in results["fast"][1]
     assert results["fast"][0] == 2
+
+
+@pytest.mark.parametrize("args", [["eval", "z.csv", "--targets", "t.parquet"],
+                                  ["eval", "--loss", "bce", "z.npy", "--targets", "t.parquet"],
+                                  ["check", "z.npy", "--targets", "t.csv"]],
+                         ids=["parquet-targets", "bce-parquet-targets", "check-csv-targets"])
+def test_targets_with_pandas_read_back_index_are_refused_by_every_reader(runner, tmp_path, args):
+    # a table of targets with pandas' index as its first column: taken as a class, it made k
+    # right beside 4 logits and then gave a wrong loss (binary targets 0 and 1) or another
+    # message ('sum to 2'); the CSV reader of targets beside CSV logits refuses it
+    import polars as pl
+
+    rng = np.random.default_rng(16)
+    z = rng.normal(size=(2, 4))
+    np.save(tmp_path / "z.npy", z)
+    pl.DataFrame({f"z{c}": z[:, c] for c in range(4)}).write_csv(tmp_path / "z.csv")
+    t = rng.dirichlet(np.ones(3), size=2) if args[1] != "--loss" else np.eye(3)[:2]
+    table = pl.DataFrame({"Unnamed: 0": np.arange(2), **{f"z{c}": t[:, c] for c in range(3)}})
+    table.write_parquet(tmp_path / "t.parquet")
+    table.write_csv(tmp_path / "t.csv")
+    result = runner.invoke(app, [str(tmp_path / a) if "." in a else a for a in args])
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert "'Unnamed: 0', pandas' name for a column that had none" in message
+    assert len(message.splitlines()) == 1

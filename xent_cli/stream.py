@@ -1612,7 +1612,8 @@ def _refuse_non_numbers(schema, names: Collection[str], path: str, what: str) ->
 def _side_columns(schema, path: str, what: str, label_col: str) -> tuple[str, ...]:
     """Returns the columns of a Parquet table of labels or targets (what) that hold them: for
     labels its one column, or the column label_col names among several; for targets every
-    column, a class each. pandas' index columns hold neither."""
+    column, a class each. pandas' index columns hold neither; a target column named as pandas
+    names its index read back from a CSV ('Unnamed: 0') is refused."""
     index = _pandas_index(path)
     names = tuple(name for name in schema if name not in index)
     if not names:
@@ -1624,6 +1625,8 @@ def _side_columns(schema, path: str, what: str, label_col: str) -> tuple[str, ..
                              f"{label_col!r}; give the labels in a table of one column, or name "
                              "their column with --label-col", source=path)
         names = (label_col,)
+    if what == "targets":
+        data.check_pandas_unnamed(names, path)  # as a CSV of targets: a column, not a class
     _refuse_non_numbers(schema, names, path, what)
     return names
 
@@ -1688,6 +1691,7 @@ def _read_side(path: str, delimiter: str | None, what: str, label_col: str = "la
                                or data._read_labels(path, delimiter))
         return labels, lines, None if name is None else (name,)
     table = data.read_table(path, delimiter)
+    data._check_names(table)  # as the CSV reader of logits and targets checks its header
     return data._numbers(table, range(len(table.header)), "probability"), table.lines, table.header
 
 

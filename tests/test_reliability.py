@@ -301,6 +301,10 @@ CASES = {
                                 "z.csv, line 1: column 1 of the header is 'Unnamed: 0', pandas' name for a column "
                                 "that had none: the index that to_csv saved and read_csv read back, not a class; "
                                 "drop it (df.drop(columns='Unnamed: 0')) and save with index=False"),
+    "pandas-unnamed-later": eval_case("a later column pandas named for want of a name: a class whose name was lost",
+                                      "z0,Unnamed: 1,z2,label\n1,2,3,0\n0,0,0,1\n",
+                                      "z.csv, line 1: column 2 of the header is 'Unnamed: 1', pandas' name for a "
+                                      "column that had none: give its class its name"),
     "pandas-unnamed-targets": Case("soft targets with pandas' read-back index", ("eval", "z.csv", "--targets", "t.csv"),
                                    "t.csv, line 1: column 1 of the header is 'Unnamed: 0'",
                                    files={"z.csv": LOGITS_K3, "t.csv": "Unnamed: 0,z0,z1\n0,1,0\n1,0.5,0.5\n"}),

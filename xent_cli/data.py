@@ -398,14 +398,16 @@ def pandas_unnamed(name: str) -> bool:
 
 
 def check_pandas_unnamed(names, source: str, line: int | None = None) -> None:
-    """Raises InputError at the first column named by pandas for want of a name: a class column
-    of that name is pandas' index, saved by to_csv and read back."""
+    """Raises InputError at the first column named by pandas for want of a name: 'Unnamed: 0'
+    is pandas' index, saved by to_csv and read back; a later one, a class whose name was lost."""
     for c, name in enumerate(names):
         if pandas_unnamed(name):
             where = f"column {c + 1} of the header is" if line else "has a column"
-            raise InputError(f"{where} {name!r}, pandas' name for a column that had none: the "
-                             f"index that to_csv saved and read_csv read back, not a class; "
-                             f"drop it (df.drop(columns={name!r})) and save with index=False",
+            # pandas numbers the columns it names: 0 is the first of the CSV it read
+            fix = (f"the index that to_csv saved and read_csv read back, not a class; drop it "
+                   f"(df.drop(columns={name!r})) and save with index=False"
+                   if name == "Unnamed: 0" else "give its class its name")
+            raise InputError(f"{where} {name!r}, pandas' name for a column that had none: {fix}",
                              source=source, line=line)
 
 

@@ -6,6 +6,7 @@ import gc
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -142,6 +143,20 @@ def test_a_last_line_a_writer_finishes_during_the_read_is_read_whole(tmp_path, m
         file.write(b"5\n1,2\n")  # the line is finished, and one more begun after the read
     read += [block for block, _ in blocks]
     assert b"".join(read) == b"1,2\n" * 10 + b"3,4.25\n"
+
+
+def test_a_block_read_short_is_read_on_to_its_end(tmp_path, monkeypatch):
+    # pread may return fewer bytes than asked before the end of a file (a network or FUSE file
+    # system): the rest of the block was skipped, as the next block starts where this one ends,
+    # and a short peek was taken for the end of the file, cutting a line in two
+    content = b"".join(b"%d,%d\n" % (i, i * 7) for i in range(400))
+    path = tmp_path / "z.csv"
+    path.write_bytes(content)
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 300)
+    real = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: real(fd, min(n, 97), at))
+    read = [block for block, _ in stream._parsed_blocks(str(path), 0, bytes)]
+    assert b"".join(read) == content
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=[" ".join(o) or "default" for o in OPTIONS])

@@ -1080,6 +1080,11 @@ def _spans(fd: int, offset: int) -> Iterator[tuple[int, int]]:
 def _read_block(fd: int, start: int, stop: int) -> bytes:
     """Returns bytes start:stop of the file, ending in a newline (the last line may lack one)."""
     block = os.pread(fd, stop - start, start)
+    while len(block) < stop - start:  # a read may stop short (a network file system): go on
+        more = os.pread(fd, stop - start - len(block), start + len(block))
+        if not more:
+            break  # the file has shrunk since
+        block += more
     return block if block.endswith(b"\n") else block + b"\n"
 
 
@@ -1091,12 +1096,12 @@ def _line_end(fd: int, at: int) -> int:
     """Returns the offset just after the first newline at or after at, or the file's end."""
     while True:
         peek = os.pread(fd, PEEK_BYTES, at)
+        if not peek:  # only an empty read is the end: a read may stop short before it
+            return at
         newline = peek.find(b"\n")
         if newline >= 0:
             return at + newline + 1
         at += len(peek)
-        if len(peek) < PEEK_BYTES:
-            return at
 
 
 def _parse_block(block: bytes, columns: int, delimiter: str) -> np.ndarray:

@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -157,6 +158,42 @@ def test_a_block_read_short_is_read_on_to_its_end(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "pread", lambda fd, n, at: real(fd, min(n, 97), at))
     read = [block for block, _ in stream._parsed_blocks(str(path), 0, bytes)]
     assert b"".join(read) == content
+
+
+def test_blocks_left_in_a_cycle_close_when_collected_in_a_parser_thread(tmp_path, monkeypatch):
+    # the garbage collector closes a generator in whichever thread it runs: in one of the
+    # generator's own parser threads, waiting for them all ended in 'cannot join current
+    # thread', printed as an exception ignored, with the file closed under the other's read
+    import threading
+
+    path = tmp_path / "z.csv"
+    path.write_bytes(b"1,2\n" * 40)
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 16)
+    dropped, collected, ignored = threading.Event(), threading.Event(), []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+
+    calls = []
+
+    def parse(block: bytes) -> bytes:
+        calls.append(block)
+        if len(calls) == 2 and dropped.wait(timeout=5):  # the block after the one yielded
+            gc.collect()  # finds the cycle below, in this parser thread
+            collected.set()
+        return block
+
+    blocks = stream._parsed_blocks(str(path), 0, parse)
+    gc.disable()
+    try:
+        next(blocks)
+        cycle: list = [blocks]
+        cycle.append(cycle)
+        del blocks, cycle
+        dropped.set()
+        assert collected.wait(timeout=5)
+        time.sleep(0.2)  # the closing thread's exception, if any, is reported after gc.collect
+    finally:
+        gc.enable()
+    assert not ignored, ignored[0].exc_value
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=[" ".join(o) or "default" for o in OPTIONS])

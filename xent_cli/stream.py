@@ -988,9 +988,13 @@ def _parsed_blocks(path: str, offset: int, parse: Callable[[bytes], object]) -> 
     one read at a time while a parser waited (825 MB: 2.20 s against 2.35 s, median of 7).
     """
     import collections
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    readers = set()  # the pool's threads
+
     def read_and_parse(fd: int, start: int, stop: int):
+        readers.add(threading.get_ident())
         return parse(_read_block(fd, start, stop))
 
     with open(path, "rb") as file:
@@ -1007,7 +1011,10 @@ def _parsed_blocks(path: str, offset: int, parse: Callable[[bytes], object]) -> 
                 parsed, done = pending.popleft()
                 yield parsed.result(), done
         finally:
-            pool.shutdown(cancel_futures=True)  # waits for reads under way: the file closes after
+            # waits for reads under way, so the file closes after them, unless the garbage
+            # collector closes this generator in one of the pool's threads, which cannot wait
+            # for itself (the other thread's read may then fail, in a result no one reads)
+            pool.shutdown(wait=threading.get_ident() not in readers, cancel_futures=True)
 
 
 def _prefetched(items: Iterator, depth: int = 1) -> Iterator:

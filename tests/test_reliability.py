@@ -296,6 +296,12 @@ CASES = {
                               ",z0,z1,label\n0,1,2,0\n1,0,0,1\n",
                               "z.csv, line 1: column 1 of the header has no name; pandas writes its "
                               "index there: save with to_csv(path, index=False)"),
+    "pandas-series-header": Case("labels saved by pandas' Series.to_csv(index=False): its header '0' reads as a label",
+                                 ("eval", "z.csv", "--labels", "y.csv"),
+                                 "y.csv, line 3: y.csv has 3 labels but z.csv has only 2 rows of logits; its first "
+                                 "line, 0, was read as a label: if it is a header (pandas' Series.to_csv names a "
+                                 "series without a name 0), save with header=False",
+                                 files={"z.csv": LOGITS_K3, "y.csv": "0\n2\n1\n"}),
     "pandas-unnamed": eval_case("pandas' index saved by to_csv, read back by read_csv and saved again",
                                 "Unnamed: 0,z0,z1,label\n0,1,2,0\n1,0,0,1\n",
                                 "z.csv, line 1: column 1 of the header is 'Unnamed: 0', pandas' name for a column "

@@ -990,3 +990,29 @@ def test_targets_with_pandas_read_back_index_are_refused_by_every_reader(runner,
     message = result.stderr.strip()
     assert "'Unnamed: 0', pandas' name for a column that had none" in message
     assert len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize("logits", ["z.csv", "z.npy", "z.parquet"])
+@pytest.mark.parametrize("labels, hinted", [("0\n{}", True),  # pd.Series(y).to_csv(index=False)
+                                            ("label\n0\n{}", False), ("0\n0\n{}", False)])
+def test_a_header_read_as_a_label_is_named_by_every_reader(runner, tmp_path, monkeypatch, logits,
+                                                           labels, hinted):
+    import polars as pl
+
+    rng = np.random.default_rng(16)
+    z, y = rng.normal(size=(40, 3)), rng.integers(0, 3, size=40)
+    pl.DataFrame({f"z{c}": z[:, c] for c in range(3)}).write_csv(tmp_path / "z.csv")
+    pl.DataFrame({f"z{c}": z[:, c] for c in range(3)}).write_parquet(tmp_path / "z.parquet")
+    np.save(tmp_path / "z.npy", z)
+    (tmp_path / "y.csv").write_text(labels.format("\n".join(map(str, y))) + "\n")
+    said = set()
+    for threshold in (0, 1 << 60):  # the fast readers, then the strict ones
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        result = runner.invoke(app, ["eval", str(tmp_path / logits), "--labels",
+                                     str(tmp_path / "y.csv")])
+        assert result.exit_code == 2
+        said.add(result.stderr)
+    assert len(said) == 1  # the same words from every reader
+    hint = ("; its first line, 0, was read as a label: if it is a header (pandas' Series.to_csv "
+            "names a series without a name 0), save with header=False")
+    assert (hint in said.pop()) == hinted

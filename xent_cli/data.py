@@ -212,7 +212,8 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
         labels, name, target_lines = _read_labels(labels_path, delimiter)
         target_column = None if name is None else repr(name)
         target_source = labels_path
-        _same_length(table, target_lines, labels_path, "labels")
+        _same_length(table, target_lines, labels_path, "labels",
+                     header_read_as_label(labels, name, len(table.rows)))
     else:
         target_table = read_table(targets_path, delimiter)
         _check_names(target_table)
@@ -534,15 +535,27 @@ def _read_labels(path: str, delimiter: str | None) -> tuple[np.ndarray, str | No
     return _labels(whole, 0), None, whole.lines
 
 
-def _same_length(table: Table, target_lines, target_path: str, what: str) -> None:
-    """Raises InputError when the logits and the targets differ in their number of rows."""
+def _same_length(table: Table, target_lines, target_path: str, what: str, more: str = ""
+                 ) -> None:
+    """Raises InputError when the logits and the targets differ in their number of rows; more
+    ends the message of too many."""
     n, m = len(table.rows), len(target_lines)
     if m < n:
         raise InputError(f"this sample has no partner: {target_path} has only {m} {what} for "
                          f"{n} rows of logits", source=table.source, line=table.lines[m])
     if m > n:
         raise InputError(f"{target_path} has {m} {what} but {table.source} has only {n} rows "
-                         f"of logits", source=target_path, line=target_lines[n])
+                         f"of logits{more}", source=target_path, line=target_lines[n])
+
+
+def header_read_as_label(labels: np.ndarray, name: str | None, n: int) -> str:
+    """Returns what to say when a CSV of labels read without a header (name None: its first
+    line is a number) holds one label more than the n rows of logits: pandas' Series.to_csv
+    writes a header, 0 for a series without a name."""
+    if name is not None or len(labels) != n + 1:
+        return ""
+    return (f"; its first line, {labels[0]}, was read as a label: if it is a header (pandas' "
+            f"Series.to_csv names a series without a name 0), save with header=False")
 
 
 # --- evaluating -------------------------------------------------------------------------------

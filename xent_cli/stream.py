@@ -728,7 +728,8 @@ def _fast_arrays(path: str, slices: _Slices, label_col: str,
         if labels is None:
             return None
         if len(labels[0]) != n:  # said at once: the whole reader would read the logits first
-            raise _miscounted(len(labels[0]), (n, k), True, labels_path, labels[2], True)
+            more = "" if labels[2] is None else data.header_read_as_label(labels[0], labels[1], n)
+            raise _miscounted(len(labels[0]), (n, k), True, labels_path, labels[2], True, more)
     elif targets_path is not None:
         targets = _targets_beside(targets_path, delimiter, k, slices.step, held)
         if targets is None:
@@ -1279,8 +1280,10 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
             raise InputError(f"has {targets.shape[1]} target columns, the logits have "
                              f"{logits.shape[1]} classes{indices}", source=target_source)
     if count != n:
+        csv_labels = labels is not None and target_lines is not None
+        more = data.header_read_as_label(labels, target_column, n) if csv_labels else ""
         raise _miscounted(count, logits.shape, labels is not None, target_source, target_lines,
-                          logits_in_rows=lines is None)
+                          logits_in_rows=lines is None, more=more)
     class_names = class_names or tuple(str(c) for c in range(logits.shape[1]))
     placed = data.EvalInput(
         logits=logits, labels=labels, targets=targets, class_names=class_names, source=path,
@@ -1305,8 +1308,10 @@ def _given_twice(path: str, held: str, labels_path: str | None, targets_path: st
 
 
 def _miscounted(count: int, shape: tuple[int, int], labels: bool, source: str,
-                target_lines: Sequence[int] | None, logits_in_rows: bool) -> InputError:
-    """Returns the error for count labels (or target rows) beside logits of shape (n, k)."""
+                target_lines: Sequence[int] | None, logits_in_rows: bool, more: str = ""
+                ) -> InputError:
+    """Returns the error for count labels (or target rows) beside logits of shape (n, k); more
+    ends its message."""
     n, k = shape
     what = "labels" if labels else "target rows"
     # in a CSV, the first line without logits; an array's surplus rows have no line
@@ -1315,8 +1320,8 @@ def _miscounted(count: int, shape: tuple[int, int], labels: bool, source: str,
     looks_transposed = logits_in_rows and count == k > n
     transposed = (f"; the logits look transposed, {shape}: give them as (samples, classes), z.T"
                   if looks_transposed else "")
-    return InputError(f"has {count} {what} for {n} rows of logits{transposed}", source=source,
-                      line=surplus)
+    return InputError(f"has {count} {what} for {n} rows of logits{transposed}{more}",
+                      source=source, line=surplus)
 
 
 def _whole_labels(labels, source: str, column: str | None = None) -> np.ndarray:

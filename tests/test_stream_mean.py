@@ -4,6 +4,7 @@ and the rows are the in-memory gradient of the mean, bit for bit, from every rea
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 
 import numpy as np
@@ -505,3 +506,20 @@ def test_a_quote_left_open_stops_the_pre_pass_and_the_strict_reader_says_where(
     assert result.exit_code == 2 and handed_over == [str(tmp_path / "z.csv")]  # by the pre-pass
     assert result.stderr.startswith(f"Error: {tmp_path / 'z.csv'}, line 21: a quoted cell runs")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z.csv"]
+
+
+def test_the_row_total_reads_on_after_a_short_read(tmp_path, monkeypatch):
+    # a read may return fewer bytes than asked before the end of a file (a network or FUSE file
+    # system): the piece's other lines went uncounted, and the divisor's cross-check then
+    # stopped the run with a RuntimeError
+    path = tmp_path / "z.csv"
+    path.write_text("z0,z1,label\n" + "".join(f"{i},{-i},{i % 2}\n" for i in range(500)))
+    _, offset = stream._plain_header(str(path), ",")
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 256)
+
+    class Short(io.FileIO):
+        def readinto(self, buffer):
+            return super().readinto(memoryview(buffer)[:37])
+
+    monkeypatch.setattr(stream, "open", lambda *a, **k: Short(a[0], "rb"), raising=False)
+    assert sum(stream._row_total(str(path), offset, 3, ",")) == 500

@@ -927,10 +927,13 @@ def _row_total(path: str, offset: int, columns: int, delimiter: str) -> Iterator
         return is in it."""
         if not hasattr(own, "buffer"):
             own.buffer = bytearray(BLOCK_BYTES)
+            own.memory = memoryview(own.buffer)
             own.view = np.frombuffer(own.buffer, dtype=np.uint8)
         with open(path, "rb", buffering=0) as file:
             file.seek(start)
-            size = file.readinto(own.buffer)
+            size = 0  # a read may stop short (a network file system): read on to the piece's end
+            while size < len(own.buffer) and (got := file.readinto(own.memory[size:])):
+                size += got
         if not size:
             return 0, ord("\n")
         if own.buffer.find(b'"', 0, size) >= 0 or own.buffer.find(b"\r", 0, size) >= 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import io
+import itertools
 import json
 import math
 import os
@@ -172,11 +173,10 @@ def test_blocks_left_in_a_cycle_close_when_collected_in_a_parser_thread(tmp_path
     dropped, collected, ignored = threading.Event(), threading.Event(), []
     monkeypatch.setattr(sys, "unraisablehook", ignored.append)
 
-    calls = []
+    calls = itertools.count(1)  # next() on it is atomic: one thread alone gets the 2
 
     def parse(block: bytes) -> bytes:
-        calls.append(block)
-        if len(calls) == 2 and dropped.wait(timeout=5):  # the block after the one yielded
+        if next(calls) == 2 and dropped.wait(timeout=5):  # the block after the one yielded
             gc.collect()  # finds the cycle below, in this parser thread
             collected.set()
         return block

@@ -9,7 +9,9 @@ rewrites the table from CASES, so the documentation and the tests cannot drift a
 from __future__ import annotations
 
 import datetime
+import gzip
 import io
+import lzma
 import os
 import pathlib
 import shlex
@@ -97,6 +99,12 @@ CASES = {
     "empty": eval_case("an empty file", "", "z.csv: the file is empty"),
     "header-only": eval_case("a header and no data rows", "z0,z1,label\n", "z.csv: the file has a header but no data rows"),
     "binary": eval_case("a binary file (a PNG)", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "z.csv: is binary, not CSV text"),
+    "gzip": eval_case("a gzip-compressed CSV (z.csv.gz)", gzip.compress(b"z0,z1,label\n1,2,0\n"),
+                      "z.csv.gz: is gzip-compressed, not CSV text: decompress it (gunzip), or pipe it "
+                      "through zcat to xent as '-'", name="z.csv.gz"),
+    "xz-labels": Case("labels in an xz-compressed file", ("eval", "z.csv", "--labels", "y.csv.xz"),
+                      "y.csv.xz: is xz-compressed, not CSV text: decompress it (unxz), or pipe it "
+                      "through xzcat to xent as '-'", files={"z.csv": LOGITS_K3, "y.csv.xz": lzma.compress(b"0\n2\n")}),
     "nul": eval_case("a NUL byte in a cell", b"z0,z1,label\n1,2\x00,0\n", "z.csv: is binary, not CSV text"),
     "not-utf8": eval_case("Latin-1 text (not UTF-8)", "z0,z1,label\n1,2,0\n3,4,0 # é\n".encode("latin-1"),
                           "z.csv, line 3: is not UTF-8 text"),

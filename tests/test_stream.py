@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gc
+import gzip
 import io
 import itertools
 import json
+import lzma
 import math
 import os
 import subprocess
@@ -1016,3 +1018,20 @@ def test_a_header_read_as_a_label_is_named_by_every_reader(runner, tmp_path, mon
     hint = ("; its first line, 0, was read as a label: if it is a header (pandas' Series.to_csv "
             "names a series without a name 0), save with header=False")
     assert (hint in said.pop()) == hinted
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, lzma.compress])
+def test_a_compressed_csv_is_refused_from_its_first_bytes(runner, tmp_path, monkeypatch, compress):
+    # the strict reader reads a file whole before it judges its bytes: a large compressed CSV is
+    # told from its first line, as the strict reader would tell it
+    path = tmp_path / "z.csv.gz"
+    path.write_bytes(compress(_csv(np.zeros((500, 3)), np.zeros(500, dtype=int)).encode()))
+    said = []
+    for threshold in (1 << 60, 0):  # the strict reader, then the fast one
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        if threshold == 0:
+            monkeypatch.setattr(data, "_read_text", lambda *a: pytest.fail("read whole"))
+        result = runner.invoke(app, ["eval", str(path)])
+        said.append((result.exit_code, result.stderr))
+    assert said[0] == said[1] and said[0][0] == 2
+    assert "-compressed, not CSV text: decompress it (" in said[0][1]

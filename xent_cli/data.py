@@ -292,6 +292,21 @@ def _too_few_classes(found: int, min_classes: int) -> str:
 PYTORCH_FILES = (".pt", ".pth")
 
 
+# A compressed file's first bytes, and the commands that decompress it: to a file, to stdout.
+_COMPRESSED = ((b"\x1f\x8b", "gzip", "gunzip", "zcat"), (b"BZh", "bzip2", "bunzip2", "bzcat"),
+               (b"\xfd7zXZ\x00", "xz", "unxz", "xzcat"),
+               (b"\x28\xb5\x2f\xfd", "zstd", "unzstd", "zstdcat"))
+
+
+def refuse_compressed(head: bytes, path: str) -> None:
+    """Raises InputError when a file's first bytes (head) are those of a compressed file: xent
+    reads CSV text, which a decompressing command can pipe to it as '-'."""
+    for magic, name, to_file, to_stdout in _COMPRESSED:
+        if head.startswith(magic):
+            raise InputError(f"is {name}-compressed, not CSV text: decompress it ({to_file}), "
+                             f"or pipe it through {to_stdout} to xent as '-'", source=path)
+
+
 def _binary(path: str) -> str:
     """Says a file is binary; for torch.save's files, how to save the tensor for xent instead."""
     if os.path.splitext(path.lower())[1] not in PYTORCH_FILES:
@@ -336,6 +351,7 @@ def _read_text(path: str) -> str:
     if path.endswith(".py"):
         raise InputError(f"is Python code, not logits; check a function in it with xent check "
                          f"--grad-fn {path}:NAME", source=path)
+    refuse_compressed(raw, path)
     if b"\0" in raw:
         raise InputError(_binary(path), source=path)
     try:

@@ -968,6 +968,7 @@ def _plain_header(path: str, delimiter: str) -> tuple[tuple[str, ...], int]:
     (undecodable, a quoted name over two lines, empty or repeated names)."""
     with open(path, "rb") as file:
         first = file.readline()
+    data.refuse_compressed(first, path)  # before the strict reader reads it whole to say so
     try:
         text = first.decode("utf-8-sig").strip("\r\n")
     except UnicodeDecodeError:

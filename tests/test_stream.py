@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bz2
 import gc
 import gzip
 import io
@@ -1020,7 +1021,7 @@ def test_a_header_read_as_a_label_is_named_by_every_reader(runner, tmp_path, mon
     assert (hint in said.pop()) == hinted
 
 
-@pytest.mark.parametrize("compress", [gzip.compress, lzma.compress])
+@pytest.mark.parametrize("compress", [gzip.compress, lzma.compress, bz2.compress])
 def test_a_compressed_csv_is_refused_from_its_first_bytes(runner, tmp_path, monkeypatch, compress):
     # the strict reader reads a file whole before it judges its bytes: a large compressed CSV is
     # told from its first line, as the strict reader would tell it
@@ -1035,3 +1036,9 @@ def test_a_compressed_csv_is_refused_from_its_first_bytes(runner, tmp_path, monk
         said.append((result.exit_code, result.stderr))
     assert said[0] == said[1] and said[0][0] == 2
     assert "-compressed, not CSV text: decompress it (" in said[0][1]
+
+
+def test_a_header_that_begins_as_bzip2_does_is_read(runner, tmp_path):
+    (tmp_path / "z.csv").write_text("BZh,z1,label\n1,2,0\n0,0,1\n")  # bzip2's first 3 bytes
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--format", "json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["k"] == 2

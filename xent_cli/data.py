@@ -293,16 +293,18 @@ PYTORCH_FILES = (".pt", ".pth")
 
 
 # A compressed file's first bytes, and the commands that decompress it: to a file, to stdout.
-_COMPRESSED = ((b"\x1f\x8b", "gzip", "gunzip", "zcat"), (b"BZh", "bzip2", "bunzip2", "bzcat"),
-               (b"\xfd7zXZ\x00", "xz", "unxz", "xzcat"),
-               (b"\x28\xb5\x2f\xfd", "zstd", "unzstd", "zstdcat"))
+# bzip2's 'BZh' could begin a header: its block size and block mark follow ('1AY&SY' is pi).
+_COMPRESSED = ((re.compile(rb"\x1f\x8b"), "gzip", "gunzip", "zcat"),
+               (re.compile(rb"BZh[1-9]1AY&SY"), "bzip2", "bunzip2", "bzcat"),
+               (re.compile(rb"\xfd7zXZ\x00"), "xz", "unxz", "xzcat"),
+               (re.compile(rb"\x28\xb5\x2f\xfd"), "zstd", "unzstd", "zstdcat"))
 
 
 def refuse_compressed(head: bytes, path: str) -> None:
     """Raises InputError when a file's first bytes (head) are those of a compressed file: xent
     reads CSV text, which a decompressing command can pipe to it as '-'."""
     for magic, name, to_file, to_stdout in _COMPRESSED:
-        if head.startswith(magic):
+        if magic.match(head):
             raise InputError(f"is {name}-compressed, not CSV text: decompress it ({to_file}), "
                              f"or pipe it through {to_stdout} to xent as '-'", source=path)
 

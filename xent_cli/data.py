@@ -409,7 +409,7 @@ def _check_names(table: Table) -> None:
     check_pandas_unnamed(table.header, table.source, table.header_line)
 
 
-def pandas_unnamed(name: str) -> bool:
+def _pandas_unnamed(name: str) -> bool:
     """Returns whether name is the one pandas gives a column without a name: 'Unnamed: 0' for
     the index of a CSV saved with to_csv, read back with read_csv and saved again."""
     number = name.removeprefix("Unnamed: ")
@@ -420,7 +420,7 @@ def check_pandas_unnamed(names, source: str, line: int | None = None) -> None:
     """Raises InputError at the first column named by pandas for want of a name: 'Unnamed: 0'
     is pandas' index, saved by to_csv and read back; a later one, a class whose name was lost."""
     for c, name in enumerate(names):
-        if pandas_unnamed(name):
+        if _pandas_unnamed(name):
             where = f"column {c + 1} of the header is" if line else "has a column"
             # pandas numbers the columns it names: 0 is the first of the CSV it read
             fix = (f"the index that to_csv saved and read_csv read back, not a class; drop it "

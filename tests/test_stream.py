@@ -969,6 +969,62 @@ def test_pandas_read_back_index_is_refused_before_a_row_is_parsed(runner, tmp_pa
     assert results["fast"][0] == 2
 
 
+@pytest.mark.parametrize("name", ["id", "Index", "image_id"])
+def test_a_saved_row_index_is_refused_by_every_reader_before_any_output(runner, tmp_path,
+                                                                        monkeypatch, name):
+    # pandas' to_csv saves a named index as the first column: read as a class it made k = 4 and
+    # a wrong loss with exit 0. Shuffled rows keep their index, so the name decides, not a run.
+    import polars as pl
+
+    rng = np.random.default_rng(17)
+    z, y = rng.normal(size=(3000, 3)), rng.integers(0, 3, size=3000)
+    table = pl.DataFrame({name: rng.permutation(3000), "z0": z[:, 0], "z1": z[:, 1],
+                          "z2": z[:, 2], "label": y})
+    table.write_csv(tmp_path / "z.csv")
+    table.write_parquet(tmp_path / "z.parquet")
+    results = {}
+    for reader, threshold, logits in (("fast", 0, "z.csv"), ("strict", 1 << 60, "z.csv"),
+                                      ("parquet", 0, "z.parquet")):
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        monkeypatch.setattr(stream, "BLOCK_BYTES", 4000)  # the index is read from the first block
+        out = tmp_path / f"{reader}.npy"
+        result = runner.invoke(app, ["eval", str(tmp_path / logits), "--output", str(out)])
+        assert result.exit_code == 2, result.output
+        assert not out.exists() and not result.stdout
+        results[reader] = result.stderr.replace("z.parquet", "z.csv")
+    first = ", ".join(str(i) for i in table[name][:3])
+    assert results["fast"] == results["strict"] == results["parquet"] == (
+        f"Error: {tmp_path / 'z.csv'}, column {name!r}: holds distinct whole numbers ({first}, …): "
+        f"a row index saved with the logits (as pandas saves a named index), not a class; read as "
+        f"one it would change k and every loss. Drop the column, or save with index=False\n")
+
+
+@pytest.mark.parametrize("first", [
+    [0.5, 1.0, 2.0, 3.0],  # a class named id whose logits are not whole numbers
+    [1.0, 1.0, 0.0, 2.0],  # whole-number logits that repeat: no index repeats a row's number
+    [float("-inf"), 0.0, 1.0, 2.0],  # a masked class (-inf) is no row number
+])
+def test_a_first_column_named_id_that_numbers_no_rows_is_a_class(runner, tmp_path, first):
+    rows = "".join(f"{a},{b},{c}\n" for a, b, c in zip(first, [2.0, 0.0, 1.0, 0.5], [1, 1, 0, 1]))
+    (tmp_path / "z.csv").write_text("id,z1,label\n" + rows)
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    z = np.column_stack([first, [2.0, 0.0, 1.0, 0.5]])
+    y = np.array([1, 1, 0, 1])
+    expected = -np.mean((z - np.logaddexp(z[:, 0], z[:, 1])[:, None])[np.arange(4), y])
+    assert json.loads(result.stdout)["k"] == 2
+    assert json.loads(result.stdout)["loss"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_logits_that_count_up_under_a_class_name_are_logits(runner, tmp_path):
+    # a toy file's logits may count 0, 1, 2, ...: without an index's name they are a class
+    rows = "".join(f"{i},{-i},{i % 2}\n" for i in range(40))
+    (tmp_path / "z.csv").write_text("a,b,label\n" + rows)
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["k"] == 2
+
+
 @pytest.mark.parametrize("args", [["eval", "z.csv", "--targets", "t.parquet"],
                                   ["eval", "--loss", "bce", "z.npy", "--targets", "t.parquet"],
                                   ["check", "z.npy", "--targets", "t.csv"]],

@@ -430,6 +430,40 @@ def check_pandas_unnamed(names, source: str, line: int | None = None) -> None:
                              source=source, line=line)
 
 
+# Names a table's index goes by; pandas' to_csv saves a named index as the first column.
+INDEX_NAMES = frozenset({"id", "idx", "index", "row", "row_id", "sample", "sample_id"})
+# The rows of the first chunk the index check reads (a large CSV's first block holds as many
+# unless a row has some 800 classes), so that the readers decide from the same rows.
+INDEX_ROWS = 1000
+
+
+def _index_name(name: str) -> bool:
+    """Returns whether a column name is one an index goes by: id, index, ..., or one in _id."""
+    name = name.strip().casefold()
+    return name in INDEX_NAMES or name.endswith("_id")
+
+
+def check_row_index(part: EvalInput) -> None:
+    """Raises InputError when the first logit column is a row index saved with the logits:
+    named as an index is (id, index, image_id, ...), it holds distinct whole numbers in its
+    first INDEX_ROWS rows. Read as a class, it would change k and every loss without a word.
+
+    The name decides, not the numbers alone: a toy file's logits may well count 0, 1, 2.
+    """
+    if not part.class_names or len(part.lines) == 0 or not _index_name(part.class_names[0]):
+        return
+    first = part.logits[:INDEX_ROWS, 0]
+    with np.errstate(invalid="ignore"):  # inf - inf: not whole, as nan is not
+        if not (first - np.round(first) == 0).all() or np.unique(first).size < first.size:
+            return
+    shown = ", ".join(f"{v:.0f}" for v in first[:3]) + (", …" if first.size > 3 else "")
+    raise InputError(
+        f"holds distinct whole numbers ({shown}): a row index saved with the logits (as pandas "
+        f"saves a named index), not a class; read as one it would change k and every loss. "
+        f"Drop the column, or save with index=False",
+        source=part.source, column=repr(part.class_names[0]))
+
+
 def _header(cells: tuple[str, ...], path: str, line: int) -> tuple[str, ...]:
     """Returns the header; empty or repeated names are errors."""
     for c, name in enumerate(cells):

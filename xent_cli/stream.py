@@ -1873,6 +1873,8 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
     dt = np.dtype(options["dtype"])
     for chunk in source.chunks():
         part = chunk.data
+        if first is None:
+            data.check_row_index(part)
         try:
             piece = kernel.chunk(part, options, reduction, dt, divisor, wants)
         except InputError as error:

@@ -240,6 +240,23 @@ def test_a_bad_logits_file_gets_evals_message(runner, tmp_path):
     assert "z.csv, line 2, column 'z1': logit 'abc' is not a number" in result.stderr
 
 
+def test_a_saved_row_index_is_refused_as_eval_refuses_it(runner, tmp_path):
+    # pandas' to_csv with df.index.name = 'id' saves the index as the first column: read as a
+    # class it made k = 4, labels named the wrong classes, and the check passed at logits that
+    # are not the user's (the index's 0..49 dwarfs them), exit 0
+    rng = np.random.default_rng(5)
+    z, y = rng.normal(size=(50, 3)), rng.integers(0, 3, size=50)
+    rows = "".join(f"{i},{a!r},{b!r},{c!r},{label}\n" for i, ((a, b, c), label)
+                   in enumerate(zip(z.tolist(), y.tolist())))
+    (tmp_path / "z.csv").write_text("id,z0,z1,z2,label\n" + rows)
+    result = check(runner, str(tmp_path / "z.csv"), "--expr", "p - y")
+    evaluated = runner.invoke(app, ["eval", str(tmp_path / "z.csv")])
+    assert result.exit_code == evaluated.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr == evaluated.stderr
+    assert "z.csv, column 'id': holds distinct whole numbers (0, 1, 2, …)" in result.stderr
+
+
 def test_the_hessian_check_passes_for_the_right_matrix_and_fails_for_a_wrong_one(runner):
     right = check(runner, "--hess-fn", f"{CASES}:hessian", "--grad-fn", f"{CASES}:grad",
                   "--method", "complex", "--format", "json")

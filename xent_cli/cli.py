@@ -595,6 +595,7 @@ def check_command(
             loaded = stream.read_input(logits, label_col=label_col, labels_path=labels,
                                        targets_path=targets, delimiter=_delimiter(delimiter),
                                        min_classes=_min_classes(loss))
+            data.check_row_index(loaded)  # as eval refuses it: a saved index is no class
             classes = len(loaded.class_names)
             weights = None if weight is None else data.parse_weights(weight, classes)
             problem = gradcheck.file_problem(loaded, weight=weights,

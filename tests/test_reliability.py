@@ -336,11 +336,15 @@ CASES = {
                                     "id,z0,z1,label\n0,1,2,0\n1,0,0,1\n2,3,1,1\n3,0,2,0\n",
                                     "z.csv, column 'id': holds distinct whole numbers (0, 1, 2, …): a row index "
                                     "saved with the logits (as pandas saves a named index), not a class; read as "
-                                    "one it would change k and every loss. Drop the column, or save with index=False"),
+                                    "one it would change k and every loss. Drop the column, or save with index=False; "
+                                    "if it is a class, rename it"),
     "parquet-named-index": Case("a .parquet table with a row index as a plain column", ("eval", "z.parquet"),
                                 "z.parquet, column 'sample_id': holds distinct whole numbers (7, 3, 5)",
                                 files={"z.parquet": parquet(sample_id=[7, 3, 5], z0=[1.0, 2.0, 0.5],
                                                             z1=[0.5, 0.1, 0.2], label=[0, 1, 1])}),
+    "index-named-class": eval_case("a class named 'row' of int8-quantized logits: a negative is no row number",
+                                   "row,column,cell,label\n3,-1,0,0\n-2,4,1,1\n1,0,5,2\n",
+                                   '"k": 3', "--format", "json", exit=0),
     "one-class": eval_case("one logit column", "z0,label\n1,0\n", "z.csv, line 1: found 1 logit column; cross-entropy needs at least 2"),
     "savetxt-comment-header": eval_case("np.savetxt's header with the label first, under its '# ' comment mark",
                                         "# label,z0,z1\n0,1,2\n1,3,4\n",

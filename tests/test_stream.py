@@ -969,7 +969,9 @@ def test_pandas_read_back_index_is_refused_before_a_row_is_parsed(runner, tmp_pa
     assert results["fast"][0] == 2
 
 
-@pytest.mark.parametrize("name", ["id", "Index", "image_id"])
+# __index_level_0__: pandas' name for a filtered frame's index in Parquet, a plain column once
+# Polars or DuckDB writes the table again without pandas' metadata
+@pytest.mark.parametrize("name", ["id", "Index", "image_id", "__index_level_0__"])
 def test_a_saved_row_index_is_refused_by_every_reader_before_any_output(runner, tmp_path,
                                                                         monkeypatch, name):
     # pandas' to_csv saves a named index as the first column: read as a class it made k = 4 and
@@ -996,13 +998,15 @@ def test_a_saved_row_index_is_refused_by_every_reader_before_any_output(runner, 
     assert results["fast"] == results["strict"] == results["parquet"] == (
         f"Error: {tmp_path / 'z.csv'}, column {name!r}: holds distinct whole numbers ({first}, …): "
         f"a row index saved with the logits (as pandas saves a named index), not a class; read as "
-        f"one it would change k and every loss. Drop the column, or save with index=False\n")
+        f"one it would change k and every loss. Drop the column, or save with index=False; if "
+        f"it is a class, rename it\n")
 
 
 @pytest.mark.parametrize("first", [
     [0.5, 1.0, 2.0, 3.0],  # a class named id whose logits are not whole numbers
     [1.0, 1.0, 0.0, 2.0],  # whole-number logits that repeat: no index repeats a row's number
     [float("-inf"), 0.0, 1.0, 2.0],  # a masked class (-inf) is no row number
+    [3.0, -2.0, 1.0, 0.0],  # int8-quantized logits: a negative is no row number
 ])
 def test_a_first_column_named_id_that_numbers_no_rows_is_a_class(runner, tmp_path, first):
     rows = "".join(f"{a},{b},{c}\n" for a, b, c in zip(first, [2.0, 0.0, 1.0, 0.5], [1, 1, 0, 1]))

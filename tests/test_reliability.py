@@ -386,6 +386,15 @@ CASES = {
                                "that its log-probability overflows float64"),
     "masked-class": eval_case("a -inf logit (a masked class): allowed, p = 0", "z0,z1,z2,label\n2,-inf,0,0\n",
                               '"loss": 0.1269280110429725', "--format", "json", exit=0),
+    "probabilities-as-logits": eval_case("softmax outputs given as logits: valid numbers, but not the loss meant",
+                                         "p0,p1,p2,label\n0.7,0.2,0.1,0\n0.1,0.3,0.6,2\n",
+                                         "Note: z.csv: every logit of every row lies in [0, 1] and each row sums "
+                                         "to 1: these look like probabilities (softmax outputs)", exit=0),
+    "sigmoid-as-logits": Case("sigmoid outputs given to --loss bce as logits",
+                              ("eval", "z.csv", "--loss", "bce", "--targets", "t.csv"),
+                              "Note: z.csv: every logit of every row lies in [0, 1]: these look like "
+                              "probabilities (sigmoid outputs)", exit=0,
+                              files={"z.csv": "a,b\n0.9,0.2\n0.4,0.7\n", "t.csv": "a,b\n1,0\n0,1\n"}),
     "masked-target": eval_case("-inf on the target class", "z0,z1,label\n1,-inf,1\n",
                                "z.csv, line 2, column 'z1': class is masked (logit -inf)"),
     "all-masked": eval_case("every logit of a row -inf", "z0,z1,label\n-inf,-inf,0\n",
@@ -602,7 +611,8 @@ def table() -> str:
 
     lines = ["| Input | Command | What xent does | Exit |", "|---|---|---|---|"]
     for case in CASES.values():
-        does = f"`{cell(case.says)}`" if case.exit else f"computes it; stdout holds `{cell(case.says)}`"
+        held = "stderr" if case.says.startswith("Note: ") else "stdout"
+        does = f"`{cell(case.says)}`" if case.exit else f"computes it; {held} holds `{cell(case.says)}`"
         lines.append(f"| {cell(case.input)} | `{cell(case.command)}` | {does} | {case.exit} |")
     return "\n".join(lines) + "\n"
 
@@ -654,8 +664,9 @@ def test_each_bad_input_fails_cleanly(runner, tmp_path, monkeypatch, name):
     assert result.exit_code == case.exit, result.output
     assert "Traceback" not in result.output
     assert elapsed < 5, f"{elapsed:.1f} s: bad input must fail fast"
-    if case.exit == 0:
-        assert case.says in result.stdout, result.stdout
+    if case.exit == 0:  # a note on what looks wrong goes to stderr, beside the results
+        held = result.stderr if case.says.startswith("Note: ") else result.stdout
+        assert case.says in held, result.output
         return
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and len(result.stderr) < 1000, result.stderr

@@ -1020,6 +1020,31 @@ def test_a_first_column_named_id_that_numbers_no_rows_is_a_class(runner, tmp_pat
     assert json.loads(result.stdout)["loss"] == pytest.approx(expected, rel=1e-12)
 
 
+def test_every_reader_judges_a_saved_index_from_the_same_first_rows(runner, tmp_path, monkeypatch):
+    # a wide CSV's first block holds fewer rows than the check reads (some 400 of 1000 classes
+    # in 8 MB): numbers distinct in that block but repeated within the first INDEX_ROWS rows
+    # were refused by the fast reader and read as a class by the strict one
+    import polars as pl
+
+    rng = np.random.default_rng(20)
+    z, y = rng.normal(size=(3000, 3)), rng.integers(0, 3, size=3000)
+    table = pl.DataFrame({"id": np.arange(3000) % 700, "z0": z[:, 0], "z1": z[:, 1],
+                          "z2": z[:, 2], "label": y})
+    table.write_csv(tmp_path / "z.csv")
+    table.write_parquet(tmp_path / "z.parquet")
+    results = {}
+    for reader, threshold, logits in (("fast", 0, "z.csv"), ("strict", 1 << 60, "z.csv"),
+                                      ("parquet", 0, "z.parquet")):
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        monkeypatch.setattr(stream, "BLOCK_BYTES", 4000)  # a first block of some 50 rows
+        result = runner.invoke(app, ["eval", str(tmp_path / logits), "--format", "json"])
+        assert result.exit_code == 0, (reader, result.output)
+        results[reader] = {key: value for key, value in json.loads(result.stdout).items()
+                           if key != "source"}
+    assert results["fast"] == results["strict"] == results["parquet"]
+    assert results["fast"]["k"] == 4
+
+
 def test_logits_that_count_up_under_a_class_name_are_logits(runner, tmp_path):
     # a toy file's logits may count 0, 1, 2, ...: without an index's name they are a class
     rows = "".join(f"{i},{-i},{i % 2}\n" for i in range(40))
@@ -1027,6 +1052,75 @@ def test_logits_that_count_up_under_a_class_name_are_logits(runner, tmp_path):
     result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["k"] == 2
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_probabilities_given_as_logits_get_a_note_from_every_reader(runner, tmp_path, monkeypatch):
+    # softmax outputs are valid logits, so the loss is computed, but it is not -log p of the
+    # label (it sits near log k): a note on stderr says so, and stdout holds the results alone
+    rng = np.random.default_rng(18)
+    p, y = _softmax(3 * rng.normal(size=(1500, 4))), rng.integers(0, 4, size=1500)
+    body = "a,b,c,d,label\n" + "".join(f"{','.join(f'{v:.9g}' for v in row)},{t}\n"
+                                       for row, t in zip(p, y))
+    (tmp_path / "z.csv").write_text(body)
+    results = {}
+    for reader, threshold in (("fast", 0), ("strict", 1 << 60)):
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--format", "json", "--quiet"])
+        assert result.exit_code == 0, result.output
+        results[reader] = (result.stdout, result.stderr)
+    assert results["fast"] == results["strict"]
+    assert results["fast"][1] == (
+        f"Note: {tmp_path / 'z.csv'}: every logit of the first 1000 rows lies in [0, 1] and each "
+        f"row sums to 1: these look like probabilities (softmax outputs), but cross-entropy takes "
+        f"logits, so this loss is not -log p of the label; for that, give log(p) as the logits\n")
+    written = np.loadtxt(tmp_path / "z.csv", delimiter=",", skiprows=1)[:, :4]
+    as_logits = -np.mean(np.log(_softmax(written))[np.arange(1500), y])
+    assert json.loads(results["fast"][0])["loss"] == pytest.approx(as_logits, rel=1e-12)
+    assert as_logits > 1.2  # near log 4, far from the loss meant
+    # log(p) as the logits, as the note says: no note, and the loss is -log p of the label
+    logs = "a,b,c,d,label\n" + "".join(f"{','.join(repr(float(v)) for v in np.log(row))},{t}\n"
+                                       for row, t in zip(written, y))
+    (tmp_path / "log.csv").write_text(logs)
+    result = runner.invoke(app, ["eval", str(tmp_path / "log.csv"), "--format", "json"])
+    assert result.exit_code == 0 and result.stderr == ""
+    meant = -np.mean(np.log(written[np.arange(1500), y] / written.sum(axis=1)))
+    assert json.loads(result.stdout)["loss"] == pytest.approx(meant, rel=1e-12)
+
+
+@pytest.mark.parametrize("body, noted", [
+    ("z0,z1,z2,label\n1,0,0,0\n0,0,1,2\n", True),  # one-hot targets given as logits
+    ("z0,z1,z2,label\n0.5,0.5,0,1\n", True),
+    ("z0,z1,z2,label\n0.5,0.2,0.1,1\n0.6,0.3,0.1,0\n", False),  # in [0, 1], but a row sums to 0.8
+    ("z0,z1,z2,label\n1.5,-0.5,0,1\n", False),  # sums to 1, but outside [0, 1]
+    ("z0,z1,z2,label\n0.5,0.5,-inf,1\n", False),  # a masked class: logits
+])
+def test_the_probabilities_note_needs_every_entry_in_0_1_and_rows_summing_to_1(runner, tmp_path,
+                                                                            body, noted):
+    (tmp_path / "z.csv").write_text(body)
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("Note: ") == noted and result.stderr.count("\n") == noted
+
+
+def test_sigmoid_outputs_given_to_binary_cross_entropy_get_a_note(runner, tmp_path):
+    rng = np.random.default_rng(19)
+    z, t = rng.normal(size=(40, 3)), rng.integers(0, 2, size=(40, 3))
+    for name, values in (("p.csv", 1 / (1 + np.exp(-z))), ("z.csv", z)):
+        np.savetxt(tmp_path / name, values, delimiter=",", header="a,b,c", comments="")
+    np.savetxt(tmp_path / "t.csv", t, delimiter=",", header="a,b,c", comments="", fmt="%d")
+    np.savetxt(tmp_path / "zero.csv", np.zeros((40, 3)), delimiter=",", header="a,b,c", comments="")
+    for name, noted in (("p.csv", True), ("z.csv", False), ("zero.csv", False)):
+        result = runner.invoke(app, ["eval", str(tmp_path / name), "--loss", "bce", "--targets",
+                                     str(tmp_path / "t.csv"), "--format", "json"])
+        assert result.exit_code == 0, result.output
+        assert ("(sigmoid outputs), but binary cross-entropy takes logits, as PyTorch's "
+                "BCEWithLogitsLoss does" in result.stderr) == noted
+        assert json.loads(result.stdout)["k"] == 3
 
 
 @pytest.mark.parametrize("args", [["eval", "z.csv", "--targets", "t.parquet"],

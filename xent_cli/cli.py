@@ -340,6 +340,8 @@ def eval_command(
                     with rows_file.writer(output, [logits, labels, targets], written) as write:
                         summary = stream.evaluate(source, progress=progress, rows=write,
                                                   rows_with=written, **options)
+    for note in summary.notes:  # a diagnostic: stdout keeps the results alone
+        stderr().print(f"Note: {note}", markup=False, soft_wrap=True)
     console = stdout()
     if output_format is EvalFormat.json:
         console.out(render.to_json(summary), highlight=False)

@@ -435,9 +435,9 @@ INDEX_NAMES = frozenset({"id", "idx", "index", "row", "row_id", "sample", "sampl
 # pandas' name in Parquet for an unnamed index that is no range (a filtered frame's): a plain
 # column once Polars or DuckDB writes the table again without pandas' metadata
 _ARROW_INDEX = re.compile(r"__index_level_\d+__")
-# The rows of the first chunk the index check reads (a large CSV's first block holds as many
-# unless a row has some 800 classes), so that the readers decide from the same rows.
-INDEX_ROWS = 1000
+# The rows of the first chunk that the checks of its look read (a large CSV's first block holds
+# as many unless a row has some 800 classes), so that every reader decides from the same rows.
+FIRST_ROWS = 1000
 
 
 def _index_name(name: str) -> bool:
@@ -450,7 +450,7 @@ def _index_name(name: str) -> bool:
 def check_row_index(part: EvalInput) -> None:
     """Raises InputError when the first logit column is a row index saved with the logits:
     named as an index is (id, index, image_id, ...), it holds distinct whole numbers in its
-    first INDEX_ROWS rows. Read as a class, it would change k and every loss without a word.
+    first FIRST_ROWS rows. Read as a class, it would change k and every loss without a word.
 
     The name decides, not the numbers alone: a toy file's logits may well count 0, 1, 2. No row
     number is negative, and quantized logits mostly have one: the digits example's logits in
@@ -458,7 +458,7 @@ def check_row_index(part: EvalInput) -> None:
     """
     if not part.class_names or len(part.lines) == 0 or not _index_name(part.class_names[0]):
         return
-    first = part.logits[:INDEX_ROWS, 0]
+    first = part.logits[:FIRST_ROWS, 0]
     with np.errstate(invalid="ignore"):  # inf - inf: not whole, as nan is not
         numbers = (first - np.round(first) == 0) & (first >= 0)
         if not numbers.all() or np.unique(first).size < first.size:
@@ -469,6 +469,35 @@ def check_row_index(part: EvalInput) -> None:
         f"saves a named index), not a class; read as one it would change k and every loss. "
         f"Drop the column, or save with index=False; if it is a class, rename it",
         source=part.source, column=repr(part.class_names[0]))
+
+
+# How far a row of probabilities written to a few decimals may sum from 1.
+PROBABILITY_SUM_TOLERANCE = 1e-2
+
+
+def probabilities_note(part: EvalInput, binary: bool = False) -> str | None:
+    """Returns a note when the first rows' logits look like probabilities, else None.
+
+    Softmax outputs (or one-hot targets) given as logits are valid numbers, so this is no error,
+    but their loss is not -log p of the label: every entry in [0, 1] and every row summing to 1
+    (for binary cross-entropy, every entry in [0, 1], not all equal) is what no model's logits
+    look like.
+    """
+    z = part.logits[:FIRST_ROWS]
+    if z.size == 0 or not np.isfinite(z).all() or z.min() < 0 or z.max() > 1:
+        return None
+    if binary and z.min() == z.max():  # all 0 is a fresh model's logits (p = 0.5), not p = 0
+        return None
+    if not binary and not (np.abs(z.sum(axis=1) - 1) <= PROBABILITY_SUM_TOLERANCE).all():
+        return None
+    rows = f"the first {len(z)} rows" if len(z) < len(part.lines) else "every row"
+    if binary:
+        return (f"{part.source}: every logit of {rows} lies in [0, 1]: these look like "
+                f"probabilities (sigmoid outputs), but binary cross-entropy takes logits, as PyTorch's "
+                f"BCEWithLogitsLoss does; for the loss of probabilities p give log(p / (1 - p))")
+    return (f"{part.source}: every logit of {rows} lies in [0, 1] and each row sums to 1: "
+            f"these look like probabilities (softmax outputs), but cross-entropy takes logits, "
+            f"so this loss is not -log p of the label; for that, give log(p) as the logits")
 
 
 def _header(cells: tuple[str, ...], path: str, line: int) -> tuple[str, ...]:

@@ -137,6 +137,7 @@ class Summary:
     exact_match: float | None = None  # binary: share of samples right in every class
     hamming_loss: float | None = None  # binary: share of (sample, class) elements wrong
     elements: np.ndarray | None = None  # binary, reduction 'none': the (N, k) losses PyTorch returns
+    notes: tuple[str, ...] = ()  # what looks wrong in a valid input (probabilities as logits)
 
     @property
     def k(self) -> int:
@@ -1874,7 +1875,8 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
     for chunk in source.chunks():
         part = chunk.data
         if first is None:
-            data.check_row_index(part)
+            _check_row_index(source, part)
+            note = data.probabilities_note(part, binary=options["loss"] == "bce")
         try:
             piece = kernel.chunk(part, options, reduction, dt, divisor, wants)
         except InputError as error:
@@ -1936,7 +1938,30 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
         criterion=options["loss"], pos_weight=_floats(options["pos_weight"]),
         exact_match=hits / n if binary else None,
         hamming_loss=wrong / (n * k) if binary else None,
-        elements=np.concatenate(elements) if reduction == "none" and binary else None)
+        elements=np.concatenate(elements) if reduction == "none" and binary else None,
+        notes=(note,) if note else ())
+
+
+def _check_row_index(source: Source, part: data.EvalInput) -> None:
+    """Refuses a row index saved as the first class (data.check_row_index), judged from the
+    first data.FIRST_ROWS rows whatever the reader: a wide CSV's first block holds fewer (some
+    400 of 1000 classes), so when it looks like an index the rows after it are read too."""
+    try:
+        data.check_row_index(part)
+    except InputError:
+        if len(part.lines) >= data.FIRST_ROWS:
+            raise
+        columns, rows = [], 0
+        with contextlib.closing(source.chunks()) as chunks:
+            for chunk in chunks:
+                columns.append(chunk.data.logits[:, :1])
+                rows += len(chunk.data.lines)
+                if rows >= data.FIRST_ROWS:
+                    break
+        if rows == len(part.lines):
+            raise  # the first chunk is the whole input
+        head = np.concatenate(columns)[:data.FIRST_ROWS]
+        data.check_row_index(dataclasses.replace(part, logits=head, lines=range(len(head))))
 
 
 def _floats(values) -> tuple[float, ...] | None:

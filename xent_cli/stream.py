@@ -1961,6 +1961,7 @@ def _check_row_index(source: Source, part: data.EvalInput) -> None:
         if rows == len(part.lines):
             raise  # the first chunk is the whole input
         head = np.concatenate(columns)[:data.FIRST_ROWS]
+        # the first class's column over those rows (the check counts rows by their lines)
         data.check_row_index(dataclasses.replace(part, logits=head, lines=range(len(head))))
 
 

@@ -379,7 +379,11 @@ Y = np.array([2, 0])
     (np.array([1.0, 2.0]), Y, {}, r"2-D array .* shape \(2,\)", None, None),
     (np.array([[1.0], [2.0]]), Y, {}, "at least 2 classes, got 1", None, None),
     (np.array([["a", "b"]]), Y[:1], {}, "logits must be numbers", None, None),
-    (Z, np.array([2, 3]), {}, r"label 3 is not a class index 0\.\.2", 1, None),
+    (Z, np.array([2, 3]), {}, r"label 3 is not a class index 0\.\.2 \(nor the ignore index -100\)$",
+     1, None),  # no 0 among them, but no 1 either: nothing says they count from 1
+    (Z, np.array([1, 3]), {}, r"-100\); the labels run 1\.\.3 with no 0: counted from 1\?", 1, None),
+    (np.zeros((3, 3)), np.array([1, -100, 3]), {}, "labels run 1..3 with no 0", 2, None),
+    (np.zeros((3, 3)), np.array([1, 0, 3]), {}, r"0\.\.2 \(nor the ignore index -100\)$", 2, None),
     (Z, np.array([-1, 0]), {}, r"label -1 .* ignore index -100", 0, None),
     (Z, np.array([2.0, 1.5]), {}, "label is not an integer", 1, None),
     (Z, np.array([np.inf, 1.0]), {}, "label is not an integer", 0, None),

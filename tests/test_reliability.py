@@ -384,6 +384,11 @@ CASES = {
     "infinite-loss": eval_case("logits ±1e308: a loss beyond float64", "z0,z1,label\n1e308,-1e308,1\n",
                                "z.csv, line 2, column 'z1': logit is so far below the row's largest "
                                "that its log-probability overflows float64"),
+    "labels-from-1": eval_case("labels counted from 1 (MATLAB, R), 1..k with no 0",
+                               "z0,z1,z2,label\n1,2,3,1\n0,0,0,3\n2,1,0,2\n",
+                               "z.csv, line 3, column 'label': label 3 is not a class index 0..2 (nor the ignore "
+                               "index -100); the labels run 1..3 with no 0: counted from 1? Classes count from 0, "
+                               "as in PyTorch: subtract 1"),
     "masked-class": eval_case("a -inf logit (a masked class): allowed, p = 0", "z0,z1,z2,label\n2,-inf,0,0\n",
                               '"loss": 0.1269280110429725', "--format", "json", exit=0),
     "probabilities-as-logits": eval_case("softmax outputs given as logits: valid numbers, but not the loss meant",

@@ -674,8 +674,13 @@ def _target(target, n: int, k: int, ignore_index: int,
     bad = np.flatnonzero(~ignored & ((target < 0) | (target >= k)))
     if bad.size:
         i = bad[0]
+        counted = target[~ignored]
+        # MATLAB, R and Julia count from 1: labels 1..k, none 0, are those shifted by one
+        hint = (f"; the labels run 1..{k} with no 0: counted from 1? Classes count from 0, "
+                f"as in PyTorch: subtract 1"
+                if target[i] == k and counted.min() == 1 and counted.max() == k else "")
         raise InputError(f"label {target[i]} is not a class index 0..{k - 1} "
-                         f"(nor the ignore index {ignore_index})", sample=int(i))
+                         f"(nor the ignore index {ignore_index}){hint}", sample=int(i))
     return target, ignored
 
 

@@ -342,6 +342,21 @@ CASES = {
                                 "z.parquet, column 'sample_id': holds distinct whole numbers (7, 3, 5)",
                                 files={"z.parquet": parquet(sample_id=[7, 3, 5], z0=[1.0, 2.0, 0.5],
                                                             z1=[0.5, 0.1, 0.2], label=[0, 1, 1])}),
+    "named-index-beside-targets": Case("a named index in the logits, none in the targets (saved with index=False)",
+                                       ("eval", "z.csv", "--targets", "t.csv"),
+                                       "t.csv, line 1: has 2 target columns, the logits have 3 classes; the first, "
+                                       "'id', may be a row index saved with the logits: drop it, or save with "
+                                       "index=False",
+                                       files={"z.csv": "id,z0,z1\n0,1,2\n1,0,3\n", "t.csv": "z0,z1\n1,0\n0,1\n"}),
+    "named-index-beside-npy-targets": Case("a named index in the logits beside an .npy of targets",
+                                           ("eval", "z.csv", "--targets", "t.npy"),
+                                           "t.npy: has 2 target columns, the logits have 3 classes; the first, 'id'",
+                                           files={"z.csv": "id,z0,z1\n0,1,2\n1,0,3\n",
+                                                  "t.npy": npy([[1.0, 0.0], [0.0, 1.0]])}),
+    "named-index-and-weights": eval_case("--weight for the classes, with a named index in the logits",
+                                         "id,z0,z1,label\n0,1,2,0\n1,0,3,1\n",
+                                         "--weight has 2 entries; the logits have 3 classes; the first, 'id', may be "
+                                         "a row index saved with the logits", "--weight", "1,2"),
     "index-named-class": eval_case("a class named 'row' of int8-quantized logits: a negative is no row number",
                                    "row,column,cell,label\n3,-1,0,0\n-2,4,1,1\n1,0,5,2\n",
                                    '"k": 3', "--format", "json", exit=0),

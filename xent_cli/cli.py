@@ -326,8 +326,9 @@ def eval_command(
             source = stream.open_source(readable, **reading)
             k = len(source.class_names)
             options = dict(loss=loss.value,
-                           weight=None if weight is None else data.parse_weights(weight, k),
-                           pos_weight=_pos_weights(pos_weight, k),
+                           weight=None if weight is None else data.parse_weights(
+                               weight, k, class_names=source.class_names),
+                           pos_weight=_pos_weights(pos_weight, k, source.class_names),
                            ignore_index=ignore_index, label_smoothing=label_smoothing,
                            reduction=reduction.value, dtype=dtype.value, show=show,
                            fallback=lambda: stream.strict_source(readable, **reading))
@@ -380,11 +381,12 @@ def _check_loss_options(loss: Loss, logits: str | None, labels: str | None, targ
                         "probability column per class")
 
 
-def _pos_weights(text: str | None, k: int) -> tuple[float, ...] | None:
+def _pos_weights(text: str | None, k: int, class_names=None) -> tuple[float, ...] | None:
     """Returns --pos-weight's k values, read as --weight's are."""
     from xent_cli import data
 
-    return None if text is None else data.parse_weights(text, k, option="--pos-weight")
+    return None if text is None else data.parse_weights(text, k, option="--pos-weight",
+                                                        class_names=class_names)
 
 
 @contextlib.contextmanager

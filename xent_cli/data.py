@@ -219,9 +219,10 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
         _check_names(target_table)
         target_source, target_lines = targets_path, target_table.lines
         if len(target_table.header) != len(class_names):
-            indices = INDICES_HINT if len(target_table.header) == 1 else ""
-            raise InputError(f"has {len(target_table.header)} target columns, the logits have "
-                             f"{len(class_names)} classes{indices}", source=targets_path,
+            count = len(target_table.header)
+            hint = INDICES_HINT if count == 1 else index_hint(class_names, count)
+            raise InputError(f"has {count} target columns, the logits have "
+                             f"{len(class_names)} classes{hint}", source=targets_path,
                              line=target_table.header_line)
         if (tuple(target_table.header) != class_names
                 and sorted(target_table.header) == sorted(class_names)):
@@ -447,6 +448,16 @@ def _index_name(name: str) -> bool:
     return name in INDEX_NAMES or name.endswith("_id") or bool(_ARROW_INDEX.fullmatch(name))
 
 
+def index_hint(class_names: Sequence[str] | None, count: int) -> str:
+    """Returns a hint when count (weights, target columns) is one short of the classes and the
+    first class is named as an index is, else '': these counts are checked before a row is
+    read, so before check_row_index, and would blame the user's k."""
+    if not class_names or count != len(class_names) - 1 or not _index_name(class_names[0]):
+        return ""
+    return (f"; the first, {class_names[0]!r}, may be a row index saved with the logits: drop "
+            f"it, or save with index=False")
+
+
 def check_row_index(part: EvalInput) -> None:
     """Raises InputError when the first logit column is a row index saved with the logits:
     named as an index is (id, index, image_id, ...), it holds distinct whole numbers in its
@@ -516,10 +527,11 @@ def _header(cells: tuple[str, ...], path: str, line: int) -> tuple[str, ...]:
     return cells
 
 
-def parse_weights(text: str, k: int, option: str = "--weight") -> tuple[float, ...]:
+def parse_weights(text: str, k: int, option: str = "--weight",
+                  class_names: Sequence[str] | None = None) -> tuple[float, ...]:
     """Returns k class weights from 'w0,w1,...'; each must be a finite number >= 0.
 
-    Messages name the option the text came with.
+    Messages name the option the text came with (and a saved row index, from class_names).
     """
     weights = []
     for c, cell in enumerate(text.split(",")):
@@ -531,7 +543,8 @@ def parse_weights(text: str, k: int, option: str = "--weight") -> tuple[float, .
             raise InputError(f"{option} entry {c} (class {c}): {cell.strip()} is negative; "
                              f"weights are >= 0")
     if len(weights) != k:
-        raise InputError(f"{option} has {len(weights)} entries; the logits have {k} classes")
+        raise InputError(f"{option} has {len(weights)} entries; the logits have {k} classes"
+                         f"{index_hint(class_names, len(weights))}")
     return tuple(weights)
 
 

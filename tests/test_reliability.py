@@ -357,6 +357,22 @@ CASES = {
                                          "id,z0,z1,label\n0,1,2,0\n1,0,3,1\n",
                                          "--weight has 2 entries; the logits have 3 classes; the first, 'id', may be "
                                          "a row index saved with the logits", "--weight", "1,2"),
+    "named-index-in-targets": Case("soft targets saved by pandas' to_csv with a named index",
+                                   ("eval", "z.csv", "--targets", "t.csv"),
+                                   "t.csv, line 1: has 3 target columns, the logits have 2 classes; its first, 'id', "
+                                   "may be a row index saved with the targets: drop it, or save with index=False",
+                                   files={"z.csv": TWO, "t.csv": "id,a,b\n0,1,0\n1,0,1\n"}),
+    "named-index-in-parquet-targets": Case("a .parquet table of targets with a row index as a plain column",
+                                           ("eval", "z.npy", "--targets", "t.parquet"),
+                                           "t.parquet: has 4 target columns, the logits have 3 classes; its first, "
+                                           "'sample_id', may be a row index saved with the targets",
+                                           files={"z.npy": Z3, "t.parquet": parquet(sample_id=[4, 9], a=[1.0, 0.0],
+                                                                                    b=[0.0, 1.0], c=[0.0, 0.0])}),
+    "named-index-in-labels": Case("labels saved by pandas' Series.to_csv with a named index",
+                                  ("eval", "z.csv", "--labels", "y.csv"),
+                                  "y.csv, line 1: a labels file has one column, this one has 2; its first, 'id', "
+                                  "may be a row index saved with the labels: drop it, or save with index=False",
+                                  files={"z.csv": TWO, "y.csv": "id,label\n0,1\n1,0\n"}),
     "index-named-class": eval_case("a class named 'row' of int8-quantized logits: a negative is no row number",
                                    "row,column,cell,label\n3,-1,0,0\n-2,4,1,1\n1,0,5,2\n",
                                    '"k": 3', "--format", "json", exit=0),

@@ -219,11 +219,8 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
         _check_names(target_table)
         target_source, target_lines = targets_path, target_table.lines
         if len(target_table.header) != len(class_names):
-            count = len(target_table.header)
-            hint = INDICES_HINT if count == 1 else index_hint(class_names, count)
-            raise InputError(f"has {count} target columns, the logits have "
-                             f"{len(class_names)} classes{hint}", source=targets_path,
-                             line=target_table.header_line)
+            raise target_columns_error(len(target_table.header), class_names, len(class_names),
+                                       target_table.header, targets_path, target_table.header_line)
         if (tuple(target_table.header) != class_names
                 and sorted(target_table.header) == sorted(class_names)):
             # the same names in another order: matched by position, every class would be
@@ -452,10 +449,36 @@ def index_hint(class_names: Sequence[str] | None, count: int) -> str:
     """Returns a hint when count (weights, target columns) is one short of the classes and the
     first class is named as an index is, else '': these counts are checked before a row is
     read, so before check_row_index, and would blame the user's k."""
-    if not class_names or count != len(class_names) - 1 or not _index_name(class_names[0]):
+    if not class_names or count != len(class_names) - 1:
         return ""
-    return (f"; the first, {class_names[0]!r}, may be a row index saved with the logits: drop "
-            f"it, or save with index=False")
+    return _saved_index(class_names, "logits", "the")
+
+
+def _saved_index(names: Sequence[str] | None, what: str, its: str = "its") -> str:
+    """Returns a hint that the first of names, named as an index is (or pandas' 'Unnamed: 0'),
+    may be the row index pandas' to_csv saved with the logits, labels or targets (what), for a
+    file with a column too many; else ''."""
+    if not names or not (_index_name(names[0]) or _pandas_unnamed(names[0])):
+        return ""
+    return (f"; {its} first, {names[0]!r}, may be a row index saved with the {what}: drop it, "
+            f"or save with index=False")
+
+
+def target_columns_error(count: int, class_names: Sequence[str] | None, k: int,
+                         target_names: Sequence[str] | None, source: str,
+                         line: int | None = None) -> InputError:
+    """Returns the error for count target columns beside k classes of logits, with its likely
+    cause: class indices (one column), or a row index saved with the logits (one too few) or
+    with the targets (one too many)."""
+    hint = ""
+    if count == 1:
+        hint = INDICES_HINT
+    elif count == k - 1:
+        hint = index_hint(class_names, count)
+    elif count == k + 1:
+        hint = _saved_index(target_names, "targets")
+    return InputError(f"has {count} target columns, the logits have {k} classes{hint}",
+                      source=source, line=line)
 
 
 def check_row_index(part: EvalInput) -> None:
@@ -623,7 +646,8 @@ def _read_labels(path: str, delimiter: str | None) -> tuple[np.ndarray, str | No
     number, so a label) and each label's line."""
     table = read_table(path, delimiter, require_rows=False)  # maybe the header is a label
     if len(table.header) != 1:
-        raise InputError(f"a labels file has one column, this one has {len(table.header)}",
+        hint = _saved_index(table.header, "labels") if len(table.header) == 2 else ""
+        raise InputError(f"a labels file has one column, this one has {len(table.header)}{hint}",
                          source=path, line=table.header_line)
     try:
         parse_number(table.header[0])

@@ -1281,10 +1281,8 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
         targets = _float_matrix(targets, target_source, "targets", min_classes)
         count = targets.shape[0]
         if targets.shape[1] != logits.shape[1]:
-            columns = targets.shape[1]
-            hint = data.INDICES_HINT if columns == 1 else data.index_hint(class_names, columns)
-            raise InputError(f"has {columns} target columns, the logits have "
-                             f"{logits.shape[1]} classes{hint}", source=target_source)
+            raise data.target_columns_error(targets.shape[1], class_names, logits.shape[1],
+                                            target_names, target_source)
     if count != n:
         csv_labels = labels is not None and target_lines is not None
         more = data.header_read_as_label(labels, target_column, n) if csv_labels else ""

@@ -971,7 +971,8 @@ def test_pandas_read_back_index_is_refused_before_a_row_is_parsed(runner, tmp_pa
 
 # __index_level_0__: pandas' name for a filtered frame's index in Parquet, a plain column once
 # Polars or DuckDB writes the table again without pandas' metadata
-@pytest.mark.parametrize("name", ["id", "Index", "image_id", "__index_level_0__"])
+@pytest.mark.parametrize("name", ["id", "Index", "image_id", "sample_idx", "row_index",
+                                  "__index_level_0__"])
 def test_a_saved_row_index_is_refused_by_every_reader_before_any_output(runner, tmp_path,
                                                                         monkeypatch, name):
     # pandas' to_csv saves a named index as the first column: read as a class it made k = 4 and

@@ -439,10 +439,11 @@ FIRST_ROWS = 1000
 
 
 def _index_name(name: str) -> bool:
-    """Returns whether a column name is one an index goes by: id, index, ..., one in _id, or
-    pandas' __index_level_0__."""
+    """Returns whether a column name is one an index goes by: id, index, ..., one in _id, _idx
+    or _index (image_id, sample_idx, row_index), or pandas' __index_level_0__."""
     name = name.strip().casefold()
-    return name in INDEX_NAMES or name.endswith("_id") or bool(_ARROW_INDEX.fullmatch(name))
+    return (name in INDEX_NAMES or name.endswith(("_id", "_idx", "_index"))
+            or bool(_ARROW_INDEX.fullmatch(name)))
 
 
 def index_hint(class_names: Sequence[str] | None, count: int) -> str:

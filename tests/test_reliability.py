@@ -342,6 +342,10 @@ CASES = {
                                 "z.parquet, column 'sample_id': holds distinct whole numbers (7, 3, 5)",
                                 files={"z.parquet": parquet(sample_id=[7, 3, 5], z0=[1.0, 2.0, 0.5],
                                                             z1=[0.5, 0.1, 0.2], label=[0, 1, 1])}),
+    "group-id": eval_case("a token classifier's logits saved with their sentence_id, repeated over its tokens",
+                          "sentence_id,z0,z1,label\n0,1,2,0\n0,0,3,1\n1,2,1,0\n",
+                          "z.csv, column 'sentence_id': holds whole numbers (0, 0, 1), repeated: ids saved with the "
+                          "logits (a group's, such as a sentence's for its tokens), not a class"),
     "named-index-beside-targets": Case("a named index in the logits, none in the targets (saved with index=False)",
                                        ("eval", "z.csv", "--targets", "t.csv"),
                                        "t.csv, line 1: has 2 target columns, the logits have 3 classes; the first, "
@@ -415,6 +419,11 @@ CASES = {
     "infinite-loss": eval_case("logits ±1e308: a loss beyond float64", "z0,z1,label\n1e308,-1e308,1\n",
                                "z.csv, line 2, column 'z1': logit is so far below the row's largest "
                                "that its log-probability overflows float64"),
+    "label-minus-one": eval_case("-1 for unlabelled samples, where the ignore index is -100",
+                                 "z0,z1,z2,label\n1,2,3,1\n0,0,0,-1\n",
+                                 "z.csv, line 3, column 'label': label -1 is not a class index 0..2 (nor the "
+                                 "ignore index -100); if -1 marks samples to leave out, make it the ignore index "
+                                 "(eval's --ignore-index -1)"),
     "labels-from-1": eval_case("labels counted from 1 (MATLAB, R), 1..k with no 0",
                                "z0,z1,z2,label\n1,2,3,1\n0,0,0,3\n2,1,0,2\n",
                                "z.csv, line 3, column 'label': label 3 is not a class index 0..2 (nor the ignore "

@@ -679,6 +679,9 @@ def _target(target, n: int, k: int, ignore_index: int,
         hint = (f"; the labels run 1..{k} with no 0: counted from 1? Classes count from 0, "
                 f"as in PyTorch: subtract 1"
                 if target[i] == k and counted.min() == 1 and counted.max() == k else "")
+        if target[i] < 0:  # -1 marks unlabelled samples in many datasets (scikit-learn's, TF's)
+            hint = (f"; if {target[i]} marks samples to leave out, make it the ignore index "
+                    f"(eval's --ignore-index {target[i]})")
         raise InputError(f"label {target[i]} is not a class index 0..{k - 1} "
                          f"(nor the ignore index {ignore_index}){hint}", sample=int(i))
     return target, ignored

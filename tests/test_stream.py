@@ -1021,6 +1021,36 @@ def test_a_first_column_named_id_that_numbers_no_rows_is_a_class(runner, tmp_pat
     assert json.loads(result.stdout)["loss"] == pytest.approx(expected, rel=1e-12)
 
 
+def test_a_group_id_saved_with_the_logits_is_refused_by_every_reader(runner, tmp_path, monkeypatch):
+    # a token classifier's logits indexed by their sentence: sentence_id repeats over a
+    # sentence's tokens, so it is no row index, but read as a class it made k = 4 and a wrong
+    # loss with exit 0 all the same. A name in _id says id; a bare 'id' still needs distinct
+    # numbers (test_a_first_column_named_id_that_numbers_no_rows_is_a_class)
+    import polars as pl
+
+    rng = np.random.default_rng(21)
+    z, y = rng.normal(size=(3000, 3)), rng.integers(0, 3, size=3000)
+    table = pl.DataFrame({"sentence_id": np.arange(3000) // 7, "z0": z[:, 0], "z1": z[:, 1],
+                          "z2": z[:, 2], "label": y})
+    table.write_csv(tmp_path / "z.csv")
+    table.write_parquet(tmp_path / "z.parquet")
+    results = {}
+    for reader, threshold, logits in (("fast", 0, "z.csv"), ("strict", 1 << 60, "z.csv"),
+                                      ("parquet", 0, "z.parquet")):
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        monkeypatch.setattr(stream, "BLOCK_BYTES", 4000)
+        out = tmp_path / f"{reader}.npy"
+        result = runner.invoke(app, ["eval", str(tmp_path / logits), "--output", str(out)])
+        assert result.exit_code == 2, result.output
+        assert not out.exists() and not result.stdout
+        results[reader] = result.stderr.replace("z.parquet", "z.csv")
+    assert results["fast"] == results["strict"] == results["parquet"] == (
+        f"Error: {tmp_path / 'z.csv'}, column 'sentence_id': holds whole numbers (0, 0, 0, …), "
+        f"repeated: ids saved with the logits (a group's, such as a sentence's for its tokens), "
+        f"not a class; read as one they would change k and every loss. Drop the column, or save "
+        f"with index=False; if it is a class, rename it\n")
+
+
 def test_every_reader_judges_a_saved_index_from_the_same_first_rows(runner, tmp_path, monkeypatch):
     # a wide CSV's first block holds fewer rows than the check reads (some 400 of 1000 classes
     # in 8 MB): numbers distinct in that block but repeated within the first INDEX_ROWS rows

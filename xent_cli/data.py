@@ -439,11 +439,15 @@ FIRST_ROWS = 1000
 
 
 def _index_name(name: str) -> bool:
-    """Returns whether a column name is one an index goes by: id, index, ..., one in _id, _idx
-    or _index (image_id, sample_idx, row_index), or pandas' __index_level_0__."""
+    """Returns whether a column name is one an index goes by: id, index, ..., or an ids'."""
+    return name.strip().casefold() in INDEX_NAMES or _ids_name(name)
+
+
+def _ids_name(name: str) -> bool:
+    """Returns whether a column name says it holds ids, as no class's does: one in _id, _idx or
+    _index (image_id, sample_idx, row_index), or pandas' __index_level_0__."""
     name = name.strip().casefold()
-    return (name in INDEX_NAMES or name.endswith(("_id", "_idx", "_index"))
-            or bool(_ARROW_INDEX.fullmatch(name)))
+    return name.endswith(("_id", "_idx", "_index")) or bool(_ARROW_INDEX.fullmatch(name))
 
 
 def index_hint(class_names: Sequence[str] | None, count: int) -> str:
@@ -486,6 +490,8 @@ def check_row_index(part: EvalInput) -> None:
     """Raises InputError when the first logit column is a row index saved with the logits:
     named as an index is (id, index, image_id, ...), it holds distinct whole numbers in its
     first FIRST_ROWS rows. Read as a class, it would change k and every loss without a word.
+    Under a name that says ids (image_id, ...), numbers that repeat are ids all the same: a
+    sentence's over its tokens, an image's over its boxes.
 
     The name decides, not the numbers alone: a toy file's logits may well count 0, 1, 2. No row
     number is negative, and quantized logits mostly have one: the digits example's logits in
@@ -495,15 +501,19 @@ def check_row_index(part: EvalInput) -> None:
         return
     first = part.logits[:FIRST_ROWS, 0]
     with np.errstate(invalid="ignore"):  # inf - inf: not whole, as nan is not
-        numbers = (first - np.round(first) == 0) & (first >= 0)
-        if not numbers.all() or np.unique(first).size < first.size:
+        if not ((first - np.round(first) == 0) & (first >= 0)).all():
             return
+    distinct = np.unique(first).size == first.size
+    if not distinct and not _ids_name(part.class_names[0]):
+        return
     shown = ", ".join(f"{v:.0f}" for v in first[:3]) + (", …" if first.size > 3 else "")
-    raise InputError(
-        f"holds distinct whole numbers ({shown}): a row index saved with the logits (as pandas "
-        f"saves a named index), not a class; read as one it would change k and every loss. "
-        f"Drop the column, or save with index=False; if it is a class, rename it",
-        source=part.source, column=repr(part.class_names[0]))
+    what = (f"distinct whole numbers ({shown}): a row index saved with the logits (as pandas "
+            f"saves a named index), not a class; read as one it would" if distinct else
+            f"whole numbers ({shown}), repeated: ids saved with the logits (a group's, such as "
+            f"a sentence's for its tokens), not a class; read as one they would")
+    raise InputError(f"holds {what} change k and every loss. Drop the column, or save with "
+                     f"index=False; if it is a class, rename it",
+                     source=part.source, column=repr(part.class_names[0]))
 
 
 # How far a row of probabilities written to a few decimals may sum from 1.

@@ -352,6 +352,11 @@ CASES = {
                                        "'id', may be a row index saved with the logits: drop it, or save with "
                                        "index=False",
                                        files={"z.csv": "id,z0,z1\n0,1,2\n1,0,3\n", "t.csv": "z0,z1\n1,0\n0,1\n"}),
+    "named-index-binary": Case("a binary classifier's logits with a named index, beside its one column of targets",
+                               ("eval", "z.csv", "--loss", "bce", "--targets", "t.csv"),
+                               "t.csv, line 1: has 1 target columns, the logits have 2 classes; the first, 'id', may "
+                               "be a row index saved with the logits",
+                               files={"z.csv": "id,spam\n0,1.5\n1,-0.3\n", "t.csv": "spam\n1\n0\n"}),
     "named-index-beside-npy-targets": Case("a named index in the logits beside an .npy of targets",
                                            ("eval", "z.csv", "--targets", "t.npy"),
                                            "t.npy: has 2 target columns, the logits have 3 classes; the first, 'id'",

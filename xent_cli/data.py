@@ -475,12 +475,10 @@ def target_columns_error(count: int, class_names: Sequence[str] | None, k: int,
     """Returns the error for count target columns beside k classes of logits, with its likely
     cause: class indices (one column), or a row index saved with the logits (one too few) or
     with the targets (one too many)."""
-    hint = ""
-    if count == 1:
+    hint = index_hint(class_names, count)  # first: a binary classifier's index is no --labels
+    if not hint and count == 1:
         hint = INDICES_HINT
-    elif count == k - 1:
-        hint = index_hint(class_names, count)
-    elif count == k + 1:
+    elif not hint and count == k + 1:
         hint = _saved_index(target_names, "targets")
     return InputError(f"has {count} target columns, the logits have {k} classes{hint}",
                       source=source, line=line)

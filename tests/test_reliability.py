@@ -438,11 +438,11 @@ CASES = {
                               '"loss": 0.1269280110429725', "--format", "json", exit=0),
     "probabilities-as-logits": eval_case("softmax outputs given as logits: valid numbers, but not the loss meant",
                                          "p0,p1,p2,label\n0.7,0.2,0.1,0\n0.1,0.3,0.6,2\n",
-                                         "Note: z.csv: every logit of every row lies in [0, 1] and each row sums "
+                                         "Note: z.csv: the logits of its first rows lie in [0, 1] and each row sums "
                                          "to 1: these look like probabilities (softmax outputs)", exit=0),
     "sigmoid-as-logits": Case("sigmoid outputs given to --loss bce as logits",
                               ("eval", "z.csv", "--loss", "bce", "--targets", "t.csv"),
-                              "Note: z.csv: every logit of every row lies in [0, 1]: these look like "
+                              "Note: z.csv: the logits of its first rows lie in [0, 1]: these look like "
                               "probabilities (sigmoid outputs)", exit=0,
                               files={"z.csv": "a,b\n0.9,0.2\n0.4,0.7\n", "t.csv": "a,b\n1,0\n0,1\n"}),
     "masked-target": eval_case("-inf on the target class", "z0,z1,label\n1,-inf,1\n",

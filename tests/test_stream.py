@@ -1099,14 +1099,15 @@ def test_probabilities_given_as_logits_get_a_note_from_every_reader(runner, tmp_
                                        for row, t in zip(p, y))
     (tmp_path / "z.csv").write_text(body)
     results = {}
-    for reader, threshold in (("fast", 0), ("strict", 1 << 60)):
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 4000)  # a first block of some 70 rows, as wide
+    for reader, threshold in (("fast", 0), ("strict", 1 << 60)):  # rows make it: same words
         monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
         result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--format", "json", "--quiet"])
         assert result.exit_code == 0, result.output
         results[reader] = (result.stdout, result.stderr)
     assert results["fast"] == results["strict"]
     assert results["fast"][1] == (
-        f"Note: {tmp_path / 'z.csv'}: every logit of the first 1000 rows lies in [0, 1] and each "
+        f"Note: {tmp_path / 'z.csv'}: the logits of its first rows lie in [0, 1] and each "
         f"row sums to 1: these look like probabilities (softmax outputs), but cross-entropy takes "
         f"logits, so this loss is not -log p of the label; for that, give log(p) as the logits\n")
     written = np.loadtxt(tmp_path / "z.csv", delimiter=",", skiprows=1)[:, :4]

@@ -533,12 +533,13 @@ def probabilities_note(part: EvalInput, binary: bool = False) -> str | None:
         return None
     if not binary and not (np.abs(z.sum(axis=1) - 1) <= PROBABILITY_SUM_TOLERANCE).all():
         return None
-    rows = f"the first {len(z)} rows" if len(z) < len(part.lines) else "every row"
+    # the first rows, however many the first chunk holds: a wide CSV's first block has fewer
+    # than FIRST_ROWS, and the readers say the same
     if binary:
-        return (f"{part.source}: every logit of {rows} lies in [0, 1]: these look like "
+        return (f"{part.source}: the logits of its first rows lie in [0, 1]: these look like "
                 f"probabilities (sigmoid outputs), but binary cross-entropy takes logits, as PyTorch's "
                 f"BCEWithLogitsLoss does; for the loss of probabilities p give log(p / (1 - p))")
-    return (f"{part.source}: every logit of {rows} lies in [0, 1] and each row sums to 1: "
+    return (f"{part.source}: the logits of its first rows lie in [0, 1] and each row sums to 1: "
             f"these look like probabilities (softmax outputs), but cross-entropy takes logits, "
             f"so this loss is not -log p of the label; for that, give log(p) as the logits")
 

@@ -969,6 +969,34 @@ def test_pandas_read_back_index_is_refused_before_a_row_is_parsed(runner, tmp_pa
     assert results["fast"][0] == 2
 
 
+def _eval_by_every_reader(runner, tmp_path, monkeypatch, name: str, first, *args) -> dict:
+    """Returns {reader: (exit code, stdout, stderr)} of eval on 3000 rows of logits whose first
+    column is name: first, by the fast and strict CSV readers and the Parquet reader, the
+    files named alike; the fast reader's first block holds some 50 rows."""
+    import polars as pl
+
+    rng = np.random.default_rng(17)
+    z, y = rng.normal(size=(3000, 3)), rng.integers(0, 3, size=3000)
+    table = pl.DataFrame({name: first, "z0": z[:, 0], "z1": z[:, 1], "z2": z[:, 2], "label": y})
+    table.write_csv(tmp_path / "z.csv")
+    table.write_parquet(tmp_path / "z.parquet")
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 4000)
+    results = {}
+    for reader, threshold, logits in (("fast", 0, "z.csv"), ("strict", 1 << 60, "z.csv"),
+                                      ("parquet", 0, "z.parquet")):
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        out = tmp_path / f"{reader}.npy"
+        arguments = [str(tmp_path / logits), *args] if args else [str(tmp_path / logits),
+                                                                   "--output", str(out)]
+        result = runner.invoke(app, ["eval", *arguments])
+        if result.exit_code:  # a refusal writes nothing
+            assert not out.exists() and not result.stdout
+        results[reader] = tuple(text.replace("z.parquet", "z.csv") if isinstance(text, str)
+                                else text for text in (result.exit_code, result.stdout,
+                                                       result.stderr))
+    return results
+
+
 # __index_level_0__: pandas' name for a filtered frame's index in Parquet, a plain column once
 # Polars or DuckDB writes the table again without pandas' metadata
 @pytest.mark.parametrize("name", ["id", "Index", "image_id", "sample_idx", "row_index",
@@ -977,31 +1005,14 @@ def test_a_saved_row_index_is_refused_by_every_reader_before_any_output(runner, 
                                                                         monkeypatch, name):
     # pandas' to_csv saves a named index as the first column: read as a class it made k = 4 and
     # a wrong loss with exit 0. Shuffled rows keep their index, so the name decides, not a run.
-    import polars as pl
-
-    rng = np.random.default_rng(17)
-    z, y = rng.normal(size=(3000, 3)), rng.integers(0, 3, size=3000)
-    table = pl.DataFrame({name: rng.permutation(3000), "z0": z[:, 0], "z1": z[:, 1],
-                          "z2": z[:, 2], "label": y})
-    table.write_csv(tmp_path / "z.csv")
-    table.write_parquet(tmp_path / "z.parquet")
-    results = {}
-    for reader, threshold, logits in (("fast", 0, "z.csv"), ("strict", 1 << 60, "z.csv"),
-                                      ("parquet", 0, "z.parquet")):
-        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
-        monkeypatch.setattr(stream, "BLOCK_BYTES", 4000)  # the index is read from the first block
-        out = tmp_path / f"{reader}.npy"
-        result = runner.invoke(app, ["eval", str(tmp_path / logits), "--output", str(out)])
-        assert result.exit_code == 2, result.output
-        assert not out.exists() and not result.stdout
-        results[reader] = result.stderr.replace("z.parquet", "z.csv")
-    first = ", ".join(str(i) for i in table[name][:3])
-    assert results["fast"] == results["strict"] == results["parquet"] == (
+    index = np.random.default_rng(18).permutation(3000)
+    results = _eval_by_every_reader(runner, tmp_path, monkeypatch, name, index)
+    first = ", ".join(str(i) for i in index[:3])
+    assert results["fast"] == results["strict"] == results["parquet"] == (2, "", (
         f"Error: {tmp_path / 'z.csv'}, column {name!r}: holds distinct whole numbers ({first}, …): "
         f"a row index saved with the logits (as pandas saves a named index), not a class; read as "
         f"one it would change k and every loss. Drop the column, or save with index=False; if "
-        f"it is a class, rename it\n")
-
+        f"it is a class, rename it\n"))
 
 @pytest.mark.parametrize("first", [
     [0.5, 1.0, 2.0, 3.0],  # a class named id whose logits are not whole numbers
@@ -1026,54 +1037,23 @@ def test_a_group_id_saved_with_the_logits_is_refused_by_every_reader(runner, tmp
     # sentence's tokens, so it is no row index, but read as a class it made k = 4 and a wrong
     # loss with exit 0 all the same. A name in _id says id; a bare 'id' still needs distinct
     # numbers (test_a_first_column_named_id_that_numbers_no_rows_is_a_class)
-    import polars as pl
-
-    rng = np.random.default_rng(21)
-    z, y = rng.normal(size=(3000, 3)), rng.integers(0, 3, size=3000)
-    table = pl.DataFrame({"sentence_id": np.arange(3000) // 7, "z0": z[:, 0], "z1": z[:, 1],
-                          "z2": z[:, 2], "label": y})
-    table.write_csv(tmp_path / "z.csv")
-    table.write_parquet(tmp_path / "z.parquet")
-    results = {}
-    for reader, threshold, logits in (("fast", 0, "z.csv"), ("strict", 1 << 60, "z.csv"),
-                                      ("parquet", 0, "z.parquet")):
-        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
-        monkeypatch.setattr(stream, "BLOCK_BYTES", 4000)
-        out = tmp_path / f"{reader}.npy"
-        result = runner.invoke(app, ["eval", str(tmp_path / logits), "--output", str(out)])
-        assert result.exit_code == 2, result.output
-        assert not out.exists() and not result.stdout
-        results[reader] = result.stderr.replace("z.parquet", "z.csv")
-    assert results["fast"] == results["strict"] == results["parquet"] == (
+    results = _eval_by_every_reader(runner, tmp_path, monkeypatch, "sentence_id",
+                                    np.arange(3000) // 7)
+    assert results["fast"] == results["strict"] == results["parquet"] == (2, "", (
         f"Error: {tmp_path / 'z.csv'}, column 'sentence_id': holds whole numbers (0, 0, 0, …), "
         f"repeated: ids saved with the logits (a group's, such as a sentence's for its tokens), "
         f"not a class; read as one they would change k and every loss. Drop the column, or save "
-        f"with index=False; if it is a class, rename it\n")
+        f"with index=False; if it is a class, rename it\n"))
 
 
 def test_every_reader_judges_a_saved_index_from_the_same_first_rows(runner, tmp_path, monkeypatch):
     # a wide CSV's first block holds fewer rows than the check reads (some 400 of 1000 classes
-    # in 8 MB): numbers distinct in that block but repeated within the first INDEX_ROWS rows
+    # in 8 MB): numbers distinct in that block but repeated within the first FIRST_ROWS rows
     # were refused by the fast reader and read as a class by the strict one
-    import polars as pl
-
-    rng = np.random.default_rng(20)
-    z, y = rng.normal(size=(3000, 3)), rng.integers(0, 3, size=3000)
-    table = pl.DataFrame({"id": np.arange(3000) % 700, "z0": z[:, 0], "z1": z[:, 1],
-                          "z2": z[:, 2], "label": y})
-    table.write_csv(tmp_path / "z.csv")
-    table.write_parquet(tmp_path / "z.parquet")
-    results = {}
-    for reader, threshold, logits in (("fast", 0, "z.csv"), ("strict", 1 << 60, "z.csv"),
-                                      ("parquet", 0, "z.parquet")):
-        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
-        monkeypatch.setattr(stream, "BLOCK_BYTES", 4000)  # a first block of some 50 rows
-        result = runner.invoke(app, ["eval", str(tmp_path / logits), "--format", "json"])
-        assert result.exit_code == 0, (reader, result.output)
-        results[reader] = {key: value for key, value in json.loads(result.stdout).items()
-                           if key != "source"}
+    results = _eval_by_every_reader(runner, tmp_path, monkeypatch, "id", np.arange(3000) % 700,
+                                    "--format", "json")
     assert results["fast"] == results["strict"] == results["parquet"]
-    assert results["fast"]["k"] == 4
+    assert results["fast"][0] == 0 and json.loads(results["fast"][1])["k"] == 4
 
 
 def test_logits_that_count_up_under_a_class_name_are_logits(runner, tmp_path):

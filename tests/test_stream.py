@@ -687,6 +687,15 @@ def test_stdin_errors_name_dash_inside_their_message_too(runner, tmp_path, scrat
     assert piped.stderr == from_file.stderr.replace(str(tmp_path / "z.csv"), "-")
 
 
+def test_stdin_notes_name_dash_as_its_errors_do(runner, scratch):
+    # the note on probabilities named the temporary copy (/tmp/xent-.../stdin.csv), a file the
+    # user never gave and that is gone when the note is read
+    result = runner.invoke(app, ["eval", "-", "--format", "json"], input="z0,z1,label\n0.3,0.7,1\n")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("Note: -: the logits of its first rows lie in [0, 1] ")
+    assert json.loads(result.stdout)["source"] == "-"
+
+
 def test_stdin_without_a_temporary_directory_is_one_line(runner, monkeypatch, tmp_path):
     import tempfile
 

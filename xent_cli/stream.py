@@ -1875,7 +1875,9 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
         part = chunk.data
         if first is None:
             _check_row_index(source, part)
-            note = data.probabilities_note(part, binary=options["loss"] == "bce")
+            # named as results name it: stdin's '-', not its temporary copy
+            note = data.probabilities_note(dataclasses.replace(part, source=source.name),
+                                           binary=options["loss"] == "bce")
         try:
             piece = kernel.chunk(part, options, reduction, dt, divisor, wants)
         except InputError as error:

@@ -1128,6 +1128,35 @@ def test_the_probabilities_note_needs_every_entry_in_0_1_and_rows_summing_to_1(r
     assert result.stderr.startswith("Note: ") == noted and result.stderr.count("\n") == noted
 
 
+@pytest.mark.parametrize("k, decimals, noted", [(100, 2, True), (1000, 3, True), (10, 2, True),
+                                                 (1000, 2, False)])  # most round to 0: sums ~0.4
+def test_probabilities_rounded_to_a_few_decimals_get_the_note(runner, tmp_path, k, decimals, noted):
+    # each entry rounded by up to half a step: 100 classes to 2 decimals sum up to 0.13 from 1,
+    # and the 1e-2 alone let them through without a word
+    rng = np.random.default_rng(23)
+    p = np.round(rng.dirichlet(np.ones(k), size=30), decimals)
+    np.savetxt(tmp_path / "p.csv", p, delimiter=",", fmt=f"%.{decimals}f",
+               header=",".join(f"c{c}" for c in range(k)), comments="")
+    np.savetxt(tmp_path / "y.csv", rng.integers(0, k, size=30), fmt="%d", header="label", comments="")
+    sums = np.abs(p.sum(axis=1) - 1)
+    assert sums.max() > 1e-2 and (sums.max() < 0.5) == noted
+    result = runner.invoke(app, ["eval", str(tmp_path / "p.csv"), "--labels", str(tmp_path / "y.csv"),
+                                 "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("Note: ") == noted
+
+
+@pytest.mark.parametrize("k", [3, 300])
+def test_a_fresh_model_s_zero_logits_get_no_note(runner, tmp_path, k):
+    # rows of zeros written to 2 decimals are 300 half-steps (1.5) from 1, but they sum to 0
+    np.savetxt(tmp_path / "z.csv", np.zeros((5, k)), delimiter=",", fmt="%.2f",
+               header=",".join(f"c{c}" for c in range(k)), comments="")
+    (tmp_path / "y.csv").write_text("label\n0\n1\n2\n0\n1\n")
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--labels", str(tmp_path / "y.csv")])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+
+
 def test_sigmoid_outputs_given_to_binary_cross_entropy_get_a_note(runner, tmp_path):
     rng = np.random.default_rng(19)
     z, t = rng.normal(size=(40, 3)), rng.integers(0, 2, size=(40, 3))

@@ -514,8 +514,21 @@ def check_row_index(part: EvalInput) -> None:
                      source=part.source, column=repr(part.class_names[0]))
 
 
-# How far a row of probabilities written to a few decimals may sum from 1.
+# How far a row of probabilities may sum from 1: written to d decimals, each of its k entries is
+# up to half a step 10**-d off, so the row up to k half-steps (100 classes to 2 decimals: 0.5),
+# yet never more than 0.5: rows summing to 0 are a fresh model's zero logits.
 PROBABILITY_SUM_TOLERANCE = 1e-2
+ROUNDED_SUM_TOLERANCE = 0.5
+
+
+def _rounded_sum_tolerance(z: np.ndarray) -> float:
+    """Returns how far from 1 the rows of z may sum as probabilities written to d decimals:
+    k half-steps of 10**-d for the fewest d (1 to 4) that holds every entry, at most 0.5."""
+    for d in range(1, 5):
+        scaled = z * 10.0 ** d
+        if (np.abs(scaled - np.round(scaled)) < 1e-3).all():  # float32's 0.13 is 12.9999995
+            return min(z.shape[1] * 10.0 ** -d / 2, ROUNDED_SUM_TOLERANCE)
+    return PROBABILITY_SUM_TOLERANCE
 
 
 def probabilities_note(part: EvalInput, binary: bool = False) -> str | None:
@@ -531,7 +544,8 @@ def probabilities_note(part: EvalInput, binary: bool = False) -> str | None:
         return None
     if binary and z.min() == z.max():  # all 0 is a fresh model's logits (p = 0.5), not p = 0
         return None
-    if not binary and not (np.abs(z.sum(axis=1) - 1) <= PROBABILITY_SUM_TOLERANCE).all():
+    off = np.abs(z.sum(axis=1) - 1).max() if not binary else 0
+    if off > PROBABILITY_SUM_TOLERANCE and off > _rounded_sum_tolerance(z):
         return None
     # the first rows, however many the first chunk holds: a wide CSV's first block has fewer
     # than FIRST_ROWS, and the readers say the same

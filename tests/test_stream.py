@@ -1128,6 +1128,28 @@ def test_the_probabilities_note_needs_every_entry_in_0_1_and_rows_summing_to_1(r
     assert result.stderr.startswith("Note: ") == noted and result.stderr.count("\n") == noted
 
 
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_json_carries_the_notes_after_its_other_keys(runner, tmp_path, loss):
+    # a pipeline that reads --format json (CI, a notebook) saw no sign of the note on stderr
+    (tmp_path / "p.csv").write_text("a,b\n0.9,0.1\n0.4,0.6\n")
+    (tmp_path / "z.csv").write_text("a,b\n2.5,-1\n0.4,1.6\n")
+    (tmp_path / "t.csv").write_text("a,b\n1,0\n0,1\n")
+    fields = {}
+    for name in ("p.csv", "z.csv"):
+        result = runner.invoke(app, ["eval", str(tmp_path / name), "--loss", loss, "--targets",
+                                     str(tmp_path / "t.csv"), "--format", "json"])
+        assert result.exit_code == 0, result.output
+        fields[name] = json.loads(result.stdout)
+        notes = [line.removeprefix("Note: ") for line in result.stderr.splitlines()]
+        assert fields[name]["notes"] == notes
+    assert len(fields["p.csv"]["notes"]) == 1 and fields["z.csv"]["notes"] == []
+    assert list(fields["p.csv"]) == list(fields["z.csv"])
+    assert list(fields["p.csv"])[-2:] == ["criterion", "notes"]  # the keys before keep their order
+    csv_out = runner.invoke(app, ["eval", str(tmp_path / "p.csv"), "--loss", loss, "--targets",
+                                  str(tmp_path / "t.csv"), "--format", "csv"])
+    assert csv_out.stdout.splitlines()[0].endswith(",criterion")  # one row of numbers: no prose
+
+
 @pytest.mark.parametrize("k, decimals, noted", [(100, 2, True), (1000, 3, True), (10, 2, True),
                                                  (1000, 2, False)])  # most round to 0: sums ~0.4
 def test_probabilities_rounded_to_a_few_decimals_get_the_note(runner, tmp_path, k, decimals, noted):

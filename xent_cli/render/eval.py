@@ -266,6 +266,7 @@ def _binary_fields(summary: Summary) -> dict:
 
 def to_json(summary: Summary) -> str:
     """Returns the summary as one JSON object; for reduction 'none', loss is what PyTorch returns.
+    notes holds what looks wrong in a valid input (probabilities given as logits), as on stderr.
 
     That is the per-sample list for softmax cross-entropy, the (N, k) rows for binary.
     """
@@ -274,6 +275,7 @@ def to_json(summary: Summary) -> str:
         fields["loss"] = summary.elements.astype(float).tolist()
     elif summary.reduction == "none":
         fields["loss"] = [float(x) for x in summary.per_sample]
+    fields["notes"] = list(summary.notes)  # last, as on stderr: CSV's one row keeps to numbers
     return json.dumps(fields)
 
 

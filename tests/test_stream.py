@@ -1119,6 +1119,7 @@ def test_probabilities_given_as_logits_get_a_note_from_every_reader(runner, tmp_
     ("z0,z1,z2,label\n0.5,0.2,0.1,1\n0.6,0.3,0.1,0\n", False),  # in [0, 1], but a row sums to 0.8
     ("z0,z1,z2,label\n1.5,-0.5,0,1\n", False),  # sums to 1, but outside [0, 1]
     ("z0,z1,z2,label\n0.5,0.5,-inf,1\n", False),  # a masked class: logits
+    ("z0,z1,z2,label\n0.2,0.5,0.4,1\n0.1,0.3,0.5,0\n", False),  # a toy's logits, 1 decimal: 1.1, 0.9
 ])
 def test_the_probabilities_note_needs_every_entry_in_0_1_and_rows_summing_to_1(runner, tmp_path,
                                                                             body, noted):

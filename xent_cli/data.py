@@ -523,8 +523,9 @@ ROUNDED_SUM_TOLERANCE = 0.5
 
 def _rounded_sum_tolerance(z: np.ndarray) -> float:
     """Returns how far from 1 the rows of z may sum as probabilities written to d decimals:
-    k half-steps of 10**-d for the fewest d (1 to 4) that holds every entry, at most 0.5."""
-    for d in range(1, 5):
+    k half-steps of 10**-d for the fewest d (2 to 4) that holds every entry, at most 0.5.
+    One decimal is a hand-written toy's (0.2, 0.5, 0.4 are logits as likely), not a model's."""
+    for d in range(2, 5):
         scaled = z * 10.0 ** d
         if (np.abs(scaled - np.round(scaled)) < 1e-3).all():  # float32's 0.13 is 12.9999995
             return min(z.shape[1] * 10.0 ** -d / 2, ROUNDED_SUM_TOLERANCE)

@@ -546,7 +546,8 @@ def probabilities_note(part: EvalInput, binary: bool = False) -> str | None:
     if binary and z.min() == z.max():  # all 0 is a fresh model's logits (p = 0.5), not p = 0
         return None
     off = np.abs(z.sum(axis=1) - 1).max() if not binary else 0
-    if off > PROBABILITY_SUM_TOLERANCE and off > _rounded_sum_tolerance(z):
+    if off > PROBABILITY_SUM_TOLERANCE and (off > ROUNDED_SUM_TOLERANCE  # no need to look closer
+                                            or off > _rounded_sum_tolerance(z)):
         return None
     # the first rows, however many the first chunk holds: a wide CSV's first block has fewer
     # than FIRST_ROWS, and the readers say the same

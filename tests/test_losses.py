@@ -384,8 +384,10 @@ Y = np.array([2, 0])
     (Z, np.array([1, 3]), {}, r"-100\); the labels run 1\.\.3 with no 0: counted from 1\?", 1, None),
     (np.zeros((3, 3)), np.array([1, -100, 3]), {}, "labels run 1..3 with no 0", 2, None),
     (np.zeros((3, 3)), np.array([1, 0, 3]), {}, r"0\.\.2 \(nor the ignore index -100\)$", 2, None),
+    # another ignore index chosen: no room for -1 as a second one
+    (Z, np.array([-1, 255]), {"ignore_index": 255}, r"label -1 .* ignore index 255\)$", 0, None),
     (Z, np.array([-1, 0]), {}, r"label -1 .* ignore index -100\); if -1 marks samples to leave "
-     r"out, make it the ignore index \(eval's --ignore-index -1\)$", 0, None),
+     r"out, make it the ignore index \(--ignore-index -1\)$", 0, None),
     (Z, np.array([2.0, 1.5]), {}, "label is not an integer", 1, None),
     (Z, np.array([np.inf, 1.0]), {}, "label is not an integer", 0, None),
     (Z, np.array([2, 0, 1]), {}, "targets must be 2 class indices", None, None),

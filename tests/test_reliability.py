@@ -428,7 +428,7 @@ CASES = {
                                  "z0,z1,z2,label\n1,2,3,1\n0,0,0,-1\n",
                                  "z.csv, line 3, column 'label': label -1 is not a class index 0..2 (nor the "
                                  "ignore index -100); if -1 marks samples to leave out, make it the ignore index "
-                                 "(eval's --ignore-index -1)"),
+                                 "(--ignore-index -1)"),
     "labels-from-1": eval_case("labels counted from 1 (MATLAB, R), 1..k with no 0",
                                "z0,z1,z2,label\n1,2,3,1\n0,0,0,3\n2,1,0,2\n",
                                "z.csv, line 3, column 'label': label 3 is not a class index 0..2 (nor the ignore "

@@ -1074,6 +1074,34 @@ def test_logits_that_count_up_under_a_class_name_are_logits(runner, tmp_path):
     assert json.loads(result.stdout)["k"] == 2
 
 
+@pytest.mark.parametrize("zeros_after, hinted", [(True, False), (False, True)])
+def test_the_counted_from_1_hint_is_told_from_every_label_of_the_input(runner, tmp_path,
+                                                                       monkeypatch, zeros_after,
+                                                                       hinted):
+    # the hint was drawn from the chunk that held the label k: a large file whose first rows
+    # ran 1..3 was told to subtract 1 though its later rows held 0s (-1 after subtracting),
+    # and the readers, whose chunks differ, disagreed
+    rng = np.random.default_rng(22)
+    y = rng.integers(1, 3, size=400)  # 1s and 2s
+    y[50] = 3  # the error, in the first chunk of either reader
+    y[300:] = 0 if zeros_after else rng.integers(1, 3, size=100)
+    z = rng.normal(size=(400, 3))
+    body = "z0,z1,z2,label\n" + "".join(f"{a:.6f},{b:.6f},{c:.6f},{t}\n" for (a, b, c), t in zip(z, y))
+    (tmp_path / "z.csv").write_text(body)
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 2000)  # some 60 rows a block
+    monkeypatch.setattr(stream, "CHUNK_ROWS", 64)
+    results = {}
+    for reader, threshold in (("fast", 0), ("strict", 1 << 60)):
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        result = runner.invoke(app, ["eval", str(tmp_path / "z.csv")])
+        assert result.exit_code == 2
+        results[reader] = result.stderr
+    assert results["fast"] == results["strict"]
+    assert results["fast"].startswith(f"Error: {tmp_path / 'z.csv'}, line 52, column 'label': "
+                                      f"label 3 is not a class index 0..2")
+    assert ("the labels run 1..3 with no 0: counted from 1?" in results["fast"]) == hinted
+
+
 def _softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)

@@ -165,7 +165,7 @@ def cross_entropy(z, target, *, weight=None, ignore_index: int = -100,
 def loss_and_gradient_into(z, target, grad: np.ndarray | None, per_sample: np.ndarray, *,
                            weight=None, ignore_index: int = -100, label_smoothing: float = 0.0,
                            scale: float = 1.0, first_sample: int = 0, probs: np.ndarray | None = None,
-                           predictions: np.ndarray | None = None) -> BlockSums:
+                           predictions: np.ndarray | None = None, whole: bool = True) -> BlockSums:
     """Writes a block's per-sample losses into per_sample and scale * d(their sum)/dz into grad.
 
     per_sample (n,) sets the dtype of the computation; grad, when given, must be a C-contiguous
@@ -173,7 +173,9 @@ def loss_and_gradient_into(z, target, grad: np.ndarray | None, per_sample: np.nd
     work). probs (n, k), when given, receives softmax(z) with the bits of ``softmax``, and
     predictions (n,) each sample's first largest logit, as argmax gives it.
     The block is validated as cross_entropy validates its input; errors
-    name the sample as first_sample + its row. With scale = 1 the gradient is unscaled, so a
+    name the sample as first_sample + its row, and whole = False says that the block is part
+    of a larger input (a hint about its labels would need the others). With scale = 1 the
+    gradient is unscaled, so a
     stream of blocks gives 'sum' directly and 'mean' after dividing by the summed divisors; a
     pass with scale = dtype(1) / divisor gives cross_entropy's 'mean' rows bit for bit.
     Unlike cross_entropy it does not refuse a total that overflows: check the sum of totals.
@@ -194,7 +196,7 @@ def loss_and_gradient_into(z, target, grad: np.ndarray | None, per_sample: np.nd
             raise ValueError(f"predictions must be a ({n},) array of integers")
         weighted = weight is not None
         weight = _weight(weight, k, dtype)
-        target, ignored = _target(target, n, k, ignore_index, dtype)
+        target, ignored = _target(target, n, k, ignore_index, dtype, whole)
         _fill(z, target, ignored, weight if weighted else None, label_smoothing,
               dtype.type(scale), grad, per_sample, probs, predictions)
     except InputError as error:
@@ -653,9 +655,10 @@ def _weight(weight, k: int, dtype: np.dtype) -> np.ndarray:
     return weight.astype(dtype)
 
 
-def _target(target, n: int, k: int, ignore_index: int,
-            dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Returns validated targets (int (N,) or dtype (N, k)) and the ignored mask (N,)."""
+def _target(target, n: int, k: int, ignore_index: int, dtype: np.dtype,
+            whole: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Returns validated targets (int (N,) or dtype (N, k)) and the ignored mask (N,); whole
+    says that these are all the input's labels, so that a hint drawn from them holds."""
     target = np.asarray(target)
     if target.ndim == 2:
         return _soft_target(target, n, k, dtype), np.zeros(n, dtype=bool)
@@ -675,16 +678,25 @@ def _target(target, n: int, k: int, ignore_index: int,
     if bad.size:
         i = bad[0]
         counted = target[~ignored]
-        # MATLAB, R and Julia count from 1: labels 1..k, none 0, are those shifted by one
-        hint = (f"; the labels run 1..{k} with no 0: counted from 1? Classes count from 0, "
-                f"as in PyTorch: subtract 1"
-                if target[i] == k and counted.min() == 1 and counted.max() == k else "")
-        if target[i] < 0:  # -1 marks unlabelled samples in many datasets (scikit-learn's, TF's)
+        hint = ""
+        # MATLAB, R and Julia count from 1: labels 1..k, none 0, are those shifted by one (told
+        # only from all the labels: a block of a larger input may lack the 0s of another)
+        if whole and target[i] == k and counted.min() == 1 and counted.max() == k:
+            hint = counted_from_one_hint(k)
+        # -1 marks unlabelled samples in many datasets (scikit-learn's, TensorFlow's); with
+        # another ignore index chosen, there is no room for a second
+        if target[i] < 0 and ignore_index == -100:
             hint = (f"; if {target[i]} marks samples to leave out, make it the ignore index "
-                    f"(eval's --ignore-index {target[i]})")
+                    f"(--ignore-index {target[i]})")
         raise InputError(f"label {target[i]} is not a class index 0..{k - 1} "
                          f"(nor the ignore index {ignore_index}){hint}", sample=int(i))
     return target, ignored
+
+
+def counted_from_one_hint(k: int) -> str:
+    """Returns what a label k adds when all the labels run 1..k with no 0."""
+    return (f"; the labels run 1..{k} with no 0: counted from 1? Classes count from 0, as in "
+            f"PyTorch: subtract 1")
 
 
 def _soft_target(t: np.ndarray, n: int, k: int, dtype: np.dtype) -> np.ndarray:

@@ -1878,9 +1878,13 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
             # named as results name it: stdin's '-', not its temporary copy
             note = data.probabilities_note(dataclasses.replace(part, source=source.name),
                                            binary=options["loss"] == "bce")
+        whole = chunk.start == 0 and chunk.done >= source.size  # the first chunk is all
         try:
-            piece = kernel.chunk(part, options, reduction, dt, divisor, wants)
+            piece = kernel.chunk(part, options if whole else {**options, "whole": False},
+                                 reduction, dt, divisor, wants)
         except InputError as error:
+            if not whole:
+                error = _counted_from_one(error, part, source, options)
             raise data.locate(error, part) from None
         if none_ignored and piece.ignored.any():
             raise _Ignored
@@ -1943,6 +1947,24 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
         notes=(note,) if note else ())
 
 
+def _counted_from_one(error: InputError, part: data.EvalInput, source: Source,
+                      options: dict) -> InputError:
+    """Returns a chunk's error at a label k with the hint that the labels count from 1 when
+    all the input's labels run 1..k with no 0 (read again to tell); else the error as it is."""
+    k = len(source.class_names)
+    if part.labels is None or error.sample is None or part.labels[error.sample] != k:
+        return error
+    low, high = k, 0
+    for labels in source.targets():
+        counted = labels[labels != options["ignore_index"]]
+        if counted.size:
+            low, high = min(low, int(counted.min())), max(high, int(counted.max()))
+    if (low, high) != (1, k):
+        return error
+    return InputError(error.message + losses.counted_from_one_hint(k), source=error.source,
+                      line=error.line, sample=error.sample, column=error.column, row=error.row)
+
+
 def _check_row_index(source: Source, part: data.EvalInput) -> None:
     """Refuses a row index saved as the first class (data.check_row_index), judged from the
     first data.FIRST_ROWS rows whatever the reader: a wide CSV's first block holds fewer (some
@@ -1988,7 +2010,8 @@ def _softmax_chunk(part: data.EvalInput, options: dict, reduction: str, dt: np.d
     block = losses.loss_and_gradient_into(
         part.logits, target, grad, per_sample, weight=options["weight"],
         ignore_index=options["ignore_index"], label_smoothing=options["label_smoothing"],
-        scale=_grad_scale(reduction, divisor, dt), probs=probs, predictions=predictions)
+        scale=_grad_scale(reduction, divisor, dt), probs=probs, predictions=predictions,
+        whole=options.get("whole", True))
     if part.labels is not None:
         kept = ~block.ignored
         hits = int(np.count_nonzero((predictions == part.labels) & kept))

@@ -1220,7 +1220,8 @@ def test_sigmoid_outputs_given_to_binary_cross_entropy_get_a_note(runner, tmp_pa
                                      str(tmp_path / "t.csv"), "--format", "json"])
         assert result.exit_code == 0, result.output
         assert ("(sigmoid outputs), but binary cross-entropy takes logits, as PyTorch's "
-                "BCEWithLogitsLoss does" in result.stderr) == noted
+                "BCEWithLogitsLoss does; for the loss of probabilities p give log(p / (1 - p)), "
+                "with p clipped off 0 and 1 (a logit of ±inf is refused)" in result.stderr) == noted
         assert json.loads(result.stdout)["k"] == 3
 
 

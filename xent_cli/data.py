@@ -555,7 +555,7 @@ def probabilities_note(part: EvalInput, binary: bool = False) -> str | None:
         return (f"{part.source}: the logits of its first rows lie in [0, 1]: these look like "
                 f"probabilities (sigmoid outputs), but binary cross-entropy takes logits, as "
                 f"PyTorch's BCEWithLogitsLoss does; for the loss of probabilities p give "
-                f"log(p / (1 - p))")
+                f"log(p / (1 - p)), with p clipped off 0 and 1 (a logit of ±inf is refused)")
     return (f"{part.source}: the logits of its first rows lie in [0, 1] and each row sums to 1: "
             f"these look like probabilities (softmax outputs), but cross-entropy takes logits, "
             f"so this loss is not -log p of the label; for that, give log(p) as the logits")

@@ -793,6 +793,42 @@ def test_parquet_slices_hand_the_unusual_to_the_whole_reader(runner, tmp_path, m
         assert sliced.exit_code == 2 and "row 33" in sliced.stderr
 
 
+
+@pytest.mark.parametrize("files", ["npy", "npz", "compressed npz", "npy targets", "csv"])
+def test_a_chunk_of_many_classes_holds_fewer_rows_and_gives_the_same_bytes(runner, tmp_path,
+                                                                           monkeypatch, files):
+    # a language model's 50,257 classes in chunks of 65,536 rows would be 26 GB: a chunk holds
+    # at most CHUNK_LOGITS logits, whatever k
+    rng = np.random.default_rng(12)
+    z, y = rng.normal(scale=3, size=(23, 7)), rng.integers(0, 7, size=23)
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "t.npy", np.eye(7)[y])
+    np.savez(tmp_path / "both.npz", logits=z, labels=y)
+    np.savez_compressed(tmp_path / "packed.npz", logits=z, labels=y)
+    (tmp_path / "z.csv").write_text(_csv(z, y))
+    arguments = {"npy": ["z.npy", "--labels", "y.npy"], "npz": ["both.npz"],
+                 "compressed npz": ["packed.npz"], "npy targets": ["z.npy", "--targets", "t.npy"],
+                 "csv": ["z.csv"]}[files]
+    arguments = [str(tmp_path / arguments[0]), *arguments[1:]]
+    arguments = [str(tmp_path / a) if a.endswith(".npy") else a for a in arguments]
+    outputs = []
+    for logits in (None, 20):  # 20 logits: chunks of 2 rows of 7 classes
+        if logits:
+            monkeypatch.setattr(stream, "CHUNK_LOGITS", logits)
+        out = tmp_path / f"out{logits}.csv"
+        result = runner.invoke(app, ["eval", *arguments, "--format", "json", "--output", str(out)])
+        assert result.exit_code == 0, result.output
+        outputs.append((result.stdout, out.read_bytes()))
+    assert outputs[0] == outputs[1] and json.loads(outputs[0][0])["n"] == 23
+    source = stream.open_source(arguments[0], labels_path=arguments[2] if "--labels" in arguments
+                                else None, targets_path=arguments[2] if "--targets" in arguments
+                                else None)
+    assert [len(chunk.data.lines) for chunk in source.chunks()] == [2] * 11 + [1]
+    monkeypatch.setattr(stream, "CHUNK_LOGITS", 3)  # fewer logits than a row's: a row a chunk
+    assert stream._chunk_rows(7) == 1 and stream._chunk_rows(7, 5) == 1
+
+
 # --- memory maps in another dtype: rows become float64 chunk by chunk ---------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int16])

@@ -51,8 +51,12 @@ PARSERS = 2
 # Rows of 10 classes handed to the --output writer at a time; fewer of more classes, as many
 # numbers (a row has 2k + 5), so that a piece stays about 1.6 MB whatever k.
 ROWS_OUT = 1 << 13
-# Samples per chunk for sources already in memory (strict CSV, npz, Parquet) and memory maps.
+# Samples per chunk for sources already in memory (strict CSV, npz, Parquet) and memory maps,
+# fewer where a chunk would hold more than CHUNK_LOGITS logits (16 MB of float64): 65,536 rows
+# of a language model's 50,257 classes are 26 GB (10,000 rows of them in float16, a 1 GB .npy,
+# had taken 5 GB of RSS).
 CHUNK_ROWS = 1 << 16
+CHUNK_LOGITS = 1 << 21
 # Rows of a Parquet table read at a time (a slice Polars decodes from the row groups it
 # spans): 8.5M x 10 logits in 210 MB of RSS, where reading the table whole took 2.3 GB;
 # slices twice as large took 310 MB, half as large a fifth more time.
@@ -237,7 +241,7 @@ def _open_source(path: str, *, label_col: str, labels_path: str | None,
             return fast
     if data.STDIN != side and (_suffix(path) == ".npz" or _suffix(path) == ".npy" and side):
         fast = _fast_mapped(path, label_col, labels_path, targets_path, delimiter, min_classes,
-                            chunk_rows or CHUNK_ROWS)
+                            chunk_rows)
         if fast is not None:
             return fast
     if (side_whole or text and labels_path is None) and data.STDIN not in (path, side):
@@ -295,11 +299,17 @@ def strict_source(path: str, *, label_col: str = "label", labels_path: str | Non
     return _named(_in_memory(loaded, chunk_rows), path, name)
 
 
+def _chunk_rows(k: int, rows: int | None = None) -> int:
+    """Returns the samples of k classes a chunk holds: rows (CHUNK_ROWS when None, read now:
+    tests set it), fewer where they would hold more than CHUNK_LOGITS logits, at least one."""
+    return max(1, min(rows or CHUNK_ROWS, CHUNK_LOGITS // max(k, 1)))
+
+
 def _in_memory(loaded: data.EvalInput, chunk_rows: int | None) -> Source:
-    """Returns a source that slices data already read into chunks of chunk_rows samples
-    (CHUNK_ROWS when None, read now: tests set it)."""
-    n = loaded.logits.shape[0]
-    chunk_rows = chunk_rows or CHUNK_ROWS
+    """Returns a source that slices data already read into chunks of chunk_rows samples, as
+    _chunk_rows counts them."""
+    n, k = loaded.logits.shape
+    chunk_rows = _chunk_rows(k, chunk_rows)
 
     def chunks() -> Iterator[Chunk]:
         for start in range(0, n, chunk_rows):
@@ -623,11 +633,11 @@ def _parquet_slice(path: str, start: int, columns):
 
 
 def _fast_mapped(path: str, label_col: str, labels_path: str | None, targets_path: str | None,
-                 delimiter: str | None, min_classes: int, step: int) -> Source | None:
+                 delimiter: str | None, min_classes: int, step: int | None) -> Source | None:
     """Returns a source for .npy or .npz logits (mapped, or inflated as a stream when
     compressed) with labels or targets from a file of their own or, in an .npz, its array
-    'labels' or 'targets', the logits and any targets read step rows at a time, through the
-    map or the stream (the whole reader reads a
+    'labels' or 'targets', the logits and any targets read _chunk_rows(k, step) rows at a
+    time, through the map or the stream (the whole reader reads a
     Parquet table or a CSV of targets whole: a CSV of 8.5M x 10 took 10.5 GB); None where the
     whole reader must judge (no logits or no targets, a shape it explains). Other arrays of
     an .npz are left unread, as the whole reader leaves them; targets it holds and given
@@ -653,6 +663,7 @@ def _fast_mapped(path: str, label_col: str, labels_path: str | None, targets_pat
     if z.ndim != 2 or z.dtype.kind not in "iuf" or z.shape[1] < min_classes or not len(z):
         return None
 
+    step = _chunk_rows(z.shape[1], step)
     slices = _Slices(n=len(z), class_names=tuple(str(c) for c in range(z.shape[1])),
                      step=step, read=lambda start: (_rows(z, start, step), None),
                      kernel_judges=True)
@@ -830,12 +841,13 @@ class _Beside:
 def _targets_beside(path: str, delimiter: str | None, k: int, step: int | None = None,
                     held: np.ndarray | None = None) -> _Beside | None:
     """Returns k columns of targets from a file of their own (or held: the array 'targets' of
-    the .npz path, beside its logits), to be read in blocks beside the logits (an .npy or .npz, mapped or loaded, step rows at a time, CHUNK_ROWS unless given;
+    the .npz path, beside its logits), to be read in blocks beside the logits (an .npy or
+    .npz, mapped or loaded, step rows at a time, _chunk_rows(k) unless given;
     a Parquet table and a CSV in slices of rows as their readers cut them); None where the
     whole reader must judge (an unreadable file, another number of columns, a CSV header it
     explains). A column of no numbers in a table is refused at once, as the whole reader
     refuses it."""
-    suffix, step = _suffix(path), step or CHUNK_ROWS
+    suffix, step = _suffix(path), step or _chunk_rows(k)
     if suffix in (".npy", ".npz"):
         # the map itself, as _rows reads it; its errors are the whole reader's
         values = (held if held is not None else _load_npy(path) if suffix == ".npy"

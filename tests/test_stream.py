@@ -756,6 +756,26 @@ def test_parquet_slices_give_the_whole_table_s_bytes(runner, tmp_path, monkeypat
     assert json.loads(outputs["sliced"][0])["n"] == 100
 
 
+def test_parquet_slices_have_their_rows_whatever_batches_polars_hands_out(tmp_path, monkeypatch):
+    import polars as pl
+
+    rng = np.random.default_rng(13)
+    z = rng.normal(size=(50, 4))
+    path = _parquet(tmp_path / "z.parquet", z, rng.integers(0, 4, size=50))
+    sizes = [5, 1, 13, 0, 20, 11]  # batches of other sizes than asked for, one empty
+
+    def batches(lazy, chunk_size=None, **options):
+        whole, at = lazy.collect(), 0
+        for size in sizes:
+            yield whole.slice(at, size)
+            at += size
+
+    monkeypatch.setattr(pl.LazyFrame, "collect_batches", batches)
+    frames = list(stream._parquet_slices(path, ["z0", "z3"], 16))
+    assert [frame.height for frame in frames] == [16, 16, 16, 2]
+    assert np.array_equal(np.concatenate([frame.to_numpy() for frame in frames]), z[:, [0, 3]])
+
+
 def test_parquet_is_read_in_slices_of_its_rows(tmp_path, monkeypatch):
     rng = np.random.default_rng(4)
     path = _parquet(tmp_path / "z.parquet", rng.normal(size=(50, 4)), rng.integers(0, 4, size=50))
@@ -794,7 +814,7 @@ def test_parquet_slices_hand_the_unusual_to_the_whole_reader(runner, tmp_path, m
 
 
 
-@pytest.mark.parametrize("files", ["npy", "npz", "compressed npz", "npy targets", "csv"])
+@pytest.mark.parametrize("files", ["npy", "npz", "compressed npz", "npy targets", "csv", "parquet"])
 def test_a_chunk_of_many_classes_holds_fewer_rows_and_gives_the_same_bytes(runner, tmp_path,
                                                                            monkeypatch, files):
     # a language model's 50,257 classes in chunks of 65,536 rows would be 26 GB: a chunk holds
@@ -807,9 +827,10 @@ def test_a_chunk_of_many_classes_holds_fewer_rows_and_gives_the_same_bytes(runne
     np.savez(tmp_path / "both.npz", logits=z, labels=y)
     np.savez_compressed(tmp_path / "packed.npz", logits=z, labels=y)
     (tmp_path / "z.csv").write_text(_csv(z, y))
+    _parquet(tmp_path / "z.parquet", z, y)
     arguments = {"npy": ["z.npy", "--labels", "y.npy"], "npz": ["both.npz"],
                  "compressed npz": ["packed.npz"], "npy targets": ["z.npy", "--targets", "t.npy"],
-                 "csv": ["z.csv"]}[files]
+                 "csv": ["z.csv"], "parquet": ["z.parquet"]}[files]
     arguments = [str(tmp_path / arguments[0]), *arguments[1:]]
     arguments = [str(tmp_path / a) if a.endswith(".npy") else a for a in arguments]
     outputs = []
@@ -998,7 +1019,7 @@ def test_pandas_read_back_index_is_refused_before_a_row_is_parsed(runner, tmp_pa
         table.write_csv(tmp_path / "z.csv")
         table.write_parquet(tmp_path / "z.parquet")
     read = []
-    for name in ("_parse_block", "_parquet_slice", "_parquet_frame"):
+    for name in ("_parse_block", "_parquet_slices", "_parquet_frame"):
         real = getattr(stream, name)
         monkeypatch.setattr(stream, name, lambda *a, real=real, **o: read.append(1) or real(*a, **o))
     results = {}

@@ -2191,7 +2191,10 @@ def _split_sum(values: np.ndarray) -> tuple[float, float]:
 
     The sum runs in extended precision (80-bit on x86: 11 more bits than float64), so the pair
     carries the chunk's sum nearly exactly and math.fsum of all pairs rounds the whole total
-    once: the total does not depend on how the input was cut into chunks.
+    once: cut into other chunks, the input gives the same total, but where its exact value lies
+    within the extended sums' rounding (about 2**-64 of it) of a float64 rounding boundary: it
+    may then round to the other side, an ulp away. An exact sum (integer mantissas binned by
+    exponent) took 2.3 ms a CSV block against 0.33 ms.
     """
     wide = values.astype(np.longdouble).sum()
     high = float(wide)

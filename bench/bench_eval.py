@@ -115,6 +115,35 @@ def make_arrays(csv: pathlib.Path) -> dict[str, list[str]]:
             [str(logits), "--labels", str(labels)], ".npz (np.savez)": [str(npz)]}
 
 
+def make_wide(quick: bool) -> dict[str, list[str]]:
+    """Writes inputs of many classes, unless they exist: a language model's float16 logits over
+    a vocabulary of 50,257 as .npy with .npy labels, and 1000 classes as a float32 Parquet table
+    (one row group, as Polars writes so few rows); returns each one's arguments to xent eval."""
+    import polars as pl
+
+    DATA.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    tokens, images = (400, 5_000) if quick else (4_000, 50_000)
+    vocabulary, labels = DATA / f"vocab_{tokens}x50257_f16.npy", DATA / f"vocab_{tokens}_y.npy"
+    if not (vocabulary.exists() and labels.exists()):
+        z = np.lib.format.open_memmap(vocabulary.with_suffix(".tmp"), mode="w+",
+                                      dtype=np.float16, shape=(tokens, 50_257))
+        for start in range(0, tokens, 500):
+            z[start:start + 500] = rng.normal(scale=3.0, size=(len(z[start:start + 500]), 50_257))
+        z.flush()
+        del z
+        np.save(labels, rng.integers(0, 50_257, tokens))
+        vocabulary.with_suffix(".tmp").replace(vocabulary)
+    table = DATA / f"classes_{images}x1000.parquet"
+    if not table.exists():
+        z = rng.normal(scale=3.0, size=(images, 1000)).astype(np.float32)
+        pl.DataFrame({**{f"z{c}": z[:, c] for c in range(1000)},
+                      "label": rng.integers(0, 1000, images)}).write_parquet(table)
+    return {f"{tokens} x 50,257 float16 .npy logits, .npy labels":
+            [str(vocabulary), "--labels", str(labels)],
+            f"{images} x 1000 float32 .parquet": [str(table)]}
+
+
 def measure(argv: list[str], remove: pathlib.Path | None = None) -> dict:
     """Returns the wall time and the peak RSS (MB) of one run of a command as a whole process.
 
@@ -229,7 +258,9 @@ def run(quick: bool = False, repeat: int = 3) -> list[dict]:
 
     # The same data in the array formats, for reference: each is read in bounded memory (a
     # memory map's pages are let go as its chunks are done, else they would count in the RSS).
-    inputs = make_arrays(big)
+    # And inputs of many classes, whose chunks hold fewer rows (as many logits): bounded memory
+    # whatever k. For reference too.
+    inputs = {**make_arrays(big), **make_wide(quick)}
     arrays = {name: xent("eval", *arguments, "--show", "0", "--format", "json", "--quiet")
               for name, arguments in inputs.items()}
     for name, figure in best_of(arrays, repeat).items():

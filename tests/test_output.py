@@ -509,6 +509,23 @@ def test_a_runs_new_file_is_not_truncated_and_a_used_one_is_emptied():
     assert used.getvalue() == b"" and (new.tell(), used.tell()) == (0, 0)
 
 
+@pytest.mark.parametrize("k, floats, rows", [(7, 60, 3), (7, 1 << 30, rows_file.ROW_GROUP_ROWS),
+                                              (7, 1, 1)])
+def test_parquet_row_groups_hold_as_many_numbers_whatever_k(tmp_path, monkeypatch, k, floats, rows):
+    # a row group a frame (131 rows of 1000 classes) grew the footer, and the RSS, with the file
+    blocks = _blocks([50, 1, 23], k=k, seed=4)
+    monkeypatch.setattr(rows_file, "ROW_GROUP_FLOATS", floats)
+    asked, sink = [], pl.LazyFrame.sink_parquet
+    monkeypatch.setattr(pl.LazyFrame, "sink_parquet",
+                        lambda lazy, *a, **o: asked.append(o["row_group_size"]) or sink(lazy, *a, **o))
+    out = tmp_path / "o.parquet"
+    with rows_file.writer(str(out)) as write:
+        for block in blocks:
+            write(block)
+    _assert_holds(out, blocks)
+    assert asked == [rows]  # 2k + 5 = 19 columns: 60 numbers are 3 rows; at least 1 row
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_many_frames_hold_what_one_frame_holds(tmp_path, monkeypatch, suffix):
     blocks = _blocks([50, 1, 23, 8, 40], k=4, seed=3, dtype=np.float32)

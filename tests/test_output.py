@@ -526,6 +526,53 @@ def test_parquet_row_groups_hold_as_many_numbers_whatever_k(tmp_path, monkeypatc
     assert asked == [rows]  # 2k + 5 = 19 columns: 60 numbers are 3 rows; at least 1 row
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+@pytest.mark.parametrize("columns", [rows_file.COLUMNS, ("loss", "grad")])
+def test_wide_rows_are_spelled_as_polars_writer_spells_them(tmp_path, monkeypatch, suffix,
+                                                            columns):
+    # past WIDE_COLUMNS, rows are spelled from one column of all their numbers (50,257 classes
+    # through Polars' writer took 45 s and 2.0 GB for 400 rows)
+    blocks = _blocks([50, 1, 23, 8], k=4, seed=5)
+    edges = np.array(EDGES + [float("nan")])  # 24 floats hard to spell, in every column
+    blocks[0].per_sample[:24], blocks[0].grad[:6] = edges, edges.reshape(6, 4)
+    blocks[0].probs[6:12] = edges[::-1].reshape(6, 4)
+    monkeypatch.setattr(rows_file, "_PYTHON_FLOATS", 0)
+    monkeypatch.setattr(rows_file, "_FRAME_FLOATS", 5 * 9)  # frames of 5 rows
+    written = {}
+    for name, wide in (("polars", 1 << 30), ("spelled", 0)):
+        monkeypatch.setattr(rows_file, "WIDE_COLUMNS", wide)
+        out = tmp_path / f"{name}{suffix}"
+        with rows_file.writer(str(out), columns=columns) as write:
+            for rows in blocks:
+                write(rows)
+        written[name] = out.read_bytes()
+    assert written["spelled"] == written["polars"]
+    assert written["spelled"].count(b"\n") == 83  # the header and 82 rows
+
+
+@pytest.mark.parametrize("columns, count", [(None, 11), ("loss,grad", 4), ("loss,pred", None)])
+def test_parquet_too_wide_for_its_footer_is_refused_before_anything_is_read(
+        runner, tmp_path, monkeypatch, columns, count):
+    monkeypatch.setattr(rows_file, "WIDE_COLUMNS", 3)  # 3 classes: loss and grad are 4 columns
+    read, evaluate = [], stream.evaluate
+    monkeypatch.setattr(stream, "evaluate", lambda *a, **o: read.append(1) or evaluate(*a, **o))
+    out = tmp_path / "o.parquet"
+    (tmp_path / "z.csv").write_text("a,b,c,label\n1,2,3,0\n")
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output", str(out),
+                                 *(["--columns", columns] if columns else [])])
+    if count is None:
+        assert result.exit_code == 0 and read == [1] and out.exists()
+        return
+    assert result.exit_code == 2 and read == [] and not out.exists()
+    assert result.stderr.startswith(f"Error: {out}: --output .parquet would hold {count} columns")
+    assert "write .npy (a field of 3 values a sample) or .csv" in result.stderr
+    # and a writer not told k refuses at the first block, before a row is written
+    with pytest.raises(InputError, match="would hold 11 columns, one per class for prob and grad"):
+        with rows_file.writer(str(out)) as write:
+            write(_blocks([4])[0])
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_many_frames_hold_what_one_frame_holds(tmp_path, monkeypatch, suffix):
     blocks = _blocks([50, 1, 23, 8, 40], k=4, seed=3, dtype=np.float32)

@@ -338,7 +338,8 @@ def eval_command(
                 else:
                     written = rows_file.columns(columns, has_labels=source.has_labels,
                                                 has_predictions=loss is Loss.ce)
-                    with rows_file.writer(output, [logits, labels, targets], written) as write:
+                    with rows_file.writer(output, [logits, labels, targets], written,
+                                          classes=k) as write:
                         summary = stream.evaluate(source, progress=progress, rows=write,
                                                   rows_with=written, **options)
     for note in summary.notes:  # a diagnostic: stdout keeps the results alone

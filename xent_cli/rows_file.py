@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 
     from xent_cli.stream import RowsOut
 
+# (file, column names, how many are whole numbers, the reals' dtype, frames) -> None: writes the
+# frames, each (whole numbers (columns, n), reals (columns, n)), to the file in order
+FramesWriter = Callable[[BinaryIO, list, int, np.dtype, Iterator], None]
+
 # The first numbers of a CSV file, up to this many, are spelled in Python and the rest by
 # Polars: a small file needs no Polars import (160 ms, as long as Python takes to spell some
 # 200,000 floats), a large one pays it once.
@@ -48,6 +52,13 @@ _PYTHON_FLOATS = 1 << 16
 # spells frames on every core in a thread of its own while the next blocks are computed; a few
 # frames are in flight at a time, so memory stays a few megabytes.
 _FRAME_FLOATS = 1 << 18
+# Past this many columns (1000 classes' probabilities and gradient, and the rest), a frame holds
+# few rows, and a Polars frame costs some 6 us a column to make whatever its rows: CSV rows are
+# then spelled by Polars from one column of all their numbers, in the writer's thread (50,257
+# classes, loss and gradient of 400 rows: 45 s and 2.0 GB through Polars' writer, whose RSS
+# grew with every frame). Parquet is not written: its footer describes every column of every
+# row group, so it grows with the rows unless a row group holds thousands of rows.
+WIDE_COLUMNS = 1 << 11
 
 
 # Extensions of formats --output does not write: CSV text under such a name would fail, or be
@@ -93,13 +104,16 @@ def columns(chosen: str | None, *, has_labels: bool, has_predictions: bool) -> t
 
 
 @contextlib.contextmanager
-def writer(path: str, inputs=(), columns: tuple[str, ...] = COLUMNS
+def writer(path: str, inputs=(), columns: tuple[str, ...] = COLUMNS, classes: int | None = None
            ) -> Iterator[Callable[[RowsOut], None]]:
     """Yields a function that writes RowsOut blocks to path, which appears only on success.
 
     columns are those to write (see ``columns``), less those the blocks lack: label and pred
-    where the input has none, prob and grad where they were not computed.
+    where the input has none, prob and grad where they were not computed. classes, the
+    input's k, lets a Parquet file too wide to write be refused before anything is read.
     """
+    if classes is not None and kind(path) == "parquet":
+        refuse_wide_parquet(classes, columns, path)
     with data.atomic_writer(path, inputs) as text:
         file = text.buffer  # every format writes bytes; nothing goes through the text layer
         out = {"csv": _Csv, "tsv": _Tsv, "npy": _Npy, "parquet": _Parquet}[kind(path)](file, columns)
@@ -109,6 +123,19 @@ def writer(path: str, inputs=(), columns: tuple[str, ...] = COLUMNS
             out.close(complete=False)  # the file goes: write nothing more to it
             raise
         out.close()
+
+
+def refuse_wide_parquet(k: int, columns: tuple[str, ...], path: str | None = None) -> None:
+    """Raises InputError where a Parquet file of these columns, k classes, is wider than
+    WIDE_COLUMNS."""
+    count = len(column_names(k, columns))
+    if count > WIDE_COLUMNS:
+        per_class = " and ".join(name for name in columns if name in ("prob", "grad"))
+        raise InputError(
+            f"--output .parquet would hold {count:,} columns, one per class for {per_class}; "
+            f"past {WIDE_COLUMNS:,} the footer of a Parquet file grows with its rows: write .npy "
+            f"(a field of {k:,} values a sample) or .csv, or fewer --columns (loss, pred)",
+            source=path)
 
 
 def _written(columns: tuple[str, ...], rows: RowsOut) -> tuple[str, ...]:
@@ -205,8 +232,9 @@ class _Csv(_Framed):
             return
         if self.frames is None:
             # float64 always: a float32 spelled as float32 would read back as another float64
-            self.frames = _Frames(self.file, rows, self.columns, np.float64,
-                                  functools.partial(_sink_csv, separator=self.separator))
+            write = (_spelled(self.separator) if len(self.names) > WIDE_COLUMNS
+                     else _polars_writer(functools.partial(_sink_csv, separator=self.separator)))
+            self.frames = _Frames(self.file, rows, self.columns, np.float64, write)
         self.frames.put(rows)
 
 
@@ -219,6 +247,33 @@ class _Tsv(_Csv):
 def _sink_csv(lazy: polars.LazyFrame, file: BinaryIO, separator: str = ",") -> None:
     # in order: maintain_order is the default
     lazy.sink_csv(file, include_header=False, separator=separator)
+
+
+def _spelled(separator: str) -> FramesWriter:
+    """Returns a frames writer that writes each frame's CSV lines as _spell_frame spells them."""
+    def write(file: BinaryIO, names: list[str], whole: int, dtype: np.dtype,
+              frames: Iterator[tuple[np.ndarray, np.ndarray]]) -> None:
+        for integers, reals in frames:
+            file.write(_spell_frame(integers, reals, separator))
+    return write
+
+
+def _spell_frame(integers: np.ndarray, reals: np.ndarray, separator: str) -> bytes:
+    """Returns the CSV lines of a frame's columns (whole numbers, then reals, each (columns, n)),
+    spelled by Polars as its CSV writer spells them: all numbers of a kind cast to text as one
+    column, then joined a row at a time."""
+    import polars as pl
+
+    n = reals.shape[1]
+
+    def rows_of(values: np.ndarray):
+        text = pl.Series(np.ascontiguousarray(values.T).reshape(-1)).cast(pl.String)
+        return text.reshape((n, len(values))).arr.join(separator)
+
+    lines = rows_of(reals)
+    if len(integers):
+        lines = rows_of(integers) + separator + lines
+    return (lines.str.join("\n").item() + "\n").encode()
 
 
 def _csv_rows(rows: RowsOut, columns: tuple[str, ...], separator: str = ",") -> str:
@@ -254,8 +309,8 @@ class _Frames:
     """
 
     def __init__(self, file: BinaryIO, rows: RowsOut, columns: tuple[str, ...], dtype,
-                 sink: Callable[[polars.LazyFrame, BinaryIO], None]):
-        self.file, self.columns, self.dtype, self.sink_to = file, columns, np.dtype(dtype), sink
+                 write: FramesWriter):
+        self.file, self.columns, self.dtype, self.write = file, columns, np.dtype(dtype), write
         self.names = column_names(_classes(rows), columns)
         self.whole = sum(name in _WHOLE for name in columns)
         self.size = 0
@@ -298,15 +353,13 @@ class _Frames:
         return n
 
     def _send(self) -> None:
-        import polars as pl
-
-        columns = [*self.integers[:, :self.size], *self.reals[:, :self.size]]
-        block = pl.DataFrame(dict(zip(self.names, columns)))  # views, not copies
+        frame = self.integers[:, :self.size], self.reals[:, :self.size]
         self.size = 0
         self._empty()  # the arrays are the frame's now
         if self.writer is None:
-            self.writer = _sink(self.file, block.schema, self.sink_to)
-        self.writer.put(block)
+            self.writer = _Worker(functools.partial(self.write, self.file, self.names, self.whole,
+                                                    self.dtype))
+        self.writer.put(frame)
 
 
 class _Npy:
@@ -395,9 +448,11 @@ class _Parquet(_Framed):
 
     def write(self, rows: RowsOut) -> None:
         if rows.start == 0:
+            columns = _written(self.asked, rows)
+            refuse_wide_parquet(_classes(rows), columns)
             self.restart()
-            self.frames = _Frames(self.file, rows, _written(self.asked, rows),
-                                  rows.per_sample.dtype, _sink_parquet)
+            self.frames = _Frames(self.file, rows, columns, rows.per_sample.dtype,
+                                  _polars_writer(_sink_parquet))
         self.frames.put(rows)
 
 
@@ -477,12 +532,17 @@ class _Worker:
             raise self.error
 
 
-def _sink(file: BinaryIO, schema, sink: Callable[[polars.LazyFrame, BinaryIO], None]) -> _Worker:
-    """Returns a worker that hands the frames put to it to a Polars streaming writer (sink)."""
-    import polars as pl
-    from polars.io.plugins import register_io_source
+def _polars_writer(sink: Callable[[polars.LazyFrame, BinaryIO], None]) -> FramesWriter:
+    """Returns a frames writer that hands the frames to a Polars streaming writer (sink)."""
+    def write(file: BinaryIO, names: list[str], whole: int, dtype: np.dtype,
+              frames: Iterator[tuple[np.ndarray, np.ndarray]]) -> None:
+        import polars as pl
+        from polars.io.plugins import register_io_source
 
-    def consume(frames: Iterator[pl.DataFrame]) -> None:
-        sink(register_io_source(lambda *_: frames, schema=schema), file)
+        def frame(integers: np.ndarray, reals: np.ndarray) -> pl.DataFrame:
+            return pl.DataFrame(dict(zip(names, [*integers, *reals])))  # views, not copies
 
-    return _Worker(consume)
+        schema = frame(np.empty((whole, 0), np.int64), np.empty((len(names) - whole, 0), dtype)).schema
+        sink(register_io_source(lambda *_: (frame(*arrays) for arrays in frames), schema=schema),
+             file)
+    return write

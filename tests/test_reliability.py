@@ -527,6 +527,12 @@ CASES = {
     "output-npz": Case("--output named for a format it does not write (.npz, .json, .gz...)",
                        ("eval", "z.csv", "--output", "out.npz"),
                        "out.npz: --output writes .csv, .tsv, .npy or .parquet, not .npz", files={"z.csv": K3}),
+    "output-parquet-too-wide": Case(
+        "--output .parquet of more columns than its footer takes in bounded memory (1100 classes: 2,205 columns)",
+        ("eval", "z.npy", "--labels", "y.npy", "--output", "out.parquet"),
+        "out.parquet: --output .parquet would hold 2,205 columns, one per class for prob and grad; past 2,048 the "
+        "footer of a Parquet file grows with its rows: write .npy (a field of 1,100 values a sample) or .csv",
+        files={"z.npy": npy(np.zeros((2, 1100))), "y.npy": npy([0, 1])}),
     "ctrl-c": Case("Ctrl-C during the evaluation", ("eval", "z.csv", "--output", "out.csv"),
                    "Interrupted.", exit=130, interrupt=True),
     "ctrl-c-existing-output": Case("Ctrl-C with an --output file already there: it keeps its content",

@@ -813,6 +813,8 @@ def _fast_arrays(path: str, slices: _Slices, label_col: str,
                     target_lines=target_lines, target_names=names, rows_in=rows_in)
                 yield Chunk(data=chunk, start=start, done=stop)
                 start = stop
+            if start != n:
+                raise _Unusual  # the file has fewer rows since: the whole reader reads it as it is
             if side is not None and not side.exhausted():
                 raise _Unusual  # more target rows than logits: the whole reader says so
 

@@ -778,6 +778,31 @@ def test_parquet_slices_have_their_rows_whatever_batches_polars_hands_out(tmp_pa
     assert np.array_equal(np.concatenate([frame.to_numpy() for frame in frames]), z[:, [0, 3]])
 
 
+@pytest.mark.parametrize("name", ["b*.parquet", "c[1].parquet", "d?.parquet"])
+@pytest.mark.parametrize("reader", ["sliced", "whole"])
+def test_a_parquet_file_named_like_a_glob_is_read_as_itself(runner, tmp_path, monkeypatch, name,
+                                                            reader):
+    # Polars takes a path as a glob: 'b*.parquet' read bb.parquet too, 'c[1].parquet' nothing
+    rng = np.random.default_rng(14)
+    for other in ("bb.parquet", "c1.parquet", "dd.parquet", "y1.parquet"):
+        _parquet(tmp_path / other, rng.normal(size=(9, 3)), rng.integers(0, 3, size=9))
+    z, y = rng.normal(size=(5, 3)), rng.integers(0, 3, size=5)
+    _parquet(tmp_path / name, z, y)
+    import polars as pl
+
+    pl.DataFrame({"label": y}).write_parquet(tmp_path / "y[1].parquet")
+    np.save(tmp_path / "z.npy", z)
+    if reader == "whole":
+        monkeypatch.setattr(stream, "_fast_parquet", lambda *arguments: None)
+    expected = losses.cross_entropy(z, y)
+    for arguments in ([name], ["z.npy", "--labels", "y[1].parquet"]):
+        result = runner.invoke(app, ["eval", *(str(tmp_path / a) if "." in a else a
+                                               for a in arguments), "--format", "json"])
+        assert result.exit_code == 0, result.output
+        fields = json.loads(result.stdout)
+        assert fields["n"] == 5 and fields["loss"] == pytest.approx(expected.loss, rel=1e-15)
+
+
 @pytest.mark.parametrize("rows", [30, 70])
 def test_a_parquet_table_rewritten_while_read_is_read_as_it_is_now(runner, tmp_path, monkeypatch,
                                                                    rows):

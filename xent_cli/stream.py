@@ -594,8 +594,8 @@ def _fast_parquet(path: str, label_col: str, labels_path: str | None = None,
     import polars as pl
 
     try:
-        schema = pl.read_parquet_schema(path)
-        n = pl.scan_parquet(path).select(pl.len()).collect().item()
+        schema = _scan_parquet(path).collect_schema()
+        n = _scan_parquet(path).select(pl.len()).collect().item()
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException:  # noqa: BLE001 - as _read_parquet: the whole reader says why
@@ -625,6 +625,14 @@ def _fast_parquet(path: str, label_col: str, labels_path: str | None = None,
                         targets_path, delimiter)
 
 
+def _scan_parquet(path: str):
+    """Returns Polars' lazy scan of the Parquet file at path, its name taken as it is: as a
+    glob, 'b*.parquet' had read every file it matched, and 'c[1].parquet' none."""
+    import polars as pl
+
+    return pl.scan_parquet(path, glob=False)
+
+
 def _parquet_slices(path: str, columns, rows: int):
     """Yields some columns of a Parquet table rows at a time (the last slice fewer), as
     Polars' streaming engine decodes them in its threads; raises _Unusual where Polars cannot
@@ -639,7 +647,7 @@ def _parquet_slices(path: str, columns, rows: int):
         except BaseException:  # noqa: BLE001 - Polars' errors, or a panic on corrupt bytes
             raise _Unusual from None
 
-    batches = polars_errors(lambda: iter(pl.scan_parquet(path).select(columns)
+    batches = polars_errors(lambda: iter(_scan_parquet(path).select(columns)
                                          .collect_batches(chunk_size=rows)))
     pending = None  # rows of a batch not yet handed out: Polars gives chunk_size rows so far
     while (batch := polars_errors(lambda: next(batches, None))) is not None:
@@ -890,8 +898,8 @@ def _targets_beside(path: str, delimiter: str | None, k: int, step: int | None =
         import polars as pl
 
         try:
-            schema = pl.read_parquet_schema(path)
-            n = pl.scan_parquet(path).select(pl.len()).collect().item()
+            schema = _scan_parquet(path).collect_schema()
+            n = _scan_parquet(path).select(pl.len()).collect().item()
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:  # noqa: BLE001 - the whole reader says why
@@ -1638,7 +1646,7 @@ def _parquet_frame(path: str):
     except ImportError:
         raise InputError("reading Parquet needs Polars: pip install polars", source=path) from None
     try:
-        return pl.read_parquet(path)
+        return pl.read_parquet(path, glob=False)  # as _scan_parquet
     except FileNotFoundError:
         raise InputError("no such file", source=path) from None
     except (KeyboardInterrupt, SystemExit):

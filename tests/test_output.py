@@ -573,6 +573,22 @@ def test_parquet_too_wide_for_its_footer_is_refused_before_anything_is_read(
     assert not out.exists()
 
 
+def test_the_parquet_refusal_under_bce_names_columns_bce_writes(runner, tmp_path, monkeypatch):
+    # it had said "fewer --columns (loss, pred)", and --columns loss,pred is an error under bce
+    monkeypatch.setattr(rows_file, "WIDE_COLUMNS", 3)
+    (tmp_path / "z.csv").write_text("a,b,c\n1,2,3\n")
+    (tmp_path / "t.csv").write_text("a,b,c\n1,0,1\n")
+    out = tmp_path / "o.parquet"
+    arguments = ["eval", str(tmp_path / "z.csv"), "--loss", "bce", "--targets",
+                 str(tmp_path / "t.csv"), "--output", str(out)]
+    refused = runner.invoke(app, arguments)
+    assert refused.exit_code == 2 and not out.exists()
+    assert refused.stderr.rstrip().endswith("or .csv, or fewer --columns (loss)"), refused.stderr
+    result = runner.invoke(app, [*arguments, "--columns", "loss"])
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(out).columns == ["loss"]
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_many_frames_hold_what_one_frame_holds(tmp_path, monkeypatch, suffix):
     blocks = _blocks([50, 1, 23, 8, 40], k=4, seed=3, dtype=np.float32)

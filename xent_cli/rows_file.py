@@ -131,10 +131,11 @@ def refuse_wide_parquet(k: int, columns: tuple[str, ...], path: str | None = Non
     count = len(column_names(k, columns))
     if count > WIDE_COLUMNS:
         per_class = " and ".join(name for name in columns if name in ("prob", "grad"))
+        narrow = "loss, pred" if "pred" in columns else "loss"  # --loss bce has no pred
         raise InputError(
             f"--output .parquet would hold {count:,} columns, one per class for {per_class}; "
             f"past {WIDE_COLUMNS:,} the footer of a Parquet file grows with its rows: write .npy "
-            f"(a field of {k:,} values a sample) or .csv, or fewer --columns (loss, pred)",
+            f"(a field of {k:,} values a sample) or .csv, or fewer --columns ({narrow})",
             source=path)
 
 

@@ -315,6 +315,11 @@ CASES = {
                                 "z.csv, line 1: column 1 of the header is 'Unnamed: 0', pandas' name for a column "
                                 "that had none: the index that to_csv saved and read_csv read back, not a class; "
                                 "drop it (df.drop(columns='Unnamed: 0')) and save with index=False"),
+    "ids-after-the-label": eval_case("ids added as the last column (df['image_id'] = ...), after the label",
+                                     "z0,z1,label,image_id\n1,2,0,7\n0,0,1,8\n3,1,0,9\n",
+                                     "z.csv, column 'image_id': holds distinct whole numbers (7, 8, 9): ids saved "
+                                     "with the logits, not a class; read as one they would change k and every loss. "
+                                     "Drop the column"),
     "pandas-unnamed-later": eval_case("a later column pandas named for want of a name: a class whose name was lost",
                                       "z0,Unnamed: 1,z2,label\n1,2,3,0\n0,0,0,1\n",
                                       "z.csv, line 1: column 2 of the header is 'Unnamed: 1', pandas' name for a "

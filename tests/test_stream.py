@@ -1089,15 +1089,19 @@ def test_pandas_read_back_index_is_refused_before_a_row_is_parsed(runner, tmp_pa
     assert results["fast"][0] == 2
 
 
-def _eval_by_every_reader(runner, tmp_path, monkeypatch, name: str, first, *args) -> dict:
+def _eval_by_every_reader(runner, tmp_path, monkeypatch, name: str, first, *args,
+                          at: int = 0) -> dict:
     """Returns {reader: (exit code, stdout, stderr)} of eval on 3000 rows of logits whose first
-    column is name: first, by the fast and strict CSV readers and the Parquet reader, the
-    files named alike; the fast reader's first block holds some 50 rows."""
+    column (or the one at place at among z0, z1, z2, label) is name: first, by the fast and
+    strict CSV readers and the Parquet reader, the files named alike; the fast reader's first
+    block holds some 50 rows."""
     import polars as pl
 
     rng = np.random.default_rng(17)
     z, y = rng.normal(size=(3000, 3)), rng.integers(0, 3, size=3000)
-    table = pl.DataFrame({name: first, "z0": z[:, 0], "z1": z[:, 1], "z2": z[:, 2], "label": y})
+    columns = [("z0", z[:, 0]), ("z1", z[:, 1]), ("z2", z[:, 2]), ("label", y)]
+    columns.insert(at, (name, first))
+    table = pl.DataFrame(dict(columns))
     table.write_csv(tmp_path / "z.csv")
     table.write_parquet(tmp_path / "z.parquet")
     monkeypatch.setattr(stream, "BLOCK_BYTES", 4000)
@@ -1134,6 +1138,34 @@ def test_a_saved_row_index_is_refused_by_every_reader_before_any_output(runner, 
         f"one it would change k and every loss. Drop the column, or save with index=False; if "
         f"it is a class, rename it\n"))
 
+@pytest.mark.parametrize("name, at", [("imageId", 0), ("ImageId", 0), ("sampleID", 0),
+                                      ("tokenIndex", 0), ("image_id", 4), ("imageId", 4),
+                                      ("id", 2), ("sample_idx", 1)])
+def test_ids_saved_anywhere_among_the_logits_are_refused_by_every_reader(runner, tmp_path,
+                                                                          monkeypatch, name, at):
+    # df["image_id"] = ids puts the column last, after the label, and Kaggle's files name it
+    # ImageId: read as a class, k = 4 and a wrong loss with exit 0
+    ids = np.random.default_rng(19).permutation(3000) + 1
+    results = _eval_by_every_reader(runner, tmp_path, monkeypatch, name, ids, at=at)
+    shown = ", ".join(str(i) for i in ids[:3])
+    what, advice = (("a row index saved with the logits (as pandas saves a named index), not a "
+                     "class; read as one it would", "Drop the column, or save with index=False")
+                    if at == 0 else ("ids saved with the logits, not a class; read as one they "
+                                     "would", "Drop the column"))
+    assert results["fast"] == results["strict"] == results["parquet"] == (2, "", (
+        f"Error: {tmp_path / 'z.csv'}, column {name!r}: holds distinct whole numbers ({shown}, …): "
+        f"{what} change k and every loss. {advice}; if it is a class, rename it\n"))
+
+
+@pytest.mark.parametrize("name", ["valid", "Squid", "android", "ID card", "x_identity"])
+def test_a_class_whose_name_only_ends_like_an_id_is_a_class(runner, tmp_path, monkeypatch, name):
+    # lower-case 'id' at a word's end is no camelCase Id: a class of that name counting 1, 2, 3
+    counts = np.arange(1, 3001, dtype=float)
+    results = _eval_by_every_reader(runner, tmp_path, monkeypatch, name, counts, "--format", "json")
+    assert results["fast"][0] == results["strict"][0] == results["parquet"][0] == 0
+    assert json.loads(results["strict"][1])["k"] == 4
+
+
 @pytest.mark.parametrize("first", [
     [0.5, 1.0, 2.0, 3.0],  # a class named id whose logits are not whole numbers
     [1.0, 1.0, 0.0, 2.0],  # whole-number logits that repeat: no index repeats a row's number
@@ -1166,12 +1198,14 @@ def test_a_group_id_saved_with_the_logits_is_refused_by_every_reader(runner, tmp
         f"with index=False; if it is a class, rename it\n"))
 
 
-def test_every_reader_judges_a_saved_index_from_the_same_first_rows(runner, tmp_path, monkeypatch):
+@pytest.mark.parametrize("at", [0, 4])
+def test_every_reader_judges_a_saved_index_from_the_same_first_rows(runner, tmp_path, monkeypatch,
+                                                                    at):
     # a wide CSV's first block holds fewer rows than the check reads (some 400 of 1000 classes
     # in 8 MB): numbers distinct in that block but repeated within the first FIRST_ROWS rows
     # were refused by the fast reader and read as a class by the strict one
     results = _eval_by_every_reader(runner, tmp_path, monkeypatch, "id", np.arange(3000) % 700,
-                                    "--format", "json")
+                                    "--format", "json", at=at)
     assert results["fast"] == results["strict"] == results["parquet"]
     assert results["fast"][0] == 0 and json.loads(results["fast"][1])["k"] == 4
 

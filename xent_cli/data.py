@@ -433,6 +433,9 @@ INDEX_NAMES = frozenset({"id", "idx", "index", "row", "row_id", "sample", "sampl
 # pandas' name in Parquet for an unnamed index that is no range (a filtered frame's): a plain
 # column once Polars or DuckDB writes the table again without pandas' metadata
 _ARROW_INDEX = re.compile(r"__index_level_\d+__")
+# an ids' name in camelCase or PascalCase: a lower-case letter or a digit, then Id, ID, Idx or
+# Index at the end (Kaggle's ImageId, imageID, tokenIndex)
+_CAMEL_IDS = re.compile(r"[a-z0-9](Id|ID|Idx|IDX|Index)$")
 # The rows of the first chunk that the checks of its look read (a large CSV's first block holds
 # as many unless a row has some 800 classes), so that every reader decides from the same rows.
 FIRST_ROWS = 1000
@@ -445,9 +448,12 @@ def _index_name(name: str) -> bool:
 
 def _ids_name(name: str) -> bool:
     """Returns whether a column name says it holds ids, as no class's does: one in _id, _idx or
-    _index (image_id, sample_idx, row_index), or pandas' __index_level_0__."""
-    name = name.strip().casefold()
-    return name.endswith(("_id", "_idx", "_index")) or bool(_ARROW_INDEX.fullmatch(name))
+    _index (image_id, sample_idx, row_index), in camelCase (imageId, ImageId, sampleID,
+    tokenIndex), or pandas' __index_level_0__."""
+    name = name.strip()
+    folded = name.casefold()
+    return (folded.endswith(("_id", "_idx", "_index")) or bool(_CAMEL_IDS.search(name))
+            or bool(_ARROW_INDEX.fullmatch(folded)))
 
 
 def index_hint(class_names: Sequence[str] | None, count: int) -> str:
@@ -485,33 +491,44 @@ def target_columns_error(count: int, class_names: Sequence[str] | None, k: int,
 
 
 def check_row_index(part: EvalInput) -> None:
-    """Raises InputError when the first logit column is a row index saved with the logits:
-    named as an index is (id, index, image_id, ...), it holds distinct whole numbers in its
+    """Raises InputError when a logit column is a row index or ids saved with the logits: named
+    as an index is (id, index, image_id, imageId, ...), it holds distinct whole numbers in its
     first FIRST_ROWS rows. Read as a class, it would change k and every loss without a word.
     Under a name that says ids (image_id, ...), numbers that repeat are ids all the same: a
-    sentence's over its tokens, an image's over its boxes.
+    sentence's over its tokens, an image's over its boxes. pandas saves its index first; an id
+    column added to a frame (df["image_id"] = ...) comes last, after the label.
 
     The name decides, not the numbers alone: a toy file's logits may well count 0, 1, 2. No row
     number is negative, and quantized logits mostly have one: the digits example's logits in
     int8, 10 rows of a class, are distinct 66% of the time, distinct and not negative 0.7%.
     """
-    if not part.class_names or len(part.lines) == 0 or not _index_name(part.class_names[0]):
+    if not part.class_names or len(part.lines) == 0:
         return
-    first = part.logits[:FIRST_ROWS, 0]
-    with np.errstate(invalid="ignore"):  # inf - inf: not whole, as nan is not
-        if not ((first - np.round(first) == 0) & (first >= 0)).all():
-            return
-    distinct = np.unique(first).size == first.size
-    if not distinct and not _ids_name(part.class_names[0]):
-        return
-    shown = ", ".join(f"{v:.0f}" for v in first[:3]) + (", …" if first.size > 3 else "")
-    what = (f"distinct whole numbers ({shown}): a row index saved with the logits (as pandas "
-            f"saves a named index), not a class; read as one it would" if distinct else
-            f"whole numbers ({shown}), repeated: ids saved with the logits (a group's, such as "
-            f"a sentence's for its tokens), not a class; read as one they would")
-    raise InputError(f"holds {what} change k and every loss. Drop the column, or save with "
-                     f"index=False; if it is a class, rename it",
-                     source=part.source, column=repr(part.class_names[0]))
+    for column in index_columns(part.class_names):
+        values = part.logits[:FIRST_ROWS, column]
+        with np.errstate(invalid="ignore"):  # inf - inf: not whole, as nan is not
+            if not ((values - np.round(values) == 0) & (values >= 0)).all():
+                continue
+        name = part.class_names[column]
+        distinct = np.unique(values).size == values.size
+        if not distinct and not _ids_name(name):
+            continue
+        shown = ", ".join(f"{v:.0f}" for v in values[:3]) + (", …" if values.size > 3 else "")
+        pandas = column == 0  # where pandas' to_csv saves its index
+        what = (f"distinct whole numbers ({shown}): a row index saved with the logits (as pandas "
+                f"saves a named index), not a class; read as one it would" if distinct and pandas
+                else f"distinct whole numbers ({shown}): ids saved with the logits, not a class; "
+                f"read as one they would" if distinct else
+                f"whole numbers ({shown}), repeated: ids saved with the logits (a group's, such "
+                f"as a sentence's for its tokens), not a class; read as one they would")
+        advice = "Drop the column, or save with index=False" if pandas else "Drop the column"
+        raise InputError(f"holds {what} change k and every loss. {advice}; if it is a class, "
+                         f"rename it", source=part.source, column=repr(name))
+
+
+def index_columns(names: Sequence[str]) -> list[int]:
+    """Returns the places of the columns among names that are named as an index or ids are."""
+    return [column for column, name in enumerate(names) if _index_name(name)]
 
 
 # How far a row of probabilities may sum from 1: written to d decimals, each of its k entries is

@@ -2016,7 +2016,7 @@ def _counted_from_one(error: InputError, part: data.EvalInput, source: Source,
 
 
 def _check_row_index(source: Source, part: data.EvalInput) -> None:
-    """Refuses a row index saved as the first class (data.check_row_index), judged from the
+    """Refuses a row index or ids saved as a class (data.check_row_index), judged from the
     first data.FIRST_ROWS rows whatever the reader: a wide CSV's first block holds fewer (some
     400 of 1000 classes), so when it looks like an index the rows after it are read too."""
     try:
@@ -2024,18 +2024,24 @@ def _check_row_index(source: Source, part: data.EvalInput) -> None:
     except InputError:
         if len(part.lines) >= data.FIRST_ROWS:
             raise
+        named = data.index_columns(part.class_names)
         columns, rows = [], 0
         with contextlib.closing(source.chunks()) as chunks:
             for chunk in chunks:
-                columns.append(chunk.data.logits[:, :1])
+                columns.append(chunk.data.logits[:, named])
                 rows += len(chunk.data.lines)
                 if rows >= data.FIRST_ROWS:
                     break
         if rows == len(part.lines):
             raise  # the first chunk is the whole input
         head = np.concatenate(columns)[:data.FIRST_ROWS]
-        # the first class's column over those rows (the check counts rows by their lines)
-        data.check_row_index(dataclasses.replace(part, logits=head, lines=range(len(head))))
+        # the columns named as an index is over those rows (the check counts rows by their
+        # lines), each in its place so that the first class is still told as pandas' index
+        names = [name if column in named else "" for column, name in enumerate(part.class_names)]
+        logits = np.zeros((len(head), len(names)), order="F")  # only the named columns' pages
+        logits[:, named] = head
+        data.check_row_index(dataclasses.replace(part, logits=logits, lines=range(len(head)),
+                                                 class_names=tuple(names)))
 
 
 def _floats(values) -> tuple[float, ...] | None:

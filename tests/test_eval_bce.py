@@ -359,11 +359,14 @@ def test_any_chunk_size_gives_the_one_piece_results(n, k, chunk, seed, reduction
         assert np.array_equal(worked.sigma_minus_t, reference.probs[i].astype(np.float64) - t[i])
 
 
-@pytest.fixture
-def fast(monkeypatch):
-    """Forces the fast block reader on every CSV, with blocks of a few lines."""
+@pytest.fixture(params=["polars", "cut"])
+def fast(request, monkeypatch):
+    """Forces the fast block reader on every CSV, with blocks of a few lines,
+    parsed by Polars' CSV reader or cut into cells and cast (as a file of many columns is)."""
     monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0)
     monkeypatch.setattr(stream, "BLOCK_BYTES", 64)
+    if request.param == "cut":
+        monkeypatch.setattr(stream, "WIDE_CSV_COLUMNS", 0)
 
 
 def _pair(tmp_path, n=200, k=5, seed=11, soft=False):

@@ -29,12 +29,14 @@ NOISE = ["", ",", ",,", ";", "\t", '"', '""', "'", "\x00", "\r", "\n", "\r\n", "
          "label", "z0", "#"]
 
 
-@pytest.fixture(params=["strict", "fast"])
+@pytest.fixture(params=["strict", "fast", "cut"])
 def reader(request, monkeypatch):
-    """Runs each example through one reader: the fast one forced, with blocks of a few lines."""
-    if request.param == "fast":
+    """Runs each example through one reader: the fast one forced, with blocks of a few lines,
+    parsed by Polars' CSV reader or cut into cells and cast (as a file of many columns is)."""
+    if request.param in ("fast", "cut"):
         monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0)
         monkeypatch.setattr(stream, "BLOCK_BYTES", 32)
+        monkeypatch.setattr(stream, "WIDE_CSV_COLUMNS", 0 if request.param == "cut" else 1 << 30)
     else:
         monkeypatch.setattr(stream, "FAST_CSV_BYTES", 1 << 60)
     return request.param
@@ -129,9 +131,10 @@ def test_near_valid_labels_files_are_read_or_refused_in_one_line(runner, tmp_pat
                                   '"1\n"'])
 def test_both_readers_refuse_the_same_cells_with_the_same_line(runner, tmp_path, monkeypatch, cell):
     errors = set()
-    for threshold in (1 << 60, 0):
+    for threshold, wide in ((1 << 60, 1 << 30), (0, 1 << 30), (0, 0)):  # strict, fast, fast cut
         monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
         monkeypatch.setattr(stream, "BLOCK_BYTES", 32)
+        monkeypatch.setattr(stream, "WIDE_CSV_COLUMNS", wide)
         body = VALID.replace("3,4e-3", f"3,{cell}").encode()
         errors.add(run_eval(runner, tmp_path, {"z.csv": body}, [str(tmp_path / "z.csv")]).stderr)
     assert len(errors) == 1 and "Error: " in errors.pop()

@@ -104,8 +104,8 @@ def columns(chosen: str | None, *, has_labels: bool, has_predictions: bool) -> t
 
 
 @contextlib.contextmanager
-def writer(path: str, inputs=(), columns: tuple[str, ...] = COLUMNS, classes: int | None = None
-           ) -> Iterator[Callable[[RowsOut], None]]:
+def writer(path: str, inputs=(), columns: tuple[str, ...] = COLUMNS,
+           classes: int | None = None) -> Iterator[Callable[[RowsOut], None]]:
     """Yields a function that writes RowsOut blocks to path, which appears only on success.
 
     columns are those to write (see ``columns``), less those the blocks lack: label and pred
@@ -543,7 +543,8 @@ def _polars_writer(sink: Callable[[polars.LazyFrame, BinaryIO], None]) -> Frames
         def frame(integers: np.ndarray, reals: np.ndarray) -> pl.DataFrame:
             return pl.DataFrame(dict(zip(names, [*integers, *reals])))  # views, not copies
 
-        schema = frame(np.empty((whole, 0), np.int64), np.empty((len(names) - whole, 0), dtype)).schema
+        schema = frame(np.empty((whole, 0), np.int64),
+                       np.empty((len(names) - whole, 0), dtype)).schema
         sink(register_io_source(lambda *_: (frame(*arrays) for arrays in frames), schema=schema),
              file)
     return write

@@ -59,10 +59,10 @@ CHUNK_ROWS = 1 << 16
 CHUNK_LOGITS = 1 << 21
 # Rows of a Parquet table read at a time, fewer of many classes (_chunk_rows), as Polars'
 # streaming engine decodes them in its threads: each row group is decoded once, where a slice
-# of rows read on its own decoded the pages it spans anew. 8.5M x 10 took 1.9-2.0 s and 210-300
-# MB (slices of 131,072 rows: 2.9-3.2 s and 168 MB; 131,072 rows streamed: 1.7-1.9 s and 285-
-# 300 MB); 100,000 x 1000 float32 in one row group 2.3 s and 0.9 GB (slices: 4.9 s and 1.7 GB,
-# and 12 s in slices of 2,097 rows).
+# of rows read on its own decoded the pages it spans anew. 8.5M x 10 took 1.58-1.76 s and 321-
+# 334 MB in the benchmark (slices of 131,072 rows: 2.08-2.51 s and 184-197 MB; 131,072 rows
+# streamed: about 0.1 s less, 285-300 MB by hand); 100,000 x 1000 float32 in one row group 2.3 s
+# and 0.9 GB (slices: 4.9 s and 1.7 GB, and 12 s in slices of 2,097 rows).
 PARQUET_ROWS = 1 << 16
 
 Progress = Callable[[int, int, int], None]  # (bytes or rows done, of total; samples done)
@@ -586,7 +586,8 @@ def _fast_parquet(path: str, label_col: str, labels_path: str | None = None,
                   targets_path: str | None = None, delimiter: str | None = None,
                   min_classes: int = 2) -> Source | None:
     """Returns a source that reads a Parquet table of logits in slices of PARQUET_ROWS rows
-    (fewer of many classes), with its label column or with labels or targets from a file of their own (_fast_arrays),
+    (fewer of many classes), with its label column or with labels or targets from a file of
+    their own (_fast_arrays),
     or None where the whole reader must judge: no label column and no such file (or both), a
     column that is not a number, too few classes, no rows, an unreadable file. A slice holding
     anything unusual (a null, nan or inf, a label that is no whole number) hands the file to
@@ -613,7 +614,8 @@ def _fast_parquet(path: str, label_col: str, labels_path: str | None = None,
     def read() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         for frame in _parquet_slices(path, [*logit_names, label_col] if own else logit_names,
                                      step):
-            logits = frame.select(logit_names).to_numpy().astype(np.float64, copy=False)  # as the whole reader
+            # float64, as the whole reader reads them
+            logits = frame.select(logit_names).to_numpy().astype(np.float64, copy=False)
             yield logits, frame[label_col].to_numpy() if own else None
 
     def labels() -> Iterator[np.ndarray]:
@@ -697,7 +699,8 @@ def _fast_mapped(path: str, label_col: str, labels_path: str | None, targets_pat
     step = _chunk_rows(z.shape[1], step)
     slices = _Slices(n=len(z), class_names=tuple(str(c) for c in range(z.shape[1])),
                      step=step, kernel_judges=True,
-                     read=lambda: ((_rows(z, start, step), None) for start in range(0, len(z), step)))
+                     read=lambda: ((_rows(z, start, step), None)
+                                   for start in range(0, len(z), step)))
     return _fast_arrays(path, slices, label_col, None, labels_path, targets_path, delimiter,
                         held=own)
 

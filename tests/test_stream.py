@@ -1193,6 +1193,32 @@ def test_a_class_whose_name_only_ends_like_an_id_is_a_class(runner, tmp_path, mo
     assert json.loads(results["strict"][1])["k"] == 4
 
 
+@pytest.mark.parametrize("files, arguments, says", [
+    ({"z.csv": "z0,z1,label,image_id\n1,2,0,7\n0,0,1,8\n"}, ["--weight", "1,2"],
+     "--weight has 2 entries; the logits have 3 classes; the column 'image_id' may hold ids "
+     "saved with the logits: drop it"),
+    ({"z.csv": "z0,z1,ImageId\n1,2,7\n0,0,8\n", "t.csv": "z0,z1\n1,0\n0,1\n"},
+     ["--targets", "t.csv"], "t.csv, line 1: has 2 target columns, the logits have 3 classes; "
+     "the column 'ImageId' may hold ids saved with the logits: drop it"),
+    ({"z.csv": "z0,z1\n1,2\n0,0\n", "t.csv": "z0,z1,image_id\n1,0,7\n0,1,8\n"},
+     ["--targets", "t.csv"], "t.csv, line 1: has 3 target columns, the logits have 2 classes; "
+     "its column 'image_id' may hold ids saved with the targets: drop it"),
+    ({"z.csv": "z0,z1\n1,2\n0,0\n", "y.csv": "label,image_id\n0,7\n1,8\n"},
+     ["--labels", "y.csv"], "y.csv, line 1: a labels file has one column, this one has 2; its "
+     "column 'image_id' may hold ids saved with the labels: drop it"),
+])
+def test_a_count_one_off_names_ids_saved_after_the_classes(runner, tmp_path, monkeypatch, files,
+                                                           arguments, says):
+    # ids added to a frame come last (df["image_id"] = ...): the counts, checked before a row
+    # is read, named only a first column and blamed the user's weights, targets or labels
+    monkeypatch.chdir(tmp_path)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    result = runner.invoke(app, ["eval", "z.csv", *arguments])
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", f"Error: {says}\n")
+
+
+
 @pytest.mark.parametrize("first", [
     [0.5, 1.0, 2.0, 3.0],  # a class named id whose logits are not whole numbers
     [1.0, 1.0, 0.0, 2.0],  # whole-number logits that repeat: no index repeats a row's number

@@ -457,9 +457,9 @@ def _ids_name(name: str) -> bool:
 
 
 def index_hint(class_names: Sequence[str] | None, count: int) -> str:
-    """Returns a hint when count (weights, target columns) is one short of the classes and the
-    first class is named as an index is, else '': these counts are checked before a row is
-    read, so before check_row_index, and would blame the user's k."""
+    """Returns a hint when count (weights, target columns) is one short of the classes and a
+    class is named as an index is, else '': these counts are checked before a row is read, so
+    before check_row_index, and would blame the user's k."""
     if not class_names or count != len(class_names) - 1:
         return ""
     return _saved_index(class_names, "logits", "the")
@@ -467,12 +467,17 @@ def index_hint(class_names: Sequence[str] | None, count: int) -> str:
 
 def _saved_index(names: Sequence[str] | None, what: str, its: str = "its") -> str:
     """Returns a hint that the first of names, named as an index is (or pandas' 'Unnamed: 0'),
-    may be the row index pandas' to_csv saved with the logits, labels or targets (what), for a
+    may be the row index pandas' to_csv saved with the logits, labels or targets (what), or
+    that a later one so named may be ids added to them (df["image_id"] = ..., last), for a
     file with a column too many; else ''."""
-    if not names or not (_index_name(names[0]) or _pandas_unnamed(names[0])):
+    if not names:
         return ""
-    return (f"; {its} first, {names[0]!r}, may be a row index saved with the {what}: drop it, "
-            f"or save with index=False")
+    if _index_name(names[0]) or _pandas_unnamed(names[0]):
+        return (f"; {its} first, {names[0]!r}, may be a row index saved with the {what}: drop "
+                f"it, or save with index=False")
+    named = index_columns(names)
+    return (f"; {its} column {names[named[0]]!r} may hold ids saved with the {what}: drop it"
+            if named else "")
 
 
 def target_columns_error(count: int, class_names: Sequence[str] | None, k: int,

@@ -1167,7 +1167,8 @@ def test_a_saved_row_index_is_refused_by_every_reader_before_any_output(runner, 
 
 @pytest.mark.parametrize("name, at", [("imageId", 0), ("ImageId", 0), ("sampleID", 0),
                                       ("tokenIndex", 0), ("image_id", 4), ("imageId", 4),
-                                      ("id", 2), ("sample_idx", 1)])
+                                      ("id", 2), ("sample_idx", 1), ("Image ID", 4),
+                                      ("Sample ID", 0), ("image-id", 4), ("row.index", 0)])
 def test_ids_saved_anywhere_among_the_logits_are_refused_by_every_reader(runner, tmp_path,
                                                                           monkeypatch, name, at):
     # df["image_id"] = ids puts the column last, after the label, and Kaggle's files name it
@@ -1184,7 +1185,8 @@ def test_ids_saved_anywhere_among_the_logits_are_refused_by_every_reader(runner,
         f"{what} change k and every loss. {advice}; if it is a class, rename it\n"))
 
 
-@pytest.mark.parametrize("name", ["valid", "Squid", "android", "ID card", "x_identity"])
+@pytest.mark.parametrize("name", ["valid", "Squid", "android", "ID card", "x_identity",
+                                  "Freud's ids", "Paranoid", "Rapid"])
 def test_a_class_whose_name_only_ends_like_an_id_is_a_class(runner, tmp_path, monkeypatch, name):
     # lower-case 'id' at a word's end is no camelCase Id: a class of that name counting 1, 2, 3
     counts = np.arange(1, 3001, dtype=float)

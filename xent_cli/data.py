@@ -433,6 +433,9 @@ INDEX_NAMES = frozenset({"id", "idx", "index", "row", "row_id", "sample", "sampl
 # pandas' name in Parquet for an unnamed index that is no range (a filtered frame's): a plain
 # column once Polars or DuckDB writes the table again without pandas' metadata
 _ARROW_INDEX = re.compile(r"__index_level_\d+__")
+# an ids' name in words: id, idx or index after an underscore, a space, a hyphen or a dot
+# (image_id, spreadsheets' Image ID, image-id, R's image.id)
+_WORD_IDS = re.compile(r"[_ .-](id|idx|index)$")
 # an ids' name in camelCase or PascalCase: a lower-case letter or a digit, then Id, ID, Idx or
 # Index at the end (Kaggle's ImageId, imageID, tokenIndex)
 _CAMEL_IDS = re.compile(r"[a-z0-9](Id|ID|Idx|IDX|Index)$")
@@ -448,11 +451,11 @@ def _index_name(name: str) -> bool:
 
 def _ids_name(name: str) -> bool:
     """Returns whether a column name says it holds ids, as no class's does: one in _id, _idx or
-    _index (image_id, sample_idx, row_index), in camelCase (imageId, ImageId, sampleID,
-    tokenIndex), or pandas' __index_level_0__."""
+    _index (image_id, sample_idx, row_index; Image ID, image-id), in camelCase (imageId,
+    ImageId, sampleID, tokenIndex), or pandas' __index_level_0__."""
     name = name.strip()
     folded = name.casefold()
-    return (folded.endswith(("_id", "_idx", "_index")) or bool(_CAMEL_IDS.search(name))
+    return (bool(_WORD_IDS.search(folded)) or bool(_CAMEL_IDS.search(name))
             or bool(_ARROW_INDEX.fullmatch(folded)))
 
 

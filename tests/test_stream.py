@@ -1218,6 +1218,23 @@ def test_a_class_whose_name_only_ends_like_an_id_is_a_class(runner, tmp_path, mo
     assert json.loads(results["strict"][1])["k"] == 4
 
 
+@pytest.mark.parametrize("threshold", [1 << 60, 0])  # the strict reader, the fast one
+@pytest.mark.parametrize("header, row", [("z0,z1,label,image_id", "1,2,0,a7.jpg"),
+                                         ("ImageId,z0,z1,label", "3f9c0e,1,2,0")])
+def test_ids_that_are_no_numbers_are_told_as_ids(runner, tmp_path, monkeypatch, threshold, header,
+                                                 row):
+    # Kaggle's image ids are often names or hashes: 'logit 'a7.jpg' is not a number' said
+    # nothing of the column that should not be there
+    monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+    (tmp_path / "z.csv").write_text(f"{header}\n{row}\n0,0,1,1\n")
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv")])
+    name = [n for n in header.split(",") if "d" in n][0]
+    cell = [c for c in row.split(",") if not c.isdigit()][0]
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", (
+        f"Error: {tmp_path / 'z.csv'}, line 2, column {name!r}: logit {cell!r} is not a number; "
+        f"{name!r} is named as ids are: if it holds ids, not a class, drop the column\n"))
+
+
 @pytest.mark.parametrize("files, arguments, says", [
     ({"z.csv": "z0,z1,label,image_id\n1,2,0,7\n0,0,1,8\n"}, ["--weight", "1,2"],
      "--weight has 2 entries; the logits have 3 classes; the column 'image_id' may hold ids "

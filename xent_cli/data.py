@@ -667,8 +667,12 @@ def _numbers(table: Table, columns, what: str, parse=parse_number) -> np.ndarray
             try:
                 out[i, j] = parse(row[c])
             except ValueError as error:
-                raise InputError(f"{what} {error}", source=table.source, line=table.lines[i],
-                                 column=repr(table.header[c])) from None
+                name = table.header[c]
+                # ids are often names (Kaggle's image ids, a7.jpg): not a logit that went wrong
+                ids = (f"; {name!r} is named as ids are: if it holds ids, not a class, drop "
+                       f"the column" if what == "logit" and _index_name(name) else "")
+                raise InputError(f"{what} {error}{ids}", source=table.source,
+                                 line=table.lines[i], column=repr(name)) from None
     return out
 
 

@@ -1191,7 +1191,8 @@ def test_a_saved_row_index_is_refused_by_every_reader_before_any_output(runner, 
 @pytest.mark.parametrize("name, at", [("imageId", 0), ("ImageId", 0), ("sampleID", 0),
                                       ("tokenIndex", 0), ("image_id", 4), ("imageId", 4),
                                       ("id", 2), ("sample_idx", 1), ("Image ID", 4),
-                                      ("Sample ID", 0), ("image-id", 4), ("row.index", 0)])
+                                      ("Sample ID", 0), ("image-id", 4), ("row.index", 0),
+                                      ("level_0", 0)])
 def test_ids_saved_anywhere_among_the_logits_are_refused_by_every_reader(runner, tmp_path,
                                                                           monkeypatch, name, at):
     # df["image_id"] = ids puts the column last, after the label, and Kaggle's files name it

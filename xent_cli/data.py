@@ -428,8 +428,10 @@ def check_pandas_unnamed(names, source: str, line: int | None = None) -> None:
                              source=source, line=line)
 
 
-# Names a table's index goes by; pandas' to_csv saves a named index as the first column.
-INDEX_NAMES = frozenset({"id", "idx", "index", "row", "row_id", "sample", "sample_id"})
+# Names a table's index goes by; pandas' to_csv saves a named index as the first column, and
+# reset_index() names it level_0 where a column is named index already (a second reset_index).
+INDEX_NAMES = frozenset({"id", "idx", "index", "level_0", "row", "row_id", "sample",
+                         "sample_id"})
 # pandas' name in Parquet for an unnamed index that is no range (a filtered frame's): a plain
 # column once Polars or DuckDB writes the table again without pandas' metadata
 _ARROW_INDEX = re.compile(r"__index_level_\d+__")

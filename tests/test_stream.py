@@ -1209,6 +1209,19 @@ def test_ids_saved_anywhere_among_the_logits_are_refused_by_every_reader(runner,
         f"{what} change k and every loss. {advice}; if it is a class, rename it\n"))
 
 
+def test_the_index_saved_twice_is_refused_by_every_reader(runner, tmp_path, monkeypatch):
+    # to_csv, read_csv, to_csv and read_csv again: pandas names the first index Unnamed: 0.1,
+    # and to_csv(index=False) then saved it as a class (k one too many, a wrong loss, exit 0)
+    results = _eval_by_every_reader(runner, tmp_path, monkeypatch, "Unnamed: 0.1",
+                                    np.arange(3000))
+    fix = ("'Unnamed: 0.1', pandas' name for a column that had none: the index that to_csv "
+           "saved and read_csv read back, not a class; drop it (df.drop(columns='Unnamed: "
+           "0.1')) and save with index=False\n")
+    assert results["fast"] == results["strict"] == (
+        2, "", f"Error: {tmp_path / 'z.csv'}, line 1: column 1 of the header is {fix}")
+    assert results["parquet"] == (2, "", f"Error: {tmp_path / 'z.csv'}: has a column {fix}")
+
+
 @pytest.mark.parametrize("name", ["valid", "Squid", "android", "ID card", "x_identity",
                                   "Freud's ids", "Paranoid", "Rapid"])
 def test_a_class_whose_name_only_ends_like_an_id_is_a_class(runner, tmp_path, monkeypatch, name):

@@ -407,11 +407,15 @@ def _check_names(table: Table) -> None:
     check_pandas_unnamed(table.header, table.source, table.header_line)
 
 
+# pandas' name for a column without one, by its place; read_csv tells a repeated name by .1
+# (the index saved twice: to_csv, read_csv, to_csv and read_csv again make Unnamed: 0.1)
+_UNNAMED = re.compile(r"Unnamed: (\d+)(?:\.\d+)?")
+
+
 def _pandas_unnamed(name: str) -> bool:
     """Returns whether name is the one pandas gives a column without a name: 'Unnamed: 0' for
     the index of a CSV saved with to_csv, read back with read_csv and saved again."""
-    number = name.removeprefix("Unnamed: ")
-    return number != name and number.isdigit()
+    return bool(_UNNAMED.fullmatch(name))
 
 
 def check_pandas_unnamed(names, source: str, line: int | None = None) -> None:
@@ -423,7 +427,7 @@ def check_pandas_unnamed(names, source: str, line: int | None = None) -> None:
             # pandas numbers the columns it names: 0 is the first of the CSV it read
             fix = (f"the index that to_csv saved and read_csv read back, not a class; drop it "
                    f"(df.drop(columns={name!r})) and save with index=False"
-                   if name == "Unnamed: 0" else "give its class its name")
+                   if _UNNAMED.fullmatch(name)[1] == "0" else "give its class its name")
             raise InputError(f"{where} {name!r}, pandas' name for a column that had none: {fix}",
                              source=source, line=line)
 

@@ -603,3 +603,24 @@ def test_a_result_that_is_no_array_says_what_it_is(runner, tmp_path, body, says)
     result = check(runner, "--grad-fn", f"{code}:grad")
     assert result.exit_code == 2, result.output
     assert f"odd.py:grad {says}" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize("method, evaluations", [("central", 8), ("complex", 4), ("richardson", 24)])
+def test_a_long_full_check_says_how_to_check_faster_on_stderr(runner, monkeypatch, method,
+                                                               evaluations):
+    # entry by entry, 4 samples of 50,257 classes ran for minutes without a word
+    from xent_cli import gradcheck
+
+    quiet = check(runner, "--random", "3", "--k", "4", "--method", method, "--format", "json")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    monkeypatch.setattr(gradcheck, "SLOW_CHECK_NUMBERS", 3 * 4 * evaluations - 1)
+    noted = check(runner, "--random", "3", "--k", "4", "--method", method, "--format", "json")
+    assert noted.exit_code == 0 and noted.stdout == quiet.stdout  # the report is the same
+    assert noted.stderr == (
+        f"Note: checking 3 × 4 entries one by one evaluates the loss {evaluations} times over the "
+        f"whole batch ({3 * 4 * evaluations:.1e} numbers), which may take minutes; --directional "
+        f"checks one random direction per sample in 2 evaluations\n")
+    monkeypatch.setattr(gradcheck, "SLOW_CHECK_NUMBERS", 3 * 4 * evaluations)  # just within
+    assert check(runner, "--random", "3", "--k", "4", "--method", method).stderr == ""
+    directional = check(runner, "--random", "3", "--k", "4", "--method", method, "--directional")
+    assert directional.exit_code == 0 and directional.stderr == ""

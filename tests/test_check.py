@@ -624,3 +624,21 @@ def test_a_long_full_check_says_how_to_check_faster_on_stderr(runner, monkeypatc
     assert check(runner, "--random", "3", "--k", "4", "--method", method).stderr == ""
     directional = check(runner, "--random", "3", "--k", "4", "--method", method, "--directional")
     assert directional.exit_code == 0 and directional.stderr == ""
+
+
+@pytest.mark.parametrize("options", [["--hessian"], ["--hessian", "--directional"]])
+def test_a_hessian_too_large_to_hold_is_refused_before_any_check(runner, monkeypatch, options):
+    # 4 samples of 20,000 classes: Hessians of 13 GB each, where the machine ran out of memory
+    from xent_cli import gradcheck
+
+    monkeypatch.setattr(gradcheck, "HESSIAN_MAX_ENTRIES", 2 * 4 * 4 - 1)
+    checked = []
+    monkeypatch.setattr(gradcheck, "check_gradient", lambda *a, **o: checked.append(1))
+    result = check(runner, "--random", "2", "--k", "4", *options)
+    assert result.exit_code == 2 and result.stdout == "" and checked == []
+    assert result.stderr == (
+        "Error: --hessian of 2 samples of 4 classes holds 32 entries (0.0 GB of float64, several "
+        "times over); check the Hessian of fewer samples or classes (up to 31 entries)\n")
+    monkeypatch.undo()
+    monkeypatch.setattr(gradcheck, "HESSIAN_MAX_ENTRIES", 2 * 4 * 4)
+    assert check(runner, "--random", "2", "--k", "4", *options).exit_code == 0

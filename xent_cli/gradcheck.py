@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from xent_cli import bce, data, losses, usercode
-from xent_cli.errors import ExpressionError, InputError
+from xent_cli.errors import ExpressionError, InputError, XentError
 
 METHODS = ("central", "complex", "richardson")
 
@@ -628,6 +628,10 @@ def check_gradient(problem: Problem, analytic: np.ndarray, loss: Function, tol: 
 # Richardson), n·k numbers each time: 4 samples of 20,000 classes took 36 s here, of 50,257
 # over two minutes, where --directional takes two evaluations (0.4 s with start-up).
 SLOW_CHECK_NUMBERS = 10**9
+# Entries of the per-sample Hessians (n·k², 200 MB of float64) a Hessian check holds at most:
+# the analytic and the numeric one, and their differences, are a few such arrays (4 samples of
+# 1000 classes: 288 MB in all); 4 of 20,000 would be 13 GB each.
+HESSIAN_MAX_ENTRIES = 25 * 10**6
 EVALUATIONS_PER_CLASS = {"central": 2, "complex": 1, "richardson": 6}
 
 
@@ -1125,6 +1129,11 @@ def run(problem: Problem, *, grad: usercode.UserFunction | None = None,
     sizes (N <= SYMBOLIC_MAX_N, k <= SYMBOLIC_MAX_K).
     """
     n, k, y = problem.n, problem.k, problem.target
+    if (hessian or hess is not None) and n * k * k > HESSIAN_MAX_ENTRIES:  # before any work
+        raise XentError(f"--hessian of {n:,} samples of {k:,} classes holds {n * k * k:,} entries "
+                        f"({n * k * k * 8 / 1e9:.1f} GB of float64, several times over); check "
+                        f"the Hessian of fewer samples or classes (up to "
+                        f"{HESSIAN_MAX_ENTRIES:,} entries)")
     cast = dtype if dtype == "float32" else None
     if grad is not None:
         analytic, analytic_source = usercode.gradient(grad, y, n, k, cast)(problem.z), grad.name

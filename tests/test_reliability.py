@@ -554,6 +554,11 @@ CASES = {
     "show-negative": Case("a negative --show", ("eval", "z.csv", "--show", "-1"), "Invalid value for '--show'"),
     "unknown-command": Case("an unknown command", ("evaluate",), "No such command 'evaluate'"),
     # --- check
+    "check-hessian-too-large": Case("check: --hessian of more entries than memory holds (4 × 3000²)",
+                                    ("check", "--random", "4", "--k", "3000", "--hessian"),
+                                    "--hessian of 4 samples of 3,000 classes holds 36,000,000 entries (0.3 GB of "
+                                    "float64, several times over); check the Hessian of fewer samples or classes",
+                                    files={}),
     "check-missing-file": Case("check: the file does not exist", ("check", "nope.csv"), "nope.csv: no such file", files={}),
     "check-bad-cell": Case("check: a cell that is not a number", ("check", "z.csv"),
                            "z.csv, line 3, column 'z1': logit 'x' is not a number",

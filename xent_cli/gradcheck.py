@@ -628,11 +628,11 @@ def check_gradient(problem: Problem, analytic: np.ndarray, loss: Function, tol: 
 # Richardson), n·k numbers each time: 4 samples of 20,000 classes took 36 s here, of 50,257
 # over two minutes, where --directional takes two evaluations (0.4 s with start-up).
 SLOW_CHECK_NUMBERS = 10**9
+EVALUATIONS_PER_CLASS = {"central": 2, "complex": 1, "richardson": 6}
 # Entries of the per-sample Hessians (n·k², 200 MB of float64) a Hessian check holds at most:
 # the analytic and the numeric one, and their differences, are a few such arrays (4 samples of
 # 1000 classes: 288 MB in all); 4 of 20,000 would be 13 GB each.
 HESSIAN_MAX_ENTRIES = 25 * 10**6
-EVALUATIONS_PER_CLASS = {"central": 2, "complex": 1, "richardson": 6}
 
 
 def slow_check_note(n: int, k: int, method: str) -> str | None:

@@ -618,8 +618,8 @@ def check_command(
                      for name, spec, option in (("grad", grad_fn, "--grad-fn"),
                                                 ("loss", loss_fn, "--loss-fn"),
                                                 ("hess", hess_fn, "--hess-fn"))}
-        note = None if directional else gradcheck.slow_check_note(problem.n, problem.k,
-                                                                   method.value)
+        note = None if directional else gradcheck.slow_check_note(
+            problem.n, problem.k, method.value, hessian=hessian or hess_fn is not None)
         if note:  # a diagnostic, before the wait: stdout keeps the report alone
             stderr().print(f"Note: {note}", markup=False, soft_wrap=True)
         outcome = gradcheck.run(problem, **functions, expr=expr, method=method.value,

@@ -635,12 +635,13 @@ EVALUATIONS_PER_CLASS = {"central": 2, "complex": 1, "richardson": 6}
 HESSIAN_MAX_ENTRIES = 25 * 10**6
 
 
-def slow_check_note(n: int, k: int, method: str) -> str | None:
+def slow_check_note(n: int, k: int, method: str, hessian: bool = False) -> str | None:
     """Returns a note for a full check of n samples of k classes that runs the loss through
-    more than SLOW_CHECK_NUMBERS numbers, naming the faster check; else None."""
+    more than SLOW_CHECK_NUMBERS numbers, naming the faster check; else None, and None where
+    run refuses the Hessian before any check."""
     evaluations = EVALUATIONS_PER_CLASS[method] * k
     numbers = evaluations * n * k
-    if numbers <= SLOW_CHECK_NUMBERS:
+    if numbers <= SLOW_CHECK_NUMBERS or hessian and n * k * k > HESSIAN_MAX_ENTRIES:
         return None
     return (f"checking {n:,} × {k:,} entries one by one evaluates the loss {evaluations:,} times "
             f"over the whole batch ({numbers:.1e} numbers), which may take minutes; --directional "

@@ -112,7 +112,23 @@ def test_the_seeds_case_1_is_reported_failed_with_a_counterexample():
     derivation = derive(3, 1)
     pitfall = derivation.pitfall
     assert pitfall is not None and not pitfall.verification.ok
-    assert "differs at z" in pitfall.verification.detail and "missing term" in pitfall.verification.detail
+    assert "∂CE/∂z2 = p_2 = 1/3, not 0" in pitfall.verification.detail
+
+
+def test_case_1_is_refuted_where_a_student_can_check_it_by_hand():
+    # The counterexample was a random point, z = (0, -11/3, 1) with p_2 = 0.00682762: right,
+    # but no student checks that by hand, and it ignored the logits given with --at.
+    for k, label in ((2, 1), (3, 1), (5, 5)):
+        detail = derive(k, label).pitfall.verification.detail
+        j = label % k + 1
+        zeros = "(" + ", ".join(["0"] * k) + ")"
+        assert f"at z = {zeros}, ∂CE/∂z{j} = p_{j} = 1/{k}" in detail, detail
+        # where the post goes wrong: it sums only n ≠ ℓ and drops the ℓ-th term, −log p_ℓ
+        assert f"drops −log p_{label} = log S − z{label}" in detail, detail
+    at = (1.0, 2.0, 0.0)
+    detail = derive(3, 1, at=at).pitfall.verification.detail
+    shown = float(detail.split("∂CE/∂z2 = p_2 = ")[1].split(",")[0])
+    assert "at z = (1, 2, 0)" in detail and shown == pytest.approx(softmax(np.array(at))[1], rel=1e-5)
 
 
 def test_at_evaluates_every_step(runner):

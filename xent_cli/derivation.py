@@ -43,7 +43,8 @@ RULES = {
     "recombination": "both cases at once: ∂CE/∂z_j = p_j − y_j, i.e. ∇CE = p − y",
     "y is constant": "H_ij = ∂(p_i − y_i)/∂z_j = ∂p_i/∂z_j, since y does not depend on z",
     "quotient rule": "∂(e^{z_i}/S)/∂z_j = (δ_ij e^{z_i} S − e^{z_i} e^{z_j})/S²",
-    "seed's Case 1": "treats S = Σ_n e^{z_n} as constant in z_j, so ∂CE/∂z_j = 0 for j ≠ ℓ",
+    "seed's Case 1": "sums only the terms n ≠ ℓ, whose y_n = 0, and so drops −log p_ℓ, whose "
+                     "S = Σ_n e^{z_n} depends on z_j: ∂CE/∂z_j = 0 for j ≠ ℓ",
     # Binary cross-entropy (xent_cli.derivation_bce), p_n = σ(z_n) = 1/(1 + e^{−z_n}):
     "definition of binary cross-entropy":
         "BCE = −Σ_n [y_n log p_n + (1 − y_n) log(1 − p_n)], with p_n = σ(z_n) = 1/(1 + e^{−z_n})",
@@ -487,14 +488,11 @@ def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
     pitfall = None
     if not soft:
         j, step = results["j ≠ ℓ"]
-        pitfall_builder = _builder(s, at_point)
-        pitfall = pitfall_builder.add("seed's Case 1", "seed", sp.Derivative(CE, z[j]),
-                                      sp.Integer(0), before=step.value)
+        pitfall = _builder(s, at_point).add("seed's Case 1", "seed", sp.Derivative(CE, z[j]),
+                                            sp.Integer(0), before=step.value)
         if not pitfall.verification.ok:
-            detail = (pitfall.verification.detail + f"; the missing term is p_{j + 1} = "
-                      f"e^(z{j + 1})/S, which S's dependence on z{j + 1} contributes")
             pitfall = Step(pitfall.rule, pitfall.case, pitfall.lhs, pitfall.expr, pitfall.value,
-                           Verification("failed", detail), pitfall.at)
+                           _case_1_refuted(s, l, j, step.value, at, at_point), pitfall.at)
 
     hessian_rows, hessian_steps = None, ()
     if hessian:
@@ -502,6 +500,31 @@ def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
 
     return Derivation(k, label, soft, tuple(build.steps), tuple(gradient), hessian_rows,
                       hessian_steps, pitfall, at)
+
+
+def _case_1_refuted(s: Symbols, l: int, j: int, value: sp.Expr, at, at_point) -> Verification:
+    """The seed's Case 1 refuted where a student can follow it: at --at, else at z = 0, where
+    p_j = 1/K; and the term the post drops, which carries S's dependence on z_j."""
+    if at_point is None:
+        point = {**{zn: sp.Integer(0) for zn in s.z}, s.S: sp.Integer(s.k)}
+        where, shown = _vector([0] * s.k), str(value.xreplace(point))  # exactly 1/K
+    else:
+        true = value.xreplace(at_point).evalf(_digits(at))
+        where = _vector(at)
+        shown = f"{float(true):.6g}" if float(true) != 0 else str(sp.N(true, 6))  # e^-800/S
+    n, c = j + 1, l + 1
+    return Verification("failed", f"at z = {where}, ∂CE/∂z{n} = p_{n} = {shown}, not 0: Case 1 "
+                                  f"sums only the terms n ≠ ℓ, whose y_n = 0, and so drops −log "
+                                  f"p_{c} = log S − z{c}, which depends on z{n} through S = "
+                                  f"Σ_n e^(z_n): ∂ log S/∂z{n} = e^(z{n})/S = p_{n}")
+
+
+def _vector(values) -> str:
+    """(v1, v2, …) as %g, the first and last three of more than 8."""
+    items = [f"{v:g}" for v in values]
+    if len(items) > 8:
+        items = items[:3] + ["…"] + items[-3:]
+    return "(" + ", ".join(items) + ")"
 
 
 def by_every_entry(entries) -> Verification:

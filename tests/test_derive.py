@@ -139,6 +139,22 @@ def test_at_evaluates_every_step(runner):
     assert float(data["steps"][-2]["at"]) == pytest.approx(p[1], rel=1e-5)  # j ≠ ℓ: p_2
 
 
+@pytest.mark.parametrize("label", [1, 3])
+def test_json_at_carries_every_entry_the_tables_show(label, runner):
+    # The tables show each gradient and Hessian entry at --at; the JSON held only the steps'
+    # values, for one representative j, so a script had no ∂CE/∂z3 at the point.
+    z = np.array([1.0, 2.0, 0.0, -1.5])
+    result = runner.invoke(app, ["derive", "--k", "4", "--label", str(label), "--hessian",
+                                 "--at", "1,2,0,-1.5", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    p = softmax(z)
+    assert data["gradient_at"] == pytest.approx(p - np.eye(4)[label - 1], rel=1e-12, abs=1e-15)
+    assert np.array(data["hessian_at"]) == pytest.approx(np.diag(p) - np.outer(p, p), abs=1e-15)
+    plain = json.loads(runner.invoke(app, ["derive", "--k", "4", "--format", "json"]).stdout)
+    assert plain["gradient_at"] is None and "hessian_at" not in plain
+
+
 @pytest.mark.parametrize("argv", [
     ["--k", "1"], ["--k", "501"], ["--k", "61", "--hessian"], ["--k", "3", "--label", "4"],
     ["--k", "3", "--label", "0"], ["--k", "3", "--at", "1,2"], ["--k", "3", "--at", "1,x,2"],

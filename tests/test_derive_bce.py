@@ -244,6 +244,12 @@ def test_at_with_targets_gives_numbers(runner):
                                                                 abs=1e-7)
     sigma = 1 / (1 + np.exp(-np.array(z)))
     assert [derivation.hessian[n][n].at for n in range(3)] == pytest.approx(sigma * (1 - sigma))
+    # the JSON carries them too; without --y, y stays a symbol and the entries have no number
+    assert data["gradient_at"] == pytest.approx(sigma - np.array(y), rel=1e-12)
+    assert np.diag(data["hessian_at"]) == pytest.approx(sigma * (1 - sigma), rel=1e-12)
+    without_y = runner.invoke(app, ["derive", "--loss", "bce", "--k", "3", "--at", "1.5,-0.5,0",
+                                    "--format", "json"])
+    assert json.loads(without_y.stdout)["gradient_at"] == [None, None, None]
 
 
 @pytest.mark.parametrize("argv", [

@@ -297,7 +297,8 @@ def _step_json(step: Step, printing: dict) -> dict:
 
 
 def to_json(derivation: Derivation) -> str:
-    """Returns one JSON object: loss, k, label, gradient (strings in z and y), hessian, steps;
+    """Returns one JSON object: loss, k, label, gradient (strings in z and y), hessian, their
+    values at --at, steps;
     for bce (label null, p_n = σ(z_n)) also contrast, how it differs from softmax."""
     z = sp.symbols(f"z1:{derivation.k + 1}", real=True)
     p = sp.symbols(f"p1:{derivation.k + 1}", positive=True)
@@ -316,6 +317,10 @@ def to_json(derivation: Derivation) -> str:
         # In z (and y) only, so that sympy.sympify reads it without our definitions of p and S.
         return sp.sstr(entry.closed.xreplace(softmax)).replace(placeholder.name, normaliser)
 
+    def at(entries):
+        # as the tables show them at --at (null where y stays a symbol: bce without --y)
+        return None if derivation.at is None else [e.at for e in entries]
+
     data = {
         "loss": derivation.loss,
         "k": derivation.k, "label": derivation.label, "soft": derivation.soft,
@@ -325,6 +330,7 @@ def to_json(derivation: Derivation) -> str:
            if derivation.loss == "bce" else {}),
         "gradient": [concrete(e) for e in derivation.gradient],
         "gradient_verified": [e.verification.ok for e in derivation.gradient],
+        "gradient_at": at(derivation.gradient),
         "steps": [_step_json(s, printing) for s in derivation.steps],
         "pitfall": (_step_json(derivation.pitfall, printing) if derivation.pitfall is not None
                     else None),
@@ -332,6 +338,8 @@ def to_json(derivation: Derivation) -> str:
     if derivation.hessian is not None:
         data["hessian"] = [[concrete(e) for e in row] for row in derivation.hessian]
         data["hessian_verified"] = [[e.verification.ok for e in row] for row in derivation.hessian]
+        data["hessian_at"] = (None if derivation.at is None
+                              else [at(row) for row in derivation.hessian])
         data["hessian_steps"] = [_step_json(s, printing) for s in derivation.hessian_steps]
     if derivation.contrast:
         data["contrast"] = [{"topic": row.topic, "softmax": row.softmax, "bce": row.bce,

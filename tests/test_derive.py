@@ -128,7 +128,8 @@ def test_case_1_is_refuted_where_a_student_can_check_it_by_hand():
     at = (1.0, 2.0, 0.0)
     detail = derive(3, 1, at=at).pitfall.verification.detail
     shown = float(detail.split("∂CE/∂z2 = p_2 = ")[1].split(",")[0])
-    assert "at z = (1, 2, 0)" in detail and shown == pytest.approx(softmax(np.array(at))[1], rel=1e-5)
+    assert "at z = (1, 2, 0)" in detail
+    assert shown == pytest.approx(softmax(np.array(at))[1], rel=1e-5)
 
 
 def test_at_evaluates_every_step(runner):

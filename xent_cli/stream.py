@@ -1917,8 +1917,11 @@ def _divisor_pass(source: Source, options: dict) -> float:
     if options["loss"] == "bce":
         return _fsum(float(bce.mean_divisor(n, k)) for n in source.targets())
     dt = np.dtype(options["dtype"])
-    return _fsum(losses.mean_divisor(target, k, weight=options["weight"],
-                                     ignore_index=options["ignore_index"], dtype=dt)
+    if options["weight"] is not None and source.has_labels:  # summed once, as _pass sums it
+        counts = sum(losses.label_counts(labels, k, options["ignore_index"])
+                     for labels in source.targets())
+        return losses.weighted_divisor(counts, options["weight"], dt)
+    return _fsum(losses.mean_divisor(target, k, ignore_index=options["ignore_index"], dtype=dt)
                  for target in source.targets())
 
 
@@ -1933,6 +1936,7 @@ class _Piece:
     sums: tuple[float, float]  # the chunk's total, as _split_sum gives it
     divisor: float  # the chunk's share of the 'mean' divisor
     ignored: np.ndarray  # (n,) bool: samples that count for nothing (ignore_index)
+    counts: np.ndarray | None  # (k,) the counted labels of each class, for class weights; else None
     hits: int  # softmax: counted samples whose argmax is right; binary: samples right in every class
     counted: int  # the samples the hits are counted among
     wrong: int  # binary: elements predicted wrong (0 for softmax)
@@ -1958,6 +1962,7 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
     with an ignored sample raises _Ignored."""
     kernel = _KERNELS[options["loss"]]
     totals, divisors, n, ignored, hits, counted, wrong = [], [], 0, 0, 0, 0, 0
+    counts = None  # class weights: the labels counted per class, whose weights sum once at the end
     per_samples, elements, first = [], [], None
     dt = np.dtype(options["dtype"])
     for chunk in source.chunks():
@@ -1979,6 +1984,8 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
             raise _Ignored
         totals += piece.sums
         divisors.append(piece.divisor)
+        if piece.counts is not None:
+            counts = piece.counts if counts is None else counts + piece.counts
         n += len(part.lines)
         ignored += int(np.count_nonzero(piece.ignored))
         hits, counted = hits + piece.hits, counted + piece.counted
@@ -2005,6 +2012,8 @@ def _pass(source: Source, options: dict, reduction: str, show: int,
     if first is None:
         raise InputError("has no samples", source=source.name)
     total, whole_divisor = _fsum(totals), _fsum(divisors)
+    if counts is not None:  # the chunks' divisors, each rounded, would sum to bits of their own
+        whole_divisor = losses.weighted_divisor(counts, options["weight"], dt)
     if not math.isfinite(total):
         raise InputError(f"the loss overflows {dt.name}; the logits or weights are too large")
     if reduction == "mean" and not whole_divisor > 0:
@@ -2107,16 +2116,19 @@ def _softmax_chunk(part: data.EvalInput, options: dict, reduction: str, dt: np.d
         ignore_index=options["ignore_index"], label_smoothing=options["label_smoothing"],
         scale=_grad_scale(reduction, divisor, dt), probs=probs, predictions=predictions,
         whole=options.get("whole", True))
+    counts = None
     if part.labels is not None:
         kept = ~block.ignored
         hits = int(np.count_nonzero((predictions == part.labels) & kept))
         counted = int(np.count_nonzero(kept))
+        if options["weight"] is not None:
+            counts = np.bincount(part.labels[kept].astype(np.intp), minlength=k)
     else:
         hits = int(np.count_nonzero(predictions == _argmax_rows(part.targets)))
         counted = n
     return _Piece(per_sample=per_sample, elements=None, probs=probs, grad=grad,
                   sums=_split_sum(per_sample), divisor=block.divisor, ignored=block.ignored,
-                  hits=hits, counted=counted, wrong=0, predictions=predictions)
+                  counts=counts, hits=hits, counted=counted, wrong=0, predictions=predictions)
 
 
 def _grad_scale(reduction: str, divisor: float | None, dt: np.dtype):
@@ -2181,7 +2193,7 @@ def _bce_chunk(part: data.EvalInput, options: dict, reduction: str, dt: np.dtype
                   probs=result.probs if "prob" in wants else None,
                   grad=_bce_scaled(result.grad, reduction, divisor, dt) if "grad" in wants else None,
                   sums=_split_sum(result.elements), divisor=result.divisor,
-                  ignored=np.zeros(len(per_sample), dtype=bool),
+                  ignored=np.zeros(len(per_sample), dtype=bool), counts=None,
                   hits=int(np.count_nonzero(right.all(axis=1))), counted=len(part.lines),
                   wrong=int(right.size - np.count_nonzero(right)), predictions=None)
 

@@ -271,6 +271,20 @@ def test_latex_compiles_under_pdflatex_and_writes_partial_derivatives(argv, runn
     assert "\\frac{d^{2}}" not in result.stdout and "d z_{" not in result.stdout
 
 
+@pytest.mark.parametrize("argv, shown", [
+    (["--k", "3"], r"\frac{\partial CE}{\partial z_{2}} &= p_{2} \neq 0 "),
+    (["--k", "4", "--label", "4"], r"\frac{\partial CE}{\partial z_{1}} &= p_{1} \neq 0 "),
+    (["--loss", "bce", "--k", "2"],
+     r"\frac{\partial BCE}{\partial z_{1}} &= p_{1} - y_{1} \neq - y_{1} + \frac{e^{z_{1}}}{S} "),
+])
+def test_latex_shows_what_the_pitfall_should_have_found(argv, shown, runner):
+    # Compiled, the slide showed only '∂CE/∂z_2 ≠ 0, FAILED': the counterexample is a comment,
+    # and nothing on the line said what the derivative is.
+    result = runner.invoke(app, ["derive", *argv, "--format", "latex"])
+    assert result.exit_code == 0, result.output
+    assert shown in result.stdout, result.stdout
+
+
 def test_markdown_writes_partial_derivatives(runner):
     result = runner.invoke(app, ["derive", "--k", "3", "--hessian", "--format", "markdown"])
     assert result.exit_code == 0, result.output

@@ -285,10 +285,14 @@ def to_latex(derivation: Derivation) -> str:
     out = [f"% {_header(derivation)}", "\\begin{align*}", body, "\\end{align*}"]
     if derivation.pitfall is not None:
         step = derivation.pitfall
+        # what the steps derived for the same entry, on the line: the counterexample that
+        # says so is a comment, which a compiled slide does not show
+        derived = next((s for s in reversed(derivation.steps) if s.lhs == step.lhs), None)
+        found = "" if derived is None else f"= {_latex(derived.expr, printing)} "
         out += [f"% {PITFALL.get(step.rule, step.rule)}, checked and failed: "
                 + step.verification.detail,
                 "\\begin{align*}",
-                f"{_latex_lhs(step)} &\\neq {_latex(step.expr, printing)} "
+                f"{_latex_lhs(step)} &{found}\\neq {_latex(step.expr, printing)} "
                 f"&& \\text{{{_tex_text(step.rule)}: FAILED}}",
                 "\\end{align*}"]
     out += [f"% {row.topic}: softmax {row.softmax}; binary {row.bce} ({row.evidence})"

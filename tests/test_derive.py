@@ -132,6 +132,30 @@ def test_case_1_is_refuted_where_a_student_can_check_it_by_hand():
     assert shown == pytest.approx(softmax(np.array(at))[1], rel=1e-5)
 
 
+@pytest.mark.parametrize("label, soft", [(1, False), (2, False), (1, True)])
+def test_two_classes_are_the_binary_cross_entropy_of_the_difference(label, soft, runner):
+    # With K = 2, p_1 = σ(z1 − z2): softmax cross-entropy is --loss bce's one logit z1 − z2,
+    # the link a course draws between the two, now a step checked like the others.
+    from xent_cli.derivation_bce import derive_bce
+
+    derivation = derive(2, label, soft=soft)
+    step = next(s for s in derivation.steps if s.rule == "two classes")
+    assert step.verification.method == "identity" and derivation.verified
+    binary = derive_bce(1).gradient[0]  # ∂BCE/∂z1 of one class, σ(z1) − y1, by its own steps
+    z1, z2, y1 = sp.symbols("z1 z2 y1", real=True)
+    rng = np.random.default_rng(label)
+    for _ in range(3):
+        z = rng.normal(size=2) * 3
+        y = rng.dirichlet(np.ones(2)) if soft else np.eye(2)[label - 1]
+        point = {z1: z[0], z2: z[1], y1: y[0]}
+        bce = binary.direct.xreplace({z1: z[0] - z[1], y1: y[0]})
+        assert float(step.value.xreplace(point)) == pytest.approx(float(bce), abs=1e-12)
+        assert float(step.value.xreplace(point)) == pytest.approx(softmax(z)[0] - y[0], abs=1e-12)
+    latex = runner.invoke(app, ["derive", "--k", "2", "--format", "latex"]).stdout
+    assert r"\sigma{\left(z_{1} - z_{2} \right)}" in latex, latex
+    assert "two classes" not in runner.invoke(app, ["derive", "--k", "3"]).stdout
+
+
 def test_at_evaluates_every_step(runner):
     result = runner.invoke(app, ["derive", "--k", "3", "--at", "1,2,0", "--format", "json"])
     assert result.exit_code == 0, result.output

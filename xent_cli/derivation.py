@@ -43,6 +43,8 @@ RULES = {
     "recombination": "both cases at once: ∂CE/∂z_j = p_j − y_j, i.e. ∇CE = p − y",
     "y is constant": "H_ij = ∂(p_i − y_i)/∂z_j = ∂p_i/∂z_j, since y does not depend on z",
     "quotient rule": "∂(e^{z_i}/S)/∂z_j = (δ_ij e^{z_i} S − e^{z_i} e^{z_j})/S²",
+    "two classes": "for K = 2, p_1 = e^{z_1}/(e^{z_1} + e^{z_2}) = σ(z_1 − z_2): the binary "
+                   "cross-entropy of the one logit z_1 − z_2, and ∂CE/∂z_2 = −∂CE/∂z_1",
     "seed's Case 1": "sums only the terms n ≠ ℓ, whose y_n = 0, and so drops −log p_ℓ, whose "
                      "S = Σ_n e^{z_n} depends on z_j: ∂CE/∂z_j = 0 for j ≠ ℓ",
     # Binary cross-entropy (xent_cli.derivation_bce), p_n = σ(z_n) = 1/(1 + e^{−z_n}):
@@ -485,6 +487,9 @@ def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
         "recombination", "every j", sp.Derivative(CE, sp.Symbol("z_j")),
         sp.Symbol("p_j") - sp.Symbol("y_j"), recombined, by_every_entry(gradient), None))
 
+    if k == 2:
+        build.steps.append(_two_classes(s, build))
+
     pitfall = None
     if not soft:
         j, step = results["j ≠ ℓ"]
@@ -500,6 +505,17 @@ def derive(k: int, label: int = 1, soft: bool = False, hessian: bool = False,
 
     return Derivation(k, label, soft, tuple(build.steps), tuple(gradient), hessian_rows,
                       hessian_steps, pitfall, at)
+
+
+def _two_classes(s: Symbols, build: _Builder) -> Step:
+    """K = 2: ∂CE/∂z1 = σ(z1 − z2) − y1, checked against p1 − y1 with S written out (S is
+    e^{z1} + e^{z2} here, which the symbol S alone does not know)."""
+    z1, z2 = s.z
+    shown = sp.Function("sigma")(z1 - z2) - s.y[0]
+    value = 1 / (1 + sp.exp(z2 - z1)) - s.y[0]
+    verification = verify(s, s.in_z(s.value(s.p[0] - s.y[0])), value)
+    return Step("two classes", "k = 2", sp.Derivative(sp.Symbol("CE"), z1), shown, value,
+                verification, build.value_at(value))
 
 
 def _case_1_refuted(s: Symbols, l: int, j: int, value: sp.Expr, at, at_point) -> Verification:

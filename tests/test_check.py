@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from xent_cli import gradcheck
 from xent_cli.cli import app
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -100,6 +101,29 @@ def test_a_float32_implementation_passes_at_float32_defaults(runner, argv):
     result = check(runner, *argv, "--format", "json")
     assert result.exit_code == 0, result.output
     assert as_json(result)["precision"] == "float32"
+
+
+@pytest.mark.parametrize("argv", [
+    ["--grad-fn", f"{CASES}:grad32"],
+    ["--grad-fn", f"{CASES}:grad32", "--method", "richardson"],
+    ["--dtype", "float32", "--hessian"],
+], ids=["grad32", "richardson", "xent-float32"])
+def test_a_float32_gradient_passes_at_confident_logits_of_100_to_1000(runner, tmp_path, argv):
+    # xent's float64 loss is differentiated with float64's step: float32's, 5e-3·|z|, is 5 at
+    # z = 1000, and the differences of the softmax over such a step are no derivative at all
+    rng = np.random.default_rng(0)
+    z = np.vstack([100 * rng.standard_normal((20, 10)), [[1000, 0, -1000, 999] + [0] * 6]])
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", np.r_[rng.integers(0, 10, 20), 0])
+    result = check(runner, str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy"), *argv,
+                   "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = as_json(result)
+    assert report["precision"] == "float32" and report["eps"] == gradcheck.DEFAULTS[
+        report["method"], "float64"][0]
+    wrong = check(runner, str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy"),
+                  "--grad-fn", f"{MY_GRAD}:seed_grad", "--dtype", "float32")
+    assert wrong.exit_code == 1, wrong.output
 
 
 def test_the_seed_gradient_still_fails_at_float32_defaults(runner):

@@ -204,6 +204,27 @@ def test_nan_and_inf_from_the_users_gradient_are_reported_as_such(runner):
     assert report["failures"][0]["analytic"] is None and report["nonfinite"]
 
 
+@pytest.mark.parametrize("argv", [[], ["--method", "richardson"], ["--directional"],
+                                  ["--directional", "--method", "richardson"], ["--sweep"]],
+                         ids=["central", "richardson", "directional", "directional-richardson",
+                              "sweep"])
+def test_a_user_loss_of_inf_is_reported_as_nan_without_numpys_warnings(runner, tmp_path,
+                                                                       recwarn, argv):
+    # -log of a softmax without the max subtracted: exp(1000) overflows, the loss is inf or nan
+    code = tmp_path / "naive.py"
+    code.write_text("import numpy as np\n\n"
+                    "def loss(z, y):\n"
+                    "    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)\n"
+                    "    return -np.log(p[np.arange(len(y)), y])\n")
+    np.save(tmp_path / "z.npy", np.array([[1000.0, 0, -1000], [0.5, 1.5, -1], [-1000, 0, 1000]]))
+    np.save(tmp_path / "y.npy", np.array([0, 1, 0]))
+    result = check(runner, str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy"),
+                   "--loss-fn", f"{code}:loss", *argv, "--format", "json")
+    assert result.exit_code == 1, result.output
+    assert as_json(result)["nonfinite"].startswith("the numeric ")
+    assert [str(w.message) for w in recwarn] == []
+
+
 def test_a_user_loss_that_disagrees_with_xents_is_a_failure(runner):
     result = check(runner, "--loss-fn", f"{CASES}:wrong_loss", "--format", "json")
     assert result.exit_code == 1, result.output

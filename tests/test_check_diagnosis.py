@@ -457,3 +457,18 @@ def test_rows_of_ignored_samples_left_standing_are_named(runner, tmp_path, k, bo
     # the same gradient with those rows set to 0 is right
     fixed = spec(body.replace("return ", "g = ") + "\ng[y == -100] = 0\nreturn g")
     assert check(runner, fixed, str(tmp_path / "z.npz"))[0].exit_code == 0
+
+
+def test_a_probability_that_underflows_names_nothing_and_warns_nothing(runner, tmp_path, recwarn):
+    # p of the label e^-720, a subnormal: −y/p, one of the mistakes tried, overflowed to inf, and
+    # NumPy's 'overflow encountered in divide' came on stderr beside the report
+    np.save(tmp_path / "z.npy", np.array([[0.0, 720.0, 1.0], [0.5, -1.0, 2.0]]))
+    np.save(tmp_path / "y.npy", np.array([0, 2]))
+    code = tmp_path / "mine.py"
+    code.write_text("import numpy as np\n\n\ndef grad(z, y):\n    return np.full(z.shape, 0.5)\n")
+    result = runner.invoke(app, ["check", str(tmp_path / "z.npy"), "--labels",
+                                 str(tmp_path / "y.npy"), "--grad-fn", f"{code}:grad",
+                                 "--format", "json"])
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["diagnosis"] is None
+    assert [str(w.message) for w in recwarn] == []

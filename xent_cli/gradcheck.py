@@ -1067,7 +1067,9 @@ def diagnose(problem: Problem, analytic: np.ndarray, tol: Tolerance) -> Diagnosi
     for mistake in MISTAKES:
         for divisor in divisors if mistake.divisible else [None]:
             g = analytic if divisor is None else analytic * divisor
-            for candidate, parameter in mistake.fit(problem, g):
+            with np.errstate(all="ignore"):  # a candidate of inf or NaN just does not match
+                candidates = mistake.fit(problem, g)
+            for candidate, parameter in candidates:
                 if _within(g, candidate, tol).all() and not _within(candidate, problem.grad,
                                                                     tol).all():
                     with np.errstate(invalid="ignore", over="ignore"):

@@ -135,7 +135,9 @@ def test_the_seed_gradient_still_fails_at_float32_defaults(runner):
     (["--grad-fn", f"{CASES}:raises"],
      "usercode_cases.py:raises raised ZeroDivisionError: division by zero"),
     (["--grad-fn", f"{CASES}:transposed"],
-     "usercode_cases.py:transposed returned shape (4, 8); the gradient must have shape (8, 4)"),
+     "usercode_cases.py:transposed returned shape (4, 8); the gradient must have shape (8, 4) "
+     "(8 x 4: row i is sample i's gradient); (4, 8) is its transpose (a row per class): "
+     "return g.T"),
     (["--grad-fn", f"{CASES}:returns_ints"], "returned integers (int64); a gradient is a float"),
     (["--grad-fn", f"{CASES}:returns_text"], "returned an array of <U5, not numbers"),
     (["--loss-fn", f"{CASES}:loss_mean"],

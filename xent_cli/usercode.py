@@ -196,8 +196,11 @@ def call(user: UserFunction, z: np.ndarray, y: np.ndarray, shape: tuple[int, ...
                             f"loss.sum(axis=1)")
     if out.shape != shape:
         expected = " x ".join(map(str, shape))
+        # a row per class is the layout of code written for (k, N) logits, as some courses do
+        transposed = (f"; {out.shape} is its transpose (a row per class): return g.T"
+                      if len(shape) == 2 and out.shape == shape[::-1] else "")
         raise UserCodeError(f"{user.name} returned shape {out.shape}; the {what} must have shape "
-                            f"{shape} ({expected}: {_layout(what)})")
+                            f"{shape} ({expected}: {_layout(what)}){transposed}")
     return out
 
 

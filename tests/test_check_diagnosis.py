@@ -472,3 +472,15 @@ def test_a_probability_that_underflows_names_nothing_and_warns_nothing(runner, t
     assert result.exit_code == 1, result.output
     assert json.loads(result.stdout)["diagnosis"] is None
     assert [str(w.message) for w in recwarn] == []
+
+
+def test_rows_of_an_ignore_index_that_is_a_class_index_are_told_as_such(runner, tmp_path):
+    # --ignore-index 1 to xent, but the gradient takes label 1 as a class: NumPy's reading of
+    # -100 as class k − 100 has nothing to do with it
+    result, report = check(runner, user_grad(tmp_path, "return p - y1"), "--ignore-index", "1")
+    assert result.exit_code == 1, result.output
+    assert report["diagnosis"]["mistake"] == "ignored_kept" and report["diagnosis"]["given"] == 1
+    shown = words(result.stdout)
+    assert ("(label 1 is a class to your gradient; xent was given --ignore-index 1, whose "
+            "samples PyTorch skips): set them to 0" in shown), shown
+    assert "-100" not in shown

@@ -1063,7 +1063,9 @@ def diagnose(problem: Problem, analytic: np.ndarray, tol: Tolerance) -> Diagnosi
     divisors = [None] + sorted({d for d in (problem.divisor, float(problem.n)) if d not in (0, 1)})
     given = {"label_smoothing": problem.label_smoothing,
              "class_weights": None if problem.weight is None else tuple(
-                 float(w) for w in problem.weight)}
+                 float(w) for w in problem.weight),
+             "ignored_kept": int(problem.labels[problem.ignored][0])
+             if problem.labels is not None and problem.ignored.any() else None}
     for mistake in MISTAKES:
         for divisor in divisors if mistake.divisible else [None]:
             g = analytic if divisor is None else analytic * divisor

@@ -259,6 +259,15 @@ def _off_label(d: Diagnosis) -> str:
             (True, False): "w_ℓ·p_j"}[d.weighted, d.smoothed]
 
 
+def _ignore_index_read(index: int) -> str:
+    """Says how code that knows no ignore index reads it: NumPy wraps a negative one around."""
+    if index < 0:
+        return (f" (y = {index} indexes class k − {-index} in NumPy, where PyTorch skips the "
+                f"sample)")
+    return (f" (label {index} is a class to your gradient; xent was given --ignore-index "
+            f"{index}, whose samples PyTorch skips)")
+
+
 CAUSES = {
     "label_smoothing": _smoothing_cause,
     "shifted_labels": _shift_cause,
@@ -269,8 +278,8 @@ CAUSES = {
     "ignored_kept": lambda d, report: (
         "the samples whose label is the ignore index count for nothing in the loss, so their "
         "rows of the gradient are 0" + (
-            " (y = -100 indexes class k − 100 in NumPy, where PyTorch skips the sample)"
-            if d.parameter == "onehot" else "") + ": set them to 0, as g[y == ignore_index] = 0."),
+            _ignore_index_read(d.given) if d.parameter == "onehot" else "")
+        + ": set them to 0, as g[y == ignore_index] = 0."),
     "target_missing": lambda d, report: (
         "the target is never subtracted; the gradient is p − y."),
     "softmax_missing": lambda d, report: (

@@ -333,3 +333,41 @@ def test_second_derivatives_read_as_written_by_hand(runner):
     assert "∂²CE/∂z1² = ∂p1/∂z1" in result.stdout
     assert "∂²CE/∂z1∂z2 = ∂p1/∂z2" in result.stdout
     assert "∂z1∂z1" not in result.stdout
+
+
+@pytest.mark.parametrize("argv", [["--k", "3"], ["--k", "3", "--hessian", "--at", "1,0,-1"],
+                                  ["--loss", "bce", "--k", "2"]])
+@pytest.mark.parametrize("fmt", ["rich", "markdown", "latex", "json"])
+def test_output_writes_what_stdout_shows(argv, fmt, runner, tmp_path):
+    # A teacher keeps the LaTeX for slides: 'derive ... > case1.tex' leaves an empty file when
+    # the command is refused, as the shell makes it first.
+    shown = runner.invoke(app, ["derive", *argv, "--format", fmt])
+    path = tmp_path / f"derivation.{fmt}"
+    written = runner.invoke(app, ["derive", *argv, "--format", fmt, "--output", str(path)])
+    assert written.exit_code == shown.exit_code == 0, written.output
+    assert written.stdout == "" and path.read_text(encoding="utf-8") == shown.stdout
+
+
+def test_output_of_a_false_claim_is_written_and_exits_1(runner, tmp_path):
+    path = tmp_path / "claim.md"
+    shown = runner.invoke(app, ["derive", "--k", "3", "--claim", "j != l: 0", "--format", "markdown"])
+    written = runner.invoke(app, ["derive", "--k", "3", "--claim", "j != l: 0", "--format",
+                                  "markdown", "--output", str(path)])
+    assert written.exit_code == shown.exit_code == 1, written.output
+    assert path.read_text(encoding="utf-8") == shown.stdout
+
+
+@pytest.mark.parametrize("argv", [["--k", "1"], ["--k", "3", "--at", "1,2"],
+                                  ["--k", "3", "--claim", "p_j +"]])
+def test_output_is_left_as_it_was_when_the_input_is_refused(argv, runner, tmp_path):
+    path = tmp_path / "kept.tex"
+    path.write_text("old slides\n")
+    result = runner.invoke(app, ["derive", *argv, "--output", str(path)])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert path.read_text() == "old slides\n" and sorted(tmp_path.iterdir()) == [path]
+
+
+def test_output_in_a_missing_directory_is_refused_before_deriving(runner, tmp_path):
+    result = runner.invoke(app, ["derive", "--k", "3", "--output", str(tmp_path / "no" / "d.md")])
+    assert result.exit_code == 2, result.output
+    assert "does not exist" in result.stderr and result.stderr.count("\n") == 1

@@ -10,6 +10,7 @@ import contextlib
 import enum
 import errno
 import importlib
+import io
 import os
 import re
 import sys
@@ -679,6 +680,9 @@ def derive_command(
     full: Annotated[bool, typer.Option("--full", help="Show every row and whole expressions.")] = False,
     output_format: Annotated[DeriveFormat, typer.Option(
         "--format", help="rich, markdown, latex or json.")] = DeriveFormat.rich,
+    output: Annotated[Optional[str], typer.Option(
+        metavar="PATH", help="Write what stdout would show to this file instead, atomically: "
+                             "nothing is written when the input is refused.")] = None,
 ) -> None:
     """Derive the gradient of the softmax cross-entropy step by step, every step verified.
 
@@ -695,6 +699,7 @@ def derive_command(
       xent derive --k 4 --label 2 --at 1,0,-1,2 --format markdown
       xent derive --k 3 --soft --hessian --format json
       xent derive --k 3 --claim "p_j - y_j"
+      xent derive --k 3 --format latex --output case1.tex
       xent derive --loss bce --k 3 --hessian --at 1,0,-1 --y 1,0,0.5
     """
     from xent_cli import derivation as core
@@ -702,6 +707,10 @@ def derive_command(
 
     console = stdout()
     with user_errors():
+        if output is not None:  # a wrong path is told before a derivation of seconds
+            from xent_cli.data import check_output_path
+
+            check_output_path(output)
         if loss is Loss.bce:
             from xent_cli import derivation_bce
 
@@ -740,27 +749,38 @@ def derive_command(
                 point = None if at is None else core.parse_at(at, k)
                 result = core.derive(k, label, soft=soft, hessian=hessian, at=point)
     if claim is not None:
-        if output_format is DeriveFormat.json:
-            console.out(claim_render.claim_to_json(verdict))
-        elif output_format is DeriveFormat.markdown:
-            console.out(claim_render.claim_to_markdown(verdict), end="")
-        elif output_format is DeriveFormat.latex:
-            console.out(claim_render.claim_to_latex(verdict), end="")
-        else:
-            console.print(claim_render.claim_to_rich(verdict))
-        if not verdict.holds:
-            raise typer.Exit(ExitStatus.CHECK_FAILED)
-        return
-    if output_format is DeriveFormat.json:
-        console.out(render.to_json(result))
-    elif output_format is DeriveFormat.markdown:
-        console.out(render.to_markdown(result, full=full), end="")
-    elif output_format is DeriveFormat.latex:
-        console.out(render.to_latex(result), end="")
+        shown = {DeriveFormat.json: lambda: claim_render.claim_to_json(verdict) + "\n",
+                 DeriveFormat.markdown: lambda: claim_render.claim_to_markdown(verdict),
+                 DeriveFormat.latex: lambda: claim_render.claim_to_latex(verdict),
+                 DeriveFormat.rich: lambda: claim_render.claim_to_rich(verdict)}[output_format]()
+        failed = not verdict.holds
     else:
-        console.print(render.to_rich(result, full=full))
-    if not result.verified:
+        shown = {DeriveFormat.json: lambda: render.to_json(result) + "\n",
+                 DeriveFormat.markdown: lambda: render.to_markdown(result, full=full),
+                 DeriveFormat.latex: lambda: render.to_latex(result),
+                 DeriveFormat.rich: lambda: render.to_rich(result, full=full)}[output_format]()
+        failed = not result.verified
+    if output is None and isinstance(shown, str):
+        console.out(shown, end="")
+    elif output is None:
+        console.print(shown)
+    else:
+        from xent_cli.data import write_atomic
+
+        with user_errors():
+            write_atomic(output, _plain_text(shown).encode())
+    if failed:
         raise typer.Exit(ExitStatus.CHECK_FAILED)
+
+
+def _plain_text(shown) -> str:
+    """Returns text as is, and a Rich renderable as stdout shows it off a terminal."""
+    if isinstance(shown, str):
+        return shown
+    buffer = io.StringIO()
+    Console(file=buffer, width=PIPE_WIDTH, color_system=None, highlight=False, emoji=False,
+            markup=False).print(shown)
+    return buffer.getvalue()
 
 
 def main() -> None:

@@ -371,3 +371,22 @@ def test_output_in_a_missing_directory_is_refused_before_deriving(runner, tmp_pa
     result = runner.invoke(app, ["derive", "--k", "3", "--output", str(tmp_path / "no" / "d.md")])
     assert result.exit_code == 2, result.output
     assert "does not exist" in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("kwargs", [dict(k=3, at=(1.0, 2.0, 0.0)), dict(k=3, hessian=True),
+                                    dict(k=4, label=2, soft=True)])
+@pytest.mark.parametrize("width", [60, 80])
+def test_narrow_terminals_fold_long_expressions_instead_of_cutting_them(kwargs, width):
+    # At 80 columns the definition read 'CE = -y1*log(exp(z… - y2*log(exp(z2…': SymPy's text has
+    # no spaces inside a term, and Rich cut each such word at the column's width.
+    import io
+
+    from rich.console import Console
+
+    from xent_cli.render.derivation import to_rich
+
+    buffer = io.StringIO()
+    Console(file=buffer, width=width, color_system=None).print(to_rich(derive(**kwargs)))
+    cut = [line for line in buffer.getvalue().replace("y1…yK", "y1..yK").splitlines()
+           if "…" in line and not set(line) <= set("│… ")]  # a summary row is only '…'
+    assert not cut, cut

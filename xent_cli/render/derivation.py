@@ -17,6 +17,9 @@ SUMMARY_ROWS = 3  # first and last rows shown for large k without --full
 MAX_TEXT = 160  # characters of a long expression shown without --full
 
 MARK = {True: "✓", False: "✗"}
+# SymPy's text has no spaces inside a term, -y1*log(exp(z1)/S): a narrow column folds such a
+# word onto the next line, where Rich would cut it short with '…'
+FOLD = "fold"
 
 
 def _printing(derivation: Derivation) -> dict:
@@ -116,11 +119,11 @@ def _steps_table(title: str, steps, full: bool, at: bool, printing: dict) -> Tab
     table = Table(title=title, title_justify="left")
     table.add_column("", no_wrap=True)
     table.add_column("case", no_wrap=True)
-    table.add_column("rule")
-    table.add_column("step")
+    table.add_column("rule", overflow=FOLD)
+    table.add_column("step", overflow=FOLD)
     if at:
-        table.add_column("at z", justify="right")
-    table.add_column("verified by")
+        table.add_column("at z", justify="right", overflow=FOLD)
+    table.add_column("verified by", overflow=FOLD)
     for step in steps:
         row = [MARK[step.verification.ok], step.case, step.rule,
                f"{_lhs(step)} = {_text(step.expr, full, printing)}"]
@@ -137,11 +140,11 @@ def _entries_table(title: str, entries: list[Entry], full: bool, at: bool,
     table = Table(title=title, title_justify="left")
     table.add_column("", no_wrap=True)
     table.add_column("entry", no_wrap=True)
-    table.add_column("SymPy's direct derivative")
-    table.add_column("closed form")
+    table.add_column("SymPy's direct derivative", overflow=FOLD)
+    table.add_column("closed form", overflow=FOLD)
     if at:
-        table.add_column("at z", justify="right")
-    table.add_column("verified by")
+        table.add_column("at z", justify="right", overflow=FOLD)
+    table.add_column("verified by", overflow=FOLD)
     for entry in _rows(entries, full):
         if entry is None:
             table.add_row("…", "…", "…", "…", *(["…"] if at else []), "…")
@@ -177,7 +180,7 @@ def _contrast_table(derivation: Derivation) -> Table:
     table = Table(title="binary cross-entropy against softmax cross-entropy", title_justify="left")
     table.add_column("", no_wrap=True)
     for name in ("", "softmax cross-entropy", "binary cross-entropy", "shown here by"):
-        table.add_column(name)
+        table.add_column(name, overflow=FOLD)
     for row in derivation.contrast:
         table.add_row(MARK[row.ok], row.topic, row.softmax, row.bce, row.evidence)
     return table

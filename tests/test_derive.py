@@ -390,3 +390,15 @@ def test_narrow_terminals_fold_long_expressions_instead_of_cutting_them(kwargs, 
     cut = [line for line in buffer.getvalue().replace("y1…yK", "y1..yK").splitlines()
            if "…" in line and not set(line) <= set("│… ")]  # a summary row is only '…'
     assert not cut, cut
+
+
+@pytest.mark.parametrize("argv", [["--k", "2", "--hessian"], ["--loss", "bce", "--k", "2"]])
+def test_json_steps_say_what_their_rule_means(argv, runner):
+    # The Markdown printed each rule's meaning; the JSON gave only its name, 'linearity', so a
+    # page built from it could not say what a step does, nor what the seed's Case 1 did wrong.
+    result = runner.invoke(app, ["derive", *argv, "--format", "json"])
+    data = json.loads(result.stdout)
+    steps = data["steps"] + data.get("hessian_steps", []) + [data["pitfall"]]
+    assert all(len(step["description"]) > 10 for step in steps), steps
+    if data["loss"] == "ce":
+        assert "drops −log p_ℓ" in data["pitfall"]["description"]

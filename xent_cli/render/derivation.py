@@ -304,7 +304,8 @@ def to_latex(derivation: Derivation) -> str:
 
 
 def _step_json(step: Step, printing: dict) -> dict:
-    return {"rule": step.rule, "case": step.case, "lhs": sp.sstr(step.lhs),
+    return {"rule": step.rule, "description": step.description, "case": step.case,
+            "lhs": sp.sstr(step.lhs),
             "expr": sp.sstr(step.expr, **printing), "value": sp.sstr(step.value, **printing),
             "verified": step.verification.ok,
             "verification": step.verification.method, "detail": step.verification.detail,

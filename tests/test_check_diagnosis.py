@@ -484,3 +484,16 @@ def test_rows_of_an_ignore_index_that_is_a_class_index_are_told_as_such(runner, 
     assert ("(label 1 is a class to your gradient; xent was given --ignore-index 1, whose "
             "samples PyTorch skips): set them to 0" in shown), shown
     assert "-100" not in shown
+
+
+def test_failures_in_one_class_alone_are_told_so(runner, tmp_path):
+    # a sign slipped in one column: no typical mistake, but where to look
+    result, report = check(runner, user_grad(tmp_path, "g = p - y1\ng[:, 2] *= -1\nreturn g"))
+    assert result.exit_code == 1, result.output
+    assert report["diagnosis"] is None and {f["class"] for f in report["failures"]} == {2}
+    assert ("Every failing entry is in class 2 (8 of 8 samples); the other classes are right: "
+            "look at what the code under test does to that class's column."
+            in words(result.stdout)), result.stdout
+    spread = check(runner, user_grad(tmp_path, "g = p - y1\ng[:, 2] *= -1\ng[0, 1] += 1\n"
+                                               "return g"))[0]
+    assert "Every failing entry" not in words(spread.stdout)

@@ -162,11 +162,24 @@ def _first_failure(report: CheckReport) -> str:
         return text + " " + _scale_note(report)  # the cause, named: the notes below miss it
     if report.diagnosis is not None:
         return text + " " + diagnosis_note(report)
+    text += _one_class(report)
     if report.loss == "bce" and report.quantity == "gradient":
         text += (" In binary cross-entropy each class is its own yes/no question: the derivative "
                  "by z_c is σ(z_c) − y_c (times the weights), from its own logit only, with no "
                  "softmax coupling the classes.")
     return text
+
+
+def _one_class(report: CheckReport) -> str:
+    """Says when every failing entry is in one class of a gradient: a slip in that column's code
+    (a sign, an index) rather than in the formula."""
+    classes = {failure.cls for failure in report.failures}
+    if (report.quantity != "gradient" or report.k < 3 or len(classes) != 1 or None in classes
+            or report.failed != len(report.failures) or report.failed < 2):
+        return ""
+    return (f" Every failing entry is in class {classes.pop()} ({report.failed} of {report.n} "
+            f"samples); the other classes are right: look at what the code under test does to "
+            f"that class's column.")
 
 
 def _scale_note(report: CheckReport) -> str:

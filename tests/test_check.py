@@ -690,3 +690,17 @@ def test_a_hessian_too_large_to_hold_is_refused_before_any_check(runner, monkeyp
     monkeypatch.undo()
     monkeypatch.setattr(gradcheck, "HESSIAN_MAX_ENTRIES", 2 * 4 * 4)
     assert check(runner, "--random", "2", "--k", "4", *options).exit_code == 0
+
+
+def test_a_user_loss_divided_by_n_is_told_to_return_each_samples_own_loss(runner, tmp_path):
+    # the loss under test, not a gradient: backward() has no part in it
+    code = tmp_path / "mine.py"
+    code.write_text(f"import sys\nsys.path.insert(0, {str(CASES.rsplit('/', 1)[0])!r})\n"
+                    "from usercode_cases import loss\n\n\n"
+                    "def loss_per_n(z, y):\n    return loss(z, y) / len(y)\n")
+    result = check(runner, "--loss-fn", f"{code}:loss_per_n")
+    assert result.exit_code == 1, result.output
+    shown = " ".join(result.stdout.split())
+    assert ("Every numeric entry is 1/8 of the analytic one (1/N for N = 8 samples): that is each "
+            "sample's loss divided as a reduction='mean' loss divides it; give each sample's own "
+            "loss (reduction='none')." in shown), shown

@@ -185,23 +185,26 @@ def _one_class(report: CheckReport) -> str:
 def _scale_note(report: CheckReport) -> str:
     """Names a constant factor between the code under test and xent, and its likely cause."""
     side, other, given = "analytic", "numeric", report.quantity
+    source, divides, fix = "backward() of a", "", "(reduction='sum' or 'none')"
     if report.numeric_under_test:  # e.g. the Hessian of the gradient under test
         side, other, given = "numeric", "analytic", "gradient"
+    if report.numeric_under_test and report.quantity == "gradient":  # the loss under test
+        source, divides, given, fix = ("each sample's loss divided as a", " divides it", "loss",
+                                       "(reduction='none')")
     cause = report.factor_cause
     if cause == "bce_mean":  # BCEWithLogitsLoss's mean
         return (f"Every {side} entry is 1/{report.n * report.k} of the {other} one (1/(N·k) for "
-                f"N = {report.n} samples of k = {report.k} classes): that is backward() of a "
-                f"reduction='mean' loss, which averages every element; give each sample's own "
-                f"{given} (reduction='sum' or 'none').")
+                f"N = {report.n} samples of k = {report.k} classes): that is {source} "
+                f"reduction='mean' loss{divides}, which averages every element; give each "
+                f"sample's own {given} {fix}.")
     if cause == "weighted_mean":
         return (f"Every {side} entry is 1/{_number(report.weighted_divisor)} of the {other} one "
-                f"(1/Σ w_y, the labels' class weights summed): that is backward() of a weighted "
-                f"reduction='mean' loss; give each sample's own {given} (reduction='sum' or "
-                f"'none').")
+                f"(1/Σ w_y, the labels' class weights summed): that is {source} weighted "
+                f"reduction='mean' loss{divides}; give each sample's own {given} {fix}.")
     if cause == "mean":
         return (f"Every {side} entry is 1/{report.n} of the {other} one (1/N for N = "
-                f"{report.n} samples): that is backward() of a reduction='mean' loss; give each "
-                f"sample's own {given} (reduction='sum' or 'none').")
+                f"{report.n} samples): that is {source} reduction='mean' loss{divides}; give each "
+                f"sample's own {given} {fix}.")
     if cause == "sign":
         gradient = (f"; the gradient of the loss is {'σ(z)' if report.loss == 'bce' else 'p'} − y"
                     if report.quantity == "gradient" else "")

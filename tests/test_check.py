@@ -126,6 +126,41 @@ def test_a_float32_gradient_passes_at_confident_logits_of_100_to_1000(runner, tm
     assert wrong.exit_code == 1, wrong.output
 
 
+def near_ties(tmp_path, s: float) -> list[str]:
+    """Returns the arguments of a file of confident near-ties at logits of size s, and labels."""
+    z = np.array([[s, s + 1, s - 1, s], [s, -s, s + 0.5, 0], [-s, -s + 2, -s - 1, -s]] * 4)
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", np.array([0, 2, 1] * 4))
+    return [str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy")]
+
+
+@pytest.mark.parametrize("s, argv", [
+    (3000, []),
+    (3000, ["--method", "richardson"]),
+    (10000, ["--directional"]),
+    (3000, ["--hessian"]),
+    (100, ["--loss-fn", f"{CASES}:loss32"]),
+    (100, ["--grad-fn", f"{CASES}:grad32", "--hessian"]),
+], ids=["xent", "richardson", "directional", "hessian", "loss32", "grad32-hessian"])
+def test_right_code_passes_at_near_ties_of_large_logits(runner, tmp_path, s, argv):
+    # the softmax's curvature does not fall as |z| grows: a step of eps·|z| (1.8e-2 at 3,000;
+    # 0.5 in float32 at 100) fell far from the derivative where two classes nearly tie
+    result = check(runner, *near_ties(tmp_path, s), *argv, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert as_json(result)["step_cap"] == gradcheck.STEP_SCALE_CAP
+    shown = check(runner, *near_ties(tmp_path, s), *argv).stdout
+    assert f"× min(max(1, |z|), {gradcheck.STEP_SCALE_CAP:g})" in shown
+    options = argv[2:] if argv[:1] in (["--loss-fn"], ["--grad-fn"]) else argv
+    wrong = check(runner, *near_ties(tmp_path, s), "--grad-fn", f"{MY_GRAD}:seed_grad", *options)
+    assert wrong.exit_code == 1, wrong.output
+
+
+def test_the_step_cap_is_named_only_where_it_holds(runner):
+    report = as_json(check(runner, "--format", "json"))
+    assert report["step_cap"] is None
+    assert "6e-06 × max(1, |z|) " in check(runner).stdout
+
+
 def test_the_seed_gradient_still_fails_at_float32_defaults(runner):
     result = check(runner, "--grad-fn", f"{MY_GRAD}:seed_grad", "--dtype", "float32")
     assert result.exit_code == 1, result.output

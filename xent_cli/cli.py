@@ -499,8 +499,8 @@ def check_command(
         = Method.central,
     eps: Annotated[Optional[float], typer.Option(
         min=0.0, metavar="H",
-        help="The step h (scaled by max(1, |z|) except for complex). Default by method and "
-             "the precision of the function differentiated (xent's is float64), "
+        help="The step h (scaled by min(max(1, |z|), 30) except for complex). Default by "
+             "method and the precision of the function differentiated (xent's is float64), "
              "float64/float32: central 6e-6/5e-3, complex 1e-20, richardson 1e-3/5e-2.")] = None,
     rtol: Annotated[Optional[float], typer.Option(
         min=0.0, metavar="R",

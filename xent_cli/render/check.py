@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from xent_cli.errors import XentError
-from xent_cli.gradcheck import CheckReport, Diagnosis, Failure, method_name
+from xent_cli.gradcheck import STEP_SCALE_CAP, CheckReport, Diagnosis, Failure, method_name
 from xent_cli.render import finite
 
 FAILURES_SHOWN = 20
@@ -60,7 +60,8 @@ def summary(report: CheckReport) -> Table:
     table.add_row("inputs", report.source)
     if report.loss == "bce":
         table.add_row("loss", "sigmoid binary cross-entropy, summed over each sample's classes")
-    table.add_row("step h", f"{tol.eps:g}" + ("" if tol.method == "complex" else " × max(1, |z|)"))
+    table.add_row("step h", f"{tol.eps:g}" + ("" if tol.method == "complex" else
+                                               f" × {_step_scale(report)}"))
     table.add_row("tolerance", f"|analytic − numeric| ≤ {tol.atol:g} + {tol.rtol:g}·|numeric|"
                   + (" + estimate" if report.max_error_estimate is not None else "")
                   + f"  ({tol.precision} defaults)")
@@ -121,11 +122,17 @@ def _where(failure: Failure) -> str:
     return str(failure.cls) if failure.column is None else f"{failure.cls}, {failure.column}"
 
 
+def _step_scale(report: CheckReport) -> str:
+    """Returns the factor of eps in a step as the report's inputs make it."""
+    return f"min(max(1, |z|), {STEP_SCALE_CAP:g})" if report.step_capped else "max(1, |z|)"
+
+
 def sweep_table(report: CheckReport) -> Table:
     """Returns the error of the numeric derivative at each step h, the best step marked."""
     best = report.best_step
-    table = Table(title=f"error of {method_name(report.tolerance.method)} against the step h "
-                        f"(h × max(1, |z|))" if report.tolerance.method != "complex" else
+    method = report.tolerance.method
+    table = Table(title=f"error of {method_name(method)} against the step h "
+                        f"(h × {_step_scale(report)})" if method != "complex" else
                   "error of the complex step against the step h", title_justify="left")
     table.add_column("h", justify="right")
     table.add_column("max abs error", justify="right")
@@ -362,6 +369,7 @@ def fields(report: CheckReport) -> dict:
         "quantity": report.quantity,
         "method": tol.method,
         "eps": tol.eps,
+        "step_cap": STEP_SCALE_CAP if report.step_capped else None,  # h = eps·min(max(1, |z|), cap)
         "rtol": tol.rtol,
         "atol": tol.atol,
         "precision": tol.precision,

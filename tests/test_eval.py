@@ -647,3 +647,14 @@ def test_the_stdin_copy_line_shows_for_a_pipe_not_for_rows_typed_in(monkeypatch,
     monkeypatch.setattr(cli, "stderr", lambda: Console(file=io.StringIO(), force_terminal=True))
     with cli._copy_progress(quiet=False) as update:
         assert (update is not None) == shown
+
+
+# --- random inputs in every format against torch: the first seeds of tests/fuzz_eval_torch.py --
+
+@pytest.mark.parametrize("seed", range(24))
+def test_random_inputs_in_every_format_agree_with_torch(seed):
+    # every third seed runs again in tiny chunks, the fast CSV readers forced: the same bytes
+    pytest.importorskip("torch")
+    import fuzz_eval_torch
+
+    assert fuzz_eval_torch.disagreements(seed, streamed=seed % 3 == 0) == []

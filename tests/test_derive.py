@@ -402,3 +402,15 @@ def test_json_steps_say_what_their_rule_means(argv, runner):
     assert all(len(step["description"]) > 10 for step in steps), steps
     if data["loss"] == "ce":
         assert "drops −log p_ℓ" in data["pitfall"]["description"]
+
+
+def test_markdown_gradient_table_has_the_values_at_at(runner):
+    # The rich table has a column 'at z'; the Markdown one had none, so a post written with
+    # --at 1,2,0 showed ∂CE/∂z3 only as a formula.
+    result = runner.invoke(app, ["derive", "--k", "3", "--at", "1,2,0", "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ✓ |")]
+    p = softmax(np.array([1.0, 2.0, 0.0])) - np.eye(3)[0]
+    assert [float(row.split("|")[-2]) for row in rows] == pytest.approx(p, rel=1e-5)
+    plain = runner.invoke(app, ["derive", "--k", "3", "--format", "markdown"]).stdout
+    assert "| | j | SymPy's direct derivative | closed form |" in plain.splitlines()

@@ -255,15 +255,18 @@ def to_markdown(derivation: Derivation, *, full: bool = False) -> str:
         out += [f"### {title[0].upper()}{title[1:]}", "",
                 f"$$ {_latex_lhs(step)} \\overset{{?}}{{=}} {_latex(step.expr, printing)} $$", "",
                 f"✗ **failed**: {step.verification.detail}.", ""]
+    at = derivation.at is not None
     out += [f"### Gradient ({_count(derivation.gradient)})", "",
-            "| | j | SymPy's direct derivative | closed form |", "|---|---|---|---|"]
+            "| | j | SymPy's direct derivative | closed form |" + (" at z |" if at else ""),
+            "|---|---|---|---|" + ("---|" if at else "")]
     for entry in _rows(list(derivation.gradient), full):
         if entry is None:
-            out.append("| … | … | … | … |")
+            out.append("| … | … | … | … |" + (" … |" if at else ""))
             continue
+        value = "" if not at else f" {'' if entry.at is None else f'{entry.at:.6g}'} |"
         out.append(f"| {MARK[entry.verification.ok]} | {entry.index[0]} | "
                    f"${_latex(entry.direct, _as_built(printing))}$ | "
-                   f"${_latex(entry.closed, printing)}$ |")
+                   f"${_latex(entry.closed, printing)}$ |{value}")
     if derivation.hessian is not None:
         entries = [e for row in derivation.hessian for e in row]
         out += ["", f"### Hessian {_hessian_title(derivation)} ({_count(entries)})", "",

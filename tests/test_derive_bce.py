@@ -137,6 +137,19 @@ def test_the_softmax_gradient_carried_over_fails_at_a_real_counterexample():
         assert "involves z_j alone" in detail
 
 
+def test_the_softmax_gradient_carried_over_fails_at_the_logits_of_at():
+    # Like the seed's Case 1: the counterexample was a random point beside the one given.
+    z = np.array([1.0, 0.0, -1.0])
+    detail = derive_bce(3, at=tuple(z)).pitfall.verification.detail
+    sigma, softmax = 1 / (1 + math.exp(-z[0])), np.exp(z[0]) / np.exp(z).sum()
+    assert f"at z = (1, 0, -1), σ(z1) = {sigma:.6g} but softmax(z)_1 = e^(z1)/S = {softmax:.6g}" \
+        in detail, detail
+    # with two classes softmax(z)_1 = σ(z1 − z2), which is σ(z1) where z2 = 0: no counterexample
+    # there, so a point where they differ is shown instead
+    detail = derive_bce(2, at=(1.0, 0.0)).pitfall.verification.detail
+    assert "differs at z" in detail and "at z = (1, 0)" not in detail
+
+
 def test_contrast_rows_are_checked_and_in_json(runner):
     result = runner.invoke(app, ["derive", "--loss", "bce", "--k", "3", "--hessian", "--format", "json"])
     assert result.exit_code == 0, result.output

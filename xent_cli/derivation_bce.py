@@ -28,7 +28,7 @@ import sympy as sp
 from sympy.core.parameters import evaluate
 
 from xent_cli.derivation import (Derivation, Entry, Step, Symbols, Verification, _Builder, _log,
-                                 _number, by_every_entry, check_classes, parse_values, partial,
+                                 _number, _vector, by_every_entry, check_classes, parse_values, partial,
                                  terms_by_symbol, verify)
 
 FULL_CHECK_K = 12  # up to here every entry is differentiated and checked on its own (~30 ms each)
@@ -305,11 +305,27 @@ def _softmax_carried_over(s: BinarySymbols, cancelled: Step, at_point) -> Step:
     value = s.in_z(shown)
     verification = verify(s, cancelled.value, value, seed=5)  # a point with a visible gap
     if not verification.ok:
-        verification = Verification("failed", verification.detail + "; σ(z_j) involves z_j alone, "
-                                    "while softmax(z)_j = e^{z_j}/S with S = Σ_n e^{z_n} involves "
+        where = _apart_at(s, at_point) or verification.detail
+        verification = Verification("failed", where + "; σ(z_j) involves z_j alone, while "
+                                    "softmax(z)_j = e^{z_j}/S with S = Σ_n e^{z_n} involves "
                                     "every class")
     at = _builder(s, at_point).value_at(value)
     return Step("softmax carried over", "pitfall", cancelled.lhs, shown, value, verification, at)
+
+
+def _apart_at(s: BinarySymbols, at_point) -> Optional[str]:
+    """σ(z1) against softmax(z)_1 at --at, or None where they agree to 6 digits (with two
+    classes softmax(z)_1 = σ(z1 − z2), which is σ(z1) where z2 = 0)."""
+    if at_point is None:
+        return None
+    digits = _builder(s, at_point).digits
+    z1 = s.z[0]
+    sigma = float((1 / (1 + sp.exp(-z1))).xreplace(at_point).evalf(digits))
+    softmax = float((sp.exp(z1) / s.normaliser).xreplace(at_point).evalf(digits))
+    if f"{sigma:.6g}" == f"{softmax:.6g}":
+        return None
+    return (f"at z = {_vector(float(at_point[zn]) for zn in s.z)}, σ(z1) = {sigma:.6g} but "
+            f"softmax(z)_1 = e^(z1)/S = {softmax:.6g}, whatever y_1 is")
 
 
 def _hessian(s: BinarySymbols, at_point, gradient):

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -260,6 +261,25 @@ def test_a_user_loss_of_inf_is_reported_as_nan_without_numpys_warnings(runner, t
     assert result.exit_code == 1, result.output
     assert as_json(result)["nonfinite"].startswith("the numeric ")
     assert [str(w.message) for w in recwarn] == []
+
+
+def test_output_of_the_users_subprocesses_and_c_code_goes_to_stderr_too(tmp_path):
+    # a process of its own: what os.system, a subprocess or C code writes goes to descriptor 1,
+    # past sys.stdout, and was read as the start of the JSON on stdout
+    code = tmp_path / "noisy.py"
+    code.write_text("import os\nimport subprocess\nimport sys\n\n"
+                    f"sys.path.insert(0, {str(CASES.rsplit('/', 1)[0])!r})\n"
+                    "from usercode_cases import grad as right\n"
+                    "os.write(1, b'loading\\n')\n\n\n"
+                    "def grad(z, y):\n"
+                    "    subprocess.run([sys.executable, '-c', 'print(\"from a subprocess\")'])\n"
+                    "    os.write(1, b'from C\\n')\n"
+                    "    return right(z, y)\n")
+    done = subprocess.run([sys.executable, "-m", "xent_cli", "check", "--grad-fn",
+                           f"{code}:grad", "--format", "json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["passed"]
+    assert done.stderr == "loading\nfrom a subprocess\nfrom C\n"
 
 
 def test_a_user_loss_that_disagrees_with_xents_is_a_failure(runner):

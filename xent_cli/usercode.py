@@ -124,9 +124,24 @@ def _example(spec: str) -> str:
 
 @contextlib.contextmanager
 def _prints_to_stderr() -> Iterator[None]:
-    """Sends what the user's code prints to stderr: stdout holds the report (JSON a script reads)."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
+    """Sends what the user's code prints to stderr: stdout holds the report (JSON a script reads).
+
+    File descriptor 1 goes to stderr too: os.system, a subprocess or a C extension writes there,
+    past sys.stdout.
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no descriptors 1 and 2 to swap: sys.stdout alone is redirected
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _describe(error: BaseException) -> str:

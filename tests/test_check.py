@@ -282,6 +282,27 @@ def test_output_of_the_users_subprocesses_and_c_code_goes_to_stderr_too(tmp_path
     assert done.stderr == "loading\nfrom a subprocess\nfrom C\n"
 
 
+def test_numpys_error_state_set_by_the_users_file_stays_the_users(tmp_path):
+    # a process of its own, as the state would outlive the test: np.seterr(all="raise") at a
+    # file's top level made exp's underflow at logits of 1000 a FloatingPointError traceback in
+    # xent's own loss, exit 1 as if the gradient were wrong
+    code = tmp_path / "strict.py"
+    code.write_text("import sys\nimport warnings\n\nimport numpy as np\n\n"
+                    f"sys.path.insert(0, {str(CASES.rsplit('/', 1)[0])!r})\n"
+                    "from usercode_cases import grad\n\n"
+                    "np.seterr(all='raise')\nwarnings.simplefilter('error')\n\n\n"
+                    "def seed(z, y):  # the seed's Case 1: 0 off the label\n"
+                    "    return np.where(np.eye(z.shape[1])[y] > 0, grad(z, y), 0.0)\n")
+    np.save(tmp_path / "z.npy", np.array([[1000.0, 0, -1000], [0.5, 1.5, -1]]))
+    np.save(tmp_path / "y.npy", np.array([0, 1]))
+    for name, status in (("grad", 0), ("seed", 1)):
+        done = subprocess.run([sys.executable, "-m", "xent_cli", "check", str(tmp_path / "z.npy"),
+                               "--labels", str(tmp_path / "y.npy"), "--grad-fn", f"{code}:{name}",
+                               "--format", "json"], capture_output=True, text=True)
+        assert done.returncode == status, done.stderr
+        assert done.stderr == ""
+
+
 def test_a_user_loss_that_disagrees_with_xents_is_a_failure(runner):
     result = check(runner, "--loss-fn", f"{CASES}:wrong_loss", "--format", "json")
     assert result.exit_code == 1, result.output

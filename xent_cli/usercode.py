@@ -91,7 +91,9 @@ def _import(path: str, module_name: str, spec: str, option: str):
     folder = os.path.dirname(os.path.abspath(path))
     sys.path.insert(0, folder)  # the user's file may import its neighbours
     try:
-        with _prints_to_stderr():
+        # np.seterr(all="raise") or warnings.simplefilter("error") at a file's top level is for
+        # its own code: xent's numerics, which meet underflow and NaN on purpose, keep theirs
+        with _prints_to_stderr(), np.errstate(), warnings.catch_warnings():
             loader_spec.loader.exec_module(module)
     except USER_FAULTS as error:
         where = "" if isinstance(error, SyntaxError) else _line_in(error, path)

@@ -414,3 +414,22 @@ def test_markdown_gradient_table_has_the_values_at_at(runner):
     assert [float(row.split("|")[-2]) for row in rows] == pytest.approx(p, rel=1e-5)
     plain = runner.invoke(app, ["derive", "--k", "3", "--format", "markdown"]).stdout
     assert "| | j | SymPy's direct derivative | closed form |" in plain.splitlines()
+
+
+def test_the_sum_s_is_written_in_the_order_of_the_classes(runner):
+    # SymPy sorts exp(z10) before exp(z2) by name: the table read 'exp(z1) + exp(z10) + exp(z11)
+    # + exp(z12) + exp(z2) + …', which a student reads as a sum with classes missing.
+    natural = " + ".join(f"exp(z{n})" for n in range(1, 13))
+    import io
+
+    from rich.console import Console
+
+    from xent_cli.render.derivation import to_rich
+
+    wide = io.StringIO()  # wide enough that no row wraps
+    Console(file=wide, width=400, color_system=None).print(to_rich(derive(12), full=True))
+    assert f"exp(z5)/({natural})" in wide.getvalue()
+    data = json.loads(runner.invoke(app, ["derive", "--k", "12", "--format", "json"]).stdout)
+    assert data["gradient"][4] == f"exp(z5)/({natural})"
+    latex = runner.invoke(app, ["derive", "--k", "12", "--format", "markdown"]).stdout
+    assert " + ".join(f"e^{{z_{{{n}}}}}" for n in range(1, 13)) in latex

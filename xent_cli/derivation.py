@@ -150,7 +150,8 @@ class Symbols:
             self.y = sp.symbols(f"y1:{k + 1}", real=True)
         else:
             self.y = tuple(sp.Integer(1 if n == label - 1 else 0) for n in range(k))
-        self.normaliser = sp.Add(*(sp.exp(zn) for zn in self.z))
+        # unevaluated, so the terms keep the classes' order: SymPy sorts exp(z10) before exp(z2)
+        self.normaliser = sp.Add(*(sp.exp(zn) for zn in self.z), evaluate=False)
         self.target_sum = sp.Add(*self.y)
         self._p_to_exp = {pn: sp.exp(zn) / self.S for pn, zn in zip(self.p, self.z)}
         self._z_index = {zn: n for n, zn in enumerate(self.z)}

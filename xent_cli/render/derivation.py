@@ -329,7 +329,8 @@ def to_json(derivation: Derivation) -> str:
         normaliser = ""
         softmax = {pn: 1 / (1 + sp.exp(-zn)) for pn, zn in zip(p, z)}  # p_n = σ(z_n)
     else:
-        normaliser = "(" + sp.sstr(sp.Add(*(sp.exp(zn) for zn in z))) + ")"
+        terms = sp.Add(*(sp.exp(zn) for zn in z), evaluate=False)  # in the classes' order
+        normaliser = "(" + sp.sstr(terms, order="none") + ")"
         softmax = {pn: sp.exp(zn) / placeholder for pn, zn in zip(p, z)}
 
     def concrete(entry: Entry) -> str:

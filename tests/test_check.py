@@ -303,6 +303,29 @@ def test_numpys_error_state_set_by_the_users_file_stays_the_users(tmp_path):
         assert done.stderr == ""
 
 
+@pytest.mark.parametrize("imports", ["from .ops import softmax",
+                                     "from {package}.ops import softmax"])
+def test_a_file_in_a_package_imports_its_package(runner, tmp_path, monkeypatch, imports):
+    # a package's module imports its siblings relatively or by the package's name: imported by
+    # its path alone, it raised 'attempted relative import with no known parent package', or
+    # 'No module named ...' with the advice to install the package
+    package = f"grads_{tmp_path.name}"  # a name of its own: the module stays imported
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / package / "ops.py").write_text(
+        "import numpy as np\n\n\ndef softmax(z):\n"
+        "    e = np.exp(z - z.max(axis=1, keepdims=True))\n"
+        "    return e / e.sum(axis=1, keepdims=True)\n")
+    (tmp_path / package / "losses.py").write_text(
+        f"import numpy as np\n\n{imports.format(package=package)}\n\n\n"
+        "def grad(z, y):\n    return softmax(z) - np.eye(z.shape[1])[y]\n")
+    monkeypatch.chdir(tmp_path)
+    for spec in (f"{package}.losses:grad", f"{package}/losses.py:grad",
+                 f"{tmp_path / package / 'losses.py'}:grad"):
+        result = check(runner, "--grad-fn", spec)
+        assert result.exit_code == 0, result.output
+
+
 def test_a_user_loss_that_disagrees_with_xents_is_a_failure(runner):
     result = check(runner, "--loss-fn", f"{CASES}:wrong_loss", "--format", "json")
     assert result.exit_code == 1, result.output

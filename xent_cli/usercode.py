@@ -64,14 +64,13 @@ def load(spec: str, option: str = "--grad-fn", modules: dict | None = None) -> U
     if not os.path.isfile(path):
         raise UserCodeError(f"{option} {spec!r}: no such file {path}")
     full_path = os.path.abspath(path)
-    module_name = f"xent_user_{abs(hash(full_path))}"
     modules = {} if modules is None else modules
     if full_path not in modules:
-        modules[full_path] = _import(path, module_name, spec, option)
+        modules[full_path] = _import(path, spec, option)
     module = modules[full_path]
     if not hasattr(module, name):
         defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
-                         and getattr(v, "__module__", None) == module_name)
+                         and getattr(v, "__module__", None) == module.__name__)
         hint = f"; it defines {', '.join(defined)}" if defined else ""
         raise UserCodeError(f"{option}: {path} has no name {name!r}{hint}")
     function = getattr(module, name)
@@ -82,19 +81,29 @@ def load(spec: str, option: str = "--grad-fn", modules: dict | None = None) -> U
     return UserFunction(name=label, function=function, path=full_path)
 
 
-def _import(path: str, module_name: str, spec: str, option: str):
-    """Runs the user's file as a module and returns it."""
-    loader_spec = importlib.util.spec_from_file_location(module_name, path)
+def _import(path: str, spec: str, option: str):
+    """Runs the user's file as a module and returns it.
+
+    A file in a package (folders with __init__.py) is imported by its dotted name from the
+    folder above the package, so that its imports of the package, relative or absolute, work;
+    any other file by its path, with its folder on sys.path for its neighbours.
+    """
+    loader_spec = importlib.util.spec_from_file_location(
+        f"xent_user_{abs(hash(os.path.abspath(path)))}", path)
     if loader_spec is None or loader_spec.loader is None:
         raise UserCodeError(f"{option} {spec!r}: {path} is not a Python file")
-    module = importlib.util.module_from_spec(loader_spec)
-    folder = os.path.dirname(os.path.abspath(path))
-    sys.path.insert(0, folder)  # the user's file may import its neighbours
+    package = _package_module(path)
+    folder = package[1] if package else os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, folder)
     try:
         # np.seterr(all="raise") or warnings.simplefilter("error") at a file's top level is for
         # its own code: xent's numerics, which meet underflow and NaN on purpose, keep theirs
         with _prints_to_stderr(), np.errstate(), warnings.catch_warnings():
-            loader_spec.loader.exec_module(module)
+            module = importlib.import_module(package[0]) if package else None
+            if module is None or not _same_file(getattr(module, "__file__", None), path):
+                # not in a package, or its name taken by a module imported already: by its path
+                module = importlib.util.module_from_spec(loader_spec)
+                loader_spec.loader.exec_module(module)
     except USER_FAULTS as error:
         where = "" if isinstance(error, SyntaxError) else _line_in(error, path)
         raise UserCodeError(f"{option}: importing {path} raised {_describe(error)}"
@@ -103,6 +112,23 @@ def _import(path: str, module_name: str, spec: str, option: str):
         if sys.path and sys.path[0] == folder:
             sys.path.pop(0)
     return module
+
+
+def _package_module(path: str) -> tuple[str, str] | None:
+    """Returns the dotted name of a file in a package and the folder that holds the package,
+    or None for a file outside packages."""
+    folder, file = os.path.split(os.path.abspath(path))
+    parts = [] if file == "__init__.py" else [os.path.splitext(file)[0]]
+    while os.path.isfile(os.path.join(folder, "__init__.py")):
+        folder, package = os.path.split(folder)
+        parts.insert(0, package)
+    if not parts or (len(parts) == 1 and file != "__init__.py"):
+        return None
+    return ".".join(parts), folder
+
+
+def _same_file(first: str | None, second: str) -> bool:
+    return first is not None and os.path.realpath(first) == os.path.realpath(second)
 
 
 def _example(spec: str) -> str:

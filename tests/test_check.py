@@ -160,6 +160,9 @@ def test_the_step_cap_is_named_only_where_it_holds(runner):
     report = as_json(check(runner, "--format", "json"))
     assert report["step_cap"] is None
     assert "6e-06 × max(1, |z|) " in check(runner).stdout
+    # the explanation beside a sweep gives the rule, cap and all
+    shown = " ".join(check(runner, "--sweep").stdout.split())
+    assert "The default h ≈ ε^(1/3)·min(max(1, |z|), 30) balances the two" in shown
 
 
 def test_the_seed_gradient_still_fails_at_float32_defaults(runner):

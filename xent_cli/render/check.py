@@ -20,9 +20,10 @@ EXPLAIN = {
     "central": (
         "Central differences (f(z+h) − f(z−h)) / 2h err in two ways: truncation, about "
         "h²·|f'''|/6, shrinks with the step h; round-off, about ε·|f|/h (ε = 2.2e-16 in float64), "
-        "grows as h shrinks. The default h ≈ ε^(1/3)·max(1, |z|) balances the two, so about 10 "
-        "digits are right. A wrong formula misses by far more; an error near the tolerance may be "
-        "numeric: --method complex has no round-off arm, and --sweep shows the V."),
+        "grows as h shrinks. The default h ≈ ε^(1/3)·min(max(1, |z|), 30) balances the two, so "
+        "about 10 digits are right. A wrong formula misses by far more; an error near the "
+        "tolerance may be numeric: --method complex has no round-off arm, and --sweep shows the "
+        "V."),
     "complex": (
         "The complex step Im f(z + ih) / h subtracts nothing, so round-off cannot cancel digits and "
         "h = 1e-20 leaves a truncation error (~h²) far below ε: the numeric values are right to "

@@ -329,6 +329,18 @@ def test_a_file_in_a_package_imports_its_package(runner, tmp_path, monkeypatch, 
         assert result.exit_code == 0, result.output
 
 
+def test_a_package_named_as_a_module_imported_already_is_read_by_its_files_path(runner,
+                                                                                tmp_path):
+    # 'json' is the standard library's, imported already: json.mine would be looked for there
+    (tmp_path / "json").mkdir()
+    (tmp_path / "json" / "__init__.py").write_text("")
+    (tmp_path / "json" / "mine.py").write_text(
+        f"import sys\n\nsys.path.insert(0, {str(CASES.rsplit('/', 1)[0])!r})\n"
+        "from usercode_cases import grad  # noqa: E402\n")
+    result = check(runner, "--grad-fn", f"{tmp_path / 'json' / 'mine.py'}:grad")
+    assert result.exit_code == 0, result.output
+
+
 def test_a_user_loss_that_disagrees_with_xents_is_a_failure(runner):
     result = check(runner, "--loss-fn", f"{CASES}:wrong_loss", "--format", "json")
     assert result.exit_code == 1, result.output

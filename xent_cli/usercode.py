@@ -93,6 +93,8 @@ def _import(path: str, spec: str, option: str):
     if loader_spec is None or loader_spec.loader is None:
         raise UserCodeError(f"{option} {spec!r}: {path} is not a Python file")
     package = _package_module(path)
+    if package and _imported_elsewhere(package[0].split(".")[0], package[1]):
+        package = None  # a module of that name is loaded already (json, a dependency's)
     folder = package[1] if package else os.path.dirname(os.path.abspath(path))
     sys.path.insert(0, folder)
     try:
@@ -131,6 +133,14 @@ def _same_file(first: str | None, second: str) -> bool:
     return first is not None and os.path.realpath(first) == os.path.realpath(second)
 
 
+def _imported_elsewhere(name: str, folder: str) -> bool:
+    """Says whether a module of this name is imported already from another place than folder."""
+    module = sys.modules.get(name)
+    return module is not None and not any(
+        _same_file(location, os.path.join(folder, name))
+        for location in getattr(module, "__path__", None) or [])
+
+
 def _example(spec: str) -> str:
     """Returns a FILE.py:NAME for a spec without its name: the file's own functions if it has any.
 
@@ -160,9 +170,14 @@ def _prints_to_stderr() -> Iterator[None]:
     sys.stdout.flush()
     try:
         saved = os.dup(1)
-        os.dup2(2, 1)
-    except OSError:  # no descriptors 1 and 2 to swap: sys.stdout alone is redirected
+    except OSError:  # no descriptor 1: sys.stdout alone is redirected
         saved = None
+    else:
+        try:
+            os.dup2(2, 1)
+        except OSError:  # no descriptor 2 either
+            os.close(saved)
+            saved = None
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield

@@ -3,6 +3,7 @@
 import io
 import math
 import os
+import pathlib
 import sys
 
 import numpy as np
@@ -99,6 +100,56 @@ def test_weight_messages_name_the_option_they_came_with(text, message):
     with pytest.raises(InputError) as raised:
         data.parse_weights(text, 2, option="--pos-weight")
     assert raised.value.message == message
+
+
+WEIGHTS = [0.5, 2.0, 1.25, 0.0]  # exact in float32
+
+
+@pytest.mark.parametrize("name, write", [
+    ("w.txt", lambda path: np.savetxt(path, WEIGHTS)),  # one a line, as '%.18e'
+    ("w.txt", lambda path: path.write_text(",".join(map(str, WEIGHTS)) + "\n")),
+    ("w.txt", lambda path: path.write_text(" ".join(map(str, WEIGHTS)))),
+    ("w.npy", lambda path: np.save(path, np.array(WEIGHTS, dtype=np.float32))),
+    ("w.npy", lambda path: np.save(path, np.array(WEIGHTS))),
+], ids=["savetxt", "commas", "spaces", "npy-float32", "npy-float64"])
+def test_weights_come_from_a_file_named_with_an_at(tmp_path, name, write):
+    write(tmp_path / name)
+    assert data.parse_weights(f"@{tmp_path / name}", 4) == tuple(WEIGHTS)
+
+
+def test_a_weights_npy_of_whole_numbers_gives_floats(tmp_path):
+    np.save(tmp_path / "w.npy", np.array([3, 0, 1]))
+    weights = data.parse_weights(f"@{tmp_path / 'w.npy'}", 3)
+    assert weights == (3.0, 0.0, 1.0) and all(type(w) is float for w in weights)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("1,2\n", "w.txt: --weight has 2 entries; the logits have 3 classes"),
+    ("1,,2,3\n", "w.txt: --weight entry 1 (class 1): is missing (empty cell)"),
+    ("1\nx\n2\n", "w.txt: --weight entry 1 (class 1): 'x' is not a number"),
+    ("1\n-2\n2\n", "w.txt: --weight entry 1 (class 1): -2 is negative; weights are >= 0"),
+    ("", "w.txt: --weight entry 0 (class 0): is missing (empty cell)"),
+    (np.array([1.0, np.nan, 2.0]), "w.npy: --weight entry 1 (class 1): nan is not a finite number"),
+    (np.ones((3, 1)), "w.npy: --weight wants a 1-D array of numbers, one per class; this one is "
+                      "float64 of shape (3, 1)"),
+    (None, "nope.txt: no such file"),
+])
+def test_a_weights_file_names_itself_and_the_entry(tmp_path, monkeypatch, content, message):
+    monkeypatch.chdir(tmp_path)
+    name = "nope.txt" if content is None else "w.npy" if isinstance(content, np.ndarray) \
+        else "w.txt"
+    if isinstance(content, np.ndarray):
+        np.save(name, content)
+    elif content is not None:
+        pathlib.Path(name).write_text(content)
+    with pytest.raises(InputError) as raised:
+        data.parse_weights(f"@{name}", 3)
+    assert str(raised.value) == message
+
+
+def test_an_at_without_a_file_says_how_to_name_one():
+    with pytest.raises(InputError, match=r"--pos-weight @ names no file; give --pos-weight @"):
+        data.parse_weights("@", 3, option="--pos-weight")
 
 
 # --- tables and dialects ----------------------------------------------------------------------

@@ -276,6 +276,28 @@ def test_soft_targets_divide_the_mean_by_n_and_one_hot_equals_labels(runner, tmp
     assert json.loads(result.stdout)["loss"] == pytest.approx(oracle_reduced(Z, Y, "mean"), rel=1e-14)
 
 
+def test_a_language_models_class_weights_come_from_a_file(runner, tmp_path):
+    # 50,257 weights written out are some 400 KB, past what one shell argument holds (128 KiB)
+    rng = np.random.default_rng(7)
+    k, n = 50_257, 6
+    z, y = rng.normal(size=(n, k)) * 3, rng.integers(0, k, size=n)
+    w = rng.uniform(0.5, 2.0, size=k)
+    for name, value in (("z.npy", z), ("y.npy", y), ("w.npy", w)):
+        np.save(tmp_path / name, value)
+    np.savetxt(tmp_path / "w.txt", w)
+    log_p = z - z.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    expected = -(w[y] * log_p[np.arange(n), y]).sum() / w[y].sum()
+    for weights in ("w.npy", "w.txt"):
+        result = runner.invoke(app, ["eval", str(tmp_path / "z.npy"), "--labels",
+                                     str(tmp_path / "y.npy"), "--weight",
+                                     f"@{tmp_path / weights}", "--format", "json"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert summary["loss"] == pytest.approx(expected, rel=1e-12)
+        assert summary["divisor"] == pytest.approx(w[y].sum(), rel=1e-15)
+
+
 def test_float32_computes_in_single_precision(runner, k3, tmp_path):
     out64, out32 = tmp_path / "64.csv", tmp_path / "32.csv"
     for dtype, out in [("float64", out64), ("float32", out32)]:

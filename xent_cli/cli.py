@@ -202,7 +202,8 @@ LossOption = Annotated[Loss, typer.Option(help=LOSS_HELP)]
 LabelColOption = Annotated[str, typer.Option(metavar="NAME", help="The name of the label column.")]
 PosWeightOption = Annotated[Optional[str], typer.Option(
     metavar="W0,W1,...",
-    help="--loss bce only: per-class weights of the positive term, as PyTorch's pos_weight=.")]
+    help="--loss bce only: per-class weights of the positive term, as PyTorch's pos_weight= "
+         "(or @FILE, as --weight).")]
 LabelSmoothingOption = Annotated[float, typer.Option(
     min=0.0, max=1.0, metavar="EPS", help="Label smoothing in [0, 1], as PyTorch's.")]
 
@@ -251,7 +252,8 @@ def eval_command(
         help="The cell delimiter ('\\t' for tab); default ',' or tab for .tsv files.")] = None,
     weight: Annotated[Optional[str], typer.Option(
         metavar="W0,W1,...",
-        help="Per-class weights w0,w1,... as PyTorch's weight=.")] = None,
+        help="Per-class weights w0,w1,... as PyTorch's weight=, or @FILE: a 1-D .npy, or text of "
+             "numbers parted by commas, spaces or lines.")] = None,
     pos_weight: PosWeightOption = None,
     ignore_index: Annotated[int, typer.Option(
         metavar="N",
@@ -485,7 +487,8 @@ def check_command(
     delimiter: Annotated[Optional[str], typer.Option(
         metavar="CHAR", help="The cell delimiter ('\\t' for tab).")] = None,
     weight: Annotated[Optional[str], typer.Option(
-        metavar="W0,W1,...", help="Per-class weights, as PyTorch's weight=.")] = None,
+        metavar="W0,W1,...", help="Per-class weights, as PyTorch's weight= (or @FILE, as for "
+                                  "eval).")] = None,
     pos_weight: PosWeightOption = None,
     ignore_index: Annotated[int, typer.Option(
         metavar="N", help="Samples with this label have loss and gradient 0.")] = -100,

@@ -610,23 +610,53 @@ def _header(cells: tuple[str, ...], path: str, line: int) -> tuple[str, ...]:
 
 def parse_weights(text: str, k: int, option: str = "--weight",
                   class_names: Sequence[str] | None = None) -> tuple[float, ...]:
-    """Returns k class weights from 'w0,w1,...'; each must be a finite number >= 0.
+    """Returns k class weights from 'w0,w1,...', or from the file '@PATH' names; each must be a
+    finite number >= 0.
 
-    Messages name the option the text came with (and a saved row index, from class_names).
+    Messages name the option the text came with, and the file (and a saved row index, from
+    class_names).
     """
+    source = None
+    if text.startswith("@"):  # a language model's 50,257 weights outgrow a shell argument (128 KiB)
+        source = text[1:]
+        cells = _weight_file(source, option)
+    else:
+        cells = text.split(",")
     weights = []
-    for c, cell in enumerate(text.split(",")):
+    for c, cell in enumerate(cells):
         try:
-            weights.append(parse_number(cell.strip()))
+            weights.append(cell if isinstance(cell, float) else parse_number(cell.strip()))
+            if not np.isfinite(weights[-1]):  # an .npy's inf or nan, which no text here reaches
+                raise ValueError(f"{cell!r} is not a finite number")
         except ValueError as error:
-            raise InputError(f"{option} entry {c} (class {c}): {error}") from None
+            raise InputError(f"{option} entry {c} (class {c}): {error}", source=source) from None
         if weights[-1] < 0:
-            raise InputError(f"{option} entry {c} (class {c}): {cell.strip()} is negative; "
-                             f"weights are >= 0")
+            raise InputError(f"{option} entry {c} (class {c}): {cell} is negative; weights are "
+                             f">= 0", source=source)
     if len(weights) != k:
         raise InputError(f"{option} has {len(weights)} entries; the logits have {k} classes"
-                         f"{index_hint(class_names, len(weights))}")
+                         f"{index_hint(class_names, len(weights))}", source=source)
     return tuple(weights)
+
+
+def _weight_file(path: str, option: str) -> list:
+    """Returns the weights of a file given as --weight @PATH: a 1-D .npy array of numbers (its
+    values as floats), or text of numbers parted by commas, spaces or lines (np.savetxt's)."""
+    if not path:
+        raise InputError(f"{option} @ names no file; give {option} @weights.txt")
+    if not path.lower().endswith(".npy"):
+        # a comma parts two cells, spaces around it or not: '1,,2' has an empty cell, as in a list
+        return re.split(r"\s*,\s*|\s+", _read_text(path).strip())
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError("no such file", source=path) from None
+    except Exception as error:  # noqa: BLE001 - a corrupt header raises SyntaxError, TokenError, ...
+        raise InputError(f"is not a readable .npy array: {error}", source=path) from None
+    if array.ndim != 1 or array.dtype.kind not in "iuf":
+        raise InputError(f"{option} wants a 1-D array of numbers, one per class; this one is "
+                         f"{array.dtype} of shape {array.shape}", source=path)
+    return [float(w) for w in array]
 
 
 def parse_number(text: str) -> float:

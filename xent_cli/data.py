@@ -815,20 +815,27 @@ def evaluate(data: EvalInput, *, weight=None, ignore_index: int = -100,
 
 def _worked(data: EvalInput, result: losses.CrossEntropyResult, a: np.ndarray,
             i: int) -> WorkedSample:
-    """Returns sample i's arithmetic: z - max z, exp, sum, softmax, loss and gradient."""
-    z = data.logits[i]
+    """Returns sample i's arithmetic: z - max z, exp, sum, softmax, loss and gradient, in the
+    dtype of the gradient, as the kernel computes them."""
+    dtype = result.grad.dtype
+    z = data.logits[i].astype(dtype)
     shifted = z - z.max()
     exps = np.exp(shifted)
     exp_sum = float(exps.sum())
     weight_sum = float(a[i].sum())
     divisor = result.divisor if result.reduction == "mean" else 1.0
     y = a[i] / weight_sum if weight_sum > 0 else np.zeros_like(a[i])
-    p = exps / exp_sum
+    p = exps / dtype.type(exp_sum)
+    p_minus_y = p - y
     label = None if data.labels is None or result.ignored[i] else int(data.labels[i])
+    if label is not None and y[label] == 1:
+        # p_y - 1 = -(the others' exps) / sum, as the kernel has it: p_y of a confident sample
+        # rounds to 1, and p - y showed 0 beside a gradient of -4e-21
+        p_minus_y[label] = -np.delete(exps, label).sum() / exp_sum
     return WorkedSample(
         sample=i, line=None if data.source in data.rows_in else data.lines[i], z=z,
         shifted=shifted, exps=exps, exp_sum=exp_sum,
-        p=p, label=None if data.labels is None else int(data.labels[i]), y=y, p_minus_y=p - y,
+        p=p, label=None if data.labels is None else int(data.labels[i]), y=y, p_minus_y=p_minus_y,
         # log-softmax of this row alone: result.log_probs would build the whole (N, k) array
         neg_log_p=None if label is None else float(-losses.log_softmax(z[None, :])[0, label]),
         loss=float(result.per_sample[i]), weight_sum=weight_sum, scale=weight_sum / divisor,

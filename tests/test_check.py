@@ -341,6 +341,25 @@ def test_a_package_named_as_a_module_imported_already_is_read_by_its_files_path(
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.parametrize("dtype, limit", [("float64", "709.8"), ("float32", "88.7")])
+def test_nan_from_exp_overflowing_at_large_logits_names_the_shift(runner, tmp_path, dtype, limit):
+    code = tmp_path / "naive.py"
+    code.write_text("import numpy as np\n\n\ndef grad(z, y):  # no max subtracted\n"
+                    "    e = np.exp(z)\n"
+                    "    return e / e.sum(axis=1, keepdims=True) - np.eye(z.shape[1])[y]\n")
+    big = 800.0 if dtype == "float64" else 100.0
+    np.save(tmp_path / "z.npy", np.array([[big, 0, -1], [0.5, 1.5, -1], [-1, 0, big]]))
+    np.save(tmp_path / "y.npy", np.array([0, 1, 2]))
+    result = check(runner, str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy"),
+                   "--grad-fn", f"{code}:grad", "--dtype", dtype)
+    assert result.exit_code == 1, result.output
+    assert (f"each sample with NaN or inf has a logit beyond ±{limit}, where exp overflows "
+            f"{dtype}: subtract each row's max before exp, exp(z − max z), as a stable softmax does"
+            in " ".join(result.stdout.split())), result.stdout
+    elsewhere = check(runner, "--grad-fn", f"{CASES}:nan_grad")  # NaN at modest logits
+    assert elsewhere.exit_code == 1 and "exp overflows" not in elsewhere.stdout
+
+
 def test_a_user_loss_that_disagrees_with_xents_is_a_failure(runner):
     result = check(runner, "--loss-fn", f"{CASES}:wrong_loss", "--format", "json")
     assert result.exit_code == 1, result.output

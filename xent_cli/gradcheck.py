@@ -539,6 +539,25 @@ def _relative(abs_err: np.ndarray, analytic: np.ndarray, numeric: np.ndarray) ->
         return np.where(abs_err == 0, 0.0, abs_err / np.where(scale > 0, scale, 1.0))
 
 
+def _overflow_cause(report: "CheckReport", z: np.ndarray) -> "CheckReport":
+    """Adds the usual cause to a report of NaN or inf when every sample they hit has a logit
+    beyond log(largest float): exp overflowed there, in code that does not keep it small."""
+    hit = sorted({failure.sample for failure in report.failures
+                  if not (np.isfinite(failure.analytic) and np.isfinite(failure.numeric))})
+    if report.nonfinite is None or not hit:
+        return report
+    limit = float(np.log(np.finfo(report.tolerance.precision).max))  # 709.8, float32 88.7
+    magnitude = np.abs(np.where(np.isfinite(z), z, 0)).max(axis=1)
+    if not (magnitude[hit] > limit).all():
+        return report
+    fix = ("compute the loss with softplus, np.logaddexp(0, z), and σ(z) without exp of a large "
+           "argument (scipy.special.expit)" if report.loss == "bce" else
+           "subtract each row's max before exp, exp(z − max z), as a stable softmax does")
+    return replace(report, nonfinite=f"{report.nonfinite}; each sample with NaN or inf has a "
+                                     f"logit beyond ±{limit:.1f}, where exp overflows "
+                                     f"{report.tolerance.precision}: {fix}")
+
+
 def _nonfinite_note(values: np.ndarray, what: str) -> str | None:
     """Says how many entries are NaN or infinite, and where the first one is."""
     nan, inf = np.isnan(values), np.isinf(values)
@@ -645,7 +664,8 @@ def check_gradient(problem: Problem, analytic: np.ndarray, loss: Function, tol: 
                      source=problem.source, estimate=estimate, agreements=agreements,
                      sweep=points, labels=problem.labels, loss=problem.loss,
                      targets=problem.class_targets)
-    report = replace(report, step_capped=step_capped(problem.z, tol.method))
+    report = _overflow_cause(replace(report, step_capped=step_capped(problem.z, tol.method)),
+                             problem.z)
     if report.failed and report.scale is None and report.nonfinite is None:
         report = replace(report, diagnosis=diagnose(problem, analytic, tol))
     if problem.loss == "ce" and problem.weight is not None and problem.labels is not None:
@@ -696,7 +716,8 @@ def check_directional(problem: Problem, analytic: np.ndarray, loss: Function, to
                      numeric_source=f"{method_name(tol.method)} of {loss_source} along v",
                      source=problem.source, agreements=agreements, labels=problem.labels,
                      loss=problem.loss)
-    return replace(report, step_capped=step_capped(problem.z, tol.method))
+    return _overflow_cause(replace(report, step_capped=step_capped(problem.z, tol.method)),
+                           problem.z)
 
 
 def check_hessian(problem: Problem, analytic: np.ndarray, gradient: Function, tol: Tolerance, *,

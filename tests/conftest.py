@@ -34,3 +34,13 @@ def golden(request):
         assert text == path.read_text(encoding="utf-8"), f"output differs from {path}"
 
     return compare
+
+
+def table_rows(shown: str) -> dict[str, list[str]]:
+    """Returns a rendered table's rows by their first cell, each other cell as shown."""
+    rows = {}
+    for line in shown.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if len(cells) > 1:
+            rows[cells[0]] = cells[1:]
+    return rows

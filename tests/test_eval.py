@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import table_rows
 from xent_cli.cli import app
 from xent_cli.losses import cross_entropy
 
@@ -395,16 +396,6 @@ def test_show_prints_the_arithmetic_of_the_first_samples(runner, k3):
     assert "z − max z" not in hidden and "loss" in hidden
 
 
-def _worked_rows(shown: str) -> dict[str, list[str]]:
-    """Returns the worked table's rows by step, each class's cell as shown."""
-    rows = {}
-    for line in shown.splitlines():
-        cells = [cell.strip() for cell in line.split("│")[1:-1]]
-        if len(cells) > 1:
-            rows[cells[0]] = cells[1:]
-    return rows
-
-
 @pytest.mark.parametrize("dtype, tiny", [("float64", "7.66765e-53"), ("float32", "0")])
 def test_a_confident_samples_worked_rows_agree_with_its_gradient(runner, tmp_path, dtype, tiny):
     # p_0 = 1 / (1 + e^-100 + e^-120) rounds to 1: p − y was shown 0 beside a gradient of
@@ -412,7 +403,7 @@ def test_a_confident_samples_worked_rows_agree_with_its_gradient(runner, tmp_pat
     path = tmp_path / "z.csv"
     path.write_text("a,b,c,label\n100,0,-20,0\n")
     shown = runner.invoke(app, ["eval", str(path), "--dtype", dtype]).stdout
-    rows = _worked_rows(shown)
+    rows = table_rows(shown)
     e100 = f"{float(np.exp(np.array(-100, dtype=dtype))):.6g}"  # 3.72008e-44; float32 3.78351e-44
     assert rows["exp(z − max z)"] == ["1", e100, tiny]
     assert rows["p − y"] == rows["gradient"] == [f"-{e100}", e100, tiny]

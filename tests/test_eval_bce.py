@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import table_rows
 from test_eval import assert_bad_input_fails_cleanly
 from xent_cli import bce, data, stream
 from xent_cli.cli import app
@@ -115,6 +116,19 @@ def test_worked_sample_shows_sigma_element_loss_and_gradient(runner):
     assert f"{4 * math.log(2):.6g}" in shown  # and its loss, the sum over the classes
     assert "/ 24 (the mean divides by N × k)" in shown
     assert "perplexity" not in shown and "exact match" in shown and "Hamming loss" in shown
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_confident_elements_sigma_minus_t_agrees_with_its_gradient(runner, tmp_path, dtype):
+    # σ(50) rounds to 1: σ − t was shown 0 beside a gradient of −σ(−50) / 2 = −9.6e-23
+    (tmp_path / "z.csv").write_text("a,b\n50,-50\n")
+    (tmp_path / "t.csv").write_text("a,b\n1,0\n")
+    shown = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--loss", "bce", "--targets",
+                                str(tmp_path / "t.csv"), "--dtype", dtype]).stdout
+    rows = table_rows(shown)
+    tiny = float(np.exp(np.array(-50.0, dtype=dtype)))  # σ(−50) to the dtype's precision
+    assert rows["σ − t"] == [f"{-tiny:.6g}", f"{tiny:.6g}"]
+    assert rows["gradient"] == [f"{-tiny / 2:.6g}", f"{tiny / 2:.6g}"]
 
 
 def test_help_shows_the_bce_example_and_the_options(runner):
@@ -356,7 +370,10 @@ def test_any_chunk_size_gives_the_one_piece_results(n, k, chunk, seed, reduction
         assert np.array_equal(worked.grad, reference.grad[i])
         assert worked.loss == reference.per_sample[i]
         assert np.array_equal(worked.sigma, reference.probs[i])
-        assert np.array_equal(worked.sigma_minus_t, reference.probs[i].astype(np.float64) - t[i])
+        # (1 − t) σ(z) − t σ(−z): σ − t without its cancellation where σ rounds to 1
+        np.testing.assert_allclose(worked.sigma_minus_t,
+                                   reference.probs[i].astype(np.float64) - t[i], rtol=0,
+                                   atol=1e-7 if dtype == "float32" else 1e-15)
 
 
 @pytest.fixture(params=["polars", "cut"])

@@ -2229,10 +2229,14 @@ def _bce_worked(first, show: int, reduction: str, divisor: float, options: dict)
     grad = _bce_scaled(head.grad, reduction, divisor, dt)
     sigma = np.asarray(head.probs, dtype=np.float64)
     t = np.asarray(first_rows.targets, dtype=np.float64)
+    # σ − t as (1 − t) σ(z) − t σ(−z): σ of a confident logit rounds to 1, and σ − t showed 0
+    # beside a gradient of −1e-22
+    below = np.asarray(bce.sigmoid(-np.asarray(first_rows.logits, dtype=dt)), dtype=np.float64)
+    sigma_minus_t = (1 - t) * sigma - t * below
     return tuple(BinaryWorkedSample(
         sample=i, line=None if part.source in part.rows_in else part.lines[i],
         z=np.asarray(part.logits[i], dtype=np.float64), sigma=sigma[i], t=t[i],
-        elements=np.asarray(piece.elements[i], dtype=np.float64), sigma_minus_t=sigma[i] - t[i],
+        elements=np.asarray(piece.elements[i], dtype=np.float64), sigma_minus_t=sigma_minus_t[i],
         loss=float(piece.per_sample[i]), grad=np.asarray(grad[i], dtype=np.float64),
         scale=divisor if reduction == "mean" else 1.0) for i in range(shown))
 

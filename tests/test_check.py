@@ -360,6 +360,26 @@ def test_nan_from_exp_overflowing_at_large_logits_names_the_shift(runner, tmp_pa
     assert elsewhere.exit_code == 1 and "exp overflows" not in elsewhere.stdout
 
 
+@pytest.mark.parametrize("signature, hint", [
+    ("z, y, weight", "give its other parameters defaults, or wrap it, def wrapped(z, y): "
+                     "return grad(z, y, ...)"),
+    ("z", "take y as its second parameter"),
+])
+def test_a_function_that_takes_other_arguments_is_told_how_to_fit_the_call(runner, tmp_path,
+                                                                          signature, hint):
+    # code written for a training loop of its own: grad(logits, labels, weight); the call fails
+    # before the body runs
+    code = tmp_path / "loop.py"
+    code.write_text(f"def grad({signature}):\n    return None\n")
+    result = check(runner, "--grad-fn", f"{code}:grad")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.rstrip().endswith(f"class labels; xent calls it with two arguments, z "
+                                           f"and y: {hint}"), result.stderr
+    inside = tmp_path / "inside.py"  # a TypeError of the function's own body: no such hint
+    inside.write_text("def grad(z, y):\n    return z + 'a'\n")
+    assert "xent calls it" not in check(runner, "--grad-fn", f"{inside}:grad").stderr
+
+
 def test_a_user_loss_that_disagrees_with_xents_is_a_failure(runner):
     result = check(runner, "--loss-fn", f"{CASES}:wrong_loss", "--format", "json")
     assert result.exit_code == 1, result.output

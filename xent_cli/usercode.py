@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import importlib.util
+import inspect
 import os
 import sys
 import traceback
@@ -229,7 +230,8 @@ def call(user: UserFunction, z: np.ndarray, y: np.ndarray, shape: tuple[int, ...
         where = _line_in(error, user.path)
         raise UserCodeError(f"{user.name} raised {_describe(error)}{where and f' ({where})'} "
                             f"when called as {user.name.split(':')[1]}(z, y) with "
-                            f"{_inputs(z, y)}{_one_hot_hint(error, z, y)}{_ignored_hint(y)}"
+                            f"{_inputs(z, y)}{_signature_hint(error, user)}"
+                            f"{_one_hot_hint(error, z, y)}{_ignored_hint(y)}"
                             ) from None
     _no_array(user, out, shape, what)
     try:
@@ -280,6 +282,27 @@ def _inputs(z: np.ndarray, y: np.ndarray) -> str:
     """Describes the arguments: 'z (8, 4) float64 and y (8,) int64 class labels'."""
     kind = "class labels" if y.ndim == 1 and np.issubdtype(y.dtype, np.integer) else "targets"
     return f"z {z.shape} {z.dtype} and y {y.shape} {y.dtype} {kind}"
+
+
+def _signature_hint(error: BaseException, user: UserFunction) -> str:
+    """Names the fix for a function that cannot be called with (z, y): code written as
+    grad(logits, labels, weight) for a training loop of its own."""
+    if not isinstance(error, TypeError):
+        return ""
+    try:
+        signature = inspect.signature(user.function)
+        signature.bind(None, None)
+    except TypeError:
+        positional = [p for p in signature.parameters.values() if p.kind in (
+            p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+        if len(positional) < 2:
+            return "; xent calls it with two arguments, z and y: take y as its second parameter"
+        name = user.name.split(":")[1]
+        return (f"; xent calls it with two arguments, z and y: give its other parameters "
+                f"defaults, or wrap it, def wrapped(z, y): return {name}(z, y, ...)")
+    except ValueError:  # a builtin without a signature to read
+        pass
+    return ""
 
 
 def _one_hot_hint(error: BaseException, z: np.ndarray, y: np.ndarray) -> str:

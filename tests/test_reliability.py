@@ -897,6 +897,32 @@ def test_the_process_leaves_with_its_exit_code_and_all_its_output(tmp_path):
     assert profiled.returncode == 0 and (tmp_path / "run.prof").stat().st_size > 0
 
 
+def test_a_bug_of_xent_exits_70_with_its_traceback_not_1(tmp_path):
+    # 1 says a check found a wrong gradient: a CI must not read a crash of xent so
+    import subprocess
+    import sys
+
+    (tmp_path / "z.csv").write_text(K3)
+    (tmp_path / "g.py").write_text("def grad(z, y):\n    return z * 0\n")
+    broken = ("import sys\n"
+              "from xent_cli import gradcheck, losses\n"
+              "def bug(*arguments, **options):\n"
+              "    raise ZeroDivisionError('a bug of ours')\n"
+              "losses.loss_and_gradient_into = gradcheck.check_gradient = bug\n"
+              "sys.argv = ['xent', *sys.argv[1:]]\n"
+              "from xent_cli.__main__ import run\n"
+              "run()\n")
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(DOC.parent.parent), os.environ.get("PYTHONPATH", "")])}
+    for arguments in (("eval", "z.csv", "--output", "o.csv"), ("check", "--grad-fn", "g.py:grad")):
+        run = subprocess.run([sys.executable, "-c", broken, *arguments], cwd=tmp_path,
+                             env=environment, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 70, (arguments, run.stderr)
+        assert "Traceback" in run.stderr and "ZeroDivisionError: a bug of ours" in run.stderr
+        assert "This is a bug of xent" in run.stderr.splitlines()[-1]
+        assert run.stdout == "" and not (tmp_path / "o.csv").exists()
+
+
 @pytest.mark.parametrize("closed, arguments, exit", [
     (">&-", ("eval", "z.csv"), 0),
     ("2>&-", ("eval", "nope.csv"), 2),

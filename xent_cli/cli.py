@@ -792,8 +792,9 @@ def main() -> None:
     Finalising the interpreter frees every module (NumPy, Polars, Rich) one object at a time:
     0.03 s after a small command, 0.1 s once Polars is loaded. By then every file xent writes is
     closed (and renamed), so the process flushes its two streams and exits at once. A bug's
-    exception still propagates, with its traceback; under a tracer or a profiler (coverage,
-    cProfile) Python's own exit runs, which writes their data.
+    exception prints its traceback and exits ExitStatus.BUG, not Python's 1, which a CI reads as
+    a wrong gradient; under a tracer or a profiler (coverage, cProfile) it propagates and Python's
+    own exit runs, which writes their data.
     """
     traced = sys.gettrace() is not None or sys.getprofile() is not None
     try:
@@ -804,6 +805,15 @@ def main() -> None:
         if traced or (done.code is not None and not isinstance(done.code, int)):
             raise
         code = done.code or 0
+    except Exception:  # noqa: BLE001 - a bug of xent: every error of the input is an XentError
+        if traced:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        print(f"This is a bug of xent {__version__}, not of your input or your code: please report "
+              f"it with the lines above (exit {int(ExitStatus.BUG)}).", file=sys.stderr)
+        code = ExitStatus.BUG
     if traced:
         return
     for written in (sys.stdout, sys.stderr):

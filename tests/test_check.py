@@ -380,6 +380,19 @@ def test_a_function_that_takes_other_arguments_is_told_how_to_fit_the_call(runne
     assert "xent calls it" not in check(runner, "--grad-fn", f"{inside}:grad").stderr
 
 
+def test_a_callable_without_a_readable_signature_gets_the_plain_message(runner, tmp_path):
+    # inspect.signature raises TypeError here: the hint is left out, not a traceback
+    code = tmp_path / "odd.py"
+    code.write_text("class Grad:\n"
+                    "    __signature__ = 'not a signature'\n"
+                    "    def __call__(self, z):\n"
+                    "        return z\n"
+                    "grad = Grad()\n")
+    result = check(runner, "--grad-fn", f"{code}:grad")
+    assert result.exit_code == 2, result.output
+    assert "raised TypeError" in result.stderr and "xent calls it" not in result.stderr
+
+
 def test_a_user_loss_that_disagrees_with_xents_is_a_failure(runner):
     result = check(runner, "--loss-fn", f"{CASES}:wrong_loss", "--format", "json")
     assert result.exit_code == 1, result.output

@@ -291,6 +291,9 @@ def _signature_hint(error: BaseException, user: UserFunction) -> str:
         return ""
     try:
         signature = inspect.signature(user.function)
+    except (TypeError, ValueError):  # a builtin or other callable without a signature to read
+        return ""
+    try:
         signature.bind(None, None)
     except TypeError:
         positional = [p for p in signature.parameters.values() if p.kind in (
@@ -300,8 +303,6 @@ def _signature_hint(error: BaseException, user: UserFunction) -> str:
         name = user.name.split(":")[1]
         return (f"; xent calls it with two arguments, z and y: give its other parameters "
                 f"defaults, or wrap it, def wrapped(z, y): return {name}(z, y, ...)")
-    except ValueError:  # a builtin without a signature to read
-        pass
     return ""
 
 

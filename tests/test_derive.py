@@ -350,7 +350,8 @@ def test_output_writes_what_stdout_shows(argv, fmt, runner, tmp_path):
 
 def test_output_of_a_false_claim_is_written_and_exits_1(runner, tmp_path):
     path = tmp_path / "claim.md"
-    shown = runner.invoke(app, ["derive", "--k", "3", "--claim", "j != l: 0", "--format", "markdown"])
+    shown = runner.invoke(app, ["derive", "--k", "3", "--claim", "j != l: 0",
+                                "--format", "markdown"])
     written = runner.invoke(app, ["derive", "--k", "3", "--claim", "j != l: 0", "--format",
                                   "markdown", "--output", str(path)])
     assert written.exit_code == shown.exit_code == 1, written.output

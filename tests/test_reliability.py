@@ -470,10 +470,11 @@ CASES = {
     "all-ignored-mean": eval_case("every sample ignored, with --reduction mean", "a,b,label\n1,2,-100\n",
                                   "every sample is ignored"),
     # PyTorch divides by the zero sum: a loss and gradient of NaN
-    "zero-weight-mean": eval_case("every counted sample's class weighs 0 (--weight), with --reduction mean",
-                                  "a,b,label\n1,2,0\n3,1,1\n",
-                                  "the target-class weights of the counted samples sum to 0: the mean is undefined",
-                                  "--weight", "0,1", "--ignore-index", "1"),
+    "zero-weight-mean": eval_case(
+        "every counted sample's class weighs 0 (--weight), with --reduction mean",
+        "a,b,label\n1,2,0\n3,1,1\n",
+        "the target-class weights of the counted samples sum to 0: the mean is undefined",
+        "--weight", "0,1", "--ignore-index", "1"),
     "fewer-labels": Case("a labels file shorter than the logits", ("eval", "z.csv", "--labels", "y.csv"),
                          "z.csv, line 4: this sample has no partner: y.csv has only 2 labels for 3 rows",
                          files={"z.csv": "a,b\n1,2\n3,4\n5,6\n", "y.csv": "1\n0\n"}),

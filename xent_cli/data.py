@@ -651,7 +651,7 @@ def _weight_file(path: str, option: str) -> list:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise InputError("no such file", source=path) from None
-    except Exception as error:  # noqa: BLE001 - a corrupt header raises SyntaxError, TokenError, ...
+    except Exception as error:  # noqa: BLE001 - a corrupt header raises SyntaxError, ...
         raise InputError(f"is not a readable .npy array: {error}", source=path) from None
     if array.ndim != 1 or array.dtype.kind not in "iuf":
         raise InputError(f"{option} wants a 1-D array of numbers, one per class; this one is "

@@ -28,8 +28,8 @@ import sympy as sp
 from sympy.core.parameters import evaluate
 
 from xent_cli.derivation import (Derivation, Entry, Step, Symbols, Verification, _Builder, _log,
-                                 _number, _vector, by_every_entry, check_classes, parse_values, partial,
-                                 terms_by_symbol, verify)
+                                 _number, _vector, by_every_entry, check_classes, parse_values,
+                                 partial, terms_by_symbol, verify)
 
 FULL_CHECK_K = 12  # up to here every entry is differentiated and checked on its own (~30 ms each)
 PER_CLASS = "; on class 1's term, which every class's term repeats in its own z_n, y_n"

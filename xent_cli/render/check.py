@@ -62,7 +62,7 @@ def summary(report: CheckReport) -> Table:
     if report.loss == "bce":
         table.add_row("loss", "sigmoid binary cross-entropy, summed over each sample's classes")
     table.add_row("step h", f"{tol.eps:g}" + ("" if tol.method == "complex" else
-                                               f" × {_step_scale(report)}"))
+                                               f" × {_step_rule(report)}"))
     table.add_row("tolerance", f"|analytic − numeric| ≤ {tol.atol:g} + {tol.rtol:g}·|numeric|"
                   + (" + estimate" if report.max_error_estimate is not None else "")
                   + f"  ({tol.precision} defaults)")
@@ -123,7 +123,7 @@ def _where(failure: Failure) -> str:
     return str(failure.cls) if failure.column is None else f"{failure.cls}, {failure.column}"
 
 
-def _step_scale(report: CheckReport) -> str:
+def _step_rule(report: CheckReport) -> str:
     """Returns the factor of eps in a step as the report's inputs make it."""
     return f"min(max(1, |z|), {STEP_SCALE_CAP:g})" if report.step_capped else "max(1, |z|)"
 
@@ -133,7 +133,7 @@ def sweep_table(report: CheckReport) -> Table:
     best = report.best_step
     method = report.tolerance.method
     table = Table(title=f"error of {method_name(method)} against the step h "
-                        f"(h × {_step_scale(report)})" if method != "complex" else
+                        f"(h × {_step_rule(report)})" if method != "complex" else
                   "error of the complex step against the step h", title_justify="left")
     table.add_column("h", justify="right")
     table.add_column("max abs error", justify="right")

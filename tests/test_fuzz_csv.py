@@ -187,3 +187,15 @@ def test_corrupt_npy_npz_and_parquet_files_are_refused_in_one_line(runner, tmp_p
     arguments = [str(directory / name)] + (["--labels", str(directory / "y.csv")] if name.endswith(".npy") else [])
     files = {name: bytes(raw), "y.csv": b"0\n2\n1\n1\n"}
     run_eval(runner, directory, files, arguments)
+
+
+def test_an_npz_member_numpy_hands_out_as_bytes_is_refused_in_one_line(runner, tmp_path):
+    # 16 zero bytes over the first member's entry in the zip's directory (found by the test
+    # above): NumPy then gives that member as raw bytes, not an array, and eval had a traceback
+    raw = bytearray(_binary_files(tmp_path)["z.npz"])
+    at = raw.index(b"PK\x01\x02") + 5
+    raw[at:at + 16] = bytes(16)
+    result = run_eval(runner, tmp_path, {"z.npz": bytes(raw), "y.csv": b"0\n2\n1\n1\n"},
+                      [str(tmp_path / "z.npz")])
+    assert result.exit_code == 2
+    assert "member 'logits' is not an .npy array" in result.stderr

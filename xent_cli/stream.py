@@ -1468,8 +1468,14 @@ def _load_npz(path: str, streamed: bool = False) -> dict[str, np.ndarray]:
             with archive:
                 names = archive.files
                 mapped = _mapped_members(file, streamed)
-                return {name: mapped[name + ".npy"] if name + ".npy" in mapped
-                        else archive[name] for name in names}
+                arrays = {name: mapped[name + ".npy"] if name + ".npy" in mapped
+                          else archive[name] for name in names}
+    # NumPy hands out a member that does not start as an .npy does as its raw bytes
+    for name, array in arrays.items():
+        if isinstance(array, bytes):
+            raise InputError(f"member {name!r} is not an .npy array; save the archive with "
+                             f"np.savez", source=path)
+    return arrays
 
 
 @contextlib.contextmanager

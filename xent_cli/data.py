@@ -95,6 +95,7 @@ class WorkedSample:
     y: np.ndarray  # the target distribution the loss compares p with (smoothing applied)
     p_minus_y: np.ndarray
     neg_log_p: float | None  # -log p of the label (index targets)
+    rest: float | None  # 1 - p of the label, from the other classes' exps (p may round to 1)
     loss: float  # this sample's loss, as reduction='none' gives it
     weight_sum: float  # the sum of this sample's target coefficients (1 without weights)
     scale: float  # gradient = scale * (p - y) = weight_sum / divisor
@@ -828,16 +829,18 @@ def _worked(data: EvalInput, result: losses.CrossEntropyResult, a: np.ndarray,
     p = exps / dtype.type(exp_sum)
     p_minus_y = p - y
     label = None if data.labels is None or result.ignored[i] else int(data.labels[i])
+    rest = None if label is None else float(np.delete(exps, label).sum()) / exp_sum
     if label is not None and y[label] == 1:
-        # p_y - 1 = -(the others' exps) / sum, as the kernel has it: p_y of a confident sample
-        # rounds to 1, and p - y showed 0 beside a gradient of -4e-21
-        p_minus_y[label] = -np.delete(exps, label).sum() / exp_sum
+        # p_y - 1 = -rest, as the kernel has it: p_y of a confident sample rounds to 1, and
+        # p - y showed 0 beside a gradient of -4e-21
+        p_minus_y[label] = -rest
     return WorkedSample(
         sample=i, line=None if data.source in data.rows_in else data.lines[i], z=z,
         shifted=shifted, exps=exps, exp_sum=exp_sum,
         p=p, label=None if data.labels is None else int(data.labels[i]), y=y, p_minus_y=p_minus_y,
         # log-softmax of this row alone: result.log_probs would build the whole (N, k) array
         neg_log_p=None if label is None else float(-losses.log_softmax(z[None, :])[0, label]),
+        rest=rest,
         loss=float(result.per_sample[i]), weight_sum=weight_sum, scale=weight_sum / divisor,
         grad=np.asarray(result.grad[i], dtype=np.float64), ignored=bool(result.ignored[i]),
     )

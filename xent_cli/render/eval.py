@@ -173,9 +173,8 @@ def worked_sample(summary: Summary, sample: WorkedSample) -> Group:
     weighted = summary.weight is not None or bool(summary.label_smoothing)
     if sample.neg_log_p is not None:
         p = _g(sample.p[sample.label])
-        if p == "1" and sample.neg_log_p > 0:  # not '−log 1 = 4e-44': 1 − p, from the others' exps
-            others = sum(e for c, e in enumerate(sample.exps) if c != sample.label)
-            p = f"(1 − {_g(others / sample.exp_sum)})"
+        if p == "1" and sample.neg_log_p > 0:  # not '−log 1 = 4e-44'
+            p = f"(1 − {_g(sample.rest)})"
         lines.append(f"−log p[{sample.label}] = −log {p} = {_g(sample.neg_log_p)}")
     if not sample.ignored and (weighted or sample.neg_log_p is None):
         lines.append(f"loss = −Σ_c y_c log p_c × {_g(sample.weight_sum)} = {_g(sample.loss)}"

@@ -648,16 +648,21 @@ def _weight_file(path: str, option: str) -> list:
     if not path.lower().endswith(".npy"):
         # a comma parts two cells, spaces around it or not: '1,,2' has an empty cell, as in a list
         return re.split(r"\s*,\s*|\s+", _read_text(path).strip())
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError("no such file", source=path) from None
-    except Exception as error:  # noqa: BLE001 - a corrupt header raises SyntaxError, ...
-        raise InputError(f"is not a readable .npy array: {error}", source=path) from None
+    array = load_npy(path)
     if array.ndim != 1 or array.dtype.kind not in "iuf":
         raise InputError(f"{option} wants a 1-D array of numbers, one per class; this one is "
                          f"{array.dtype} of shape {array.shape}", source=path)
     return [float(w) for w in array]
+
+
+def load_npy(path: str, mmap_mode: str | None = None) -> np.ndarray:
+    """Returns the array of an .npy file (mapped with mmap_mode 'r'); its errors in one line."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError("no such file", source=path) from None
+    except Exception as error:  # noqa: BLE001 - a corrupt header raises SyntaxError, ...
+        raise InputError(f"is not a readable .npy array: {error}", source=path) from None
 
 
 def parse_number(text: str) -> float:

@@ -1446,12 +1446,7 @@ def _whole_labels(labels, source: str, column: str | None = None) -> np.ndarray:
 
 
 def _load_npy(path: str) -> np.ndarray:
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError("no such file", source=path) from None
-    except Exception as error:  # noqa: BLE001 - a corrupt header raises SyntaxError, TokenError, ...
-        raise InputError(f"is not a readable .npy array: {error}", source=path) from None
+    return data.load_npy(path, mmap_mode="r")
 
 
 def _load_npz(path: str, streamed: bool = False) -> dict[str, np.ndarray]:

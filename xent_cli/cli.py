@@ -664,7 +664,8 @@ def derive_command(
                                    "targets too; 60 with --hessian; bce from 1).")] = 3,
     loss: LossOption = Loss.ce,
     label: Annotated[Optional[int], typer.Option(
-        metavar="L", help="The true class ℓ, 1-based (default 1; ce only).", show_default=False)] = None,
+        metavar="L", help="The true class ℓ, 1-based (default 1; ce only); with --soft, the j "
+        "whose steps are shown.", show_default=False)] = None,
     soft: Annotated[bool, typer.Option("--soft", help="General targets y1…yK with Σy = 1 (ce only; "
                                        "bce's targets are always general).")] = False,
     hessian: Annotated[bool, typer.Option(

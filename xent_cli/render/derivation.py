@@ -317,8 +317,9 @@ def _step_json(step: Step, printing: dict) -> dict:
 
 def to_json(derivation: Derivation) -> str:
     """Returns one JSON object: loss, k, label, gradient (strings in z and y), hessian, their
-    values at --at, steps;
-    for bce (label null, p_n = σ(z_n)) also contrast, how it differs from softmax."""
+    values at --at, steps; label is null for soft targets (--label then only picks the j the
+    steps work out) and for bce (p_n = σ(z_n)), which also has contrast, how it differs from
+    softmax."""
     z = sp.symbols(f"z1:{derivation.k + 1}", real=True)
     p = sp.symbols(f"p1:{derivation.k + 1}", positive=True)
     # A placeholder printed once as the K-term sum: printing the sum inside every entry
@@ -343,7 +344,9 @@ def to_json(derivation: Derivation) -> str:
 
     data = {
         "loss": derivation.loss,
-        "k": derivation.k, "label": derivation.label, "soft": derivation.soft,
+        # soft targets have no true class: the label only named the j of the steps
+        "k": derivation.k, "label": None if derivation.soft else derivation.label,
+        "soft": derivation.soft,
         "verified": derivation.verified,
         "at": list(derivation.at) if derivation.at is not None else None,
         **({"at_targets": None if derivation.at_targets is None else list(derivation.at_targets)}

@@ -120,13 +120,15 @@ class _Console(Console):
             raise SystemExit(ExitStatus.BROKEN_PIPE) from None
 
 
+# emoji=False, markup=False: a file or column named ':smile:' or '[red]z0' is text to show as
+# written (the renderers style with Style objects, never with markup)
+AS_WRITTEN = dict(highlight=False, emoji=False, markup=False)
+
+
 def _console(stderr: bool) -> Console:
     """Returns a console without escape codes under NO_COLOR or TERM=dumb, even with FORCE_COLOR."""
     plain = bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
-    # emoji=False, markup=False: a file or column named ':smile:' or '[red]z0' is text to show
-    # as written (the renderers style with Style objects, never with markup)
-    console = _Console(stderr=stderr, highlight=False, emoji=False, markup=False,
-                       color_system=None if plain else "auto")
+    console = _Console(stderr=stderr, color_system=None if plain else "auto", **AS_WRITTEN)
     if not console.is_terminal:
         console.width = PIPE_WIDTH
     return console
@@ -782,8 +784,7 @@ def _plain_text(shown) -> str:
     if isinstance(shown, str):
         return shown
     buffer = io.StringIO()
-    Console(file=buffer, width=PIPE_WIDTH, color_system=None, highlight=False, emoji=False,
-            markup=False).print(shown)
+    Console(file=buffer, width=PIPE_WIDTH, color_system=None, **AS_WRITTEN).print(shown)
     return buffer.getvalue()
 
 

@@ -184,3 +184,16 @@ def test_classes_do_not_couple(z, data):
     others = np.arange(z.shape[1]) != c
     assert np.array_equal(before.grad[:, others], after.grad[:, others])
     assert np.array_equal(before.elements[:, others], after.elements[:, others])
+
+
+@pytest.mark.parametrize("z, t, message, sample", [
+    # the fuzzer's case: a NaN logit on the later row was named first
+    ([[0.0, 1.0], [1e300, 0.0], [np.nan, 0.0]], [[0.0, 1.0]] * 3, "does not fit in float32", 1),
+    ([[0.0, 1.0], [0.0, 1.0], [np.inf, 0.0]], [[0.0, 1.0], [0.0, 2.0], [0.0, 1.0]],
+     r"outside \[0, 1\]", 1),
+    ([[0.0, 1.0], [0.0, np.nan]], [[np.nan, 1.0], [0.0, 1.0]], "target is not a finite", 0),
+])
+def test_the_first_bad_sample_is_named_whatever_its_fault(z, t, message, sample):
+    with pytest.raises(InputError, match=message) as caught:
+        bce.binary_cross_entropy(np.array(z), np.array(t), dtype=np.float32)
+    assert caught.value.sample == sample

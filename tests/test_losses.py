@@ -838,3 +838,69 @@ def test_the_kernel_bench_reports_rows_bench_run_can_read():
             assert row["ratio"] == pytest.approx(row["baseline_seconds"] / row["seconds"])
     assert "torch" in rows[1]["baseline"] and rows[1]["target"] == 1.5
     assert "kernel 300 x 4" in bench.table(rows)
+
+
+# --- the first bad sample is the error, however the input is cut --------------------------------
+
+SOFTMAX_FAULTS = ("nan", "+inf", "all -inf", "too large", "label out of range",
+                  "label not an integer", "negative target", "nan target", "sum 2")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 7), st.integers(2, 4), st.booleans(), st.booleans(),
+       st.lists(st.tuples(st.sampled_from(SOFTMAX_FAULTS), st.integers(0, 6)), max_size=3),
+       st.integers(0, 2**32 - 1))
+def test_the_whole_input_names_the_error_of_its_first_bad_sample(n, k, soft, narrow, faults, seed):
+    # a stream meets the samples in order: the whole input must name the error that the first
+    # bad sample alone names, whatever else is wrong further on
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, k))
+    target = rng.dirichlet(np.ones(k), size=n) if soft else rng.integers(0, k, n).astype(float)
+    for fault, row in faults:
+        row %= n
+        if fault == "nan":
+            z[row, rng.integers(k)] = np.nan
+        elif fault == "+inf":
+            z[row, rng.integers(k)] = np.inf
+        elif fault == "all -inf":
+            z[row] = -np.inf
+        elif fault == "too large":
+            z[row, rng.integers(k)] = 1e300  # beyond float32
+        elif soft and fault == "negative target":
+            target[row, 0] = -0.5
+        elif soft and fault == "nan target":
+            target[row, 0] = np.nan
+        elif soft and fault == "sum 2":
+            target[row] *= 2
+        elif not soft and fault == "label out of range":
+            target[row] = k
+        elif not soft and fault == "label not an integer":
+            target[row] = 0.5
+    dtype = np.float32 if narrow else np.float64
+
+    def error(rows: slice):
+        part = target[rows]
+        try:
+            with np.errstate(all="ignore"):
+                losses.loss_and_gradient_into(z[rows], part, None, np.empty(len(part), dtype),
+                                              first_sample=rows.start, whole=False)
+        except InputError as caught:
+            return caught.message, caught.sample, caught.column
+        return None
+
+    whole = error(slice(0, n))
+    firsts = [found for i in range(n) if (found := error(slice(i, i + 1))) is not None]
+    assert whole == (firsts[0] if firsts else None)
+
+
+@pytest.mark.parametrize("z, target, message, sample", [
+    # a later NaN or a later bad label came first, named before the earlier fault
+    ([[0.0, 1.0], [np.inf, 0.0], [np.nan, 0.0]], [0, 0, 0], r"\+inf", 1),
+    ([[0.0, 1.0], [np.nan, 0.0], [0.0, 1.0]], [0, 0, 5], "NaN", 1),
+    ([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]], [0.0, 7.0, 0.5], "label 7", 1),
+    ([[0.0, 1.0], [0.0, 1.0]], [[0.5, 0.5], [1.0, 1.0]], "sum to 2", 1),
+])
+def test_the_first_bad_sample_is_named_whatever_its_fault(z, target, message, sample):
+    with pytest.raises(InputError, match=message) as caught:
+        cross_entropy(np.array(z), np.array(target))
+    assert caught.value.sample == sample

@@ -109,12 +109,15 @@ def validate(z, target, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"logits must be a 2-D array (samples x classes), got shape {z.shape}")
     if t.shape != z.shape:
         raise InputError(f"targets must have shape {z.shape} like the logits, got {t.shape}")
-    _first_bad(~np.isfinite(z), "logit is not a finite number; binary cross-entropy needs finite logits")
     with np.errstate(over="ignore"):
         cast = z.astype(dtype, copy=False)
-    _first_bad(np.isinf(cast), f"logit does not fit in {dtype.name}")
-    _first_bad(~np.isfinite(t), "target is not a finite number")
-    _first_bad((t < 0) | (t > 1), "target is outside [0, 1]")
+    with np.errstate(invalid="ignore"):  # nan compares false: the finite check names it
+        outside = (t < 0) | (t > 1)
+    _first_bad((~np.isfinite(z),
+                "logit is not a finite number; binary cross-entropy needs finite logits"),
+               (np.isinf(cast), f"logit does not fit in {dtype.name}"),
+               (~np.isfinite(t), "target is not a finite number"),
+               (outside, "target is outside [0, 1]"))
     return cast, t.astype(dtype, copy=False)
 
 

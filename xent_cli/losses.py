@@ -135,7 +135,7 @@ def cross_entropy(z, target, *, weight=None, ignore_index: int = -100,
     n, k = z.shape
     weighted = weight is not None
     weight = _weight(weight, k, dtype)
-    target, ignored = _target(target, n, k, ignore_index, dtype)
+    target, ignored = _target_after_logits(z, target, ignore_index, dtype)
     divisor = _divisor(target, ignored, weight if weighted else None, dtype)
     if reduction == "mean" and not divisor > 0:
         raise InputError(_no_mean_reason(n, ignored, ignore_index))
@@ -197,7 +197,7 @@ def loss_and_gradient_into(z, target, grad: np.ndarray | None, per_sample: np.nd
             raise ValueError(f"predictions must be a ({n},) array of integers")
         weighted = weight is not None
         weight = _weight(weight, k, dtype)
-        target, ignored = _target(target, n, k, ignore_index, dtype, whole)
+        target, ignored = _target_after_logits(z, target, ignore_index, dtype, whole)
         _fill(z, target, ignored, weight if weighted else None, label_smoothing,
               dtype.type(scale), grad, per_sample, probs, predictions)
     except InputError as error:
@@ -667,14 +667,15 @@ def _logit_array(z) -> np.ndarray:
 
 def _check_logits(raw: np.ndarray, dtype: np.dtype, offset: int = 0) -> None:
     """Raises InputError at the first bad logit of raw, whose row 0 is sample offset."""
-    _first_bad(np.isnan(raw), "logit is NaN; only -inf (a masked class) is allowed", offset)
-    _first_bad(np.isposinf(raw), "logit is +inf; only -inf (a masked class) is allowed", offset)
-    _first_bad(np.isneginf(raw).all(axis=1, keepdims=True),
-               "every logit is -inf: all classes are masked", offset)
+    checks = [(np.isnan(raw), "logit is NaN; only -inf (a masked class) is allowed"),
+              (np.isposinf(raw), "logit is +inf; only -inf (a masked class) is allowed"),
+              (np.isneginf(raw).all(axis=1, keepdims=True),
+               "every logit is -inf: all classes are masked")]
     if raw.dtype != dtype:
         with np.errstate(over="ignore"):
             z = raw.astype(dtype)
-        _first_bad(np.isinf(z) & ~np.isinf(raw), f"logit does not fit in {dtype.name}", offset)
+        checks.append((np.isinf(z) & ~np.isinf(raw), f"logit does not fit in {dtype.name}"))
+    _first_bad(*checks, offset=offset)
 
 
 def _weight(weight, k: int, dtype: np.dtype) -> np.ndarray:
@@ -691,6 +692,19 @@ def _weight(weight, k: int, dtype: np.dtype) -> np.ndarray:
     return weight.astype(dtype)
 
 
+def _target_after_logits(z: np.ndarray, target, ignore_index: int, dtype: np.dtype,
+                         whole: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Returns _target's targets and ignored mask; where a target is bad, a bad logit in an
+    earlier sample is the error instead, as a stream that meets the samples in order names it."""
+    n, k = z.shape
+    try:
+        return _target(target, n, k, ignore_index, dtype, whole)
+    except InputError as error:
+        if error.sample is not None:
+            _check_logits(np.asarray(z[:error.sample]), dtype)
+        raise
+
+
 def _target(target, n: int, k: int, ignore_index: int, dtype: np.dtype,
             whole: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Returns validated targets (int (N,) or dtype (N, k)) and the ignored mask (N,); whole
@@ -701,18 +715,21 @@ def _target(target, n: int, k: int, ignore_index: int, dtype: np.dtype,
     if target.ndim != 1 or len(target) != n:
         raise InputError(f"targets must be {n} class indices or a {n} x {k} array of "
                          f"probabilities, got shape {target.shape}")
+    fractional = np.zeros(n, dtype=bool)
     if not np.issubdtype(target.dtype, np.integer):
         try:
             as_float = target.astype(np.float64)
         except (TypeError, ValueError):
             raise InputError("labels must be integer class indices") from None
         fractional = ~np.isfinite(as_float) | (as_float != np.round(as_float))
-        _first_bad(fractional[:, None], "label is not an integer")
-        target = as_float.astype(np.int64)
+        with np.errstate(invalid="ignore"):  # nan and inf become some integer, unused
+            target = np.where(fractional, ignore_index, as_float).astype(np.int64)
     ignored = target == ignore_index
-    bad = np.flatnonzero(~ignored & ((target < 0) | (target >= k)))
+    bad = np.flatnonzero(fractional | (~ignored & ((target < 0) | (target >= k))))
     if bad.size:
         i = bad[0]
+        if fractional[i]:  # the first bad sample's fault, whichever comes first
+            raise InputError("label is not an integer", sample=int(i))
         counted = target[~ignored]
         hint = ""
         # MATLAB, R and Julia count from 1: labels 1..k, none 0, are those shifted by one (told
@@ -745,12 +762,14 @@ def _soft_target(t: np.ndarray, n: int, k: int, dtype: np.dtype) -> np.ndarray:
         raise InputError("soft targets must be numbers") from None
     sums = t.sum(axis=1)
     # NaN and +-inf reach the row sums and NaN the minimum: search entries only when one is off.
+    off = np.abs(sums - 1) > SOFT_TARGET_TOLERANCE * k  # false at NaN
+    first_off = int(off.argmax()) if off.any() else n
     if not (np.isfinite(sums).all() and (t.size == 0 or t.min() >= 0)):
-        _first_bad(~np.isfinite(t), "target probability is not a finite number")
-        _first_bad(t < 0, "target probability is negative")
-    off = np.flatnonzero(np.abs(sums - 1) > SOFT_TARGET_TOLERANCE * k)
-    if off.size:
-        i = off[0]
+        head = t[:first_off + 1]  # a bad entry after a row that does not sum to 1 comes second
+        _first_bad((~np.isfinite(head), "target probability is not a finite number"),
+                   (head < 0, "target probability is negative"))
+    if off.any():
+        i = first_off
         multi_hot = sums[i] > 1 and np.isin(t[i], (0.0, 1.0)).all()
         raise InputError(f"target probabilities sum to {sums[i]:.9g}, not 1"
                          + ("; several 1s in a row are multi-label targets: --loss bce"
@@ -758,12 +777,22 @@ def _soft_target(t: np.ndarray, n: int, k: int, dtype: np.dtype) -> np.ndarray:
     return t.astype(dtype, copy=False)
 
 
-def _first_bad(bad: np.ndarray, message: str, offset: int = 0) -> None:
-    """Raises InputError at the first (sample, class) where bad is True; row 0 is sample offset."""
-    if bad.any():
-        i, c = np.argwhere(bad)[0]
-        column = f"class {c}" if bad.shape[1] > 1 else None
-        raise InputError(message, sample=offset + int(i), column=column)
+def _first_bad(*checks: tuple[np.ndarray, str], offset: int = 0) -> None:
+    """Raises InputError at the first sample any check's (N, k) or (N, 1) mask finds bad, with
+    the message of the first check that finds it bad, at that check's first class there; row 0
+    is sample offset.
+
+    The first bad sample, not the first check's: a stream cut into chunks meets the samples in
+    order, so the whole input must name the error a chunk would (bce named a NaN logit on line 3
+    where a chunk of line 2 alone named its logit too large for float32).
+    """
+    found = [(int(rows.argmax()), i) for i, (bad, _) in enumerate(checks)
+             if (rows := bad.any(axis=1)).any()]
+    if found:
+        row, i = min(found)
+        bad, message = checks[i]
+        column = f"class {int(bad[row].argmax())}" if bad.shape[1] > 1 else None
+        raise InputError(message, sample=offset + row, column=column)
 
 
 def _refuse_infinite_loss(z: np.ndarray, infinite: np.ndarray, offset: int = 0) -> None:

@@ -843,7 +843,8 @@ def test_the_kernel_bench_reports_rows_bench_run_can_read():
 # --- the first bad sample is the error, however the input is cut --------------------------------
 
 SOFTMAX_FAULTS = ("nan", "+inf", "all -inf", "too large", "label out of range",
-                  "label not an integer", "negative target", "nan target", "sum 2")
+                  "label not an integer", "negative target", "nan target", "sum 2",
+                  "label masked")
 
 
 @settings(max_examples=150, deadline=None)
@@ -876,6 +877,10 @@ def test_the_whole_input_names_the_error_of_its_first_bad_sample(n, k, soft, nar
             target[row] = k
         elif not soft and fault == "label not an integer":
             target[row] = 0.5
+        elif fault == "label masked":  # the label's class -inf: its log p is -inf
+            label = target[row].argmax() if soft else target[row]
+            if 0 <= label < k and label == int(label):
+                z[row, int(label)] = -np.inf
     dtype = np.float32 if narrow else np.float64
 
     def error(rows: slice):

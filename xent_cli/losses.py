@@ -135,7 +135,8 @@ def cross_entropy(z, target, *, weight=None, ignore_index: int = -100,
     n, k = z.shape
     weighted = weight is not None
     weight = _weight(weight, k, dtype)
-    target, ignored = _target_after_logits(z, target, ignore_index, dtype)
+    target, ignored = _target_after_earlier_samples(
+        z, target, ignore_index, dtype, weight if weighted else None, label_smoothing)
     divisor = _divisor(target, ignored, weight if weighted else None, dtype)
     if reduction == "mean" and not divisor > 0:
         raise InputError(_no_mean_reason(n, ignored, ignore_index))
@@ -197,7 +198,8 @@ def loss_and_gradient_into(z, target, grad: np.ndarray | None, per_sample: np.nd
             raise ValueError(f"predictions must be a ({n},) array of integers")
         weighted = weight is not None
         weight = _weight(weight, k, dtype)
-        target, ignored = _target_after_logits(z, target, ignore_index, dtype, whole)
+        target, ignored = _target_after_earlier_samples(
+            z, target, ignore_index, dtype, weight if weighted else None, label_smoothing, whole)
         _fill(z, target, ignored, weight if weighted else None, label_smoothing,
               dtype.type(scale), grad, per_sample, probs, predictions)
     except InputError as error:
@@ -304,7 +306,19 @@ class _Blocks:
             with np.errstate(over="ignore"):  # a logit too large for dtype is refused just below
                 e[...] = self.z[start:stop].T if self.class_major else self.z[start:stop]
             top = e.max(axis=self.axis, keepdims=True)
-            _check_block(self.z, e, top, self.dtype, start, stop)
+            try:
+                _check_block(self.z, e, top, self.dtype, start, stop)
+            except InputError as error:
+                # the rows before the bad logit are worked first: a masked class at the label
+                # of one of them is the earlier error, which a stream cut there would name
+                good = error.sample - start
+                if good > 0:
+                    e = self.cut(e, good)
+                    with np.errstate(over="ignore"):
+                        np.subtract(e, self.cut(top, good) if self.class_major else top[:good],
+                                    out=e)
+                    yield start, start + good, e
+                raise
             with np.errstate(over="ignore"):  # a spread beyond the dtype's range gives -inf
                 np.subtract(e, top, out=e)
             yield start, stop, e
@@ -692,16 +706,22 @@ def _weight(weight, k: int, dtype: np.dtype) -> np.ndarray:
     return weight.astype(dtype)
 
 
-def _target_after_logits(z: np.ndarray, target, ignore_index: int, dtype: np.dtype,
-                         whole: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Returns _target's targets and ignored mask; where a target is bad, a bad logit in an
-    earlier sample is the error instead, as a stream that meets the samples in order names it."""
+def _target_after_earlier_samples(z: np.ndarray, target, ignore_index: int, dtype: np.dtype,
+                                  weight: np.ndarray | None, label_smoothing: float,
+                                  whole: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Returns _target's targets and ignored mask; where a target is bad, the samples before it
+    are worked first, and an error of theirs (a bad logit, a masked label) is the one raised, as a
+    stream that meets the samples in order raises it."""
     n, k = z.shape
     try:
         return _target(target, n, k, ignore_index, dtype, whole)
     except InputError as error:
-        if error.sample is not None:
-            _check_logits(np.asarray(z[:error.sample]), dtype)
+        if error.sample:
+            before = error.sample
+            loss_and_gradient_into(z[:before], np.asarray(target)[:before], None,
+                                   np.empty(before, dtype=dtype), weight=weight,
+                                   ignore_index=ignore_index, label_smoothing=label_smoothing,
+                                   whole=False)
         raise
 
 

@@ -156,6 +156,47 @@ def test_right_code_passes_at_near_ties_of_large_logits(runner, tmp_path, s, arg
     assert wrong.exit_code == 1, wrong.output
 
 
+@pytest.mark.parametrize("s, method", [(1000, "central"), (3000, "central"),
+                                       (3000, "richardson")])
+def test_a_float32_loss_passes_at_logits_of_1000_and_3000_within_its_round_off(runner, tmp_path,
+                                                                              s, method):
+    # losses of thousands are spaced 5e-4 apart in float32: differenced over a step of 0.3 that
+    # round-off reaches 2e-3, beyond rtol and atol alone (without the term: 1 entry of 2,000
+    # failed at 1,000, 33 at 3,000, 1 with Richardson)
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "z.npy", s * rng.standard_normal((200, 10)))
+    np.save(tmp_path / "y.npy", rng.integers(0, 10, 200))
+    argv = [str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy"), "--loss-fn",
+            f"{CASES}:loss32", "--method", method]
+    result = check(runner, *argv, "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = as_json(result)
+    assert report["roundoff_passed"] > 0 and report["max_roundoff"] > report["atol"]
+    shown = check(runner, *argv).stdout
+    assert "≤ 0.001 + 0.001·|numeric| + round-off" in shown
+    assert f"│ round-off       │ ε·|f|/2h of the values differenced, up to " \
+           f"{report['max_roundoff']:.3g}; {report['roundoff_passed']} " in shown
+
+
+@pytest.mark.parametrize("method", ["central", "complex", "richardson"])
+def test_a_gradient_off_by_a_relative_1e_3_still_fails_at_moderate_logits(runner, tmp_path,
+                                                                          method):
+    # the round-off allowance of float64 losses of a few units is some 1e-12: no cover for a bug
+    (tmp_path / "off.py").write_text(
+        "import numpy as np\n"
+        "def grad(z, y):\n"
+        "    e = np.exp(z - z.max(axis=1, keepdims=True))\n"
+        "    return 1.001 * (e / e.sum(axis=1, keepdims=True) - np.eye(z.shape[1])[y])\n")
+    result = check(runner, "--grad-fn", f"{tmp_path / 'off.py'}:grad", "--random", "50", "--k",
+                   "10", "--method", method, "--format", "json")
+    assert result.exit_code == 1, result.output
+    report = as_json(result)
+    assert report["failed"] > 400 and report["roundoff_passed"] == 0
+    assert report["scale"] == pytest.approx(1.001)
+    if method != "complex":
+        assert report["max_roundoff"] < 1e-9
+
+
 def test_the_step_cap_is_named_only_where_it_holds(runner):
     report = as_json(check(runner, "--format", "json"))
     assert report["step_cap"] is None

@@ -143,6 +143,36 @@ def test_richardson_estimates_its_own_error():
     assert coarse.max() > 1e-6
 
 
+@pytest.mark.parametrize("method, weight", [("central", 1.0),
+                                            ("richardson", (64 * 4 + 20 * 2 + 1) / 45)])
+def test_the_round_off_allowance_is_eps_f_over_2h(method, weight):
+    # a float32 loss of 1000 whatever z: its differences are pure round-off, whose bound is
+    # ε·|f| / 2h (Richardson: each step's, h/4's counting most, through its weights 64, −20, 1)
+    z = np.array([[0.25, 4.0], [-40.0, 1.0]])
+    problem = gradcheck.problem(z, np.array([0, 1]))
+    tol = gradcheck.tolerance(method, "float32")
+
+    def loss(z):
+        return np.full(len(z), 1000.0, dtype=np.float32)
+
+    h = tol.eps * np.minimum(np.maximum(1.0, np.abs(z)), gradcheck.STEP_SCALE_CAP)
+    allowance = weight * np.finfo(np.float32).eps * 1000.0 / (2 * h)
+    within = gradcheck.check_gradient(problem, 0.99 * allowance + tol.atol, loss, tol,
+                                      analytic_source="g")
+    assert within.passed and within.max_roundoff == pytest.approx(allowance.max(), rel=1e-12)
+    assert within.roundoff_passed == 4
+    beyond = gradcheck.check_gradient(problem, 1.01 * allowance + tol.atol, loss, tol,
+                                      analytic_source="g")
+    assert beyond.failed == 4 and beyond.roundoff_passed == 0
+
+
+def test_the_complex_step_has_no_round_off_allowance():
+    problem = gradcheck.random_problem(3, 4, 0)
+    report = gradcheck.check_gradient(problem, problem.grad, gradcheck.xent_loss(problem.a),
+                                      gradcheck.tolerance("complex"), analytic_source="g")
+    assert report.passed and report.max_roundoff is None and report.roundoff_passed == 0
+
+
 def test_the_sweep_traces_the_v_of_truncation_against_round_off():
     problem = gradcheck.random_problem(50, 5, 6)
     loss = gradcheck.xent_loss(problem.a)

@@ -10,8 +10,9 @@ dloss_i/dz_ic for all i. A gradient of N x k entries costs 2k loss evaluations (
 k (complex step) or 6k (Richardson), never N·k.
 
 A check compares an analytic gradient with a numeric one entry by entry, as torch.autograd.gradcheck
-does: entry (i, c) fails when |analytic - numeric| > atol + rtol·|numeric| (+ the error estimate,
-for Richardson). It returns a CheckReport; the caller decides what to print and how to exit.
+does: entry (i, c) fails when |analytic - numeric| > atol + rtol·|numeric| + round-off (+ the error
+estimate, for Richardson), the round-off being what the differenced values carry, ε·|f| / 2h. It
+returns a CheckReport; the caller decides what to print and how to exit.
 """
 
 from __future__ import annotations
@@ -321,16 +322,34 @@ def step_capped(z: np.ndarray, method: str) -> bool:
     return method != "complex" and bool(finite.size) and float(finite.max()) > STEP_SCALE_CAP
 
 
-def _central(f: Function, z: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """Returns (f(z + h e_c) − f(z − h e_c)) / 2h for every column c, stacked on a last axis."""
-    columns = []
+def _central(f: Function, z: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (f(z + h e_c) − f(z − h e_c)) / 2h for every column c, stacked on a last axis,
+    and the round-off that carries, ε·max |f(z ± h e_c)| / 2h (0 where the step is 0)."""
+    columns, roundoff = [], []
     for c in range(z.shape[1]):  # k evaluations per side, each over the whole batch
         plus, minus = z.copy(), z.copy()
         plus[:, c] += h[:, c]
         minus[:, c] -= h[:, c]
         high, low = f(plus), f(minus)
-        columns.append((high - low) / _broadcast(np.where(h[:, c] > 0, 2 * h[:, c], 1.0), high))
-    return np.stack(columns, axis=-1)
+        width = _broadcast(np.where(h[:, c] > 0, 2 * h[:, c], 0.0), high)
+        with np.errstate(divide="ignore"):
+            columns.append((high - low) / np.where(width > 0, width, 1.0))
+            roundoff.append(_roundoff(high, low, width))
+    return np.stack(columns, axis=-1), np.stack(roundoff, axis=-1)
+
+
+def _roundoff(high: np.ndarray, low: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """Returns ε·max(|high|, |low|) / width: two values each rounded to the nearest float of
+    their dtype (ε its machine epsilon) differ by up to that much more or less than they should.
+
+    0 where width is 0 (no step) or a value is not finite: a NaN allowance would pass any entry,
+    and NaN or inf values fail as such.
+    """
+    dtype = np.result_type(high, low)
+    eps = np.finfo(dtype if np.issubdtype(dtype, np.inexact) else np.float64).eps
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = eps * np.maximum(np.abs(high), np.abs(low)) / np.where(width > 0, width, np.inf)
+    return np.where(np.isfinite(out), out, 0.0)
 
 
 def _broadcast(h: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -357,24 +376,35 @@ def derivative(f: Function, z: np.ndarray, method: str,
     The derivative by z_ic sits on a new last axis of size k: (N,) losses give (N, k),
     (N, k) gradients give (N, k, k).
     """
+    numeric, estimate, _ = _derivative(f, z, method, eps)
+    return numeric, estimate
+
+
+def _derivative(f: Function, z: np.ndarray, method: str,
+                eps: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Returns derivative's two and the round-off the numeric derivative carries (None for the
+    complex step, which subtracts nothing)."""
     h = _steps(z, eps, method)
     # a loss of inf (log 0) makes inf − inf: the report names NaN from the values, not warned
     with np.errstate(invalid="ignore", over="ignore"):
         if method == "complex":
-            return _complex_step(f, z, h), None
+            return _complex_step(f, z, h), None, None
         if method == "central":
-            return _central(f, z, h), None
+            numeric, roundoff = _central(f, z, h)
+            return numeric, None, roundoff
         # Richardson: central differences at h, h/2, h/4; two rounds of extrapolation cancel
         # the h² and h⁴ terms; the change of the last round estimates the remaining error.
-        d1, d2, d4 = (_central(f, z, h / s) for s in (1, 2, 4))
+        (d1, e1), (d2, e2), (d4, e4) = (_central(f, z, h / s) for s in (1, 2, 4))
         r12, r24 = (4 * d2 - d1) / 3, (4 * d4 - d2) / 3
-        best = (16 * r24 - r12) / 15
-        return best, np.abs(best - r24)
+        best = (16 * r24 - r12) / 15  # = (64·d4 − 20·d2 + d1) / 45
+        # each step's round-off carried through those weights: the finest step's counts most
+        return best, np.abs(best - r24), (64 * e4 + 20 * e2 + e1) / 45
 
 
 def directional(f: Function, z: np.ndarray, v: np.ndarray, method: str,
-                eps: float) -> np.ndarray:
-    """Returns d/dt f(z + t v) at t = 0 per sample, with 2 evaluations (1 for the complex step).
+                eps: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Returns d/dt f(z + t v) at t = 0 per sample, with 2 evaluations (1 for the complex step),
+    and the round-off it carries (None for the complex step), as derivative's.
 
     Masked entries (logit -inf) do not move: v is 0 there.
     """
@@ -382,14 +412,18 @@ def directional(f: Function, z: np.ndarray, v: np.ndarray, method: str,
     scale = _step_scale(np.abs(np.where(finite, z, 0)).max(axis=1, keepdims=True))
     v = np.where(finite, v, 0.0)
     if method == "complex":
-        return np.imag(f(z + 1j * eps * v)) / eps
+        return np.imag(f(z + 1j * eps * v)) / eps, None
     h = eps * scale
     with np.errstate(invalid="ignore", over="ignore"):  # inf − inf is reported as NaN
+        d, e = [], []
+        for s in (1,) if method == "central" else (1, 2, 4):
+            high, low = f(z + (h / s) * v), f(z - (h / s) * v)
+            d.append((high - low) / (2 * h[:, 0] / s))
+            e.append(_roundoff(high, low, 2 * h[:, 0] / s))
         if method == "central":
-            return (f(z + h * v) - f(z - h * v)) / (2 * h[:, 0])
-        d = [(f(z + (h / s) * v) - f(z - (h / s) * v)) / (2 * h[:, 0] / s) for s in (1, 2, 4)]
+            return d[0], e[0]
         r12, r24 = (4 * d[1] - d[0]) / 3, (4 * d[2] - d[1]) / 3
-        return (16 * r24 - r12) / 15
+        return (16 * r24 - r12) / 15, (64 * e[2] + 20 * e[1] + e[0]) / 45
 
 
 # --- reports ------------------------------------------------------------------------------------
@@ -478,6 +512,10 @@ class CheckReport:
     max_abs_err: float  # over the entries where both values are finite
     max_rel_err: float
     max_error_estimate: float | None = None  # Richardson's own estimate of its error
+    # the largest round-off allowance ε·|f|/2h of an entry (None for the complex step), and how
+    # many entries pass only by it
+    max_roundoff: float | None = None
+    roundoff_passed: int = 0
     nonfinite: str | None = None  # NaN or inf in the analytic or numeric values, said plainly
     agreements: tuple[Agreement, ...] = ()
     sweep: tuple[SweepPoint, ...] = field(default=())
@@ -572,14 +610,16 @@ def _nonfinite_note(values: np.ndarray, what: str) -> str | None:
 
 def compare(analytic: np.ndarray, numeric: np.ndarray, tol: Tolerance, *, quantity: str,
             analytic_source: str, numeric_source: str, source: str,
-            estimate: np.ndarray | None = None, agreements: tuple[Agreement, ...] = (),
+            estimate: np.ndarray | None = None, roundoff: np.ndarray | None = None,
+            agreements: tuple[Agreement, ...] = (),
             sweep: tuple[SweepPoint, ...] = (), labels: np.ndarray | None = None,
             loss: str = "ce", targets: np.ndarray | None = None) -> CheckReport:
     """Returns the report of analytic against numeric, entry by entry.
 
-    Entry e fails when |analytic − numeric| > atol + rtol·|numeric| (+ the error estimate);
-    a NaN or infinite value on either side fails and is named in the report. labels (N,) or
-    per-class targets (N, k) are shown beside a failing gradient entry.
+    Entry e fails when |analytic − numeric| > atol + rtol·|numeric| + the round-off of the
+    numeric side (+ the error estimate); a NaN or infinite value on either side fails and is
+    named in the report. labels (N,) or per-class targets (N, k) are shown beside a failing
+    gradient entry.
     """
     analytic = np.asarray(analytic, dtype=np.float64)
     numeric = np.asarray(numeric, dtype=np.float64)
@@ -589,6 +629,12 @@ def compare(analytic: np.ndarray, numeric: np.ndarray, tol: Tolerance, *, quanti
     if estimate is not None:
         allowed = allowed + estimate
     finite = np.isfinite(analytic) & np.isfinite(numeric)
+    roundoff_passed = 0
+    if roundoff is not None:
+        # the entries that pass only by the round-off allowance: where it mattered
+        within = (abs_err > allowed) & (abs_err <= allowed + roundoff)
+        roundoff_passed = int((finite & within).sum())
+        allowed = allowed + roundoff
     failing = ~finite | (abs_err > allowed)
     rel_err = _relative(abs_err, analytic, numeric)
     failures = tuple(_failure(tuple(int(x) for x in index), analytic, numeric, abs_err, rel_err,
@@ -612,6 +658,8 @@ def compare(analytic: np.ndarray, numeric: np.ndarray, tol: Tolerance, *, quanti
         max_rel_err=float(rel_err[finite].max(initial=0.0)),
         max_error_estimate=None if estimate is None else float(
             estimate[np.isfinite(estimate)].max(initial=0.0)),
+        max_roundoff=None if roundoff is None else float(roundoff[finite].max(initial=0.0)),
+        roundoff_passed=roundoff_passed,
         nonfinite="; ".join(notes) or None, agreements=agreements, sweep=sweep, loss=loss,
         scale=scale)
 
@@ -657,11 +705,12 @@ def check_gradient(problem: Problem, analytic: np.ndarray, loss: Function, tol: 
                    analytic_source: str, loss_source: str = "xent's loss",
                    agreements: tuple[Agreement, ...] = (), sweep: bool = False) -> CheckReport:
     """Checks a per-sample gradient (N, k) against the numeric derivative of the loss."""
-    numeric, estimate = derivative(loss, problem.z, tol.method, tol.eps)
+    numeric, estimate, roundoff = _derivative(loss, problem.z, tol.method, tol.eps)
     points = sweep_steps(loss, problem.z, analytic, tol.method) if sweep else ()
     report = compare(analytic, numeric, tol, quantity="gradient", analytic_source=analytic_source,
                      numeric_source=f"{method_name(tol.method)} of {loss_source}",
-                     source=problem.source, estimate=estimate, agreements=agreements,
+                     source=problem.source, estimate=estimate, roundoff=roundoff,
+                     agreements=agreements,
                      sweep=points, labels=problem.labels, loss=problem.loss,
                      targets=problem.class_targets)
     report = _overflow_cause(replace(report, step_capped=step_capped(problem.z, tol.method)),
@@ -708,14 +757,14 @@ def check_directional(problem: Problem, analytic: np.ndarray, loss: Function, to
     """
     v = np.random.default_rng(seed).standard_normal(problem.z.shape)
     v = np.where(np.isfinite(problem.z), v, 0.0)
-    numeric = directional(loss, problem.z, v, tol.method, tol.eps)
+    numeric, roundoff = directional(loss, problem.z, v, tol.method, tol.eps)
     with np.errstate(invalid="ignore"):
         projected = np.einsum("ic,ic->i", np.asarray(analytic, dtype=np.float64), v)
     report = compare(projected, numeric, tol, quantity="directional derivative",
                      analytic_source=f"{analytic_source} · v",
                      numeric_source=f"{method_name(tol.method)} of {loss_source} along v",
                      source=problem.source, agreements=agreements, labels=problem.labels,
-                     loss=problem.loss)
+                     loss=problem.loss, roundoff=roundoff)
     return _overflow_cause(replace(report, step_capped=step_capped(problem.z, tol.method)),
                            problem.z)
 
@@ -723,10 +772,11 @@ def check_directional(problem: Problem, analytic: np.ndarray, loss: Function, to
 def check_hessian(problem: Problem, analytic: np.ndarray, gradient: Function, tol: Tolerance, *,
                   analytic_source: str, gradient_source: str) -> CheckReport:
     """Checks per-sample Hessians (N, k, k) against the numeric derivative of the gradient."""
-    numeric, estimate = derivative(gradient, problem.z, tol.method, tol.eps)
+    numeric, estimate, roundoff = _derivative(gradient, problem.z, tol.method, tol.eps)
     report = compare(analytic, numeric, tol, quantity="Hessian", analytic_source=analytic_source,
                      numeric_source=f"{method_name(tol.method)} of {gradient_source}",
-                     source=problem.source, estimate=estimate, labels=problem.labels,
+                     source=problem.source, estimate=estimate, roundoff=roundoff,
+                     labels=problem.labels,
                      loss=problem.loss)
     return replace(report, step_capped=step_capped(problem.z, tol.method))
 

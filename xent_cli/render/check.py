@@ -63,12 +63,20 @@ def summary(report: CheckReport) -> Table:
         table.add_row("loss", "sigmoid binary cross-entropy, summed over each sample's classes")
     table.add_row("step h", f"{tol.eps:g}" + ("" if tol.method == "complex" else
                                                f" × {_step_rule(report)}"))
+    # the round-off term is named where it passed an entry: elsewhere it changed nothing
+    roundoff = report.roundoff_passed > 0
     table.add_row("tolerance", f"|analytic − numeric| ≤ {tol.atol:g} + {tol.rtol:g}·|numeric|"
+                  + (" + round-off" if roundoff else "")
                   + (" + estimate" if report.max_error_estimate is not None else "")
                   + f"  ({tol.precision} defaults)")
     table.add_row("entries checked", str(report.entries))
     table.add_row("max abs error", _e(report.max_abs_err))
     table.add_row("max rel error", _e(report.max_rel_err))
+    if roundoff:
+        entries = "entry" if report.roundoff_passed == 1 else "entries"
+        table.add_row("round-off", f"ε·|f|/2h of the values differenced, up to "
+                                   f"{_e(report.max_roundoff)}; {report.roundoff_passed} {entries} "
+                                   f"pass by it alone")
     if report.max_error_estimate is not None:
         table.add_row("error estimate", f"{_e(report.max_error_estimate)} (largest)")
     for agreement in report.agreements:
@@ -387,6 +395,8 @@ def fields(report: CheckReport) -> dict:
         "max_abs_err": finite(report.max_abs_err),
         "max_rel_err": finite(report.max_rel_err),
         "max_error_estimate": report.max_error_estimate,
+        "max_roundoff": report.max_roundoff,  # ε·|f|/2h, added to the tolerance
+        "roundoff_passed": report.roundoff_passed,  # entries within it only
         "nonfinite": report.nonfinite,
         "cross_checks": [{"first": a.first, "second": a.second,
                           "max_abs_diff": finite(a.max_abs_diff), "passed": a.passed,

@@ -533,6 +533,38 @@ def test_the_sweep_marks_the_best_step(runner):
     assert 1e-7 <= report["best_h"] <= 1e-4 and len(report["sweep"]) == 13
 
 
+@pytest.mark.parametrize("argv", [["--grad-fn", f"{MY_GRAD}:grad", "--hessian"],
+                                  ["--loss-fn", f"{MY_GRAD}:loss"]], ids=["grad", "loss"])
+def test_complex_safe_code_passes_where_the_first_class_has_no_derivative(runner, tmp_path, argv):
+    # class 0 lies 1000 below each row's max: its p underflows to 0, so the complex step along
+    # it leaves no imaginary part in right code either; it was refused as not complex-safe
+    np.save(tmp_path / "z.npy", np.array([[-1000.0, 2.0, 0.5], [-999.0, 0.0, 1.0]]))
+    np.save(tmp_path / "y.npy", np.array([1, 2]))
+    result = check(runner, str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy"), *argv,
+                   "--method", "complex")
+    assert result.exit_code == 0, result.output
+
+
+def test_bce_code_that_keeps_the_imaginary_part_passes_with_a_class_weighted_0(runner, tmp_path):
+    # the class weighted 0 adds nothing to the loss: no imaginary part along it, in right code
+    (tmp_path / "weighted.py").write_text(
+        "import numpy as np\n"
+        "W = np.array([0.0, 1.0, 2.0])\n"
+        "def loss(z, y):\n"
+        "    e = np.log1p(np.exp(-np.where(z.real >= 0, z, -z)))\n"
+        "    softplus = np.where(z.real >= 0, z, 0) + e\n"
+        "    return (W * (y * (softplus - z) + (1 - y) * softplus)).sum(axis=1)\n"
+        "def dropped(z, y):\n"
+        "    out = loss(z.real, y)  # complex for complex z, but the imaginary part is gone\n"
+        "    return out + 0j if np.iscomplexobj(z) else out\n")
+    argv = ["--loss", "bce", "--weight", "0,1,2", "--k", "3", "--method", "complex"]
+    result = check(runner, "--loss-fn", f"{tmp_path / 'weighted.py'}:loss", *argv)
+    assert result.exit_code == 0, result.output
+    dropped = check(runner, "--loss-fn", f"{tmp_path / 'weighted.py'}:dropped", *argv)
+    assert dropped.exit_code == 2
+    assert "dropped is not complex-safe: its result has no imaginary part" in dropped.stderr
+
+
 def test_a_failure_within_numeric_error_is_explained_and_the_complex_step_settles_it(runner):
     strict = ["--rtol", "0", "--atol", "1e-13", "--no-symbolic"]
     central = check(runner, *strict)

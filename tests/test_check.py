@@ -197,6 +197,20 @@ def test_a_gradient_off_by_a_relative_1e_3_still_fails_at_moderate_logits(runner
         assert report["max_roundoff"] < 1e-9
 
 
+def test_float32_is_checked_at_z_as_float32_holds_it(runner, tmp_path):
+    # float32 moves 1000.1 by 2.4e-5 and 1000.13 by 5e-6: xent's float32 gradient there was
+    # held against derive's at the unrounded z, 7e-6 away, beyond float32's 1e-6: exit 1
+    np.save(tmp_path / "z.npy", np.array([[1000.1, 1000.13, 0.0], [-3.0, 2.5, 2.4]]))
+    np.save(tmp_path / "y.npy", np.array([0, 2]))
+    argv = [str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy"), "--dtype", "float32"]
+    result = check(runner, *argv, "--format", "json")
+    assert result.exit_code == 0, result.output
+    symbolic = as_json(result)["cross_checks"][0]
+    assert symbolic["passed"] and symbolic["max_abs_diff"] < 1e-7
+    wrong = check(runner, *argv, "--grad-fn", f"{MY_GRAD}:seed_grad")
+    assert wrong.exit_code == 1, wrong.output
+
+
 def test_the_step_cap_is_named_only_where_it_holds(runner):
     report = as_json(check(runner, "--format", "json"))
     assert report["step_cap"] is None

@@ -148,39 +148,76 @@ def read_table(path: str, delimiter: str | None = None, *, require_rows: bool = 
     """
     text = _read_text(path)
     delimiter = delimiter_of(path, delimiter)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True)
     header, header_line, rows, lines = None, 1, [], []
-    end = 0  # the line the previous row ended on
-    try:
-        for row in reader:
-            start, end = end + 1, reader.line_num
-            if any("\n" in cell or "\r" in cell for cell in row):
-                raise InputError(f"a quoted cell runs over lines {start}-{end}; is a quote not "
-                                 "closed? A cell holds one number", source=path, line=start)
-            cells = tuple(cell.strip() for cell in row)
-            if not any(cells):
-                continue  # blank line
-            if header is None:
-                header, header_line = _header(cells, path, reader.line_num), reader.line_num
-                continue
-            if len(cells) != len(header):
-                _check_delimiter(header, cells, delimiter, path, header_line)
-                # a one-cell first line above real rows: a log line printed before the CSV
-                above = (f", {header[0]!r} on line {header_line}: the file must begin with its "
-                         f"header row; drop the lines above it"
-                         if len(header) == 1 and not rows else "")
-                raise InputError(f"row has {len(cells)} cells, the header has {len(header)}"
-                                 f"{above}", source=path, line=reader.line_num)
-            rows.append(cells)
-            lines.append(reader.line_num)
-    except csv.Error as error:
-        raise InputError(f"not valid CSV: {error}", source=path, line=reader.line_num) from None
+    for line, cells in _cells(text, path, delimiter):
+        if header is None:
+            header, header_line = _header(cells, path, line), line
+            continue
+        _check_row(cells, header, header_line, path, delimiter, line, first=not rows)
+        rows.append(cells)
+        lines.append(line)
     if header is None:
         raise InputError("the file is empty; expected a header row and data rows", source=path)
     if not rows and require_rows:
         raise InputError("the file has a header but no data rows", source=path)
     return Table(source=path, header=header, rows=tuple(rows), lines=tuple(lines),
                  header_line=header_line)
+
+
+def read_rows(text: str, header: tuple[str, ...], path: str, delimiter: str,
+              first_line: int) -> Table:
+    """Returns the rows of text, whole lines of the CSV file at path from first_line on, below
+    its header on line 1, as read_table reads them: a stream reads a block of lines at a time."""
+    rows, lines = [], []
+    for line, cells in _cells(text, path, delimiter, first_line - 1):
+        _check_row(cells, header, 1, path, delimiter, line, first=first_line == 2 and not rows)
+        rows.append(cells)
+        lines.append(line)
+    return Table(source=path, header=header, rows=tuple(rows), lines=tuple(lines))
+
+
+def read_block(text: str, header: tuple[str, ...], path: str, delimiter: str, first_line: int,
+               label_col: str) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
+    """Returns the logits, the labels (where label_col is a column) and the lines of text, whole
+    lines of a CSV file from first_line on, each cell read and checked as read_eval_input reads
+    it in the whole file."""
+    table = read_rows(text, header, path, delimiter, first_line)
+    label = header.index(label_col) if label_col in header else None
+    logits = _numbers(table, [c for c in range(len(header)) if c != label], "logit", parse_logit)
+    return logits, None if label is None else _labels(table, label), table.lines
+
+
+def _cells(text: str, path: str, delimiter: str, lines_before: int = 0
+           ) -> Iterator[tuple[int, tuple[str, ...]]]:
+    """Yields (line, stripped cells) of each row of CSV text that is not blank, the line
+    counted in the file whose first lines_before lines come before text."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True)
+    end = 0  # the line the previous row ended on
+    try:
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            if any("\n" in cell or "\r" in cell for cell in row):
+                raise InputError(f"a quoted cell runs over lines {lines_before + start}-"
+                                 f"{lines_before + end}; is a quote not closed? A cell holds "
+                                 "one number", source=path, line=lines_before + start)
+            cells = tuple(cell.strip() for cell in row)
+            if any(cells):  # else a blank line
+                yield lines_before + reader.line_num, cells
+    except csv.Error as error:
+        raise InputError(f"not valid CSV: {error}", source=path,
+                         line=lines_before + reader.line_num) from None
+
+
+def _check_row(cells: tuple[str, ...], header: tuple[str, ...], header_line: int, path: str,
+               delimiter: str, line: int, first: bool) -> None:
+    """Raises InputError when a row has another number of cells than the header."""
+    if len(cells) != len(header):
+        _check_delimiter(header, cells, delimiter, path, header_line)
+        # a one-cell first line above real rows: a log line printed before the CSV
+        above = (f", {header[0]!r} on line {header_line}: the file must begin with its "
+                 f"header row; drop the lines above it" if len(header) == 1 and first else "")
+        raise InputError(f"row has {len(cells)} cells, the header has {len(header)}{above}",
+                         source=path, line=line)
 
 
 # Soft targets of one column are most likely class indices: PyTorch's target= takes either.

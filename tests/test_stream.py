@@ -10,6 +10,7 @@ import json
 import lzma
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -847,6 +848,35 @@ def test_parquet_slices_give_the_whole_table_s_bytes(runner, tmp_path, monkeypat
         monkeypatch.setattr(stream, "_fast_parquet", lambda *arguments: None)
     assert outputs["sliced"] == outputs["whole"]
     assert json.loads(outputs["sliced"][0])["n"] == 100
+
+
+@pytest.mark.parametrize("value, message", [(-np.inf, None), (np.inf, r"\+inf"),
+                                            (np.nan, "NaN")])
+def test_a_masked_class_keeps_a_parquet_table_in_slices(runner, tmp_path, monkeypatch, value,
+                                                        message):
+    # a masked class sent the whole table to the whole reader: all of it in memory
+    rng = np.random.default_rng(17)
+    z, y = rng.normal(size=(60, 3)), rng.integers(0, 3, size=60)
+    z[40, 1], y[40] = value, 0
+    path = _parquet(tmp_path / "z.parquet", z, y)
+
+    def run(name):
+        out = tmp_path / f"{name}.csv"
+        result = runner.invoke(app, ["eval", path, "--output", str(out), "--format", "json"])
+        return (result.exit_code, result.stdout, result.stderr,
+                out.read_bytes() if out.exists() else None)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(stream, "PARQUET_ROWS", 9)
+        if message is None:  # the slices alone: no whole read
+            patch.setattr(stream, "read_input", lambda *a, **k: pytest.fail("whole table read"))
+        sliced = run("sliced")
+    monkeypatch.setattr(stream, "_fast_parquet", lambda *arguments: None)
+    assert sliced == run("whole")
+    if message is None:
+        assert sliced[0] == 0
+    else:
+        assert sliced[0] == 2 and "row 40" in sliced[2] and re.search(message, sliced[2])
 
 
 def test_parquet_slices_have_their_rows_whatever_batches_polars_hands_out(tmp_path, monkeypatch):

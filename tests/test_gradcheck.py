@@ -150,7 +150,7 @@ def test_the_round_off_allowance_is_eps_f_over_2h(method, weight):
     # ε·|f| / 2h (Richardson: each step's, h/4's counting most, through its weights 64, −20, 1)
     z = np.array([[0.25, 4.0], [-40.0, 1.0]])
     problem = gradcheck.problem(z, np.array([0, 1]))
-    tol = gradcheck.tolerance(method, "float32")
+    tol = gradcheck.tolerance(method, "float32", eps=2.0**-8)  # z ± h exact in float32
 
     def loss(z):
         return np.full(len(z), 1000.0, dtype=np.float32)
@@ -164,6 +164,21 @@ def test_the_round_off_allowance_is_eps_f_over_2h(method, weight):
     beyond = gradcheck.check_gradient(problem, 1.01 * allowance + tol.atol, loss, tol,
                                       analytic_source="g")
     assert beyond.failed == 4 and beyond.roundoff_passed == 0
+
+
+def test_a_float32_function_is_stepped_between_the_points_it_sees():
+    # f(z) = z in float32: z ± h rounds to multiples of 2.4e-4 at 3000, so (f(z+h) − f(z−h)) / 2h
+    # misses 1 by up to 0.1 %; divided by the step between the rounded points, it is exact
+    z = np.array([[3000.0, 1.0], [-12345.0, 2.0]])
+
+    def f(z):
+        return z.astype(np.float32)[:, 0].astype(np.float64)  # its values exact: no round-off
+
+    for method in ("central", "richardson"):
+        held, _ = gradcheck.derivative(f, z, method, 5e-3, held="float32")
+        assert (held == [[1, 0], [1, 0]]).all()
+        unheld, _ = gradcheck.derivative(f, z, method, 5e-3)
+        assert np.abs(unheld[:, 0] - 1).max() > 1e-4
 
 
 def test_the_complex_step_has_no_round_off_allowance():

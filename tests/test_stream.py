@@ -251,15 +251,18 @@ def test_a_block_the_fast_reader_cannot_judge_is_the_strict_readers_alone(
         arguments += ["--labels", str(tmp_path / "y.npy")]
     (tmp_path / "z.csv").write_text(text)
     monkeypatch.setattr(stream, "BLOCK_BYTES", 600)  # some 10 lines a block
-    results = []
+    results, read_block, blocks = [], data.read_block, []
     for threshold in (1 << 60, 0):  # strict, then fast
         monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
         result = runner.invoke(app, arguments)
         output = (tmp_path / "o.csv").read_bytes() if result.exit_code == 0 else None
         results.append((result.exit_code, result.stdout, result.stderr, output))
-        # the fast reader never hands the whole file over
+        # the fast reader never hands the whole file over, and a block alone only where needed
         monkeypatch.setattr(stream, "read_input", lambda *a, **k: pytest.fail("whole file read"))
+        monkeypatch.setattr(data, "read_block", lambda *a: blocks.append(a) or read_block(*a))
     assert results[0] == results[1]
+    assert len(blocks) == (0 if cell.startswith("-inf") or cell == "-Infinity"
+                           or cell == "1.5" and labels == "file" else 1)
     if message is None:
         assert results[1][0] == 0
     else:

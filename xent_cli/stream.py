@@ -32,7 +32,6 @@ import functools
 import io
 import math
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from typing import Callable, Collection, Iterable, Iterator, Sequence
@@ -364,16 +363,15 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
     def chunks() -> Iterator[Chunk]:
         start, line, at = 0, 2, offset  # the header is line 1; at: the block's first byte
         parse = functools.partial(_parsed_or_none, columns=len(header), delimiter=delimiter)
-        for table, done in _prefetched(_parsed_blocks(path, offset, parse)):
+        for (table, plain), done in _prefetched(_parsed_blocks(path, offset, parse)):
             labels = None
-            if table is not None:
+            if plain:
                 logits, raw_labels = table[:, logit_slice], table[:, label]
-                if ((_finite(logits) or _masked_only(path, at, done, logits))
-                        and (np.abs(raw_labels) < 2.0**53).all()):  # false for nan
+                if (np.abs(raw_labels) < 2.0**53).all():  # false for nan and -inf
                     labels = raw_labels.astype(np.int64)
                     if not (labels == raw_labels).all():
                         labels = None
-            if labels is None:  # nan, inf, an empty cell, a masked class, a label 2.5
+            if labels is None:  # nan, inf, an empty cell, -1e400, a label 2.5
                 logits, labels = _strict_block(path, at, done, header, delimiter, line, label_col)
             n, at = logits.shape[0], done
             lines = range(line, line + n)  # indexes and slices like the strict reader's tuple
@@ -434,9 +432,8 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
             rows = _Rows(blocks)
             parse = functools.partial(_parsed_or_none, columns=k, delimiter=delimiter)
             at = offset  # the block's first byte
-            for logits, done in _prefetched(_parsed_blocks(path, offset, parse)):
-                if logits is None or not (_finite(logits)
-                                          or _masked_only(path, at, done, logits)):
+            for (logits, plain), done in _prefetched(_parsed_blocks(path, offset, parse)):
+                if not plain:  # nan, inf, an empty cell, -1e400
                     logits, _ = _strict_block(path, at, done, header, delimiter, line, label_col)
                 n, at = logits.shape[0], done
                 targets = rows.take(n)
@@ -496,9 +493,8 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
         start, line, at = 0, 2, offset  # the header is line 1; at: the block's first byte
         side = None if targets is None else _Rows(targets.blocks())
         with contextlib.closing(side.blocks) if side is not None else contextlib.nullcontext():
-            for logits, done in _prefetched(_parsed_blocks(path, offset, parse)):
-                if logits is None or not (_finite(logits)
-                                          or _masked_only(path, at, done, logits)):
+            for (logits, plain), done in _prefetched(_parsed_blocks(path, offset, parse)):
+                if not plain:  # nan, inf, an empty cell, -1e400
                     logits, _ = _strict_block(path, at, done, header, delimiter, line, label_col)
                 n, at = logits.shape[0], done
                 if targets is None:
@@ -944,24 +940,25 @@ def _finite(array: np.ndarray) -> bool:
 
 
 def _finite_or_masked(array: np.ndarray) -> bool:
-    """Returns whether every number of a block is finite or -inf, a masked class."""
-    return _finite(array) or not (np.isnan(array).any() or np.isposinf(array).any())
+    """Returns whether every number of a block is finite or -inf, a masked class: a NaN or a
+    +inf makes the sum NaN or +inf, so only a block whose sum overflows needs the full look."""
+    with np.errstate(over="ignore", invalid="ignore"):  # that sum may overflow: no warning
+        total = array.sum()
+    if np.isfinite(total) or total == -np.inf:
+        return True
+    return not (np.isnan(array).any() or np.isposinf(array).any())
 
 
-# Text that may hold a literal beyond float64, which Polars reads as +-inf and the strict reader
-# refuses (-1e400): a three-digit exponent, or 200 digits in a row (with an exponent of two
-# digits at most, a number of fewer is below 1e300).
-_HUGE_LITERAL = re.compile(rb"[eE][+-]?\d{3}|\d{200}")
-
-
-def _masked_only(path: str, start: int, stop: int, logits: np.ndarray) -> bool:
-    """Returns whether the logits Polars parsed from bytes start:stop of a CSV are finite or
-    masked classes written -inf, as the strict reader reads them; not where a cell was empty or
-    NaN, +inf, or -inf only because its literal is beyond float64."""
-    if not _finite_or_masked(logits):
+def _masked_only(block: bytes, array: np.ndarray) -> bool:
+    """Returns whether the numbers Polars parsed from a block of CSV lines are finite or masked
+    classes written -inf, as the strict reader reads them: not where a cell was empty, NaN, +inf,
+    or -inf only because its literal is beyond float64 (-1e400, which the strict reader
+    refuses). Each -inf written so has one f (-inf, -infinity), and no number has one."""
+    if not _finite_or_masked(array):
         return False
-    with open(path, "rb") as file:
-        return _HUGE_LITERAL.search(_read_block(file.fileno(), start, stop)) is None
+    codes = np.frombuffer(block, dtype=np.uint8)  # NumPy lets go of the GIL, bytes.count not
+    written = np.count_nonzero(codes == ord("f")) + np.count_nonzero(codes == ord("F"))
+    return written == np.count_nonzero(array == -np.inf)
 
 
 class _Rows:
@@ -1218,12 +1215,15 @@ def _parse_block(block: bytes, columns: int, delimiter: str) -> np.ndarray:
     return frame.to_numpy()
 
 
-def _parsed_or_none(block: bytes, columns: int, delimiter: str) -> np.ndarray | None:
-    """Returns _parse_block's array, or None where the block needs a closer look."""
+def _parsed_or_none(block: bytes, columns: int, delimiter: str
+                    ) -> tuple[np.ndarray | None, bool]:
+    """Returns _parse_block's array (None where the block needs a closer look) and whether its
+    numbers are all finite or masked classes written -inf, as the strict reader reads them."""
     try:
-        return _parse_block(block, columns, delimiter)
+        array = _parse_block(block, columns, delimiter)
     except _Unusual:
-        return None
+        return None, False
+    return array, _finite(array) or _masked_only(block, array)
 
 
 def _strict_block(path: str, start: int, stop: int, header: tuple[str, ...], delimiter: str,

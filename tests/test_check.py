@@ -175,7 +175,7 @@ def test_a_float32_loss_passes_at_logits_of_1000_and_3000_within_its_round_off(r
     assert report["roundoff_passed"] > 0 and report["max_roundoff"] > report["atol"]
     shown = check(runner, *argv).stdout
     assert "≤ 0.001 + 0.001·|numeric| + round-off" in shown
-    assert f"│ round-off       │ ε·|f|/2h of the values differenced, up to " \
+    assert "│ round-off       │ ε·|f|/2h of the values differenced, up to " \
            f"{report['max_roundoff']:.3g}; {report['roundoff_passed']} " in shown
 
 

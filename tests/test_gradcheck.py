@@ -167,8 +167,8 @@ def test_the_round_off_allowance_is_eps_f_over_2h(method, weight):
 
 
 def test_a_float32_function_is_stepped_between_the_points_it_sees():
-    # f(z) = z in float32: z ± h rounds to multiples of 2.4e-4 at 3000, so (f(z+h) − f(z−h)) / 2h
-    # misses 1 by up to 0.1 %; divided by the step between the rounded points, it is exact
+    # f(z) = z in float32: z ± h rounds to multiples of 2.4e-4 at 3000, so (f(z+h) − f(z−h))
+    # / 2h misses 1 by up to 0.1 %; divided by the step between the rounded points, it is exact
     z = np.array([[3000.0, 1.0], [-12345.0, 2.0]])
 
     def f(z):

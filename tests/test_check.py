@@ -212,6 +212,31 @@ def test_float32_is_checked_at_z_as_float32_holds_it(runner, tmp_path):
     assert wrong.exit_code == 1, wrong.output
 
 
+def test_a_float32_logsumexp_loss_agrees_with_xents_at_logits_of_3000(runner, tmp_path):
+    # logsumexp(z) − z_y in float32 rounds logsumexp to 2.4e-4 at 3000 before the subtraction:
+    # weighted 3.25, a loss of 1.13 was 2.3e-4 off xent's, beyond 1e-4·(1 + 1.13), exit 1
+    (tmp_path / "lse32.py").write_text(
+        "import numpy as np\n"
+        "W = np.array([3.25, 1.0, 2.0])\n"
+        "def loss(z, y):\n"
+        "    m = z.real.max(axis=1)\n"
+        "    lse = m + np.log(np.exp(z - m[:, None]).sum(axis=1))\n"
+        "    return W[y].astype(np.float32) * (lse - z[np.arange(len(y)), y])\n")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "z.npy", 3000 + rng.uniform(-1, 1, (40, 3)))
+    np.save(tmp_path / "y.npy", rng.integers(0, 3, 40))
+    argv = [str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy"), "--weight", "3.25,1,2",
+            "--dtype", "float32", "--method", "complex", "--format", "json"]
+    result = check(runner, *argv, "--loss-fn", f"{tmp_path / 'lse32.py'}:loss")
+    assert result.exit_code == 0, result.output
+    assert as_json(result)["cross_checks"][0]["passed"]
+    # a loss whose weights are left out is still told apart
+    (tmp_path / "unweighted.py").write_text(
+        (tmp_path / "lse32.py").read_text().replace("[3.25, 1.0, 2.0]", "[1.0, 1.0, 1.0]"))
+    wrong = check(runner, *argv, "--loss-fn", f"{tmp_path / 'unweighted.py'}:loss")
+    assert wrong.exit_code == 1 and not as_json(wrong)["cross_checks"][0]["passed"]
+
+
 def test_the_step_cap_is_named_only_where_it_holds(runner):
     report = as_json(check(runner, "--format", "json"))
     assert report["step_cap"] is None

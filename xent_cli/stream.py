@@ -25,6 +25,7 @@ exact match and Hamming loss count integers.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import dataclasses
@@ -1203,7 +1204,9 @@ def _parse_block(block: bytes, columns: int, delimiter: str) -> np.ndarray:
     """
     import polars as pl
 
-    if _lone_carriage_return(block):
+    # Polars skips a byte-order mark that begins its input, as a file's: one that begins a
+    # block's first line is a cell's, which the strict reader refuses
+    if _lone_carriage_return(block) or block.startswith(codecs.BOM_UTF8):
         raise _Unusual
     if columns >= WIDE_CSV_COLUMNS:
         return _cut_and_cast(block, columns, delimiter)

@@ -7,9 +7,10 @@ combine the same way for both.
 A source yields chunks of samples (an EvalInput each, with the file lines of its samples). Small
 CSV files go through the strict reader of ``data`` (stdin is read from a copy in a temporary
 file, as a file of its size is); a large CSV goes through a fast
-block reader (Polars on byte blocks cut at line ends) that checks every block vectorised and, on
-anything unusual, hands the file back to the strict reader, whose message names the exact line
-and column. ``.npy`` and ``np.savez``'s ``.npz`` (memory-mapped, converted to float64 a chunk
+block reader (Polars on byte blocks cut at line ends) that checks every block vectorised and
+reads a block with anything unusual again with the strict reader, that block alone, whose
+message names the exact line and column (a block it cannot read alone, a quote or a blank line
+in it, hands it the whole file). ``.npy`` and ``np.savez``'s ``.npz`` (memory-mapped, converted to float64 a chunk
 at a time, the pages of chunks done let go), ``np.savez_compressed``'s (inflated a chunk at a
 time) and ``.parquet`` (read in slices of rows) are
 chosen by extension, and so are labels or targets in ``.npy``, ``.npz`` or ``.parquet`` beside
@@ -593,8 +594,8 @@ def _fast_parquet(path: str, label_col: str, labels_path: str | None = None,
     their own (_fast_arrays),
     or None where the whole reader must judge: no label column and no such file (or both), a
     column that is not a number, too few classes, no rows, an unreadable file. A slice holding
-    anything unusual (a null, nan or inf, a label that is no whole number) hands the file to
-    the whole reader, as a CSV block does, so its message or result is the whole reader's."""
+    anything unusual (a null, nan or +inf, a label that is no whole number) hands the file to
+    the whole reader, so its message or result is the whole reader's."""
     import polars as pl
 
     try:

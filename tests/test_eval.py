@@ -571,6 +571,37 @@ def test_a_minus_inf_logit_masks_its_class(runner, tmp_path):
     assert float(rows[0]["prob_1"]) == 0.0 and float(rows[0]["grad_1"]) == 0.0
 
 
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("beside", ["column", "labels.npy", "labels.csv", "targets.csv"])
+def test_a_row_of_masked_logits_is_named_in_the_logits_file(runner, tmp_path, monkeypatch,
+                                                             fast, beside):
+    # the error has no class, and was placed at the labels or targets: 'y.npy, row 1: every
+    # logit is -inf' for a row of z.csv, whose labels file holds no logit
+    from xent_cli import stream
+
+    monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0 if fast else 1 << 60)
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 16)
+    rows = ["0.5,1", "-inf,-inf", "1,2"]
+    arguments = ["eval", str(tmp_path / "z.csv")]
+    if beside == "column":
+        rows = [row + f",{i % 2}" for i, row in enumerate(rows)]
+    elif beside == "labels.npy":
+        np.save(tmp_path / "y.npy", np.array([0, 1, 0]))
+        arguments += ["--labels", str(tmp_path / "y.npy")]
+    elif beside == "labels.csv":
+        (tmp_path / "y.csv").write_text("0\n1\n0\n")
+        arguments += ["--labels", str(tmp_path / "y.csv")]
+    else:
+        (tmp_path / "t.csv").write_text("p0,p1\n0.5,0.5\n0.5,0.5\n1,0\n")
+        arguments += ["--targets", str(tmp_path / "t.csv")]
+    header = "z0,z1,label" if beside == "column" else "z0,z1"
+    (tmp_path / "z.csv").write_text("\n".join([header, *rows]) + "\n")
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 2
+    assert result.stderr == (f"Error: {tmp_path / 'z.csv'}, line 3: every logit is -inf: all "
+                             f"classes are masked\n")
+
+
 def test_class_names_are_shown_as_written_not_as_markup(runner, tmp_path):
     path = tmp_path / "marked.csv"
     path.write_text("[red]z0,:smile:,label\n1,2,0\n")

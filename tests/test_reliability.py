@@ -453,7 +453,7 @@ CASES = {
     "masked-target": eval_case("-inf on the target class", "z0,z1,label\n1,-inf,1\n",
                                "z.csv, line 2, column 'z1': class is masked (logit -inf)"),
     "all-masked": eval_case("every logit of a row -inf", "z0,z1,label\n-inf,-inf,0\n",
-                            "z.csv, line 2, column 'label': every logit is -inf: all classes are masked"),
+                            "z.csv, line 2: every logit is -inf: all classes are masked"),
     # --- eval: labels
     "label-out-of-range": eval_case("a label ≥ k", "z0,z1,label\n1,2,0\n1,2,2\n",
                                     "z.csv, line 3, column 'label': label 2 is not a class index 0..1"),

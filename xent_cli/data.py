@@ -909,6 +909,8 @@ def locate(error: InputError, data: EvalInput) -> InputError:
             return at(data.source, data.lines, repr(data.class_names[c]))
         return at(data.target_source, data.target_lines,
                   repr((data.target_names or data.class_names)[c]))
+    if error.message.startswith("every logit"):  # a row of logits, no class nor target its own
+        return at(data.source, data.lines, None)
     return at(data.target_source, data.target_lines, data.target_column)
 
 

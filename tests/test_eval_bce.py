@@ -685,3 +685,25 @@ def test_an_npz_without_named_targets_asks_for_targets(runner, tmp_path):
     assert "has no targets; its arrays are logits, t: name the targets np.savez(path, logits=z, " \
            "targets=t), or give --targets" in " ".join(result.stderr.split())
     assert "--labels" not in result.stderr
+
+
+@pytest.mark.parametrize("reader", ["strict", "fast", "npy"])
+@pytest.mark.parametrize("logit, dtype, message", [
+    ("-inf", "float64", "logit is not a finite number"), ("1e39", "float32", "logit does not fit in float32"),
+])
+def test_one_logit_columns_bad_logit_is_named_in_the_logits(runner, tmp_path, monkeypatch,
+                                                            reader, logit, dtype, message):
+    # one class: the fault's mask is (N, 1), taken for a row's, so it was placed at the targets
+    # ('t.csv, line 3: logit is not a finite number' for line 3 of z.csv)
+    monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0 if reader == "fast" else 1 << 60)
+    (tmp_path / "t.csv").write_text("t0\n1\n0\n1\n")
+    if reader == "npy":
+        np.save(tmp_path / "z.npy", np.array([[0.5], [float(logit)], [1.0]]))
+        logits, place = tmp_path / "z.npy", "row 1, column '0'"
+    else:
+        (tmp_path / "z.csv").write_text(f"z0\n0.5\n{logit}\n1\n")
+        logits, place = tmp_path / "z.csv", "line 3, column 'z0'"
+    result = runner.invoke(app, ["eval", str(logits), "--loss", "bce", "--targets",
+                                 str(tmp_path / "t.csv"), "--dtype", dtype])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: {logits}, {place}: {message}"), result.stderr

@@ -683,8 +683,7 @@ def _check_logits(raw: np.ndarray, dtype: np.dtype, offset: int = 0) -> None:
     """Raises InputError at the first bad logit of raw, whose row 0 is sample offset."""
     checks = [(np.isnan(raw), "logit is NaN; only -inf (a masked class) is allowed"),
               (np.isposinf(raw), "logit is +inf; only -inf (a masked class) is allowed"),
-              (np.isneginf(raw).all(axis=1, keepdims=True),
-               "every logit is -inf: all classes are masked")]
+              (np.isneginf(raw).all(axis=1), "every logit is -inf: all classes are masked")]
     if raw.dtype != dtype:
         with np.errstate(over="ignore"):
             z = raw.astype(dtype)
@@ -798,20 +797,22 @@ def _soft_target(t: np.ndarray, n: int, k: int, dtype: np.dtype) -> np.ndarray:
 
 
 def _first_bad(*checks: tuple[np.ndarray, str], offset: int = 0) -> None:
-    """Raises InputError at the first sample any check's (N, k) or (N, 1) mask finds bad, with
-    the message of the first check that finds it bad, at that check's first class there; row 0
-    is sample offset.
+    """Raises InputError at the first sample any check's (N, k) mask, or (N,) for a fault of a
+    whole row, finds bad, with the message of the first check that finds it bad, at that check's
+    first class there; row 0 is sample offset.
 
     The first bad sample, not the first check's: a stream cut into chunks meets the samples in
     order, so the whole input must name the error a chunk would (bce named a NaN logit on line 3
     where a chunk of line 2 alone named its logit too large for float32).
     """
     found = [(int(rows.argmax()), i) for i, (bad, _) in enumerate(checks)
-             if (rows := bad.any(axis=1)).any()]
+             if (rows := bad.any(axis=1) if bad.ndim == 2 else bad).any()]
     if found:
         row, i = min(found)
         bad, message = checks[i]
-        column = f"class {int(bad[row].argmax())}" if bad.shape[1] > 1 else None
+        # a class even where there is one (bce of one logit column): the class places a logit's
+        # fault in the logits, where a row's would be placed at the labels or targets
+        column = f"class {int(bad[row].argmax())}" if bad.ndim == 2 else None
         raise InputError(message, sample=offset + row, column=column)
 
 

@@ -261,12 +261,52 @@ def test_a_block_the_fast_reader_cannot_judge_is_the_strict_readers_alone(
         monkeypatch.setattr(stream, "read_input", lambda *a, **k: pytest.fail("whole file read"))
         monkeypatch.setattr(data, "read_block", lambda *a: blocks.append(a) or read_block(*a))
     assert results[0] == results[1]
-    assert len(blocks) == (0 if cell.startswith("-inf") or cell == "-Infinity"
+    # blocks by first line: the lines above a bad cell are read again, to be worked first
+    assert len({call[4] for call in blocks}) == (0 if cell.startswith("-inf") or cell == "-Infinity"
                            or cell == "1.5" and labels == "file" else 1)
     if message is None:
         assert results[1][0] == 0
     else:
         assert results[1][0] == 2 and "line 251" in results[1][2] and message in results[1][2]
+
+
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("early, late", [
+    ((4, 0, "-inf"), (10, 0, "abc")),  # a masked class at the label above a bad cell
+    ((4, 0, "-inf"), (10, 3, None)),  # above a row of too few cells
+    ((6, 2, "2.5"), (10, 0, "abc")),  # a bad label above a bad logit: the logits are read first
+])
+@pytest.mark.parametrize("labels", ["column", "file"])
+def test_the_fast_readers_error_is_the_first_bad_samples_whatever_its_blocks(
+        runner, tmp_path, monkeypatch, wide, early, late, labels):
+    # a block read by the strict reader named its bad cell before the rows above it were
+    # worked: a masked class at the label of line 4 was named with blocks of a line or two,
+    # 'line 10: logit abc' with blocks of 4 KB
+    rows = [[f"{i % 3}.5", f"{i % 2}.25", str(i % 2)] for i in range(20)]
+    for line, column, cell in (early, late):
+        if cell is None:
+            del rows[line - 2][1:]
+        else:
+            rows[line - 2][column] = cell
+    if labels == "file" and early[1] == 2:
+        pytest.skip("a label of its own file is no cell of the logits")
+    arguments = ["eval", str(tmp_path / "z.csv")]
+    header = "z0,z1,label"
+    if labels == "file":
+        np.save(tmp_path / "y.npy", np.arange(20) % 2)
+        rows, header = [row[:2] for row in rows], "z0,z1"
+        arguments += ["--labels", str(tmp_path / "y.npy")]
+    (tmp_path / "z.csv").write_text("\n".join([header, *map(",".join, rows)]) + "\n")
+    monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0)
+    monkeypatch.setattr(stream, "WIDE_CSV_COLUMNS", 0 if wide else 1 << 30)
+    errors = set()
+    for block in (16, 64, 4096):
+        monkeypatch.setattr(stream, "BLOCK_BYTES", block)
+        result = runner.invoke(app, arguments)
+        assert result.exit_code == 2
+        errors.add(result.stderr)
+    assert len(errors) == 1
+    assert re.match(rf"Error: {re.escape(str(tmp_path / 'z.csv'))}, line {early[0]}\b", errors.pop())
 
 
 def test_a_csv_of_many_classes_is_cut_into_cells_and_reads_as_the_strict_reader_reads_it(

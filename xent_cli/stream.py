@@ -366,7 +366,7 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
         start, line, at = 0, 2, offset  # the header is line 1; at: the block's first byte
         parse = functools.partial(_parsed_or_none, columns=len(header), delimiter=delimiter)
         for (table, plain), done in _prefetched(_parsed_blocks(path, offset, parse)):
-            labels = None
+            labels = fault = None
             if plain:
                 logits, raw_labels = table[:, logit_slice], table[:, label]
                 if (np.abs(raw_labels) < 2.0**53).all():  # false for nan and -inf
@@ -374,7 +374,8 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
                     if not (labels == raw_labels).all():
                         labels = None
             if labels is None:  # nan, inf, an empty cell, -1e400, a label 2.5
-                logits, labels = _strict_block(path, at, done, header, delimiter, line, label_col)
+                logits, labels, fault = _strict_block(path, at, done, header, delimiter, line,
+                                                      label_col)
             n, at = logits.shape[0], done
             lines = range(line, line + n)  # indexes and slices like the strict reader's tuple
             chunk = data.EvalInput(
@@ -382,6 +383,8 @@ def _fast_csv(path: str, label_col: str, delimiter: str | None, size: int) -> So
                 source=path, lines=lines, target_source=path, target_column=repr(label_col),
                 target_lines=lines)
             yield Chunk(data=chunk, start=start, done=done)
+            if fault is not None:
+                raise fault  # the rows above it are worked
             start, line = start + n, line + n
         if start == 0:
             raise _Unusual  # no data rows
@@ -435,8 +438,10 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
             parse = functools.partial(_parsed_or_none, columns=k, delimiter=delimiter)
             at = offset  # the block's first byte
             for (logits, plain), done in _prefetched(_parsed_blocks(path, offset, parse)):
+                fault = None
                 if not plain:  # nan, inf, an empty cell, -1e400
-                    logits, _ = _strict_block(path, at, done, header, delimiter, line, label_col)
+                    logits, _, fault = _strict_block(path, at, done, header, delimiter, line,
+                                                     label_col)
                 n, at = logits.shape[0], done
                 targets = rows.take(n)
                 if not _finite(targets):
@@ -449,6 +454,8 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
                     lines=lines, target_source=targets_path, target_column=None,
                     target_lines=lines, target_names=target_header)
                 yield Chunk(data=chunk, start=start, done=done)
+                if fault is not None:
+                    raise fault  # the rows above it are worked
                 start, line = start + n, line + n
             if start == 0 or not rows.exhausted():
                 raise _Unusual  # no data rows, or more target rows than logits
@@ -496,8 +503,10 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
         side = None if targets is None else _Rows(targets.blocks())
         with contextlib.closing(side.blocks) if side is not None else contextlib.nullcontext():
             for (logits, plain), done in _prefetched(_parsed_blocks(path, offset, parse)):
+                fault = None
                 if not plain:  # nan, inf, an empty cell, -1e400
-                    logits, _ = _strict_block(path, at, done, header, delimiter, line, label_col)
+                    logits, _, fault = _strict_block(path, at, done, header, delimiter, line,
+                                                     label_col)
                 n, at = logits.shape[0], done
                 if targets is None:
                     side_rows = values[start:start + n]
@@ -517,6 +526,8 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
                     target_names=None if targets is None else targets.names,
                     rows_in=frozenset([side_path] if side_lines is None else []))
                 yield Chunk(data=chunk, start=start, done=done)
+                if fault is not None:
+                    raise fault  # the rows above it are worked
                 start, line = start + n, line + n
             if start == 0:
                 raise _Unusual  # no data rows
@@ -1231,12 +1242,15 @@ def _parsed_or_none(block: bytes, columns: int, delimiter: str
 
 
 def _strict_block(path: str, start: int, stop: int, header: tuple[str, ...], delimiter: str,
-                  first_line: int, label_col: str) -> tuple[np.ndarray, np.ndarray | None]:
+                  first_line: int, label_col: str
+                  ) -> tuple[np.ndarray, np.ndarray | None, InputError | None]:
     """Returns the logits and labels (None without a label column) of bytes start:stop of a
-    CSV, whole lines from first_line on, read by the strict reader, which names a bad cell;
-    raises _Unusual where the block cannot be read alone as the whole file would be: a quote (a
-    cell may hold a newline), a carriage return alone, bytes that are not UTF-8 text, a blank
-    line (no row, where the fast reader counts one a line).
+    CSV, whole lines from first_line on, read by the strict reader, which names a bad cell: where
+    there is one, the rows above it and its error, to raise once they are worked (a fault of
+    theirs, a masked class at a label, is the first bad sample's, as a block cut there would
+    find); raises _Unusual where the block cannot be read alone as the whole file would be: a
+    quote (a cell may hold a newline), a carriage return alone, bytes that are not UTF-8 text, a
+    blank line (no row, where the fast reader counts one a line).
 
     The rest of the file stays with the fast reader: handed whole to the strict reader, an
     82 MB file with a bad cell on its last line took 7.9 s and 1.2 GB to name it (now 1.4 s and
@@ -1250,10 +1264,31 @@ def _strict_block(path: str, start: int, stop: int, header: tuple[str, ...], del
         text = block.decode("utf-8")
     except UnicodeDecodeError:
         raise _Unusual from None
-    logits, labels, lines = data.read_block(text, header, path, delimiter, first_line, label_col)
-    if len(lines) != block.count(b"\n"):
+    logits, labels, fault, rows = _rows_above_fault(text, header, path, delimiter, first_line,
+                                                    label_col)
+    if len(logits) != rows:
         raise _Unusual
-    return logits, labels
+    return logits, labels, fault
+
+
+def _rows_above_fault(text: str, header: tuple[str, ...], path: str, delimiter: str,
+                      first_line: int, label_col: str
+                      ) -> tuple[np.ndarray, np.ndarray | None, InputError | None, int]:
+    """Returns the logits and labels of the rows of text, whole lines of the CSV at path from
+    first_line on, above its first bad cell, that cell's error (None where there is none) and
+    the number of lines read. The strict reader counts every row's cells, then reads the logits,
+    then the labels: the lines above a fault it names are read again, at most twice."""
+    fault = None
+    while True:
+        try:
+            logits, labels, _ = data.read_block(text, header, path, delimiter, first_line,
+                                                label_col)
+            return logits, labels, fault, text.count("\n")
+        except InputError as error:
+            if error.source != path or error.line is None or error.line <= first_line:
+                raise  # no row above it
+            fault = error
+            text = "\n".join(text.split("\n")[:error.line - first_line]) + "\n"
 
 
 # From this many columns on, a block's lines are cut at the delimiter and their cells cast to

@@ -309,6 +309,35 @@ def test_the_fast_readers_error_is_the_first_bad_samples_whatever_its_blocks(
     assert re.match(rf"Error: {re.escape(str(tmp_path / 'z.csv'))}, line {early[0]}\b", errors.pop())
 
 
+@pytest.mark.parametrize("targets", ["csv", "npy"])
+@pytest.mark.parametrize("bad", [-0.5, np.nan])
+def test_a_bad_target_is_handed_over_after_the_rows_above_it_are_worked(
+        runner, tmp_path, monkeypatch, targets, bad):
+    # a bad target sent its whole block to the whole reader, which names its cell first: a
+    # masked class given probability 1 on line 4 was named with small blocks, the target on
+    # line 10 with one block of 4 KB
+    rows = [f"{i % 3}.5,{i % 2}.25" for i in range(20)]
+    rows[2] = "-inf,1"
+    t = np.tile([0.25, 0.75], (20, 1))
+    t[2], t[8] = [1.0, 0.0], [bad, 1.0]
+    (tmp_path / "z.csv").write_text("z0,z1\n" + "\n".join(rows) + "\n")
+    if targets == "csv":
+        (tmp_path / "t.csv").write_text(
+            "p0,p1\n" + "\n".join(f"{a},{b}".replace("nan", "") for a, b in t.tolist()) + "\n")
+    else:
+        np.save(tmp_path / "t.npy", t)
+    monkeypatch.setattr(stream, "FAST_CSV_BYTES", 0)
+    errors = set()
+    for block in (16, 64, 4096):
+        monkeypatch.setattr(stream, "BLOCK_BYTES", block)
+        result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--targets",
+                                     str(tmp_path / f"t.{targets}")])
+        assert result.exit_code == 2
+        errors.add(result.stderr)
+    assert errors == {f"Error: {tmp_path / 'z.csv'}, line 4, column 'z0': class is masked (logit "
+                      f"-inf) but counts in the loss: the loss is infinite\n"}
+
+
 def test_a_csv_of_many_classes_is_cut_into_cells_and_reads_as_the_strict_reader_reads_it(
         runner, tmp_path, monkeypatch):
     # Polars' CSV reader took 380 ms and some 600 MB of RSS for a block of 50,257 classes

@@ -444,10 +444,11 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
                                                      label_col)
                 n, at = logits.shape[0], done
                 targets = rows.take(n)
-                if not _finite(targets):
-                    raise _Unusual  # blank lines, empty cells, inf: the strict reader's
-                if (targets < 0).any():
-                    raise _Unusual  # the strict reader names the cell
+                if not (_finite(targets) and (targets >= 0).all()):
+                    # blank lines, empty cells, inf, a negative: the strict reader names the
+                    # cell, once the rows above it are worked
+                    n = _rows_before(~(np.isfinite(targets) & (targets >= 0)))
+                    logits, targets, fault = logits[:n], targets[:n], _Unusual()
                 lines = range(line, line + n)
                 chunk = data.EvalInput(
                     logits=logits, labels=None, targets=targets, class_names=header, source=path,
@@ -515,7 +516,9 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
                 else:
                     side_rows = side.take(n)  # fewer targets than logits: _Unusual
                 if targets is not None and not (np.isfinite(side_rows) & (side_rows >= 0)).all():
-                    raise _Unusual
+                    # the whole reader names the cell, once the rows above it are worked
+                    n = _rows_before(~(np.isfinite(side_rows) & (side_rows >= 0)))
+                    logits, side_rows, fault = logits[:n], side_rows[:n], _Unusual()
                 lines = range(line, line + n)
                 chunk = data.EvalInput(
                     logits=logits, labels=side_rows if targets is None else None,
@@ -950,6 +953,16 @@ def _finite(array: np.ndarray) -> bool:
     only a finite block too large to sum needs the full look."""
     with np.errstate(over="ignore", invalid="ignore"):  # that sum may overflow: no warning
         return bool(np.isfinite(array.sum()) or np.isfinite(array).all())
+
+
+def _rows_before(bad: np.ndarray) -> int:
+    """Returns the number of rows of an (n, k) mask above the first row holding a True; raises
+    _Unusual where that is none: the rows above a bad cell are worked before it is handed over,
+    so that a fault of theirs is named first, as smaller blocks would name it."""
+    rows = int(bad.any(axis=1).argmax())
+    if rows == 0:
+        raise _Unusual
+    return rows
 
 
 def _finite_or_masked(array: np.ndarray) -> bool:

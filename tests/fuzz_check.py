@@ -300,6 +300,8 @@ def make_case(seed):
         c["bug"] = str(rng.choice(applicable_bugs(c)))
     if c["method"] == "complex" and c["code"] == "torch":
         c["code"] = "grad"
+    # drawn last, so that the seeds before it drew the same cases
+    c["directional"] = bool(rng.random() < 0.1 and not c["hessian"])
     return c
 
 
@@ -329,7 +331,7 @@ def applicable_bugs(c):
 
 def case_text(c):
     keys = ("loss", "input", "n", "k", "scale", "edge", "kind", "code", "bug", "method", "dtype",
-            "prec", "hessian", "smoothing", "ignore")
+            "prec", "hessian", "directional", "smoothing", "ignore")
     text = " ".join(f"{key}={c.get(key)!r}" for key in keys if c.get(key) is not None)
     return text + (" weight" if c.get("weight") else "") + \
         (" pos_weight" if c.get("pos_weight") else "")
@@ -380,6 +382,10 @@ def argv_of(c, d):
             argv += ["--ignore-index", str(c["ignore"])]
     if c["hessian"]:
         argv += ["--hessian"]
+    if c["directional"]:
+        argv += ["--directional"]  # v drawn from --seed: a file's case sets it, random's has it
+        if c["input"] == "file":
+            argv += ["--seed", str(c["seed"])]
     path = os.path.join(d, f"user_{c['seed']}.py")
     with open(path, "w") as f:
         f.write(USER_FILE.format(loss=c["loss"], weight=c.get("weight"),
@@ -517,7 +523,10 @@ def main(argv):
                     tally[key]["caught (refused)"] += 1
                 elif code == 0:
                     effect = bug_effect(c, path, report)
-                    if effect == "within":
+                    if c["directional"] and effect != "nonfinite":
+                        # one direction per sample: a wrong row it is nearly orthogonal to passes
+                        tally[key]["miss (directional)"] += 1
+                    elif effect == "within":
                         tally[key]["miss within tolerance"] += 1
                         tally["bug", c["bug"]]["within tolerance"] += 1
                     elif effect == "within round-off":

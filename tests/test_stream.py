@@ -951,6 +951,40 @@ def test_a_masked_class_keeps_a_parquet_table_in_slices(runner, tmp_path, monkey
         assert sliced[0] == 2 and "row 40" in sliced[2] and re.search(message, sliced[2])
 
 
+@pytest.mark.parametrize("fault", ["label 2.5", "label null", "target -0.5", "logit nan"])
+def test_a_slice_the_whole_reader_must_judge_is_handed_over_after_the_rows_above_it(
+        runner, tmp_path, monkeypatch, fault):
+    # the slice went over at once, and the whole reader judges every label or target before
+    # any logit: a masked class at the label of row 2 was named with slices of 4 rows, the
+    # label 2.5 of row 8 with slices of 1,000
+    z = np.tile([0.5, 1.5], (20, 1))
+    z[2, 0] = -np.inf  # at the label 0 of row 2
+    y = np.zeros(20)
+    arguments = ["eval", str(tmp_path / "z.parquet")]
+    if fault.startswith("target"):
+        t = np.tile([0.25, 0.75], (20, 1))
+        t[2], t[8] = [1.0, 0.0], [-0.5, 1.5]
+        np.save(tmp_path / "z.npy", z)
+        np.save(tmp_path / "t.npy", t)
+        arguments = ["eval", str(tmp_path / "z.npy"), "--targets", str(tmp_path / "t.npy")]
+    elif fault == "logit nan":
+        z[8, 1] = np.nan
+        _parquet(tmp_path / "z.parquet", z, y)
+    else:
+        y = y.tolist()
+        y[8] = 2.5 if fault == "label 2.5" else None
+        _parquet(tmp_path / "z.parquet", z, y)
+    errors = set()
+    for rows in (4, 1000):
+        monkeypatch.setattr(stream, "PARQUET_ROWS", rows)
+        monkeypatch.setattr(stream, "CHUNK_ROWS", rows)
+        result = runner.invoke(app, arguments)
+        assert result.exit_code == 2
+        errors.add(result.stderr)
+    assert len(errors) == 1
+    assert re.search(r", row 2, column '(z)?0': class is masked \(logit -inf\)", errors.pop())
+
+
 def test_parquet_slices_have_their_rows_whatever_batches_polars_hands_out(tmp_path, monkeypatch):
     import polars as pl
 

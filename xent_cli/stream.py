@@ -816,31 +816,43 @@ def _fast_arrays(path: str, slices: _Slices, label_col: str,
                 if stop > n:
                     raise _Unusual  # the file has grown since: the whole reader reads it as it is
                 rows = range(start, stop)
+                # a slice with a cell the whole reader must judge: the rows above it are worked
+                # first, so that a fault of theirs is named as smaller slices would name it
+                bad = []
                 if not (slices.kernel_judges and targets is None or _finite_or_masked(logits)):
-                    raise _Unusual  # nan (a null), +inf: the whole reader rules
+                    bad.append(np.isnan(logits) | np.isposinf(logits))  # nan (a null), +inf
                 y = t = None
                 target_lines, column, names = rows, None, None
                 if raw_labels is not None:
                     if raw_labels.dtype.kind == "f" and not _whole_numbers(raw_labels):
-                        raise _Unusual  # nan (a null), or no whole number
+                        # nan (a null), or no whole number
+                        bad.append(~((np.abs(raw_labels) < 2.0**53)
+                                     & (raw_labels == np.round(raw_labels)))[:, None])
                     if raw_labels.dtype.kind == "u" and (raw_labels >= 2**63).any():
-                        raise _Unusual  # beyond int64
-                    y, column = raw_labels.astype(np.int64), repr(label_col)
+                        bad.append((raw_labels >= 2**63)[:, None])  # beyond int64
+                    with np.errstate(invalid="ignore"):  # a bad label's row is cut off below
+                        y, column = raw_labels.astype(np.int64), repr(label_col)
                 elif labels is not None:
                     y, column, lines = labels[0][start:stop], labels[1], labels[2]
                     target_lines = rows if lines is None else lines[start:stop]
                 else:
                     t = side.take(len(logits))
                     if not (np.isfinite(t) & (t >= 0)).all():
-                        raise _Unusual  # the whole reader names the cell
+                        bad.append(~(np.isfinite(t) & (t >= 0)))  # the whole reader names it
                     names = targets.names
                     target_lines = rows if targets.first_line is None else range(
                         targets.first_line + start, targets.first_line + stop)
+                if bad:
+                    good = min(_rows_before(mask) for mask in bad)
+                    stop, rows, target_lines = start + good, rows[:good], target_lines[:good]
+                    logits, y, t = (None if a is None else a[:good] for a in (logits, y, t))
                 chunk = data.EvalInput(
                     logits=logits, labels=y, targets=t, class_names=slices.class_names,
                     source=path, lines=rows, target_source=side_path, target_column=column,
                     target_lines=target_lines, target_names=names, rows_in=rows_in)
                 yield Chunk(data=chunk, start=start, done=stop)
+                if bad:
+                    raise _Unusual  # the whole reader rules
                 start = stop
             if start != n:
                 raise _Unusual  # the file has fewer rows since: the whole reader reads it as it is

@@ -609,7 +609,8 @@ def _fast_parquet(path: str, label_col: str, labels_path: str | None = None,
     or None where the whole reader must judge: no label column and no such file (or both), a
     column that is not a number, too few classes, no rows, an unreadable file. A slice holding
     anything unusual (a null, nan or +inf, a label that is no whole number) hands the file to
-    the whole reader, so its message or result is the whole reader's."""
+    the whole reader once the rows above that cell are worked, so its message or result is the
+    whole reader's but for an error of those rows."""
     import polars as pl
 
     try:

@@ -1251,8 +1251,11 @@ def _parse_block(block: bytes, columns: int, delimiter: str) -> np.ndarray:
     try:
         frame = pl.read_csv(io.BytesIO(block), has_header=False, separator=delimiter,
                             schema={f"c{c}": pl.Float64 for c in range(columns)})
-    except Exception:  # noqa: BLE001 - any parser complaint goes to the strict reader
-        raise _Unusual from None
+    except Exception:  # noqa: BLE001 - cut, which raises _Unusual where the strict reader rules
+        # Polars refuses a space after a number ('1.0 ,2'), which the strict reader strips: one
+        # such cell every 5,000 rows sent every block of a 154 MB file to the strict reader
+        # (19.9 s against 0.85 s)
+        return _cut_and_cast(block, columns, delimiter)
     return frame.to_numpy()
 
 

@@ -435,14 +435,8 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
             functools.partial(_parse_block, columns=k, delimiter=target_delimiter)))
         with contextlib.closing(blocks):
             rows = _Rows(blocks)
-            parse = functools.partial(_parsed_or_none, columns=k, delimiter=delimiter)
-            at = offset  # the block's first byte
-            for (logits, plain), done in _prefetched(_parsed_blocks(path, offset, parse)):
-                fault = None
-                if not plain:  # nan, inf, an empty cell, -1e400
-                    logits, _, fault = _strict_block(path, at, done, header, delimiter, line,
-                                                     label_col)
-                n, at = logits.shape[0], done
+            for logits, fault, done in _logit_blocks(path, offset, header, delimiter, label_col):
+                n = logits.shape[0]
                 targets = rows.take(n)
                 if not (_finite(targets) and (targets >= 0).all()):
                     # blank lines, empty cells, inf, a negative: the strict reader names the
@@ -497,18 +491,13 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
         if targets is None or targets.first_line is not None:
             return None  # the strict reader explains (or a CSV of targets: _fast_csv_targets)
         side_column = side_lines = None
-    parse = functools.partial(_parsed_or_none, columns=k, delimiter=delimiter)
 
     def chunks() -> Iterator[Chunk]:
-        start, line, at = 0, 2, offset  # the header is line 1; at: the block's first byte
+        start, line = 0, 2  # the header is line 1
         side = None if targets is None else _Rows(targets.blocks())
         with contextlib.closing(side.blocks) if side is not None else contextlib.nullcontext():
-            for (logits, plain), done in _prefetched(_parsed_blocks(path, offset, parse)):
-                fault = None
-                if not plain:  # nan, inf, an empty cell, -1e400
-                    logits, _, fault = _strict_block(path, at, done, header, delimiter, line,
-                                                     label_col)
-                n, at = logits.shape[0], done
+            for logits, fault, done in _logit_blocks(path, offset, header, delimiter, label_col):
+                n = logits.shape[0]
                 if targets is None:
                     side_rows = values[start:start + n]
                     if len(side_rows) < n:
@@ -1257,6 +1246,22 @@ def _parse_block(block: bytes, columns: int, delimiter: str) -> np.ndarray:
         # (19.9 s against 0.85 s)
         return _cut_and_cast(block, columns, delimiter)
     return frame.to_numpy()
+
+
+def _logit_blocks(path: str, offset: int, header: tuple[str, ...], delimiter: str,
+                  label_col: str) -> Iterator[tuple[np.ndarray, InputError | None, int]]:
+    """Yields each block of a CSV of logits alone, from byte offset on, as (logits, fault, the
+    bytes read after it): Polars' parse, or where it cannot stand, the strict reader's of that
+    block alone, fault its bad cell's error (else None), to raise once the rows above it are
+    worked."""
+    parse = functools.partial(_parsed_or_none, columns=len(header), delimiter=delimiter)
+    at, line = offset, 2  # the block's first byte and line (the header is line 1)
+    for (logits, plain), done in _prefetched(_parsed_blocks(path, offset, parse)):
+        fault = None
+        if not plain:  # nan, inf, an empty cell, -1e400
+            logits, _, fault = _strict_block(path, at, done, header, delimiter, line, label_col)
+        yield logits, fault, done
+        at, line = done, line + len(logits)
 
 
 def _parsed_or_none(block: bytes, columns: int, delimiter: str

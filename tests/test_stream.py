@@ -125,10 +125,14 @@ def test_blocks_are_whole_lines_cut_at_the_first_line_end_past_the_block_size(
             blocks = [stream._read_block(file.fileno(), *span) for span in spans]
     finally:
         stream.BLOCK_BYTES, stream.PEEK_BYTES = original
-    # the oracle: from each start, BLOCK_BYTES and then up to and with the next newline
+    # the oracle: from each start, BLOCK_BYTES and then up to and with the next newline, up to
+    # the file's end less the blank lines and spaces that end it, where a peek holds them
+    tail = content[max(0, len(content) - peek):]
+    kept = tail.rstrip(b" \t\r\n")
+    end = len(content) - (len(tail) - len(kept)) if kept else len(content)
     expected, start = [], offset
-    while start < len(content):
-        newline = content.find(b"\n", start + block - 1)
+    while start < end:
+        newline = content.find(b"\n", min(start + block, end) - 1)
         stop = len(content) if newline < 0 else newline + 1
         expected.append((content[start:stop], stop))
         start = stop
@@ -944,6 +948,29 @@ def test_parquet_slices_give_the_whole_table_s_bytes(runner, tmp_path, monkeypat
         monkeypatch.setattr(stream, "_fast_parquet", lambda *arguments: None)
     assert outputs["sliced"] == outputs["whole"]
     assert json.loads(outputs["sliced"][0])["n"] == 100
+
+
+@pytest.mark.parametrize("ending", ["\n", "\n\n  \n\r\n", " \t\n\n"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_blank_lines_ending_a_file_keep_it_with_the_fast_reader(runner, tmp_path, monkeypatch,
+                                                                ending, reduction):
+    # print(df.to_csv()) ends a file in a blank line: Polars read it as a row of nulls, and the
+    # whole file went to the strict reader (19 MB: 2.95 s and 382 MB against 0.68 s and 123 MB)
+    rng = np.random.default_rng(37)
+    z, y = rng.normal(size=(200, 3)), rng.integers(0, 3, size=200)
+    (tmp_path / "z.csv").write_text(_csv(z, y).rstrip("\n") + ending)
+    arguments = ["eval", str(tmp_path / "z.csv"), "--format", "json", "--reduction", reduction,
+                 "--output", str(tmp_path / "o.npy"), "--columns", "loss,grad"]
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 600)
+    results = []
+    for threshold in (1 << 60, 0):  # strict, then fast
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        result = runner.invoke(app, arguments)
+        assert result.exit_code == 0, result.output
+        results.append((result.stdout, (tmp_path / "o.npy").read_bytes()))
+        monkeypatch.setattr(stream, "read_input", lambda *a, **k: pytest.fail("whole file read"))
+    assert results[0] == results[1]
+    assert json.loads(results[1][0])["n"] == 200
 
 
 @pytest.mark.parametrize("value, message", [(-np.inf, None), (np.inf, r"\+inf"),

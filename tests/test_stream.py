@@ -226,6 +226,22 @@ def test_fast_reader_gives_the_same_bytes_as_the_strict_one(runner, tmp_path, mo
     assert len(text) == 301 and text[1].startswith("0,2,")  # header, then sample 0 on line 2
 
 
+def _strict_then_fast(runner, monkeypatch, arguments, output, *refused):
+    """Runs eval with the strict reader, then the fast one, which must not hand the whole file
+    to the strict reader nor call the refused (module, name) pairs; returns both runs' stdout
+    and output bytes."""
+    results = []
+    for threshold in (1 << 60, 0):
+        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
+        result = runner.invoke(app, arguments)
+        assert result.exit_code == 0, result.output
+        results.append((result.stdout, output.read_bytes()))
+        for module, name in ((stream, "read_input"), *refused):
+            monkeypatch.setattr(module, name,
+                                lambda *a, name=name, **k: pytest.fail(f"{name} called"))
+    return results
+
+
 @pytest.mark.parametrize("cell, message", [
     ("-inf", None), ("-Infinity", None),  # masked classes: Polars' parse stands
     ("-1e400", "overflows float64"), ("nan", "is not a finite number"),  # Polars reads -inf, nan
@@ -355,14 +371,8 @@ def test_a_space_after_a_number_keeps_its_block_with_the_fast_reader(runner, tmp
     arguments = ["eval", str(tmp_path / "z.csv"), "--format", "json", "--output",
                  str(tmp_path / "o.csv")]
     monkeypatch.setattr(stream, "BLOCK_BYTES", 600)
-    results = []
-    for threshold in (1 << 60, 0):  # strict, then fast
-        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
-        result = runner.invoke(app, arguments)
-        assert result.exit_code == 0, result.output
-        results.append((result.stdout, (tmp_path / "o.csv").read_bytes()))
-        monkeypatch.setattr(data, "read_block", lambda *a: pytest.fail("a block read strictly"))
-        monkeypatch.setattr(stream, "read_input", lambda *a, **k: pytest.fail("whole file read"))
+    results = _strict_then_fast(runner, monkeypatch, arguments, tmp_path / "o.csv",
+                                (data, "read_block"))
     assert results[0] == results[1]
 
 
@@ -962,13 +972,7 @@ def test_blank_lines_ending_a_file_keep_it_with_the_fast_reader(runner, tmp_path
     arguments = ["eval", str(tmp_path / "z.csv"), "--format", "json", "--reduction", reduction,
                  "--output", str(tmp_path / "o.npy"), "--columns", "loss,grad"]
     monkeypatch.setattr(stream, "BLOCK_BYTES", 600)
-    results = []
-    for threshold in (1 << 60, 0):  # strict, then fast
-        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
-        result = runner.invoke(app, arguments)
-        assert result.exit_code == 0, result.output
-        results.append((result.stdout, (tmp_path / "o.npy").read_bytes()))
-        monkeypatch.setattr(stream, "read_input", lambda *a, **k: pytest.fail("whole file read"))
+    results = _strict_then_fast(runner, monkeypatch, arguments, tmp_path / "o.npy")
     assert results[0] == results[1]
     assert json.loads(results[1][0])["n"] == 200
 

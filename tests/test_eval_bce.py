@@ -498,7 +498,7 @@ BAD_INPUTS = [
     ("target-not-a-number", {"z.csv": Z2, "t.csv": "a,b\n1,yes\n0,1\n"}, ["z.csv", "--targets", "t.csv", *BCE],
      "t.csv, line 2, column 'b': probability 'yes' is not a number"),
     ("ragged-targets", {"z.csv": Z2, "t.csv": "a,b\n1,0\n0\n"}, ["z.csv", "--targets", "t.csv", *BCE],
-     "t.csv, line 3: row has 1 cells, the header has 2"),
+     "t.csv, line 3: row has 1 cell, the header has 2"),
     ("target-columns", {"z.csv": Z2, "t.csv": "a,b,c\n1,0,0\n0,1,0\n"}, ["z.csv", "--targets", "t.csv", *BCE],
      "t.csv, line 1: has 3 target columns, the logits have 2 classes"),
     ("target-rows", {"z.csv": Z2, "t.csv": "a,b\n1,0\n"}, ["z.csv", "--targets", "t.csv", *BCE],

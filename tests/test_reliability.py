@@ -406,7 +406,12 @@ CASES = {
     "ragged": eval_case("a row with fewer cells than the header", "z0,z1,label\n1,2,0\n1,2\n",
                         "z.csv, line 3: row has 2 cells, the header has 3"),
     "extra-cell": eval_case("a trailing delimiter (one cell too many)", "z0,z1,label\n1,2,0,\n",
-                            "z.csv, line 2: row has 4 cells, the header has 3"),
+                            "z.csv, line 2: row has 4 cells, the header has 3; its last cell is "
+                            "empty: the row ends with ',', drop it"),
+    "header-trailing-delimiter": eval_case("a trailing delimiter on every line, the header's too",
+                                           "z0,z1,label,\n1,2,0,\n",
+                                           "z.csv, line 1: column 4 of the header has no name; the "
+                                           "header ends with ',': drop it, or name the last column"),
     "unclosed-quote": eval_case("an unclosed quote", 'z0,z1,label\n"1,2,0\n3,4,1\n',
                                 "z.csv, line 2: a quoted cell runs over lines 2-3; is a quote not closed?"),
     "non-number": eval_case("a cell that is not a number", "z0,z1,label\n1,2,0\n1,abc,0\n",

@@ -151,7 +151,7 @@ def read_table(path: str, delimiter: str | None = None, *, require_rows: bool = 
     header, header_line, rows, lines = None, 1, [], []
     for line, cells in _cells(text, path, delimiter):
         if header is None:
-            header, header_line = _header(cells, path, line), line
+            header, header_line = _header(cells, path, line, delimiter), line
             continue
         _check_row(cells, header, header_line, path, delimiter, line, first=not rows)
         rows.append(cells)
@@ -216,8 +216,11 @@ def _check_row(cells: tuple[str, ...], header: tuple[str, ...], header_line: int
         # a one-cell first line above real rows: a log line printed before the CSV
         above = (f", {header[0]!r} on line {header_line}: the file must begin with its "
                  f"header row; drop the lines above it" if len(header) == 1 and first else "")
-        raise InputError(f"row has {len(cells)} cells, the header has {len(header)}{above}",
-                         source=path, line=line)
+        # some writers end every row with the delimiter: one cell too many, and that one empty
+        trailing = (f"; its last cell is empty: the row ends with {delimiter!r}, drop it"
+                    if not above and len(cells) == len(header) + 1 and not cells[-1] else "")
+        raise InputError(f"row has {len(cells)} cell{'s' if len(cells) != 1 else ''}, the "
+                         f"header has {len(header)}{above}{trailing}", source=path, line=line)
 
 
 # Soft targets of one column are most likely class indices: PyTorch's target= takes either.
@@ -630,14 +633,16 @@ def probabilities_note(part: EvalInput, binary: bool = False) -> str | None:
             f"so this loss is not -log p of the label; for that, give log(p) as the logits")
 
 
-def _header(cells: tuple[str, ...], path: str, line: int) -> tuple[str, ...]:
+def _header(cells: tuple[str, ...], path: str, line: int, delimiter: str) -> tuple[str, ...]:
     """Returns the header; empty or repeated names are errors."""
     for c, name in enumerate(cells):
         if not name:
             # pandas' to_csv writes its index as an unnamed first column, R's write.csv its
             # row names
             hint = ("; pandas writes its index there: save with to_csv(path, index=False) "
-                    "(R's write.csv its row names: row.names = FALSE)" if c == 0 else "")
+                    "(R's write.csv its row names: row.names = FALSE)" if c == 0 else
+                    f"; the header ends with {delimiter!r}: drop it, or name the last column"
+                    if c == len(cells) - 1 else "")
             raise InputError(f"column {c + 1} of the header has no name{hint}", source=path,
                              line=line)
         if name in cells[:c]:

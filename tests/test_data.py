@@ -384,3 +384,19 @@ def test_r_row_names_are_named_as_the_unnamed_first_column(tmp_path):
     assert str(caught.value) == (
         f"{path}, line 1: column 1 of the header has no name; pandas writes its index there: "
         "save with to_csv(path, index=False) (R's write.csv its row names: row.names = FALSE)")
+
+
+def test_locate_places_an_error_by_its_in_logits_field_not_its_words():
+    """A core error is placed in the logits file where it says the fault is a logit's, whatever
+    its message says: a target's fault whose text mentions logits stays in the targets file."""
+    placed = data.EvalInput(
+        logits=np.zeros((3, 2)), labels=None, targets=np.full((3, 2), 0.5), class_names=("a", "b"),
+        source="z.csv", lines=(2, 3, 4), target_source="t.csv", target_column=None,
+        target_lines=(5, 6, 7), target_names=("pa", "pb"))
+    target = data.locate(InputError("target differs from its logit's row", sample=1,
+                                    column="class 1"), placed)
+    logit = data.locate(InputError("too large", sample=2, column="class 0", in_logits=True), placed)
+    row = data.locate(InputError("row of masked classes", sample=0, in_logits=True), placed)
+    assert str(target) == "t.csv, line 6, column 'pb': target differs from its logit's row"
+    assert str(logit) == "z.csv, line 4, column 'a': too large"
+    assert str(row) == "z.csv, line 2: row of masked classes"

@@ -114,8 +114,8 @@ def validate(z, target, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore"):  # nan compares false: the finite check names it
         outside = (t < 0) | (t > 1)
     _first_bad((~np.isfinite(z),
-                "logit is not a finite number; binary cross-entropy needs finite logits"),
-               (np.isinf(cast), f"logit does not fit in {dtype.name}"),
+                "logit is not a finite number; binary cross-entropy needs finite logits", True),
+               (np.isinf(cast), f"logit does not fit in {dtype.name}", True),
                (~np.isfinite(t), "target is not a finite number"),
                (outside, "target is outside [0, 1]"))
     return cast, t.astype(dtype, copy=False)

@@ -903,19 +903,12 @@ def locate(error: InputError, data: EvalInput) -> InputError:
         place = {"row" if source in data.rows_in else "line": lines[i]}
         return error.located(source=source, column=column, **place)
 
-    if error.column is not None and error.column.startswith("class ") and data.targets is None:
-        c = int(error.column.split()[1])
-        return at(data.source, data.lines, repr(data.class_names[c]))
-    if error.column is not None and error.column.startswith("class "):
-        # soft targets: a class column may be a logit's or a probability's; the core names
-        # logits in 'logit ...' messages
-        c = int(error.column.split()[1])
-        if "logit" in error.message:
-            return at(data.source, data.lines, repr(data.class_names[c]))
+    c = int(error.column.split()[1]) if (error.column or "").startswith("class ") else None
+    if error.in_logits:  # a logit's, or a whole row of logits' (no column then)
+        return at(data.source, data.lines, None if c is None else repr(data.class_names[c]))
+    if c is not None:  # a soft target's probability
         return at(data.target_source, data.target_lines,
                   repr((data.target_names or data.class_names)[c]))
-    if error.message.startswith("every logit"):  # a row of logits, no class nor target its own
-        return at(data.source, data.lines, None)
     return at(data.target_source, data.target_lines, data.target_column)
 
 

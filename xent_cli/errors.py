@@ -24,14 +24,17 @@ class InputError(XentError):
     The data layer names ``source`` (a file), ``line`` (1-based, as an editor counts them) or,
     in an array file (.npy, .npz, .parquet), ``row`` (0-based, as NumPy indexes it), and
     ``column`` (a header name); the numeric core, which sees arrays, names ``sample`` (0-based)
-    and ``column`` (e.g. "class 2"). ``located`` re-raises a core error at its place in a file.
+    and ``column`` (e.g. "class 2"), and ``in_logits`` where the fault is a logit's or a whole
+    row of logits', not a label's or a target's. ``located`` re-raises a core error at its place
+    in a file.
     """
 
     def __init__(self, message: str, *, source: str | None = None, line: int | None = None,
-                 sample: int | None = None, column: str | None = None, row: int | None = None):
+                 sample: int | None = None, column: str | None = None, row: int | None = None,
+                 in_logits: bool = False):
         self.message = message
         self.source, self.line, self.sample, self.column = source, line, sample, column
-        self.row = row
+        self.row, self.in_logits = row, in_logits
         placed = line is not None or row is not None
         where = ", ".join(
             part for part in (
@@ -44,11 +47,18 @@ class InputError(XentError):
         )
         super().__init__(f"{where}: {message}" if where else message)
 
+    def replace(self, **changes) -> "InputError":
+        """Returns this error with some of its fields changed; its text follows them."""
+        fields = {"message": self.message, "source": self.source, "line": self.line,
+                  "row": self.row, "sample": self.sample, "column": self.column,
+                  "in_logits": self.in_logits}
+        return InputError(**{**fields, **changes})
+
     def located(self, *, source: str, line: int | None = None, row: int | None = None,
                 column: str | None = None) -> "InputError":
         """Returns the same error placed in a file (line or row, and column, override the core's)."""
-        return InputError(self.message, source=source, line=line, row=row,
-                          column=column if column is not None else self.column)
+        return self.replace(source=source, line=line, row=row, sample=None,
+                            column=column if column is not None else self.column)
 
 
 class ExpressionError(XentError):

@@ -272,8 +272,7 @@ def _moved(error: InputError, start: int) -> InputError:
     """Returns a core error of the rows from start on, its sample counted from row 0."""
     if not start or error.sample is None:
         return error
-    return InputError(error.message, source=error.source, line=error.line, row=error.row,
-                      sample=error.sample + start, column=error.column)
+    return error.replace(sample=error.sample + start)
 
 
 class _Blocks:
@@ -681,13 +680,13 @@ def _logit_array(z) -> np.ndarray:
 
 def _check_logits(raw: np.ndarray, dtype: np.dtype, offset: int = 0) -> None:
     """Raises InputError at the first bad logit of raw, whose row 0 is sample offset."""
-    checks = [(np.isnan(raw), "logit is NaN; only -inf (a masked class) is allowed"),
-              (np.isposinf(raw), "logit is +inf; only -inf (a masked class) is allowed"),
-              (np.isneginf(raw).all(axis=1), "every logit is -inf: all classes are masked")]
+    checks = [(np.isnan(raw), "logit is NaN; only -inf (a masked class) is allowed", True),
+              (np.isposinf(raw), "logit is +inf; only -inf (a masked class) is allowed", True),
+              (np.isneginf(raw).all(axis=1), "every logit is -inf: all classes are masked", True)]
     if raw.dtype != dtype:
         with np.errstate(over="ignore"):
             z = raw.astype(dtype)
-        checks.append((np.isinf(z) & ~np.isinf(raw), f"logit does not fit in {dtype.name}"))
+        checks.append((np.isinf(z) & ~np.isinf(raw), f"logit does not fit in {dtype.name}", True))
     _first_bad(*checks, offset=offset)
 
 
@@ -796,24 +795,24 @@ def _soft_target(t: np.ndarray, n: int, k: int, dtype: np.dtype) -> np.ndarray:
     return t.astype(dtype, copy=False)
 
 
-def _first_bad(*checks: tuple[np.ndarray, str], offset: int = 0) -> None:
+def _first_bad(*checks: tuple, offset: int = 0) -> None:
     """Raises InputError at the first sample any check's (N, k) mask, or (N,) for a fault of a
     whole row, finds bad, with the message of the first check that finds it bad, at that check's
-    first class there; row 0 is sample offset.
+    first class there; row 0 is sample offset. A check is (mask, message), or (mask, message,
+    True) where the fault is the logits'.
 
     The first bad sample, not the first check's: a stream cut into chunks meets the samples in
     order, so the whole input must name the error a chunk would (bce named a NaN logit on line 3
     where a chunk of line 2 alone named its logit too large for float32).
     """
-    found = [(int(rows.argmax()), i) for i, (bad, _) in enumerate(checks)
+    found = [(int(rows.argmax()), i) for i, (bad, *_) in enumerate(checks)
              if (rows := bad.any(axis=1) if bad.ndim == 2 else bad).any()]
     if found:
         row, i = min(found)
-        bad, message = checks[i]
-        # a class even where there is one (bce of one logit column): the class places a logit's
-        # fault in the logits, where a row's would be placed at the labels or targets
+        bad, message, *in_logits = checks[i]
+        # a class even where there is one (bce of one logit column)
         column = f"class {int(bad[row].argmax())}" if bad.ndim == 2 else None
-        raise InputError(message, sample=offset + row, column=column)
+        raise InputError(message, sample=offset + row, column=column, in_logits=bool(in_logits))
 
 
 def _refuse_infinite_loss(z: np.ndarray, infinite: np.ndarray, offset: int = 0) -> None:
@@ -828,7 +827,7 @@ def _refuse_infinite_loss(z: np.ndarray, infinite: np.ndarray, offset: int = 0) 
         else:
             why = (f"logit is so far below the row's largest that its log-probability "
                    f"overflows {z.dtype.name}: the loss is infinite")
-        raise InputError(why, sample=offset + int(i), column=f"class {c}")
+        raise InputError(why, sample=offset + int(i), column=f"class {c}", in_logits=True)
 
 
 def divisor_beyond_range(dtype: np.dtype) -> str:

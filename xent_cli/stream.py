@@ -194,10 +194,9 @@ def stdin_copied(path: str, beside: Collection[str | None] = (),
             # a message may name the copy too: "y.csv has 4 labels but COPY has only 2 rows"
             if error.source != copy and copy not in error.message:
                 raise
-            raise InputError(error.message.replace(copy, data.STDIN),
-                             source=data.STDIN if error.source == copy else error.source,
-                             line=error.line, sample=error.sample, column=error.column,
-                             row=error.row) from None
+            raise error.replace(message=error.message.replace(copy, data.STDIN),
+                                source=data.STDIN if error.source == copy else error.source
+                                ) from None
 
 
 def _uncopied(error: OSError, directory: str | None, source: str = data.STDIN) -> InputError:
@@ -2208,8 +2207,7 @@ def _counted_from_one(error: InputError, part: data.EvalInput, source: Source,
             low, high = min(low, int(counted.min())), max(high, int(counted.max()))
     if (low, high) != (1, k):
         return error
-    return InputError(error.message + losses.counted_from_one_hint(k), source=error.source,
-                      line=error.line, sample=error.sample, column=error.column, row=error.row)
+    return error.replace(message=error.message + losses.counted_from_one_hint(k))
 
 
 def _check_row_index(source: Source, part: data.EvalInput) -> None:

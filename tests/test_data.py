@@ -200,6 +200,21 @@ def test_label_column_is_anywhere_and_the_rest_are_classes_in_file_order(tmp_pat
     assert loaded.labels.tolist() == [1, 0]
 
 
+def test_a_label_column_not_there_names_the_columns_there_are(tmp_path):
+    path = write(tmp_path, "z.csv", PLAIN)
+    with pytest.raises(InputError) as caught:
+        data.read_eval_input(path, label_col="y")  # --label-col y, a typo or a guess
+    assert str(caught.value) == (f"{path}, line 1: there is no column 'y' (its columns: z0, z1, "
+                                 "label); name the label column with --label-col, or give "
+                                 "--labels or --targets")
+
+
+def test_a_long_list_of_names_is_cut_in_the_middle():
+    names = [f"z{c}" for c in range(50_257)]
+    assert data.names_shown(names) == "z0, z1, z2, z3, z4, z5, …, z50256 (50,257 in all)"
+    assert data.names_shown(names[:8]) == ", ".join(names[:8])
+
+
 @pytest.mark.parametrize("labels_text", ["label\n1\n0\n", "1\n0\n", "1\r\n0"],
                          ids=["header", "no-header", "crlf-no-final-newline"])
 def test_labels_file_with_or_without_header(tmp_path, labels_text):

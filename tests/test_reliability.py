@@ -396,7 +396,9 @@ CASES = {
                                         "z.csv, line 1: there is no column 'label'; the header starts with "
                                         "np.savetxt's comment mark, so its first name is '# label': save with "
                                         "np.savetxt(..., header='label,...', comments='')"),
-    "no-label-column": eval_case("no label column and no --labels/--targets", TWO, "z.csv, line 1: there is no column 'label'"),
+    "no-label-column": eval_case("no label column and no --labels/--targets", TWO,
+                                 "z.csv, line 1: there is no column 'label' (its columns: a, b); name the "
+                                 "label column with --label-col, or give --labels or --targets"),
     # --- eval: the cells
     "log-line-above-header": eval_case("a line of a training script's log above the header, piped in",
                                        "Epoch 1: loss 0.3\nz0,z1,label\n1,2,0\n",

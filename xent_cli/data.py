@@ -308,7 +308,8 @@ def read_logits(path: str, *, label_col: str = "label", targets_from: str | None
                              f"np.savetxt's comment mark, so its first name is {first!r}: save "
                              f"with np.savetxt(..., header='{label_col},...', comments='')",
                              source=path, line=table.header_line)
-        raise InputError(f"there is no column {label_col!r}; name the label column with "
+        raise InputError(f"there is no column {label_col!r} (its columns: "
+                         f"{names_shown(table.header)}); name the label column with "
                          f"--label-col, or give --labels or --targets", source=path,
                          line=table.header_line)
     logit_columns = [c for c, name in enumerate(table.header)
@@ -318,6 +319,14 @@ def read_logits(path: str, *, label_col: str = "label", targets_from: str | None
                          source=path, line=table.header_line)
     class_names = tuple(table.header[c] for c in logit_columns)
     return table, _numbers(table, logit_columns, "logit", parse_logit), class_names
+
+
+def names_shown(names: Sequence[str], most: int = 8) -> str:
+    """Returns the names parted by commas, the middle of a long list left out: a language
+    model's 50,257 class names would make a line of half a megabyte."""
+    if len(names) <= most:
+        return ", ".join(names)
+    return ", ".join([*names[:most - 2], "…", names[-1]]) + f" ({len(names):,} in all)"
 
 
 def _too_few_classes(found: int, min_classes: int) -> str:

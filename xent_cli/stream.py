@@ -1504,8 +1504,9 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
         targets, target_lines, target_names = _read_side(targets_path, delimiter, "targets")
         target_source = targets_path
     if labels is None and targets is None and suffix == ".parquet":
-        raise InputError(f"has no column {label_col!r} (its columns: {', '.join(class_names)}); "
-                         "name the label column with --label-col, or give --labels or --targets",
+        raise InputError(f"has no column {label_col!r} (its columns: "
+                         f"{data.names_shown(class_names)}); name the label column with "
+                         "--label-col, or give --labels or --targets",
                          source=path)
     if labels is None and targets is None:
         raise InputError("has no labels; give --labels or --targets (a .npy, .npz, .parquet or CSV file)",

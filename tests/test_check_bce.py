@@ -490,7 +490,8 @@ def test_softmax_still_refuses_one_class(runner, tmp_path):
     (tmp_path / "z.csv").write_text("score,label\n2,0\n1,0\n")
     result = runner.invoke(app, ["check", str(tmp_path / "z.csv")])
     assert result.exit_code == 2
-    assert "found 1 logit column; cross-entropy needs at least 2 classes" in result.stderr
+    assert ("found 1 logit column; cross-entropy needs at least 2 classes; one logit column is a binary classifier: --loss bce"
+            in result.stderr)
     assert check(runner, "--k", "0").exit_code == 2  # below 1 is refused for bce too
 
 

@@ -626,11 +626,12 @@ def test_softmax_still_refuses_one_logit_column(runner, tmp_path, monkeypatch, r
     for arguments in ([z, "--targets", t], [labelled]):
         result = runner.invoke(app, ["eval", *arguments])
         assert result.exit_code == 2, result.output
-        assert "found 1 logit column; cross-entropy needs at least 2 classes" in result.stderr
+        assert ("found 1 logit column; cross-entropy needs at least 2 classes; one logit column is a binary classifier: --loss bce"
+                in result.stderr)
     np.save(tmp_path / "z.npy", np.array(ONE_Z))
     result = runner.invoke(app, ["eval", str(tmp_path / "z.npy"), "--targets", t])
     assert result.exit_code == 2
-    assert "z.npy: cross-entropy needs at least 2 classes" in result.stderr
+    assert "z.npy: cross-entropy needs at least 2 classes; one logit column is a binary classifier: --loss bce" in result.stderr
 
 
 def test_bce_refuses_logits_without_a_column(runner, tmp_path):

@@ -390,7 +390,9 @@ CASES = {
     "index-named-class": eval_case("a class named 'row' of int8-quantized logits: a negative is no row number",
                                    "row,column,cell,label\n3,-1,0,0\n-2,4,1,1\n1,0,5,2\n",
                                    '"k": 3', "--format", "json", exit=0),
-    "one-class": eval_case("one logit column", "z0,label\n1,0\n", "z.csv, line 1: found 1 logit column; cross-entropy needs at least 2"),
+    "one-class": eval_case("one logit column", "z0,label\n1,0\n",
+                           "z.csv, line 1: found 1 logit column; cross-entropy needs at least 2 classes; "
+                           "one logit column is a binary classifier: --loss bce"),
     "savetxt-comment-header": eval_case("np.savetxt's header with the label first, under its '# ' comment mark",
                                         "# label,z0,z1\n0,1,2\n1,3,4\n",
                                         "z.csv, line 1: there is no column 'label'; the header starts with "
@@ -629,7 +631,7 @@ CASES = {
                           "p_j': expression is 1048579 characters long; the limit is 2000",
                           shown="xent check --expr 'p_j+p_j+…' (1 MB)"),
     # --- derive
-    "derive-k": Case("derive: --k below 2", ("derive", "--k", "1"), "--k 1: cross-entropy needs at least 2 classes"),
+    "derive-k": Case("derive: --k below 2", ("derive", "--k", "1"), "--k 1: cross-entropy needs at least 2 classes; one logit column is a binary classifier: --loss bce"),
     "derive-k-cap": Case("derive: --k above the cap", ("derive", "--k", "100000"), "--k 100000 is above the cap of 500"),
     "derive-label": Case("derive: --label outside 1..k", ("derive", "--k", "3", "--label", "4"),
                          "--label 4 is not a class 1..3 (labels are 1-based, like ℓ)"),

@@ -615,8 +615,8 @@ def check_command(
                                              **options)
         else:
             if k < _min_classes(loss):
-                raise XentError(f"--k {k}: cross-entropy needs at least 2 classes; one logit "
-                                "column is a binary classifier: --loss bce")
+                raise XentError(f"--k {k}: cross-entropy needs at least 2 classes"
+                                f"{data.BINARY_HINT}")
             weights = None if weight is None else data.parse_weights(weight, k)
             problem = gradcheck.random_problem(random, k, seed, weight=weights,
                                                pos_weight=_pos_weights(pos_weight, k), **options)

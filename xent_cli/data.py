@@ -329,10 +329,15 @@ def names_shown(names: Sequence[str], most: int = 8) -> str:
     return ", ".join([*names[:most - 2], "…", names[-1]]) + f" ({len(names):,} in all)"
 
 
+# one logit column is what a binary classifier gives, and --loss bce takes it
+BINARY_HINT = "; one logit column is a binary classifier: --loss bce"
+
+
 def _too_few_classes(found: int, min_classes: int) -> str:
     """Says that a loss needs more logit columns than were found."""
     if min_classes >= 2:
-        return f"found {found} logit column; cross-entropy needs at least {min_classes} classes"
+        return (f"found {found} logit column{'' if found == 1 else 's'}; cross-entropy needs "
+                f"at least {min_classes} classes{BINARY_HINT if found == 1 else ''}")
     return f"found no logit column; binary cross-entropy needs at least {min_classes}"
 
 

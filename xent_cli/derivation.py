@@ -324,8 +324,11 @@ def check_classes(k: int, hessian: bool, *, fewest: int = 2, loss: str = "cross-
     from xent_cli.errors import InputError
 
     if k < fewest:
+        from xent_cli.data import BINARY_HINT
+
         raise InputError(f"--k {k}: {loss} needs at least {fewest} "
-                         f"{'class' if fewest == 1 else 'classes'}")
+                         f"{'class' if fewest == 1 else 'classes'}"
+                         f"{BINARY_HINT if k == 1 and fewest == 2 else ''}")
     cap = MAX_K_HESSIAN if hessian else MAX_K
     if k > cap:
         raise InputError(f"--k {k} is above the cap of {cap} "

@@ -1981,7 +1981,9 @@ def _float_matrix(array, path: str, what: str, min_classes: int = 2) -> np.ndarr
         raise InputError(f"{what} must be a 2-d numeric array (samples, classes), got shape "
                          f"{array.shape} of {array.dtype}{reshape}", source=path)
     if what == "logits" and array.shape[1] < min_classes:
-        raise InputError(("cross-entropy needs at least 2 classes" if min_classes >= 2 else
+        raise InputError((f"cross-entropy needs at least 2 classes"
+                          f"{data.BINARY_HINT if array.shape[1] == 1 else ''}"
+                          if min_classes >= 2 else
                           "binary cross-entropy needs at least 1 logit column"), source=path)
     if array.shape[0] == 0:
         raise InputError(f"{what} has no rows", source=path)

@@ -24,7 +24,7 @@ line runs and exits as its comment says (0 when it says nothing).
 Every command runs in a sandbox directory: ``examples/`` there is the repository's, so paths
 read as from the repository root, and what a command writes (``--output``, ``--plot``) never
 lands in the repository. The help texts name files of the reader's own (``logits.csv``,
-``labels.npy``, ``my_grad.py``, ...): the sandbox holds them, made from ``examples/``.
+``labels.npy``, ...): the sandbox holds them, made from ``examples/``.
 """
 
 from __future__ import annotations
@@ -179,7 +179,6 @@ def sandbox(tmp_path_factory) -> pathlib.Path:
     z = np.column_stack([table[name] for name in ("z0", "z1", "z2")])
     labels = table["label"].astype(np.int64)
     shutil.copy(ROOT / "examples" / "logits_k3.csv", where / "big.csv")
-    shutil.copy(ROOT / "examples" / "my_grad.py", where / "my_grad.py")
     np.savetxt(where / "logits.csv", z, delimiter=",", header="z0,z1,z2", comments="")
     np.savetxt(where / "labels.csv", labels, fmt="%d", header="label", comments="")
     np.save(where / "logits.npy", z)
@@ -256,6 +255,15 @@ def test_document_example_is_true(example, runner, sandbox):
                          ids=[f"{example.where}: {example.command}" for example in HELP_EXAMPLES])
 def test_help_example_runs(example, runner, sandbox):
     check(example, run(runner, sandbox, example.command))
+
+
+def test_the_first_help_runs_in_a_fresh_clone(runner, tmp_path):
+    """`xent --help` is a newcomer's first read: its examples run from the repository's root,
+    with only its examples/, not the files of the reader's own that the sandbox holds."""
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    for example in help_examples(None):
+        with inside(tmp_path):
+            check(example, runner.invoke(app, shlex.split(example.command)[1:]))
 
 
 @pytest.mark.parametrize("name", [None, *COMMANDS])

@@ -186,7 +186,7 @@ def root(
     Examples:
       xent derive --k 3
       xent eval examples/logits_k3.csv
-      xent check --grad-fn my_grad.py:grad
+      xent check --grad-fn examples/my_grad.py:grad
     """
 
 

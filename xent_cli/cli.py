@@ -164,7 +164,8 @@ def _delimiter(text: str | None) -> str | None:
     if text == "\\t":
         return "\t"
     if text is not None and len(text) != 1:
-        raise XentError(f"--delimiter must be one character, got {text!r}")
+        tab = "; for a tab, give '\\t'" if "tab" in text.lower() else ""
+        raise XentError(f"--delimiter must be one character, got {text!r}{tab}")
     return text
 
 

@@ -271,6 +271,9 @@ def test_soft_targets_divide_the_mean_by_n_and_one_hot_equals_labels(runner, tmp
         assert divisor == 4
         assert summary["loss"] == pytest.approx(sum(per) / 4, rel=1e-13)
         assert summary["perplexity"] is None and summary["targets"] == "soft"
+    shown = runner.invoke(app, ["eval", str(logits), "--targets", str(targets), "--show", "1"])
+    loss = oracle_losses(Z[:1], soft[:1])[0][0]
+    assert f"loss = −Σ_c y_c log p_c = {loss:.6g}\n" in shown.stdout, shown.stdout  # no '× 1'
     one_hot = [[float(c == y) for c in range(3)] for y in Y]
     targets.write_text("p0,p1,p2\n" + "".join(",".join(map(str, r)) + "\n" for r in one_hot))
     result = runner.invoke(app, ["eval", str(logits), "--targets", str(targets), "--format", "json"])

@@ -177,7 +177,9 @@ def worked_sample(summary: Summary, sample: WorkedSample) -> Group:
             p = f"(1 − {_g(sample.rest)})"
         lines.append(f"−log p[{sample.label}] = −log {p} = {_g(sample.neg_log_p)}")
     if not sample.ignored and (weighted or sample.neg_log_p is None):
-        lines.append(f"loss = −Σ_c y_c log p_c × {_g(sample.weight_sum)} = {_g(sample.loss)}"
+        # unweighted soft targets sum to 1: a factor '× 1' would only puzzle
+        factor = f" × {_g(sample.weight_sum)}" if weighted else ""
+        lines.append(f"loss = −Σ_c y_c log p_c{factor} = {_g(sample.loss)}"
                      + ("  (weights and smoothing applied)" if weighted else ""))
     lines.append(_identity(summary, sample))
     return Group(table, Text("\n".join(lines)), Text(""))

@@ -569,6 +569,8 @@ def test_the_sweep_marks_the_best_step(runner):
     assert result.exit_code == 0, result.output
     rows = [line for line in result.stdout.splitlines() if "e-" in line and line.count("│") == 4]
     assert len(rows) == 13 and sum("← best" in row for row in rows) == 1
+    # its title on one line, not wrapped to the narrow table's width
+    assert "\nerror of central differences against the step h (h × max(1, |z|))\n" in result.stdout
     report = as_json(check(runner, "--sweep", "--format", "json"))
     assert 1e-7 <= report["best_h"] <= 1e-4 and len(report["sweep"]) == 13
 

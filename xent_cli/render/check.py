@@ -136,19 +136,20 @@ def _step_rule(report: CheckReport) -> str:
     return f"min(max(1, |z|), {STEP_SCALE_CAP:g})" if report.step_capped else "max(1, |z|)"
 
 
-def sweep_table(report: CheckReport) -> Table:
+def sweep_table(report: CheckReport) -> Group:
     """Returns the error of the numeric derivative at each step h, the best step marked."""
     best = report.best_step
     method = report.tolerance.method
-    table = Table(title=f"error of {method_name(method)} against the step h "
-                        f"(h × {_step_rule(report)})" if method != "complex" else
-                  "error of the complex step against the step h", title_justify="left")
+    # a line above the table: as its title, it wrapped over three lines of the narrow columns
+    title = Text(f"error of {method_name(method)} against the step h (h × {_step_rule(report)})"
+                 if method != "complex" else "error of the complex step against the step h")
+    table = Table()
     table.add_column("h", justify="right")
     table.add_column("max abs error", justify="right")
     table.add_column("")
     for point in report.sweep:
         table.add_row(f"{point.h:.0e}", _e(point.max_abs_err), "← best" if point.h == best else "")
-    return table
+    return Group(title, table)
 
 
 def render(report: CheckReport, *, limit: int = FAILURES_SHOWN) -> Group:

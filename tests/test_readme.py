@@ -266,6 +266,13 @@ def test_the_first_help_runs_in_a_fresh_clone(runner, tmp_path):
             check(example, runner.invoke(app, shlex.split(example.command)[1:]))
 
 
+@pytest.mark.parametrize("name", ["eval", "check"])
+def test_the_logits_argument_names_every_format_it_reads(name):
+    """A newcomer with an array reads LOGITS' line to learn whether it will do."""
+    argument = " ".join(help_text(name).split("Arguments:")[1].split("Options:")[0].split())
+    assert all(suffix in argument for suffix in (".npy", ".npz", ".parquet")), argument
+
+
 @pytest.mark.parametrize("name", [None, *COMMANDS])
 def test_help_shows_an_example(name):
     assert any(example.command.startswith(f"xent {name or ''}") for example in help_examples(name))

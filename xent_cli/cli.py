@@ -235,8 +235,9 @@ class EvalFormat(str, enum.Enum):
 def eval_command(
     logits: Annotated[str, typer.Argument(
         metavar="LOGITS",
-        help="CSV of logits with a header row, one column per class, plus a 'label' column; "
-             "'-' reads stdin.", show_default=False)],
+        help="CSV of logits with a header row, one column per class, plus a 'label' column "
+             "(or --labels, --targets); .tsv, .npy, .npz and .parquet by extension; '-' reads "
+             "stdin.", show_default=False)],
     *,
     loss: LossOption = Loss.ce,
     label_col: LabelColOption = "label",

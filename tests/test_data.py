@@ -209,6 +209,16 @@ def test_a_label_column_not_there_names_the_columns_there_are(tmp_path):
                                  "--labels or --targets")
 
 
+@pytest.mark.parametrize("name", ["target", "y", "Class", "class id"])
+def test_a_column_under_a_usual_name_for_labels_is_suggested(tmp_path, name):
+    path = write(tmp_path, "z.csv", f"z0,z1,{name}\n1,2,0\n")
+    with pytest.raises(InputError) as caught:
+        data.read_eval_input(path)
+    usual = name.lower() in data.LABEL_NAMES
+    assert (f"; if {name!r} holds the labels, give --label-col {name}; else give --labels or "
+            f"--targets" in str(caught.value)) == usual, str(caught.value)
+
+
 def test_a_long_list_of_names_is_cut_in_the_middle():
     names = [f"z{c}" for c in range(50_257)]
     assert data.names_shown(names) == "z0, z1, z2, z3, z4, z5, …, z50256 (50,257 in all)"

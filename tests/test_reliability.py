@@ -160,8 +160,8 @@ CASES = {
                                files={"z.parquet": parquet(z0=[1.0, 2.0, 3.0], z1=[0.5, 0.1, 0.2],
                                                            label=[0, None, 1])}),
     "parquet-label-col": Case("a .parquet file whose label column has another name", ("eval", "z.parquet"),
-                              "z.parquet: has no column 'label' (its columns: z0, z1, z2, y); name the label "
-                              "column with --label-col, or give --labels or --targets",
+                              "z.parquet: has no column 'label' (its columns: z0, z1, z2, y); if 'y' holds "
+                              "the labels, give --label-col y; else give --labels or --targets",
                               files={"z.parquet": parquet(z0=[1.0, 0.0], z1=[2.0, 0.0], z2=[3.0, 0.0], y=[0, 2])}),
     "parquet-labels-several": Case("a .parquet table of labels with several columns, none named 'label'",
                                    ("eval", "z.csv", "--labels", "y.parquet"),
@@ -401,6 +401,10 @@ CASES = {
                                         "z.csv, line 1: there is no column 'label'; the header starts with "
                                         "np.savetxt's comment mark, so its first name is '# label': save with "
                                         "np.savetxt(..., header='label,...', comments='')"),
+    "target-column": eval_case("the labels under another usual name ('target', 'y', 'class', ...)",
+                               "z0,z1,target\n1,2,0\n", "z.csv, line 1: there is no column 'label' (its "
+                               "columns: z0, z1, target); if 'target' holds the labels, give --label-col "
+                               "target; else give --labels or --targets"),
     "no-label-column": eval_case("no label column and no --labels/--targets", TWO,
                                  "z.csv, line 1: there is no column 'label' (its columns: a, b); name the "
                                  "label column with --label-col, or give --labels or --targets"),

@@ -480,6 +480,19 @@ def test_what_the_fast_parser_would_accept_is_still_refused_at_its_line(runner, 
     assert result.exit_code == 2 and fragment in result.stderr, result.stderr
 
 
+def test_a_large_csv_without_its_label_column_is_refused_at_its_header(runner, tmp_path, fast,
+                                                                      monkeypatch):
+    # the strict reader read every row before it looked for the label column: 97 MB with the
+    # labels under 'target' took 6.6 s and 1.3 GB to say so, now 0.6 s and 66 MB
+    (tmp_path / "z.csv").write_text("z0,z1,target\n1,2,0\n3,4,1\n")
+    monkeypatch.setattr(data, "read_table", lambda *args, **kwargs: pytest.fail("read whole"))
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.csv")])
+    assert result.exit_code == 2
+    assert result.stderr == (f"Error: {tmp_path / 'z.csv'}, line 1: there is no column 'label' "
+                             "(its columns: z0, z1, target); if 'target' holds the labels, give "
+                             "--label-col target; else give --labels or --targets\n")
+
+
 def test_blank_lines_and_masked_logits_fall_back_and_keep_line_numbers(runner, tmp_path, fast):
     (tmp_path / "z.csv").write_text("a,b,label\n1,2,0\n\n3,-inf,0\n")
     result = runner.invoke(app, ["eval", str(tmp_path / "z.csv"), "--output", str(tmp_path / "o.csv")])

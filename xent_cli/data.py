@@ -18,6 +18,7 @@ import csv
 import io
 import os
 import re
+import shlex
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -301,17 +302,8 @@ def read_logits(path: str, *, label_col: str = "label", targets_from: str | None
     _check_delimiter(table.header, table.rows[0] if table.rows else None,
                      delimiter_of(path, delimiter), path, table.header_line)
     _check_names(table)
-    if not (targets_from or has_label_col):
-        first = table.header[0]
-        if first.startswith("#") and first.lstrip("#").strip() == label_col:
-            raise InputError(f"there is no column {label_col!r}; the header starts with "
-                             f"np.savetxt's comment mark, so its first name is {first!r}: save "
-                             f"with np.savetxt(..., header='{label_col},...', comments='')",
-                             source=path, line=table.header_line)
-        raise InputError(f"there is no column {label_col!r} (its columns: "
-                         f"{names_shown(table.header)}); name the label column with "
-                         f"--label-col, or give --labels or --targets", source=path,
-                         line=table.header_line)
+    if not targets_from:
+        check_label_column(table.header, label_col, path, table.header_line)
     logit_columns = [c for c, name in enumerate(table.header)
                      if not (has_label_col and name == label_col)]
     if len(logit_columns) < min_classes:
@@ -319,6 +311,21 @@ def read_logits(path: str, *, label_col: str = "label", targets_from: str | None
                          source=path, line=table.header_line)
     class_names = tuple(table.header[c] for c in logit_columns)
     return table, _numbers(table, logit_columns, "logit", parse_logit), class_names
+
+
+# what a label column is often called instead: a newcomer's file has one of these more often
+LABEL_NAMES = ("labels", "target", "targets", "y", "y_true", "class", "gold", "truth")
+
+
+def no_label_column(label_col: str, names: Sequence[str]) -> str:
+    """Returns what to say of a table without the label column: its columns, and the one
+    that goes by a usual name for labels."""
+    shown = f"{label_col!r} (its columns: {names_shown(names)})"
+    usual = [name for name in names if name.lower() in LABEL_NAMES]
+    if usual:
+        return (f"{shown}; if {usual[0]!r} holds the labels, give --label-col "
+                f"{shlex.quote(usual[0])}; else give --labels or --targets")
+    return f"{shown}; name the label column with --label-col, or give --labels or --targets"
 
 
 def names_shown(names: Sequence[str], most: int = 8) -> str:
@@ -331,6 +338,20 @@ def names_shown(names: Sequence[str], most: int = 8) -> str:
 
 # one logit column is what a binary classifier gives, and --loss bce takes it
 BINARY_HINT = "; one logit column is a binary classifier: --loss bce"
+
+
+def check_label_column(header: tuple[str, ...], label_col: str, path: str, line: int) -> None:
+    """Raises InputError when a header without labels beside it has no label column."""
+    if label_col in header:
+        return
+    first = header[0]
+    if first.startswith("#") and first.lstrip("#").strip() == label_col:
+        raise InputError(f"there is no column {label_col!r}; the header starts with "
+                         f"np.savetxt's comment mark, so its first name is {first!r}: save "
+                         f"with np.savetxt(..., header='{label_col},...', comments='')",
+                         source=path, line=line)
+    raise InputError(f"there is no column {no_label_column(label_col, header)}", source=path,
+                     line=line)
 
 
 def _too_few_classes(found: int, min_classes: int) -> str:

@@ -840,12 +840,21 @@ def _same_length(table: Table, target_lines, target_path: str, what: str, more: 
     """Raises InputError when the logits and the targets differ in their number of rows; more
     ends the message of too many."""
     n, m = len(table.rows), len(target_lines)
+    if m != n:
+        raise unequal_rows(n, m, table.source, table.lines[m] if m < n else None, target_path,
+                           target_lines[n] if m > n else None, what, more)
+
+
+def unequal_rows(n: int, m: int, source: str, line: int | None, target_path: str,
+                 target_line: int | None, what: str, more: str = "") -> InputError:
+    """Returns the error for n rows of logits in source beside m of targets (what: 'labels',
+    'target rows'): at the line of the first without a partner, or at the first surplus
+    target's target_line; more ends the message of too many."""
     if m < n:
-        raise InputError(f"this sample has no partner: {target_path} has only {m} {what} for "
-                         f"{n} rows of logits", source=table.source, line=table.lines[m])
-    if m > n:
-        raise InputError(f"{target_path} has {m} {what} but {table.source} has only {n} rows "
-                         f"of logits{more}", source=target_path, line=target_lines[n])
+        return InputError(f"this sample has no partner: {target_path} has only {m} {what} for "
+                          f"{n} rows of logits", source=source, line=line)
+    return InputError(f"{target_path} has {m} {what} but {source} has only {n} rows of "
+                      f"logits{more}", source=target_path, line=target_line)
 
 
 def header_read_as_label(labels: np.ndarray, name: str | None, n: int) -> str:

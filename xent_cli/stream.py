@@ -468,9 +468,11 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
     read by Polars), targets from an .npy (memory-mapped), .npz or Parquet table a block at a
     time; or None when Polars is missing or the strict reader must judge.
 
-    Each block of logits takes as many rows of labels or targets. Anything the strict reader
-    would refuse (unequal lengths, a negative or non-finite target) makes the fast reader hand
-    over, and the strict reader says where.
+    Each block of logits takes as many rows of labels or targets. Labels of another count
+    than the rows are told in the strict reader's words, the rows counted to the end (a bad
+    cell below the last label is the strict reader's); anything else the strict reader would
+    refuse (more or fewer target rows, a negative or non-finite target) makes the fast reader
+    hand over, and the strict reader says where.
     """
     try:
         import polars  # noqa: F401  (only large files pay its import)
@@ -497,12 +499,14 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
         start, line = 0, 2  # the header is line 1
         side = None if targets is None else _Rows(targets.blocks())
         with contextlib.closing(side.blocks) if side is not None else contextlib.nullcontext():
-            for logits, fault, done in _logit_blocks(path, offset, header, delimiter, label_col):
-                n = logits.shape[0]
+            blocks = _logit_blocks(path, offset, header, delimiter, label_col)
+            for logits, fault, done in blocks:
+                n, past = logits.shape[0], 0  # past: the rows beyond the last label
                 if targets is None:
                     side_rows = values[start:start + n]
-                    if len(side_rows) < n:
-                        raise _Unusual  # fewer labels than logits: the strict reader says so
+                    if len(side_rows) < n:  # the rows above the first without one are worked
+                        n, past = len(side_rows), n - len(side_rows)
+                        logits = logits[:n]
                 else:
                     side_rows = side.take(n)  # fewer targets than logits: _Unusual
                 if targets is not None and not (np.isfinite(side_rows) & (side_rows >= 0)).all():
@@ -519,13 +523,28 @@ def _fast_csv_array(path: str, side_path: str, what: str, label_col: str,
                     target_names=None if targets is None else targets.names,
                     rows_in=frozenset([side_path] if side_lines is None else []))
                 yield Chunk(data=chunk, start=start, done=done)
+                if past:  # fewer labels than logits: said once the rows left are counted
+                    if fault is not None:
+                        raise _Unusual  # a bad cell below: the strict reader names it first
+                    raise miscounted(start + n + past + _rows_left(blocks), line + n)
                 if fault is not None:
                     raise fault  # the rows above it are worked
                 start, line = start + n, line + n
             if start == 0:
                 raise _Unusual  # no data rows
-            if (start != len(values)) if targets is None else not side.exhausted():
-                raise _Unusual  # more labels or targets than logits
+            if targets is None and start != len(values):
+                raise miscounted(start, None)  # more labels than logits
+            if targets is not None and not side.exhausted():
+                raise _Unusual  # more target rows than logits
+
+    def miscounted(rows: int, unpartnered: int | None) -> InputError:
+        """Returns the strict reader's error for len(values) labels beside rows of logits, the
+        first without a label on line unpartnered."""
+        if side_lines is None:  # an array's labels, which have rows
+            return _miscounted(len(values), (rows, k), True, side_path, None, False)
+        more = data.header_read_as_label(values, side_column, rows)
+        return data.unequal_rows(rows, len(values), path, unpartnered, side_path,
+                                 side_lines[rows] if rows < len(values) else None, "labels", more)
 
     def sizes() -> Iterator[np.ndarray | int]:
         # each chunk's labels, or its number of samples, as chunks() cuts them
@@ -1261,6 +1280,17 @@ def _parse_block(block: bytes, columns: int, delimiter: str) -> np.ndarray:
         # (19.9 s against 0.85 s)
         return _cut_and_cast(block, columns, delimiter)
     return frame.to_numpy()
+
+
+def _rows_left(blocks: Iterator[tuple[np.ndarray, InputError | None, int]]) -> int:
+    """Returns the rows of _logit_blocks' blocks left; raises _Unusual at a bad cell, which the
+    strict reader, reading every cell first, names before any count."""
+    rows = 0
+    for logits, fault, _ in blocks:
+        if fault is not None:
+            raise _Unusual
+        rows += len(logits)
+    return rows
 
 
 def _logit_blocks(path: str, offset: int, header: tuple[str, ...], delimiter: str,

@@ -236,7 +236,7 @@ def test_one_fault_gives_the_fast_reader_the_strict_readers_result_or_message(
         outcomes.append((result.exit_code, result.stdout, result.stderr,
                          out.read_bytes() if result.exit_code == 0 else None))
     strict, fast = outcomes
-    if strict != fast and "cells, the header has" in strict[2]:
+    if strict != fast and re.search(r"row has \d+ cells?, the header has", strict[2]):
         # the strict reader counts every row's cells before it reads a number; the fast reader
         # meets a bad cell in a block before the short row in the next first (a line broken in
         # two: an empty last cell, then a row of one cell)

@@ -145,9 +145,9 @@ def test_richardson_estimates_its_own_error():
 
 @pytest.mark.parametrize("method, weight", [("central", 1.0),
                                             ("richardson", (64 * 4 + 20 * 2 + 1) / 45)])
-def test_the_round_off_allowance_is_eps_f_over_2h(method, weight):
+def test_the_round_off_allowance_is_2eps_f_over_2h(method, weight):
     # a float32 loss of 1000 whatever z: its differences are pure round-off, whose bound is
-    # ε·|f| / 2h (Richardson: each step's, h/4's counting most, through its weights 64, −20, 1)
+    # 2ε·|f| / 2h (Richardson: each step's, h/4's counting most, through its weights 64, −20, 1)
     z = np.array([[0.25, 4.0], [-40.0, 1.0]])
     problem = gradcheck.problem(z, np.array([0, 1]))
     tol = gradcheck.tolerance(method, "float32", eps=2.0**-8)  # z ± h exact in float32
@@ -156,7 +156,7 @@ def test_the_round_off_allowance_is_eps_f_over_2h(method, weight):
         return np.full(len(z), 1000.0, dtype=np.float32)
 
     h = tol.eps * np.minimum(np.maximum(1.0, np.abs(z)), gradcheck.STEP_SCALE_CAP)
-    allowance = weight * np.finfo(np.float32).eps * 1000.0 / (2 * h)
+    allowance = weight * 2 * np.finfo(np.float32).eps * 1000.0 / (2 * h)
     within = gradcheck.check_gradient(problem, 0.99 * allowance + tol.atol, loss, tol,
                                       analytic_source="g")
     assert within.passed and within.max_roundoff == pytest.approx(allowance.max(), rel=1e-12)
@@ -164,6 +164,27 @@ def test_the_round_off_allowance_is_eps_f_over_2h(method, weight):
     beyond = gradcheck.check_gradient(problem, 1.01 * allowance + tol.atol, loss, tol,
                                       analytic_source="g")
     assert beyond.failed == 4 and beyond.roundoff_passed == 0
+
+
+def test_a_float32_sum_over_300_classes_carries_more_than_one_rounding():
+    # softplus summed over 300 classes: the pairwise sum rounds every partial sum holding the
+    # class stepped, so two values differ by more than ε·|f|, the bound of values rounded once
+    # (55 of 2,400 entries, up to 1.5 times), and by less than 2ε·|f|, which those sums add up to
+    rng = np.random.default_rng(0)
+    z = (4 * rng.standard_normal((8, 300))).astype(np.float32).astype(np.float64)
+
+    def loss(z):
+        return np.logaddexp(np.float32(0), z.astype(np.float32)).sum(axis=1)
+
+    problem = gradcheck.problem(z, np.zeros(z.shape), loss="bce")  # gradient σ(z)
+    tol = gradcheck.tolerance("central", "float32", rtol=0.0, atol=0.0)  # round-off alone
+    numeric, _ = gradcheck.derivative(loss, problem.z, "central", tol.eps, "float32")
+    h = tol.eps * np.minimum(np.maximum(1.0, np.abs(z)), gradcheck.STEP_SCALE_CAP)
+    rounded_once = np.finfo(np.float32).eps * np.abs(loss(z))[:, None] / (2 * h)
+    error = np.abs(numeric - problem.grad)
+    assert (error > rounded_once).sum() > 20 and (error < 2 * rounded_once).all()
+    report = gradcheck.check_gradient(problem, problem.grad, loss, tol, analytic_source="σ(z)")
+    assert report.passed, report.failures[:3]
 
 
 def test_a_float32_function_is_stepped_between_the_points_it_sees():

@@ -632,10 +632,15 @@ def _fast_parquet(path: str, label_col: str, labels_path: str | None = None,
     index = _pandas_index(path)
     own = labels_path is None and targets_path is None  # the labels are a column of the table
     logit_names = tuple(name for name in schema if name != label_col and name not in index)
-    if ((label_col in schema) != own or len(logit_names) < min_classes or n == 0
+    if (len(logit_names) < min_classes or n == 0
             or not all(dtype.is_numeric() for dtype in schema.values())):
         return None
     data.check_pandas_unnamed(logit_names, path)  # as the whole reader, before the rows
+    if own and label_col not in schema:  # said at once: the whole reader reads every row first
+        raise InputError(f"has no column {data.no_label_column(label_col, logit_names)}",
+                         source=path)
+    if label_col in schema and not own:
+        return None  # the whole reader explains
 
     step = _chunk_rows(len(logit_names), PARQUET_ROWS)
 

@@ -266,6 +266,13 @@ def test_the_first_help_runs_in_a_fresh_clone(runner, tmp_path):
             check(example, runner.invoke(app, shlex.split(example.command)[1:]))
 
 
+def test_a_help_example_that_needs_an_extra_says_how_to_get_it():
+    """A fresh install has no matplotlib: --plot's example exits 2 there unless it says so."""
+    lines = [line.strip() for name in COMMANDS for line in help_text(name).splitlines()
+             if line.strip().startswith("xent ") and " --plot " in line]
+    assert lines and all("'xent-cli[plot]'" in split_comment(line)[1] for line in lines), lines
+
+
 @pytest.mark.parametrize("name", ["eval", "check"])
 def test_the_logits_argument_names_every_format_it_reads(name):
     """A newcomer with an array reads LOGITS' line to learn whether it will do."""

@@ -563,7 +563,7 @@ def check_command(
       xent check --grad-fn examples/my_grad.py:grad --method complex
       xent check --grad-fn examples/my_grad.py:seed_grad --random 4 --k 3   # exit 1: the seed's Case 1
       xent check examples/logits_k3.csv --expr "p - y" --hessian
-      xent check --sweep --plot sweep.png
+      xent check --sweep --plot sweep.png   # needs matplotlib: pip install 'xent-cli[plot]'
 
     \b
     Binary cross-entropy:

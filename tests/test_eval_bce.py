@@ -509,13 +509,16 @@ BAD_INPUTS = [
      ["z.csv", "--targets", "t.csv", "--dtype", "float32", *BCE],
      "z.csv, line 2, column 'b': logit does not fit in float32"),
     ("labels", {"z.csv": Z2, "y.csv": "0\n1\n"}, ["z.csv", "--labels", "y.csv", *BCE],
-     "--labels does not apply to --loss bce"),
+     "--labels does not apply to --loss bce, which takes a target per class: a binary "
+     "classifier's 0/1 labels are targets, --targets y.csv"),
     ("label-smoothing", {"z.csv": Z2, "t.csv": "a,b\n1,0\n0,1\n"},
      ["z.csv", "--targets", "t.csv", "--label-smoothing", "0.1", *BCE],
      "--label-smoothing does not apply to --loss bce"),
     ("ignore-index", {"z.csv": Z2, "t.csv": "a,b\n1,0\n0,1\n"},
      ["z.csv", "--targets", "t.csv", "--ignore-index", "0", *BCE], "--ignore-index does not apply to --loss bce"),
-    ("no-targets", {"z.csv": "a,b,label\n1,2,0\n"}, ["z.csv", *BCE], "--loss bce needs --targets FILE"),
+    ("no-targets", {"z.csv": "a,b,label\n1,2,0\n"}, ["z.csv", *BCE],
+     "--loss bce needs --targets FILE: a CSV with a header and one 0/1 or probability column per "
+     "class (for a binary classifier, its 0/1 labels)"),
     ("npz-labels", {}, ["labels.npz", *BCE], "labels.npz: binary cross-entropy needs a target per class"),
     ("pos-weight-with-ce", {"z.csv": "a,b,label\n1,2,0\n"}, ["z.csv", "--pos-weight", "1,2"],
      "--pos-weight applies to --loss bce only"),

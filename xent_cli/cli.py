@@ -382,11 +382,14 @@ def _check_loss_options(loss: Loss, logits: str | None, labels: str | None, targ
                           (ignore_index != -100, "--ignore-index"),
                           (label_smoothing != 0, "--label-smoothing")):
         if given:
+            # a binary classifier's labels are its one class's targets: the same file serves
+            instead = (f": a binary classifier's 0/1 labels are targets, --targets {labels}"
+                       if option == "--labels" else " (--targets FILE)")
             raise XentError(f"{option} does not apply to --loss bce, which takes a target per "
-                            f"class (--targets FILE)")
+                            f"class{instead}")
     if logits is not None and targets is None and not logits.lower().endswith(".npz"):
         raise XentError("--loss bce needs --targets FILE: a CSV with a header and one 0/1 or "
-                        "probability column per class")
+                        "probability column per class (for a binary classifier, its 0/1 labels)")
 
 
 def _pos_weights(text: str | None, k: int, class_names=None) -> tuple[float, ...] | None:

@@ -510,7 +510,13 @@ BAD_INPUTS = [
      "z.csv, line 2, column 'b': logit does not fit in float32"),
     ("labels", {"z.csv": Z2, "y.csv": "0\n1\n"}, ["z.csv", "--labels", "y.csv", *BCE],
      "--labels does not apply to --loss bce, which takes a target per class: a binary "
-     "classifier's 0/1 labels are targets, --targets y.csv"),
+     "classifier's 0/1 labels are targets, --targets y.csv (a CSV with a header line)"),
+    # a binary classifier's labels without a header, given as --targets as the message above says
+    ("headerless-targets", {"z.csv": "z\n1.5\n-0.3\n", "y.csv": "0\n1\n"},
+     ["z.csv", "--targets", "y.csv", *BCE],
+     "z.csv, line 3: this sample has no partner: y.csv has only 1 target rows for 2 rows of "
+     "logits; its first line, 0, was read as the header: a CSV of targets begins with one (a name "
+     "per class)"),
     ("label-smoothing", {"z.csv": Z2, "t.csv": "a,b\n1,0\n0,1\n"},
      ["z.csv", "--targets", "t.csv", "--label-smoothing", "0.1", *BCE],
      "--label-smoothing does not apply to --loss bce"),
@@ -538,6 +544,17 @@ def test_bad_input_is_one_line_exit_2_and_no_output(runner, tmp_path, monkeypatc
     if name == "npz-labels":
         np.savez(tmp_path / "labels.npz", logits=np.zeros((2, 2)), labels=np.array([0, 1]))
     assert_bad_input_fails_cleanly(runner, tmp_path, monkeypatch, files, arguments, fragment)
+
+
+def test_headerless_targets_beside_an_array_say_their_first_line_was_the_header(runner, tmp_path):
+    np.save(tmp_path / "z.npy", np.array([[1.5], [-0.3]]))
+    (tmp_path / "y.csv").write_text("0\n1\n")
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.npy"), "--targets",
+                                 str(tmp_path / "y.csv"), *BCE])
+    assert result.exit_code == 2
+    assert result.stderr == (f"Error: {tmp_path / 'y.csv'}: has 1 target rows for 2 rows of "
+                             "logits; its first line, 0, was read as the header: a CSV of targets "
+                             "begins with one (a name per class)\n")
 
 
 def test_a_bad_target_in_a_later_chunk_names_its_own_line(runner, tmp_path, monkeypatch):

@@ -383,7 +383,8 @@ def _check_loss_options(loss: Loss, logits: str | None, labels: str | None, targ
                           (label_smoothing != 0, "--label-smoothing")):
         if given:
             # a binary classifier's labels are its one class's targets: the same file serves
-            instead = (f": a binary classifier's 0/1 labels are targets, --targets {labels}"
+            instead = (f": a binary classifier's 0/1 labels are targets, --targets {labels} "
+                       f"(a CSV with a header line)"
                        if option == "--labels" else " (--targets FILE)")
             raise XentError(f"{option} does not apply to --loss bce, which takes a target per "
                             f"class{instead}")

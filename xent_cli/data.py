@@ -272,7 +272,9 @@ def read_eval_input(logits_path: str, *, label_col: str = "label", labels_path: 
                              f"{', '.join(class_names)}); targets are matched by position: "
                              f"put them in the logits' order", source=targets_path,
                              line=target_table.header_line)
-        _same_length(table, target_lines, targets_path, "target rows")
+        _same_length(table, target_lines, targets_path, "target rows",
+                     header_read_as_targets(target_table.header, len(target_lines),
+                                            len(table.rows)))
         targets = _numbers(target_table, range(len(class_names)), "probability")
         negative = np.argwhere(targets < 0)
         if negative.size:
@@ -849,10 +851,10 @@ def unequal_rows(n: int, m: int, source: str, line: int | None, target_path: str
                  target_line: int | None, what: str, more: str = "") -> InputError:
     """Returns the error for n rows of logits in source beside m of targets (what: 'labels',
     'target rows'): at the line of the first without a partner, or at the first surplus
-    target's target_line; more ends the message of too many."""
+    target's target_line; more ends the message."""
     if m < n:
         return InputError(f"this sample has no partner: {target_path} has only {m} {what} for "
-                          f"{n} rows of logits", source=source, line=line)
+                          f"{n} rows of logits{more}", source=source, line=line)
     return InputError(f"{target_path} has {m} {what} but {source} has only {n} rows of "
                       f"logits{more}", source=target_path, line=target_line)
 
@@ -865,6 +867,16 @@ def header_read_as_label(labels: np.ndarray, name: str | None, n: int) -> str:
         return ""
     return (f"; its first line, {labels[0]}, was read as a label: if it is a header (pandas' "
             f"Series.to_csv names a series without a name 0), save with header=False")
+
+
+def header_read_as_targets(names: Sequence[str], m: int, n: int) -> str:
+    """Returns what to say when a CSV of targets whose header is numbers holds one row fewer
+    than the n rows of logits: its first row read as the header, as a binary classifier's 0/1
+    labels in a file without a header would be, given as --targets."""
+    if m != n - 1 or not all(_NUMBER.fullmatch(name) for name in names):
+        return ""
+    return (f"; its first line, {','.join(names)}, was read as the header: a CSV of targets "
+            f"begins with one (a name per class)")
 
 
 # --- evaluating -------------------------------------------------------------------------------

@@ -1557,7 +1557,9 @@ def _read_array_input(path: str, suffix: str, label_col: str, labels_path: str |
                                             target_names, target_source)
     if count != n:
         csv_labels = labels is not None and target_lines is not None
-        more = data.header_read_as_label(labels, target_column, n) if csv_labels else ""
+        more = (data.header_read_as_label(labels, target_column, n) if csv_labels else
+                data.header_read_as_targets(target_names, count, n) if target_lines is not None
+                else "")
         raise _miscounted(count, logits.shape, labels is not None, target_source, target_lines,
                           logits_in_rows=lines is None, more=more)
     class_names = class_names or tuple(str(c) for c in range(logits.shape[1]))

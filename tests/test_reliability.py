@@ -662,7 +662,7 @@ CASES = {
     "claim-normaliser": Case("derive: --claim naming S, as derive's steps do", ("derive", "--claim", "exp(z_j)/S - y_j"),
                              "unknown name 'S' at column 10; S = Σ_n e^{z_n} is sum(exp(z))"),
     "claim-softmax": Case("derive: --claim with softmax(z)_j", ("derive", "--claim", "softmax(z)_j - y_j"),
-                          "unknown name 'softmax' at column 1; softmax(z)_j is p_j"),
+                          "--claim 'softmax(z)_j - y_j': unknown name 'softmax' at column 1; softmax(z)_j is p_j"),
     "claim-delta": Case("derive: --claim with Kronecker's delta", ("derive", "--claim", "p_j - delta_jl"),
                         "unknown name 'delta_jl' at column 7; Kronecker's delta δ_jl is [j = l]"),
     "claim-delta-greek": Case("derive: --claim with δ", ("derive", "--claim", "p_j - δ_jl"),

@@ -63,7 +63,10 @@ def check_claim(text: str, *, k: int, label: int, soft: bool = False) -> ClaimVe
     Raises ExpressionError when the text is not a valid claim (or is too large to evaluate at
     any point), InputError for k or ℓ out of range.
     """
-    claim = parse_claim(text)
+    try:
+        claim = parse_claim(text)
+    except ExpressionError as error:  # named as check names --expr: 'column 1' is the claim's
+        raise ExpressionError(f"--claim {text!r}: {error}") from None
     if not 2 <= k <= MAX_CLASSES:
         raise InputError(f"a claim is checked for 2 to {MAX_CLASSES} classes, not k = {k}")
     if not 1 <= label <= k:

@@ -131,6 +131,13 @@ CASES = {
     "npz-not-zip": Case("a .npz that is not a zip archive", ("eval", "z.npz"),
                         "z.npz: is not a readable .npz archive: File is not a zip file",
                         files={"z.npz": b"PK\x03\x04 cut short"}),
+    "json-logits": Case("logits in a JSON file", ("eval", "z.json"),
+                        "z.json: is JSON, which xent does not read: save it as CSV, .npy, .npz or .parquet "
+                        "(np.save('z.npy', array))", files={"z.json": "[[1.5, 2.0, 0.1], [0.3, 0.2, 0.9]]\n"}),
+    "excel-labels": Case("labels in an Excel workbook", ("eval", "z.npy", "--labels", "y.xlsx"),
+                         "y.xlsx: is an Excel workbook, which xent does not read: save it as CSV, .npy, .npz "
+                         "or .parquet (np.save('y.npy', array))",
+                         files={"z.npy": Z3, "y.xlsx": b"PK\x03\x04\x14\x00\x06\x00[Content_Types].xml"}),
     "torch-labels": Case("labels saved with torch.save (.pt)", ("eval", "z.npy", "--labels", "y.pt"),
                          "y.pt: is a PyTorch file, which xent does not read (loading one runs pickled "
                          "code): save the tensor with np.save('y.npy', t.numpy())",

@@ -493,6 +493,15 @@ def test_a_large_csv_without_its_label_column_is_refused_at_its_header(runner, t
                              "--label-col target; else give --labels or --targets\n")
 
 
+def test_a_large_json_file_is_refused_by_its_name(runner, tmp_path, fast):
+    # read as CSV, its first line was a header and the rest one row of many cells
+    (tmp_path / "z.json").write_text("[[1.5, 2.0, 0.1],\n [0.3, 0.2, 0.9]]\n")
+    result = runner.invoke(app, ["eval", str(tmp_path / "z.json")])
+    assert result.exit_code == 2
+    assert result.stderr == (f"Error: {tmp_path / 'z.json'}: is JSON, which xent does not read: "
+                             "save it as CSV, .npy, .npz or .parquet (np.save('z.npy', array))\n")
+
+
 @pytest.mark.parametrize("count", [1, 5, 299, 301])
 @pytest.mark.parametrize("side", ["y.npy", "y.csv", "y0.csv"])  # y0.csv: no header
 def test_labels_of_another_count_are_told_without_the_whole_file_read(runner, tmp_path,

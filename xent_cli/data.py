@@ -385,6 +385,24 @@ def refuse_compressed(head: bytes, path: str) -> None:
                              f"or pipe it through {to_stdout} to xent as '-'", source=path)
 
 
+# Formats xent does not read, by extension: read as CSV, their first line was taken for a
+# header ('[[1.5, 2.0], ...' of a JSON file: 'the file has a header but no data rows')
+_OTHER_FORMATS = {".json": "JSON", ".jsonl": "JSON lines", ".ndjson": "JSON lines",
+                  ".xlsx": "an Excel workbook", ".xls": "an Excel workbook",
+                  ".feather": "Arrow IPC (Feather)", ".arrow": "Arrow IPC", ".ipc": "Arrow IPC",
+                  ".pkl": "a pickle", ".pickle": "a pickle", ".h5": "HDF5", ".hdf5": "HDF5"}
+
+
+def refuse_other_format(path: str) -> None:
+    """Raises InputError for a file whose extension names a format xent does not read."""
+    suffix = os.path.splitext(path.lower())[1]
+    if suffix in _OTHER_FORMATS:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        raise InputError(f"is {_OTHER_FORMATS[suffix]}, which xent does not read: save it as "
+                         f"CSV, .npy, .npz or .parquet (np.save('{stem}.npy', array))",
+                         source=path)
+
+
 def _binary(path: str) -> str:
     """Says a file is binary; for torch.save's files, how to save the tensor for xent instead."""
     if os.path.splitext(path.lower())[1] not in PYTORCH_FILES:
@@ -430,6 +448,7 @@ def _read_text(path: str) -> str:
         raise InputError(f"is Python code, not logits; check a function in it with xent check "
                          f"--grad-fn {path}:NAME", source=path)
     refuse_compressed(raw, path)
+    refuse_other_format(path)
     if b"\0" in raw:
         raise InputError(_binary(path), source=path)
     try:

@@ -1103,6 +1103,7 @@ def _plain_header(path: str, delimiter: str) -> tuple[tuple[str, ...], int]:
     with open(path, "rb") as file:
         first = file.readline()
     data.refuse_compressed(first, path)  # before the strict reader reads it whole to say so
+    data.refuse_other_format(path)
     try:
         text = first.decode("utf-8-sig").strip("\r\n")
     except UnicodeDecodeError:

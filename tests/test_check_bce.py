@@ -306,6 +306,23 @@ def test_large_logits_keep_the_check_exact(runner, tmp_path):
         assert result.exit_code == 0, (method, result.output)
 
 
+def test_a_loss_in_pytorchs_form_passes_where_its_terms_cancel_at_large_logits(runner, tmp_path):
+    # max(z, 0) − z·t at z = 9,000 and t = 0.999 is 9 after rounding z·t to 1e-12: ε·|f| of a
+    # loss of 240 missed that, and Richardson failed 2 of 400 right entries by 1.5e-10
+    rng = np.random.default_rng(0)
+    z = 3000 * rng.standard_normal((4, 100))
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "t.npy", np.where(z > 0, 0.999, 0.001))
+    code = write_user_code(tmp_path, (
+        "def loss(z, t):\n"
+        "    return (np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))).sum(axis=1)\n"))
+    argv = [str(tmp_path / "z.npy"), "--targets", str(tmp_path / "t.npy"), "--method", "richardson"]
+    result = check(runner, *argv, "--loss-fn", f"{code}:loss", "--format", "json")
+    assert result.exit_code == 0, result.output
+    wrong = check(runner, *argv, "--grad-fn", f"{MY_BCE}:softmax_grad")
+    assert wrong.exit_code == 1, wrong.output
+
+
 # --- the rest of check's options ----------------------------------------------------------------------
 
 def test_sweep_and_directional_work_for_bce(runner):

@@ -145,9 +145,10 @@ def test_richardson_estimates_its_own_error():
 
 @pytest.mark.parametrize("method, weight", [("central", 1.0),
                                             ("richardson", (64 * 4 + 20 * 2 + 1) / 45)])
-def test_the_round_off_allowance_is_2eps_f_over_2h(method, weight):
+def test_the_round_off_allowance_is_eps_2f_plus_m_over_2h(method, weight):
     # a float32 loss of 1000 whatever z: its differences are pure round-off, whose bound is
-    # 2ε·|f| / 2h (Richardson: each step's, h/4's counting most, through its weights 64, −20, 1)
+    # ε·(2|f| + m) / 2h, m the row's log-sum-exp (Richardson: each step's, h/4's counting most,
+    # through its weights 64, −20, 1)
     z = np.array([[0.25, 4.0], [-40.0, 1.0]])
     problem = gradcheck.problem(z, np.array([0, 1]))
     tol = gradcheck.tolerance(method, "float32", eps=2.0**-8)  # z ± h exact in float32
@@ -156,7 +157,8 @@ def test_the_round_off_allowance_is_2eps_f_over_2h(method, weight):
         return np.full(len(z), 1000.0, dtype=np.float32)
 
     h = tol.eps * np.minimum(np.maximum(1.0, np.abs(z)), gradcheck.STEP_SCALE_CAP)
-    allowance = weight * 2 * np.finfo(np.float32).eps * 1000.0 / (2 * h)
+    lse = np.log(np.exp(z).sum(axis=1, keepdims=True))  # 4.03 and 1.0: S = 1, unweighted
+    allowance = weight * float(np.finfo(np.float32).eps) * (2 * 1000.0 + lse) / (2 * h)
     within = gradcheck.check_gradient(problem, 0.99 * allowance + tol.atol, loss, tol,
                                       analytic_source="g")
     assert within.passed and within.max_roundoff == pytest.approx(allowance.max(), rel=1e-12)
@@ -164,6 +166,27 @@ def test_the_round_off_allowance_is_2eps_f_over_2h(method, weight):
     beyond = gradcheck.check_gradient(problem, 1.01 * allowance + tol.atol, loss, tol,
                                       analytic_source="g")
     assert beyond.failed == 4 and beyond.roundoff_passed == 0
+
+
+def test_the_round_off_allowance_holds_what_a_class_term_rounds_before_it_cancels():
+    # bce in PyTorch's form, max(z, 0) − z·t + log1p(exp(−|z|)), rounds z·t at 3,000 however
+    # small the loss left: 0 here, so the allowance is ε·(a + b)·|z_c| / 2h alone
+    z = np.array([[3000.0, -2000.0, 0.5]])
+    problem = gradcheck.problem(z, np.array([[1.0, 0.0, 1.0]]), loss="bce", weight=[2.0, 1.0, 1.0])
+    tol = gradcheck.tolerance("central")
+
+    def loss(z):
+        return np.zeros(len(z))
+
+    h = tol.eps * np.minimum(np.maximum(1.0, np.abs(z)), gradcheck.STEP_SCALE_CAP)
+    allowance = np.finfo(np.float64).eps * np.array([2.0, 1.0, 1.0]) * np.abs(z) / (2 * h)
+    assert allowance[0, 0] == pytest.approx(2 * 3000 * 2.2204e-16 / 3.6e-4, rel=1e-4)  # 3.7e-9
+    within = gradcheck.check_gradient(problem, 0.99 * allowance + tol.atol, loss, tol,
+                                      analytic_source="g")
+    assert within.passed and within.max_roundoff == pytest.approx(allowance.max(), rel=1e-12)
+    beyond = gradcheck.check_gradient(problem, 1.01 * allowance + tol.atol, loss, tol,
+                                      analytic_source="g")
+    assert beyond.failed == 3 and beyond.roundoff_passed == 0
 
 
 def test_a_float32_sum_over_300_classes_carries_more_than_one_rounding():

@@ -11,8 +11,9 @@ k (complex step) or 6k (Richardson), never N·k.
 
 A check compares an analytic gradient with a numeric one entry by entry, as torch.autograd.gradcheck
 does: entry (i, c) fails when |analytic - numeric| > atol + rtol·|numeric| + round-off (+ the error
-estimate, for Richardson), the round-off being what the differenced values carry, 2ε·|f| / 2h.
-It returns a CheckReport; the caller decides what to print and how to exit.
+estimate, for Richardson), the round-off being what the differenced values carry,
+ε·(2|f| + m_c) / 2h, m_c the size of what the loss computes from z_c. It returns a CheckReport;
+the caller decides what to print and how to exit.
 """
 
 from __future__ import annotations
@@ -333,10 +334,11 @@ def step_capped(z: np.ndarray, method: str) -> bool:
     return method != "complex" and bool(finite.size) and float(finite.max()) > STEP_SCALE_CAP
 
 
-def _central(f: Function, z: np.ndarray, h: np.ndarray,
-             held: str = "float64") -> tuple[np.ndarray, np.ndarray]:
+def _central(f: Function, z: np.ndarray, h: np.ndarray, held: str = "float64",
+             sizes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Returns (f(z + h e_c) − f(z − h e_c)) / 2h for every column c, stacked on a last axis,
-    and the round-off that carries, 2ε·max |f(z ± h e_c)| / 2h (0 where the step is 0).
+    and the round-off that carries, ε·(2·max |f(z ± h e_c)| + sizes_c) / 2h (0 where the step
+    is 0; sizes (N, k) as term_sizes gives them, none for a gradient differenced).
 
     z ± h are taken as the dtype held holds them, and 2h is the difference of those: a float32
     function rounds 3000 + h to a multiple of 2.4e-4, off the step of 0.15 by up to 0.1 %.
@@ -355,19 +357,21 @@ def _central(f: Function, z: np.ndarray, h: np.ndarray,
             width = _broadcast(np.where(h[:, c] > 0, plus[:, c] - minus[:, c], 0.0), high)
         with np.errstate(divide="ignore"):
             columns.append((high - low) / np.where(width > 0, width, 1.0))
-            roundoff.append(_roundoff(high, low, width))
+            roundoff.append(_roundoff(high, low, width, 0.0 if sizes is None else sizes[:, c]))
     return np.stack(columns, axis=-1), np.stack(roundoff, axis=-1)
 
 
-def _roundoff(high: np.ndarray, low: np.ndarray, width: np.ndarray) -> np.ndarray:
-    """Returns 2ε·max(|high|, |low|) / width, ε the machine epsilon of their dtype: what two
-    computed values of a loss may differ by, more or less than they should.
+def _roundoff(high: np.ndarray, low: np.ndarray, width: np.ndarray,
+              size: np.ndarray | float = 0.0) -> np.ndarray:
+    """Returns ε·(2·max(|high|, |low|) + size) / width, ε the machine epsilon of their dtype:
+    what two computed values of a loss may differ by, more or less than they should.
 
     A loss summed over classes is not rounded once but at every partial sum holding the class
     stepped; pairwise summation (NumPy's, torch's) halves those sums level by level, so they
     total under 2|f|, each rounded to within ε/2 in either value. ε·|f|, two values each
     rounded once, failed right float32 and float64 losses of 100 to 300 classes, off by up to
-    1.6ε·|f| (fuzz_check, 12 of 15,200 seeds).
+    1.6ε·|f| (fuzz_check, 12 of 15,200 seeds). size is what the class's own terms round
+    before they cancel (term_sizes), however small the loss they leave.
 
     0 where width is 0 (no step) or a value is not finite: a NaN allowance would pass any entry,
     and NaN or inf values fail as such.
@@ -375,8 +379,22 @@ def _roundoff(high: np.ndarray, low: np.ndarray, width: np.ndarray) -> np.ndarra
     dtype = np.result_type(high, low)
     eps = np.finfo(dtype if np.issubdtype(dtype, np.inexact) else np.float64).eps
     with np.errstate(invalid="ignore", over="ignore"):
-        out = 2 * eps * np.maximum(np.abs(high), np.abs(low)) / np.where(width > 0, width, np.inf)
+        out = eps * (2 * np.maximum(np.abs(high), np.abs(low)) + size) / np.where(
+            width > 0, width, np.inf)
     return np.where(np.isfinite(out), out, 0.0)
+
+
+def term_sizes(problem: Problem) -> np.ndarray:
+    """Returns, entry by entry, the size of what a loss computes from z_c before it cancels,
+    weighted as the class enters the loss: the log-sum-exp every softmax term holds, S·|lse|
+    (S the weights summed), or the z_c of bce's class term in PyTorch's form max(z, 0) − z·t,
+    (a + b)·|z_c|. Each is rounded to ε of its size, whatever the loss left once they cancel:
+    a float32 lse near 9,000 is a multiple of 9.8e-4, and so is lse − z_y.
+    """
+    if problem.loss == "bce":
+        return (problem.a + problem.b) * np.abs(np.where(np.isfinite(problem.z), problem.z, 0.0))
+    lse = np.logaddexp.reduce(problem.z, axis=1, keepdims=True)  # a masked class adds nothing
+    return np.broadcast_to(problem.a.sum(axis=1, keepdims=True) * np.abs(lse), problem.z.shape)
 
 
 def _broadcast(h: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -408,20 +426,21 @@ def derivative(f: Function, z: np.ndarray, method: str, eps: float,
 
 
 def _derivative(f: Function, z: np.ndarray, method: str, eps: float, held: str = "float64",
+                sizes: np.ndarray | None = None,
                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Returns derivative's two and the round-off the numeric derivative carries (None for the
-    complex step, which subtracts nothing)."""
+    complex step, which subtracts nothing; sizes as _central takes them)."""
     h = _steps(z, eps, method)
     # a loss of inf (log 0) makes inf − inf: the report names NaN from the values, not warned
     with np.errstate(invalid="ignore", over="ignore"):
         if method == "complex":
             return _complex_step(f, z, h), None, None
         if method == "central":
-            numeric, roundoff = _central(f, z, h, held)
+            numeric, roundoff = _central(f, z, h, held, sizes)
             return numeric, None, roundoff
         # Richardson: central differences at h, h/2, h/4; two rounds of extrapolation cancel
         # the h² and h⁴ terms; the change of the last round estimates the remaining error.
-        (d1, e1), (d2, e2), (d4, e4) = (_central(f, z, h / s, held) for s in (1, 2, 4))
+        (d1, e1), (d2, e2), (d4, e4) = (_central(f, z, h / s, held, sizes) for s in (1, 2, 4))
         r12, r24 = (4 * d2 - d1) / 3, (4 * d4 - d2) / 3
         best = (16 * r24 - r12) / 15  # = (64·d4 − 20·d2 + d1) / 45
         # each step's round-off carried through those weights: the finest step's counts most
@@ -539,8 +558,8 @@ class CheckReport:
     max_abs_err: float  # over the entries where both values are finite
     max_rel_err: float
     max_error_estimate: float | None = None  # Richardson's own estimate of its error
-    # the largest round-off allowance 2ε·|f|/2h of an entry (None for the complex step), and how
-    # many entries pass only by it
+    # the largest round-off allowance ε·(2|f| + m)/2h of an entry (None for the complex step),
+    # and how many entries pass only by it
     max_roundoff: float | None = None
     roundoff_passed: int = 0
     nonfinite: str | None = None  # NaN or inf in the analytic or numeric values, said plainly
@@ -733,7 +752,7 @@ def check_gradient(problem: Problem, analytic: np.ndarray, loss: Function, tol: 
                    agreements: tuple[Agreement, ...] = (), sweep: bool = False) -> CheckReport:
     """Checks a per-sample gradient (N, k) against the numeric derivative of the loss."""
     numeric, estimate, roundoff = _derivative(loss, problem.z, tol.method, tol.eps,
-                                              tol.step_precision)
+                                              tol.step_precision, term_sizes(problem))
     points = sweep_steps(loss, problem.z, analytic, tol.method) if sweep else ()
     report = compare(analytic, numeric, tol, quantity="gradient", analytic_source=analytic_source,
                      numeric_source=f"{method_name(tol.method)} of {loss_source}",

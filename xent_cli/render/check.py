@@ -74,7 +74,7 @@ def summary(report: CheckReport) -> Table:
     table.add_row("max rel error", _e(report.max_rel_err))
     if roundoff:
         entries = "entry" if report.roundoff_passed == 1 else "entries"
-        table.add_row("round-off", f"2ε·|f|/2h of the values differenced, up to "
+        table.add_row("round-off", f"ε·(2|f| + m)/2h of the values differenced, up to "
                                    f"{_e(report.max_roundoff)}; {report.roundoff_passed} {entries} "
                                    f"pass by it alone")
     if report.max_error_estimate is not None:
@@ -396,7 +396,7 @@ def fields(report: CheckReport) -> dict:
         "max_abs_err": finite(report.max_abs_err),
         "max_rel_err": finite(report.max_rel_err),
         "max_error_estimate": report.max_error_estimate,
-        "max_roundoff": report.max_roundoff,  # 2ε·|f|/2h, added to the tolerance
+        "max_roundoff": report.max_roundoff,  # ε·(2|f| + m)/2h, added to the tolerance
         "roundoff_passed": report.roundoff_passed,  # entries within it only
         "nonfinite": report.nonfinite,
         "cross_checks": [{"first": a.first, "second": a.second,

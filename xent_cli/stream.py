@@ -411,8 +411,10 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
     """Returns a fast source for a large CSV of logits and its CSV of per-class targets.
 
     Both files are read in blocks at once; each block of logits takes as many target rows.
-    Anything the strict reader would refuse or skip (a blank line, an empty or negative cell,
-    unequal lengths) makes the fast reader hand over, and the strict reader says where.
+    Unequal lengths are told in the strict reader's words, the rows of the longer file counted
+    to its end; anything else the strict reader would refuse or skip (a blank line, an empty or
+    negative cell, a bad cell below the last target row) makes the fast reader hand over, and
+    the strict reader says where.
     """
     try:
         import polars  # noqa: F401  (only large files pay its import)
@@ -436,9 +438,14 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
             functools.partial(_parse_block, columns=k, delimiter=target_delimiter)))
         with contextlib.closing(blocks):
             rows = _Rows(blocks)
-            for logits, fault, done in _logit_blocks(path, offset, header, delimiter, label_col):
+            logit_blocks = _logit_blocks(path, offset, header, delimiter, label_col)
+            for logits, fault, done in logit_blocks:
                 n = logits.shape[0]
-                targets = rows.take(n)
+                targets = rows.take_some(n)
+                past = n - len(targets)  # the rows beyond the last target row
+                if past:  # the rows above the first without one are worked
+                    n, logits = len(targets), logits[:len(targets)]
+                    targets = targets if n else np.empty((0, k))
                 if not (_finite(targets) and (targets >= 0).all()):
                     # blank lines, empty cells, inf, a negative: the strict reader names the
                     # cell, once the rows above it are worked
@@ -450,11 +457,24 @@ def _fast_csv_targets(path: str, targets_path: str, label_col: str, delimiter: s
                     lines=lines, target_source=targets_path, target_column=None,
                     target_lines=lines, target_names=target_header)
                 yield Chunk(data=chunk, start=start, done=done)
+                if past and fault is None:  # fewer target rows: said once the logits are counted
+                    raise miscounted(start + n + past + _rows_left(logit_blocks), start + n,
+                                     line + n)
                 if fault is not None:
-                    raise fault  # the rows above it are worked
+                    raise fault if not past else _Unusual()  # the rows above it are worked
                 start, line = start + n, line + n
-            if start == 0 or not rows.exhausted():
-                raise _Unusual  # no data rows, or more target rows than logits
+            if start == 0:
+                raise _Unusual  # no data rows
+            left = rows.left()  # a surplus block the strict reader must judge: _Unusual
+            if left:
+                raise miscounted(start, start + left, None)
+
+    def miscounted(n: int, m: int, unpartnered: int | None) -> InputError:
+        """Returns the strict reader's error for n rows of logits beside m target rows, the
+        first logits without a partner on line unpartnered, the first surplus target's on line
+        n + 2 (the header is line 1)."""
+        return data.unequal_rows(n, m, path, unpartnered, targets_path, n + 2, "target rows",
+                                 data.header_read_as_targets(target_header, m, n))
 
     return Source(name=path, class_names=header, has_labels=False, target_source=targets_path,
                   size=size, unit="bytes", chunks=chunks,
@@ -1022,13 +1042,22 @@ class _Rows:
 
     def take(self, n: int) -> np.ndarray:
         """Returns the next n rows; raises _Unusual when the stream has fewer."""
+        rows = self.take_some(n)
+        if len(rows) < n:
+            raise _Unusual  # fewer targets than logits: the strict reader says where
+        return rows
+
+    def take_some(self, n: int) -> np.ndarray:
+        """Returns the next n rows, or as many as the stream has left."""
         have = sum(len(block) for block in self.pending)
         while have < n:
             block = next(self.blocks, None)
             if block is None:
-                raise _Unusual  # fewer targets than logits: the strict reader says where
+                break
             self.pending.append(block)
             have += len(block)
+        if not self.pending:
+            return np.empty((0, 0))
         rows = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
         self.pending = [rows[n:]] if len(rows) > n else []
         return rows[:n]
@@ -1036,6 +1065,11 @@ class _Rows:
     def exhausted(self) -> bool:
         """Returns whether every row has been taken."""
         return not self.pending and next(self.blocks, None) is None
+
+    def left(self) -> int:
+        """Returns the number of rows not taken, reading the stream to its end."""
+        pending = sum(len(block) for block in self.pending)
+        return pending + sum(len(block) for block in self.blocks)  # a block at a time
 
 
 def _row_total(path: str, offset: int, columns: int, delimiter: str) -> Iterator[int]:

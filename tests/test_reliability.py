@@ -543,6 +543,12 @@ CASES = {
     # --- eval --output
     "output-directory": Case("--output is a directory", ("eval", "z.csv", "--output", "d"),
                              "d: is a directory; give a file name for the output", files={"z.csv": K3, "d/x": "1"}),
+    "output-dash": Case("--output - (stdin's name for an input)", ("eval", "z.csv", "--output", "-"),
+                        "-: is stdin for an input; an output is written to a file: give it a name",
+                        files={"z.csv": K3}),
+    "derive-output-dash": Case("derive --output -", ("derive", "--output", "-"),
+                               "-: is stdin for an input; an output is written to a file: give it a name",
+                               files={}),
     "output-missing-directory": Case("--output into a missing directory", ("eval", "z.csv", "--output", "no/out.csv"),
                                      "no/out.csv: the directory", files={"z.csv": K3}),
     "output-unwritable": Case("--output into a read-only directory", ("eval", "z.csv", "--output", "ro/out.csv"),

@@ -991,6 +991,9 @@ def locate(error: InputError, data: EvalInput) -> InputError:
 
 def check_output_path(path: str, inputs=()) -> None:
     """Raises InputError when path cannot take an output file or would overwrite an input."""
+    if path == STDIN:  # stdin for an input; as an output, a file named '-', hard to remove
+        raise InputError("is stdin for an input; an output is written to a file: give it a "
+                         "name", source=path)
     if os.path.isdir(path):
         raise InputError("is a directory; give a file name for the output", source=path)
     if os.path.exists(path) and not os.path.isfile(path):  # renaming over /dev/null replaces it

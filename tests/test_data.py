@@ -205,8 +205,8 @@ def test_a_label_column_not_there_names_the_columns_there_are(tmp_path):
     with pytest.raises(InputError) as caught:
         data.read_eval_input(path, label_col="y")  # --label-col y, a typo or a guess
     assert str(caught.value) == (f"{path}, line 1: there is no column 'y' (its columns: z0, z1, "
-                                 "label); name the label column with --label-col, or give "
-                                 "--labels or --targets")
+                                 "label); if 'label' holds the labels, give --label-col label; "
+                                 "else give --labels or --targets")
 
 
 @pytest.mark.parametrize("name", ["target", "y", "Class", "class id"])

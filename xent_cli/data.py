@@ -315,8 +315,8 @@ def read_logits(path: str, *, label_col: str = "label", targets_from: str | None
     return table, _numbers(table, logit_columns, "logit", parse_logit), class_names
 
 
-# what a label column is often called instead: a newcomer's file has one of these more often
-LABEL_NAMES = ("labels", "target", "targets", "y", "y_true", "class", "gold", "truth")
+# what a label column is often called: 'label' where --label-col named another
+LABEL_NAMES = ("label", "labels", "target", "targets", "y", "y_true", "class", "gold", "truth")
 
 
 def no_label_column(label_col: str, names: Sequence[str]) -> str:

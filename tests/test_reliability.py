@@ -518,6 +518,12 @@ CASES = {
     "soft-sum": Case("soft targets not summing to 1", ("eval", "z.csv", "--targets", "t.csv"),
                      "t.csv, line 3: target probabilities sum to 0.6, not 1",
                      files={"z.csv": TWO, "t.csv": "p0,p1\n0.5,0.5\n0.3,0.3\n"}),
+    "soft-rounded": Case("soft targets rounded to 2 decimals (thirds written 0.33)",
+                         ("eval", "z.csv", "--targets", "t.csv"),
+                         "t.csv, line 2: target probabilities sum to 0.99, not 1; written to 2 decimals, "
+                         "rounding may explain it: write more digits, or divide each row by its sum "
+                         "(t / t.sum(axis=1, keepdims=True))",
+                         files={"z.csv": LOGITS_K3, "t.csv": "p0,p1,p2\n0.33,0.33,0.33\n0.2,0.3,0.5\n"}),
     "soft-negative": Case("a negative target probability", ("eval", "z.csv", "--targets", "t.csv"),
                           "t.csv, line 2, column 'p0': target probability -0.5 is negative",
                           files={"z.csv": TWO, "t.csv": "p0,p1\n-0.5,1.5\n0,1\n"}),

@@ -789,10 +789,27 @@ def _soft_target(t: np.ndarray, n: int, k: int, dtype: np.dtype) -> np.ndarray:
     if off.any():
         i = first_off
         multi_hot = sums[i] > 1 and np.isin(t[i], (0.0, 1.0)).all()
+        decimals = _rounded_to(t[i])
+        rounded = (decimals is not None and not multi_hot
+                   and abs(sums[i] - 1) <= k * 0.5 * 10.0**-decimals)
         raise InputError(f"target probabilities sum to {sums[i]:.9g}, not 1"
                          + ("; several 1s in a row are multi-label targets: --loss bce"
-                            if multi_hot else ""), sample=int(i))
+                            if multi_hot else "")
+                         + (f"; written to {decimals} decimal{'s' if decimals > 1 else ''}, "
+                            f"rounding may explain it: write more digits, or divide each row by "
+                            f"its sum (t / t.sum(axis=1, keepdims=True))" if rounded else ""),
+                         sample=int(i))
     return t.astype(dtype, copy=False)
+
+
+def _rounded_to(row: np.ndarray) -> int | None:
+    """Returns the fewest decimals (1 to 4) that write every entry of a row, else None: a row of
+    thirds written 0.33 sums to 0.99."""
+    for decimals in range(1, 5):
+        scaled = row * 10.0**decimals
+        if np.all(np.abs(scaled - np.round(scaled)) < 1e-6):
+            return decimals
+    return None
 
 
 def _first_bad(*checks: tuple, offset: int = 0) -> None:

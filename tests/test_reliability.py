@@ -544,6 +544,9 @@ CASES = {
                             "--weight entry 1 (class 1): -2 is negative; weights are >= 0"),
     "weight-word": Case("a --weight entry that is not a number", ("eval", "z.csv", "--weight", "1,a,1"),
                         "--weight entry 1 (class 1): 'a' is not a number"),
+    "weight-list": Case("--weight written as a Python list", ("eval", "z.csv", "--weight", "[1, 2, 1]"),
+                        "--weight entry 0 (class 0): '[1' is not a number; write the values parted by "
+                        "commas, without brackets or spaces: --weight 1,2,1"),
     "pos-weight-with-ce": Case("--pos-weight without --loss bce", ("eval", "z.csv", "--pos-weight", "1,1,1"),
                                "--pos-weight applies to --loss bce only"),
     # --- eval --output
@@ -665,6 +668,9 @@ CASES = {
                      "--at has 2 value(s); --k is 3"),
     "at-word": Case("derive: an --at value that is not a number", ("derive", "--k", "3", "--at", "1,a,2"),
                     "--at value 2 (z2): 'a' is not a number"),
+    "at-spaces": Case("derive: --at values parted by spaces", ("derive", "--k", "3", "--at", "1 0 -1"),
+                      "--at has 1 value(s); --k is 3: give one logit per class, e.g. --at 0,0,0; write the "
+                      "values parted by commas, without brackets or spaces: --at 1,0,-1"),
     "at-nan": Case("derive: an --at value nan", ("derive", "--k", "3", "--at", "1,nan,2"),
                    "--at value 2 (z2): 'nan' is not finite"),
     "at-overflow": Case("derive: an --at value 1e400", ("derive", "--k", "3", "--at", "1,1e400,2"),

@@ -707,6 +707,19 @@ def _header(cells: tuple[str, ...], path: str, line: int, delimiter: str) -> tup
     return cells
 
 
+def list_hint(text: str, option: str) -> str:
+    """Returns how to write a list option's values given as Python writes a list ('[1, 2, 3]')
+    or parted by spaces ('1 2 3'): parted by commas; '' for any other text."""
+    bare = text.strip()
+    if bare[:1] in "[(" and bare[-1:] in ")]":
+        fix = ",".join(part.strip() for part in bare[1:-1].split(","))
+    elif " " in bare and "," not in bare:
+        fix = ",".join(bare.split())
+    else:
+        return ""
+    return f"; write the values parted by commas, without brackets or spaces: {option} {fix}"
+
+
 def parse_weights(text: str, k: int, option: str = "--weight",
                   class_names: Sequence[str] | None = None) -> tuple[float, ...]:
     """Returns k class weights from 'w0,w1,...', or from the file '@PATH' names; each must be a
@@ -728,7 +741,8 @@ def parse_weights(text: str, k: int, option: str = "--weight",
             if not np.isfinite(weights[-1]):  # an .npy's inf or nan, which no text here reaches
                 raise ValueError(f"{cell!r} is not a finite number")
         except ValueError as error:
-            raise InputError(f"{option} entry {c} (class {c}): {error}", source=source) from None
+            raise InputError(f"{option} entry {c} (class {c}): {error}"
+                             f"{'' if source else list_hint(text, option)}", source=source) from None
         if weights[-1] < 0:
             raise InputError(f"{option} entry {c} (class {c}): {cell} is negative; weights are "
                              f">= 0", source=source)

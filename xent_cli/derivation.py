@@ -302,16 +302,21 @@ def parse_values(text: str, k: int, option: str, symbol: str, valid, invalid: st
     """Reads k comma-separated numbers for option; value n is symbol n, refused unless valid."""
     from xent_cli.errors import InputError
 
+    def written(message: str) -> InputError:
+        from xent_cli.data import list_hint  # NumPy's import, on this path alone
+
+        return InputError(message + list_hint(text, option))
+
     items = [item.strip() for item in text.split(",")]
     if len(items) != k:
-        raise InputError(f"{option} has {len(items)} value(s); --k is {k}: {hint}")
+        raise written(f"{option} has {len(items)} value(s); --k is {k}: {hint}")
     values = []
     for position, item in enumerate(items, start=1):
         try:
             value = float(item)
         except ValueError:
-            raise InputError(f"{option} value {position} ({symbol}{position}): {item!r} is not a "
-                             "number") from None
+            raise written(f"{option} value {position} ({symbol}{position}): {item!r} is not a "
+                          "number") from None
         if not valid(value):
             raise InputError(f"{option} value {position} ({symbol}{position}): {item!r} {invalid}")
         values.append(value)

@@ -58,6 +58,16 @@ def test_a_comma_in_a_number_is_told_only_as_what_it_may_be(text, hint):
     assert str(refused.value) == f"{text!r} is not a number; {hint}"
 
 
+@pytest.mark.parametrize("text, hint", [
+    ("\u22121.5", "'\u2212' is a typographic minus: write -1.5"),  # pasted from a document
+    ("True", "write 1 for True"), ("false", "write 0 for false"),  # pandas' bools
+])
+def test_a_cell_a_document_or_pandas_wrote_says_how_to_write_it(text, hint):
+    with pytest.raises(ValueError) as refused:
+        data.parse_number(text)
+    assert str(refused.value) == f"{text!r} is not a number; {hint}"
+
+
 def test_thousands_separators_are_not_called_decimal_commas_in_a_delimiter_hint(tmp_path):
     path = tmp_path / "z.csv"
     path.write_text("z0\tz1\tlabel\n1,000\t2\t0\n")  # tab-separated, read with ','

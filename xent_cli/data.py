@@ -788,6 +788,13 @@ def parse_number(text: str) -> float:
         if _DECIMAL_COMMA.fullmatch(text):
             raise ValueError(f"{text!r} is not a number; write a decimal point: "
                              f"{text.replace(',', '.')}")
+        minus = text.replace("\u2212", "-")  # a typographic minus, pasted from a document
+        if minus != text and _NUMBER.fullmatch(minus):
+            raise ValueError(f"{text!r} is not a number; '\u2212' is a typographic minus: "
+                             f"write {minus}")
+        if text.lower() in ("true", "false"):  # pandas' to_csv writes a bool column so
+            raise ValueError(f"{text!r} is not a number; write {int(text.lower() == 'true')} "
+                             f"for {text}")
         raise ValueError(f"{text!r} is not a number" if text else "is missing (empty cell)")
     value = float(text)
     if value in (float("inf"), float("-inf")):

@@ -157,6 +157,20 @@ CASES = {
                                 "label column is a logit: drop it",
                                 files={"z.parquet": parquet(when=[datetime.date(2026, 1, 1)] * 2, z0=[1.0, 2.0],
                                                             z1=[0.5, 0.1], label=[0, 1])}),
+    "bool-targets-parquet": Case("multi-hot targets as flags (Boolean) in a .parquet table",
+                                 ("eval", "z.npy", "--loss", "bce", "--targets", "t.parquet"),
+                                 "t.parquet: column 't0' holds Boolean, not numbers; cast the flags to 0/1 "
+                                 "(pl.col(pl.Boolean).cast(pl.Int8))",
+                                 files={"z.npy": Z3, "t.parquet": parquet(t0=[True, False], t1=[False, False],
+                                                                          t2=[True, True])}),
+    "bool-targets-npy": Case("multi-hot targets as a bool .npy", ("eval", "z.npy", "--loss", "bce", "--targets", "t.npy"),
+                             "t.npy: targets must be a 2-d numeric array (samples, classes), got shape (2, 3) of "
+                             "bool; cast the flags to 0/1 (t.astype(np.int8))",
+                             files={"z.npy": Z3, "t.npy": npy([[True, False, True], [False, False, True]])}),
+    "bool-labels-npy": Case("labels as a bool .npy", ("eval", "z.npy", "--labels", "y.npy"),
+                            "y.npy: labels must be a 1-d array of integers, got shape (2,) of bool; cast the "
+                            "flags to 0/1 (y.astype(np.int8))",
+                            files={"z.npy": Z3, "y.npy": npy([True, False])}),
     "parquet-string-column": Case("a .parquet file with an id column of text", ("eval", "z.parquet"),
                                   "z.parquet: column 'id' holds String, not numbers; every column but the "
                                   "label column is a logit: drop it",

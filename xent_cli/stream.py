@@ -1648,6 +1648,8 @@ def _whole_labels(labels, source: str, column: str | None = None) -> np.ndarray:
                    if labels.ndim > 1 and labels.dtype.kind in "iuf" else "")
         if labels.ndim == 2 and labels.shape[1] == 1 and labels.dtype.kind in "iu":
             flatten = ": a column of labels, one per sample; save y.reshape(-1)"
+        if labels.dtype.kind == "b":
+            flatten = f"; {BOOLEAN_HINT} (y.astype(np.int8))"
         raise InputError(f"labels must be a 1-d array of integers, got shape {labels.shape} "
                          f"of {labels.dtype}{flatten}", source=source)
     if labels.dtype.kind == "f":
@@ -1917,6 +1919,9 @@ def _parquet_frame(path: str):
 
 
 # What each column of a Parquet table is, in the message that refuses a column of no numbers.
+# Flags for targets or labels, as a multi-hot mask is: PyTorch takes them as numbers only
+BOOLEAN_HINT = "cast the flags to 0/1"
+
 _COLUMN_ROLES = {
     "logits": "every column but the label column is a logit: drop it",
     "targets": "every column is a class's target: drop it",
@@ -1935,6 +1940,9 @@ def _refuse_non_numbers(schema, names: Collection[str], path: str, what: str) ->
             raise InputError(f"column {name!r} holds a list per sample; give one number column "
                              "per class, as pl.DataFrame(z) writes, or save arrays with np.save",
                              source=path)
+        if dtype == pl.Boolean and what != "logits":  # multi-hot flags: 0/1 targets
+            raise InputError(f"column {name!r} holds Boolean, not numbers; {BOOLEAN_HINT} "
+                             f"(pl.col(pl.Boolean).cast(pl.Int8))", source=path)
         if not dtype.is_numeric():
             raise InputError(f"column {name!r} holds {dtype}, not numbers; {_COLUMN_ROLES[what]}",
                              source=path)
@@ -2050,6 +2058,8 @@ def _float_matrix(array, path: str, what: str, min_classes: int = 2) -> np.ndarr
                        f"labels y.reshape(-1)")
         if what == "targets" and array.ndim == 1 and array.dtype.kind in "iu":
             reshape = data.INDICES_HINT
+        if what != "logits" and array.dtype.kind == "b":
+            reshape = f"; {BOOLEAN_HINT} ({what[0]}.astype(np.int8))"
         raise InputError(f"{what} must be a 2-d numeric array (samples, classes), got shape "
                          f"{array.shape} of {array.dtype}{reshape}", source=path)
     if what == "logits" and array.shape[1] < min_classes:

@@ -1,10 +1,12 @@
 """`xent eval` as a user runs it: every option against an independent oracle, every bad input."""
 
 import csv
+import io
 import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -666,6 +668,25 @@ def test_a_cut_worked_sample_keeps_a_soft_targets_main_class(runner, tmp_path):
     assert result.exit_code == 0, result.output
     header = next(line for line in result.stdout.splitlines() if "step" in line)
     assert [cell.strip() for cell in header.split("┃")[2:-1]] == ["0", "1", "…", "9", "…", "19"]
+
+
+def test_a_worked_sample_wider_than_its_terminal_shows_some_classes_whole(runner):
+    # the digits' 10 classes need some 150 characters: at 100, every number was cut ('1.552…')
+    result = runner.invoke(app, ["eval", str(EXAMPLES / "digits_logits.csv"), "--show", "1"])
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if "step" in line)
+    assert [cell.strip() for cell in header.split("┃")[2:-1]] == ["z0", "z1", "z2", "…", "z9"]
+    assert "1.55264" in result.stdout and not re.search(r"\d…", result.stdout)  # no number cut
+    # wide enough, every class
+    from rich.console import Console
+
+    from xent_cli.render.eval import _steps_by_class
+
+    wide = Console(width=200, file=io.StringIO(), color_system=None)
+    wide.print(_steps_by_class("t", [f"z{c}" for c in range(10)],
+                               [("logit z", [1.5526412] * 10)], keep=(2,)))
+    header = next(line for line in wide.file.getvalue().splitlines() if "step" in line)
+    assert [cell.strip() for cell in header.split("┃")[2:-1]] == [f"z{c}" for c in range(10)]
 
 
 def test_too_few_labels_for_more_samples_than_classes_is_not_called_transposed(runner, tmp_path):

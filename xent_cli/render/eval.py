@@ -11,6 +11,7 @@ import io
 import json
 
 from rich.console import Group
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -133,27 +134,48 @@ def _sample_name(sample) -> str:
     return f"sample {sample.sample}" + ("" if sample.line is None else f" (line {sample.line})")
 
 
-def _steps_by_class(title: str, names, rows, keep=()) -> Table:
-    """Returns a worked sample's table: a row per step, a column per class.
+class _StepsByClass:
+    """A worked sample's table: a row per step, a column per class.
 
-    Beyond MAX_LISTED classes, the columns are the first two, the classes in keep (the target's,
-    the prediction) and the last, with '…' where classes are left out.
+    Beyond MAX_LISTED classes, or where every class's column would not fit the width it is
+    drawn at (10 classes need some 150 characters: at 100, each number was cut to '1.552…'),
+    the columns are the first two, the classes in keep (the target's, the prediction) and the
+    last, with '…' where classes are left out.
     """
-    shown: list = list(range(len(names)))
-    if len(names) > MAX_LISTED:
-        picked = sorted({0, 1, len(names) - 1, *(int(c) for c in keep if 0 <= c < len(names))})
-        shown = []
+
+    def __init__(self, title: str, names, rows, keep=()):
+        self.title, self.names, self.rows = title, names, rows
+        k = len(names)
+        picked = sorted({0, 1, k - 1, *(int(c) for c in keep if 0 <= c < k)})
+        self.picked: list = []
         for c in picked:
-            if shown and c != shown[-1] + 1:
-                shown.append(None)  # a gap
-            shown.append(c)
-    table = Table(title=title, title_justify="left")
-    table.add_column("step")
-    for c in shown:
-        table.add_column("…" if c is None else names[c], justify="right")
-    for label, values in rows:
-        table.add_row(label, *("…" if c is None else _g(values[c]) for c in shown))
-    return table
+            if self.picked and c != self.picked[-1] + 1:
+                self.picked.append(None)  # a gap
+            self.picked.append(c)
+
+    def table(self, shown) -> Table:
+        table = Table(title=self.title, title_justify="left")
+        table.add_column("step")
+        for c in shown:
+            table.add_column("…" if c is None else self.names[c], justify="right")
+        for label, values in self.rows:
+            table.add_row(label, *("…" if c is None else _g(values[c]) for c in shown))
+        return table
+
+    def __rich_console__(self, console, options):
+        if len(self.names) <= MAX_LISTED:
+            every = self.table(range(len(self.names)))
+            # measured unbounded: a table's measure is clamped to the width it is given
+            natural = Measurement.get(console, options.update_width(1 << 20), every).maximum
+            if natural <= options.max_width:
+                yield every
+                return
+        yield self.table(self.picked)
+
+
+def _steps_by_class(title: str, names, rows, keep=()) -> _StepsByClass:
+    """Returns a worked sample's table, its columns chosen by the width it is drawn at."""
+    return _StepsByClass(title, names, rows, keep)
 
 
 def worked_sample(summary: Summary, sample: WorkedSample) -> Group:

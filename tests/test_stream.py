@@ -226,17 +226,19 @@ def test_fast_reader_gives_the_same_bytes_as_the_strict_one(runner, tmp_path, mo
     assert len(text) == 301 and text[1].startswith("0,2,")  # header, then sample 0 on line 2
 
 
-def _strict_then_fast(runner, monkeypatch, arguments, output, *refused):
-    """Runs eval with the strict reader, then the fast one, which must not hand the whole file
-    to the strict reader nor call the refused (module, name) pairs; returns both runs' stdout
-    and output bytes."""
+def _strict_then_fast(runner, monkeypatch, arguments, output=None, *refused, exit_code=0,
+                      whole=False):
+    """Runs eval with the strict reader, then the fast one, which must exit alike and must not
+    hand the whole file to the strict reader (unless whole) nor call the refused (module, name)
+    pairs; returns both runs' stdout (stderr where the exit is not 0) and output bytes."""
     results = []
     for threshold in (1 << 60, 0):
         monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
         result = runner.invoke(app, arguments)
-        assert result.exit_code == 0, result.output
-        results.append((result.stdout, output.read_bytes()))
-        for module, name in ((stream, "read_input"), *refused):
+        assert result.exit_code == exit_code, result.output
+        said = result.stdout if exit_code == 0 else result.stderr
+        results.append((said, None if output is None else output.read_bytes()))
+        for module, name in (() if whole else ((stream, "read_input"),)) + refused:
             monkeypatch.setattr(module, name,
                                 lambda *a, name=name, **k: pytest.fail(f"{name} called"))
     return results
@@ -519,13 +521,7 @@ def test_labels_of_another_count_are_told_without_the_whole_file_read(runner, tm
                                      + "".join(f"{v}\n" for v in y))
     arguments = ["eval", str(tmp_path / "z.csv"), "--labels", str(tmp_path / side)]
     monkeypatch.setattr(stream, "BLOCK_BYTES", 600)  # some 10 lines a block
-    said = []
-    for threshold in (1 << 60, 0):  # strict, then fast
-        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
-        result = runner.invoke(app, arguments)
-        assert result.exit_code == 2, result.output
-        said.append(result.stderr)
-        monkeypatch.setattr(stream, "read_input", lambda *a, **k: pytest.fail("whole file read"))
+    said = [stderr for stderr, _ in _strict_then_fast(runner, monkeypatch, arguments, exit_code=2)]
     assert said[0] == said[1] and "300 rows of logits" in said[1], said
 
 
@@ -543,14 +539,8 @@ def test_target_rows_of_another_count_are_told_without_the_whole_file_read(runne
     (tmp_path / "t.csv").write_text("t0,t1,t2\n" + "0.25,0.25,0.5\n" * count)
     arguments = ["eval", str(tmp_path / "z.csv"), "--targets", str(tmp_path / "t.csv")]
     monkeypatch.setattr(stream, "BLOCK_BYTES", 600)  # some 10 lines a block
-    said = []
-    for threshold in (1 << 60, 0):  # strict, then fast
-        monkeypatch.setattr(stream, "FAST_CSV_BYTES", threshold)
-        result = runner.invoke(app, arguments)
-        assert result.exit_code == 2, result.output
-        said.append(result.stderr)
-        if bad is None:
-            monkeypatch.setattr(stream, "read_input", lambda *a, **k: pytest.fail("whole file read"))
+    said = [stderr for stderr, _ in _strict_then_fast(runner, monkeypatch, arguments, exit_code=2,
+                                                      whole=bad is not None)]
     assert said[0] == said[1], said
     assert ("300 rows of logits" if bad is None else "logit 'abc' is not a number") in said[1]
 

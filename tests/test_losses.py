@@ -909,3 +909,12 @@ def test_the_first_bad_sample_is_named_whatever_its_fault(z, target, message, sa
     with pytest.raises(InputError, match=message) as caught:
         cross_entropy(np.array(z), np.array(target))
     assert caught.value.sample == sample
+
+
+def test_a_huge_soft_target_is_refused_without_a_numpy_warning():
+    # the rounding hint scaled 1e308 by 10: NumPy's overflow warning reached the user's stderr
+    # above the one-line error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=r"sum to 1e\+308, not 1$"):
+            losses.cross_entropy(np.array([[1.0, 2.0]]), np.array([[1e308, 0.5]]))

@@ -805,10 +805,11 @@ def _soft_target(t: np.ndarray, n: int, k: int, dtype: np.dtype) -> np.ndarray:
 def _rounded_to(row: np.ndarray) -> int | None:
     """Returns the fewest decimals (1 to 4) that write every entry of a row, else None: a row of
     thirds written 0.33 sums to 0.99."""
-    for decimals in range(1, 5):
-        scaled = row * 10.0**decimals
-        if np.all(np.abs(scaled - np.round(scaled)) < 1e-6):
-            return decimals
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e308 scales to inf: no such row
+        for decimals in range(1, 5):
+            scaled = row * 10.0**decimals
+            if np.all(np.abs(scaled - np.round(scaled)) < 1e-6):
+                return decimals
     return None
 
 
